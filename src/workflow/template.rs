@@ -1,0 +1,345 @@
+//! One workflow template: parsing and checking its file, describing it to clients, resolving a
+//! request's parameters and filling the graph with them.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::graph::{link_source, node_problem};
+use super::input_image::InputImage;
+use super::params::{ParamErrors, ParamFile, ParamSpec, ParamType, Resolution, Target};
+
+/// A checked workflow template: a ComfyUI API-format graph and the parameters a client may set.
+///
+/// Every target of every parameter names an existing node and one of its literal (non-link)
+/// inputs, and no two parameters write the same input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// The template's name: its file stem, and the `workflow` a request names.
+    pub name: String,
+    /// What the template does, for people choosing one.
+    pub description: String,
+    /// The parameters, by name.
+    pub parameters: BTreeMap<String, ParamSpec>,
+    /// The API-format graph as the file has it; parameters fill copies of it.
+    pub graph: Map<String, Value>,
+}
+
+/// A template file exactly as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateFile {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, ParamFile>,
+    graph: Map<String, Value>,
+}
+
+/// Why a template file's contents were refused. [`super::TemplateError`] adds the file.
+#[derive(Debug)]
+pub enum TemplateProblem {
+    /// The file is not JSON of the template shape (unknown field, wrong type, bad `type` name).
+    Json(serde_json::Error),
+    /// The file name cannot serve as a template name in a URL.
+    Name(String),
+    /// The graph is malformed: a node without `class_type`/`inputs`, a link to a missing node.
+    Graph(String),
+    /// A parameter is incoherent or targets something the graph does not have.
+    Parameter {
+        /// The parameter's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl fmt::Display for TemplateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateProblem::Json(err) => write!(f, "not a valid template file: {err}"),
+            TemplateProblem::Name(name) => write!(
+                f,
+                "template name {name:?} may only use letters, digits, '-', '_' and '.'"
+            ),
+            TemplateProblem::Graph(reason) => write!(f, "graph: {reason}"),
+            TemplateProblem::Parameter { name, reason } => {
+                write!(f, "parameter {name:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TemplateProblem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TemplateProblem::Json(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// One request's parameters, fully checked: what to report and what to upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// Every parameter as used: given values, defaults, drawn random seeds. Image parameters
+    /// appear as `{"bytes": N, "content_type": "image/png"}`, never as their data. An optional
+    /// image that was not sent is absent.
+    pub values: BTreeMap<String, Value>,
+    /// The value of a parameter named `seed`, when there is one and it is a `u64`.
+    pub seed: Option<u64>,
+    /// The images to upload before the graph can be built, in parameter-name order.
+    pub images: Vec<InputImage>,
+}
+
+/// Why a graph could not be built from resolved parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// An image was resolved for this parameter but no uploaded name was given for it.
+    MissingUpload {
+        /// The image parameter.
+        param: String,
+    },
+    /// A target names a node or input the graph lacks (only possible for a hand-built template
+    /// that skipped the load-time checks).
+    MissingTarget {
+        /// The parameter.
+        param: String,
+        /// Its target, `node.input`.
+        target: String,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::MissingUpload { param } => write!(
+                f,
+                "building the graph: image parameter {param:?} has no uploaded file name"
+            ),
+            BuildError::MissingTarget { param, target } => write!(
+                f,
+                "building the graph: parameter {param:?} targets {target}, which the graph lacks"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl Template {
+    /// Parses and checks a template file's text; `name` is the name it will be known by.
+    pub fn parse(name: &str, text: &str) -> Result<Template, TemplateProblem> {
+        if !is_valid_name(name) {
+            return Err(TemplateProblem::Name(name.to_owned()));
+        }
+        let file: TemplateFile = serde_json::from_str(text).map_err(TemplateProblem::Json)?;
+        check_graph(&file.graph).map_err(TemplateProblem::Graph)?;
+        let mut parameters = BTreeMap::new();
+        let mut written: BTreeMap<Target, String> = BTreeMap::new();
+        for (param, raw) in file.parameters {
+            let problem = |reason| TemplateProblem::Parameter {
+                name: param.clone(),
+                reason,
+            };
+            let spec = ParamSpec::from_file(raw).map_err(problem)?;
+            for target in &spec.targets {
+                check_target(&file.graph, target).map_err(problem)?;
+                match written.entry(target.clone()) {
+                    Entry::Occupied(other) => {
+                        return Err(problem(format!(
+                            "targets {target}, which parameter {:?} also sets",
+                            other.get()
+                        )));
+                    }
+                    Entry::Vacant(slot) => _ = slot.insert(param.clone()),
+                }
+            }
+            parameters.insert(param, spec);
+        }
+        Ok(Template {
+            name: name.to_owned(),
+            description: file.description,
+            parameters,
+            graph: file.graph,
+        })
+    }
+
+    /// The template as `GET /workflows` shows it: `{"name", "description", "parameters": {name:
+    /// {type, required, default, min, max, multiple_of, enum, description}}}`, absent
+    /// constraints left out. Targets are not shown: clients need not know node ids.
+    pub fn schema(&self) -> Value {
+        let parameters: Map<String, Value> = self
+            .parameters
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.schema()))
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "description": self.description,
+            "parameters": parameters,
+        })
+    }
+
+    /// Checks a request's parameters (the body without its `workflow` key) against the template
+    /// and settles every value: defaults applied, random seeds drawn, images decoded.
+    /// Nothing is sent anywhere; on failure every bad field is reported, not just the first.
+    pub fn resolve(&self, params: &Map<String, Value>) -> Result<Resolved, ParamErrors> {
+        let mut errors = ParamErrors::default();
+        for key in params.keys() {
+            if !self.parameters.contains_key(key) {
+                errors.insert(key, self.unknown_parameter_message());
+            }
+        }
+        let mut values = BTreeMap::new();
+        let mut images = Vec::new();
+        for (name, spec) in &self.parameters {
+            match spec.resolve(params.get(name)) {
+                Err(message) => errors.insert(name, message),
+                Ok(Resolution::Value(value)) => _ = values.insert(name.clone(), value),
+                Ok(Resolution::Image(image)) => {
+                    let summary = serde_json::json!({
+                        "bytes": image.bytes.len(),
+                        "content_type": image.content_type,
+                    });
+                    values.insert(name.clone(), summary);
+                    images.push(InputImage {
+                        param: name.clone(),
+                        bytes: image.bytes,
+                        content_type: image.content_type,
+                        extension: image.extension,
+                    });
+                }
+                Ok(Resolution::Absent) => {}
+            }
+        }
+        errors.into_result()?;
+        let seed = values.get("seed").and_then(Value::as_u64);
+        Ok(Resolved {
+            values,
+            seed,
+            images,
+        })
+    }
+
+    /// A copy of the graph with every resolved parameter written to all its targets. `uploaded`
+    /// maps each image parameter to the name ComfyUI gave its upload; every image in `resolved`
+    /// needs one. Parameters not in `resolved` leave their inputs as the graph has them.
+    pub fn build_graph(
+        &self,
+        resolved: &Resolved,
+        uploaded: &BTreeMap<String, String>,
+    ) -> Result<Value, BuildError> {
+        let mut graph = self.graph.clone();
+        for (param, spec) in &self.parameters {
+            let value = if spec.kind == ParamType::Image {
+                match uploaded.get(param) {
+                    Some(name) => Value::String(name.clone()),
+                    None if resolved.images.iter().any(|image| image.param == *param) => {
+                        return Err(BuildError::MissingUpload {
+                            param: param.clone(),
+                        });
+                    }
+                    None => continue,
+                }
+            } else {
+                match resolved.values.get(param) {
+                    Some(value) => value.clone(),
+                    None => continue,
+                }
+            };
+            for target in &spec.targets {
+                let slot =
+                    input_mut(&mut graph, target).ok_or_else(|| BuildError::MissingTarget {
+                        param: param.clone(),
+                        target: target.to_string(),
+                    })?;
+                *slot = value.clone();
+            }
+        }
+        Ok(Value::Object(graph))
+    }
+
+    fn unknown_parameter_message(&self) -> String {
+        let names: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
+        if names.is_empty() {
+            return format!("unknown parameter; template {} takes none", self.name);
+        }
+        format!("unknown parameter; expected one of: {}", names.join(", "))
+    }
+}
+
+/// Whether `name` can be a template name: non-empty, not hidden, URL-safe without escaping.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Checks node shapes and that every link points at a node of the graph.
+fn check_graph(graph: &Map<String, Value>) -> Result<(), String> {
+    if graph.is_empty() {
+        return Err("has no nodes".to_owned());
+    }
+    for (id, node) in graph {
+        if let Some(problem) = node_problem(node) {
+            return Err(format!("node {id:?} {problem}"));
+        }
+        for (input, value) in node_inputs(graph, id).into_iter().flatten() {
+            if let Some(source) = link_source(value)
+                && !graph.contains_key(source)
+            {
+                return Err(format!(
+                    "node {id:?} input {input:?} links to node {source:?}, which is not in the graph"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a target names an existing node and one of its literal inputs.
+fn check_target(graph: &Map<String, Value>, target: &Target) -> Result<(), String> {
+    let Some(inputs) = node_inputs(graph, &target.node) else {
+        return Err(format!(
+            "targets {target}, but the graph has no node {:?}",
+            target.node
+        ));
+    };
+    let Some(value) = inputs.get(&target.input) else {
+        let class = graph
+            .get(&target.node)
+            .and_then(|node| node.get("class_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let known: Vec<&str> = inputs.keys().map(String::as_str).collect();
+        return Err(format!(
+            "targets {target}, but node {:?} ({class}) has no input {:?}; it has: {}",
+            target.node,
+            target.input,
+            known.join(", ")
+        ));
+    };
+    if link_source(value).is_some() {
+        return Err(format!(
+            "targets {target}, which is a link to another node's output; parameters can only set literal inputs"
+        ));
+    }
+    Ok(())
+}
+
+fn node_inputs<'g>(graph: &'g Map<String, Value>, node: &str) -> Option<&'g Map<String, Value>> {
+    graph.get(node)?.get("inputs")?.as_object()
+}
+
+fn input_mut<'g>(graph: &'g mut Map<String, Value>, target: &Target) -> Option<&'g mut Value> {
+    graph
+        .get_mut(&target.node)?
+        .get_mut("inputs")?
+        .as_object_mut()?
+        .get_mut(&target.input)
+}
