@@ -1,1 +1,909 @@
-//! (being written)
+//! Images as ComfyUI hands them over: sniffing, measuring, checking and stripping metadata.
+//!
+//! ComfyUI's `SaveImage` node writes PNG files with `tEXt` chunks named `prompt` (the API graph)
+//! and `workflow` (the UI graph), plus one chunk per `extra_pnginfo` key. They reveal the whole
+//! workflow, prompts and model names included, to anyone who gets the file, so by default the
+//! gateway removes them ([`PngMetadata::Strip`]).
+//!
+//! Stripping works on the chunk level: the PNG is walked chunk by chunk, every chunk is checked
+//! (length in bounds, CRC correct, `IHDR` first, `IEND` last), text chunks are dropped and every
+//! other chunk is copied byte for byte. Pixels are never decoded or re-encoded, so stripping is
+//! cheap and cannot change how an image looks. The `png` crate is used only to read the header
+//! (width and height) and, in tests, to prove that the pixels survive untouched.
+//!
+//! JPEG, WebP and GIF files are stored as they are; their width and height are read from their
+//! headers where that is simple, and reported as 0x0 where it is not.
+
+use std::error::Error;
+use std::fmt;
+use std::io::Cursor;
+
+/// The eight bytes every PNG file starts with.
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
+const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
+
+/// What to do with the text chunks (`tEXt`, `zTXt`, `iTXt`) that ComfyUI embeds in its PNGs.
+///
+/// Set by the `PNG_METADATA` configuration variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PngMetadata {
+    /// Drop every text chunk, which removes ComfyUI's `prompt`, `workflow` and `extra_pnginfo`
+    /// entries. The default.
+    #[default]
+    Strip,
+    /// Store the bytes exactly as ComfyUI made them.
+    Keep,
+}
+
+/// An image ready to store: its (possibly stripped) bytes, its size and its MIME type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessedImage {
+    /// The bytes to store.
+    pub bytes: Vec<u8>,
+    /// Width in pixels, or 0 when the format's header could not be read simply.
+    pub width: u32,
+    /// Height in pixels, or 0 when the format's header could not be read simply.
+    pub height: u32,
+    /// The MIME type to store and serve the image with, e.g. `image/png`.
+    pub content_type: &'static str,
+}
+
+/// Why an image could not be processed. Every variant describes a malformed file; none of them
+/// is caused by the gateway itself.
+#[derive(Debug)]
+pub enum ImageError {
+    /// The bytes do not start with the PNG signature.
+    NotPng,
+    /// A chunk, or its header, extends beyond the end of the file.
+    Truncated {
+        /// Byte offset of the chunk that is cut short.
+        offset: usize,
+    },
+    /// A chunk declares a length above the PNG limit of 2^31 - 1 bytes.
+    ChunkTooLong {
+        /// Byte offset of the chunk.
+        offset: usize,
+        /// The declared length.
+        length: u32,
+    },
+    /// A chunk type is not four ASCII letters, which means the chunk boundaries are lost.
+    BadChunkType {
+        /// Byte offset of the chunk.
+        offset: usize,
+        /// The four bytes found where the chunk type should be.
+        found: [u8; 4],
+    },
+    /// A chunk's CRC does not match its contents: the file was corrupted.
+    BadCrc {
+        /// Byte offset of the chunk.
+        offset: usize,
+        /// The chunk's type, e.g. `IDAT`.
+        chunk_type: String,
+        /// The CRC stored in the file.
+        stored: u32,
+        /// The CRC of the bytes actually present.
+        computed: u32,
+    },
+    /// The first chunk is not `IHDR`, as the PNG specification requires.
+    IhdrNotFirst {
+        /// The type of the chunk found first.
+        found: String,
+    },
+    /// The file ends at a chunk boundary without an `IEND` chunk.
+    MissingIend,
+    /// Bytes follow the `IEND` chunk, which must be the last thing in a PNG.
+    DataAfterIend {
+        /// Byte offset just past `IEND`.
+        offset: usize,
+        /// How many extra bytes there are.
+        extra: usize,
+    },
+    /// The chunks are well formed but the `png` crate rejected the header they describe.
+    Decode(png::DecodingError),
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::NotPng => f.write_str("not a PNG: the file lacks the PNG signature"),
+            ImageError::Truncated { offset } => write!(
+                f,
+                "truncated PNG: the chunk at byte {offset} runs past the end of the file"
+            ),
+            ImageError::ChunkTooLong { offset, length } => write!(
+                f,
+                "malformed PNG: the chunk at byte {offset} claims {length} bytes, \
+                 more than the PNG limit of {MAX_CHUNK_LENGTH}"
+            ),
+            ImageError::BadChunkType { offset, found } => write!(
+                f,
+                "malformed PNG: the chunk at byte {offset} has type bytes {found:02x?}, \
+                 not four ASCII letters"
+            ),
+            ImageError::BadCrc {
+                offset,
+                chunk_type,
+                stored,
+                computed,
+            } => write!(
+                f,
+                "corrupted PNG: the {chunk_type} chunk at byte {offset} has CRC {stored:08x} \
+                 but its contents give {computed:08x}"
+            ),
+            ImageError::IhdrNotFirst { found } => write!(
+                f,
+                "malformed PNG: the first chunk is {found}, but it must be IHDR"
+            ),
+            ImageError::MissingIend => {
+                f.write_str("truncated PNG: the file ends without an IEND chunk")
+            }
+            ImageError::DataAfterIend { offset, extra } => write!(
+                f,
+                "malformed PNG: {extra} unexpected bytes follow the IEND chunk at byte {offset}"
+            ),
+            ImageError::Decode(err) => write!(f, "PNG header could not be decoded: {err}"),
+        }
+    }
+}
+
+impl Error for ImageError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            ImageError::Decode(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Prepares an image from ComfyUI for storage.
+///
+/// The format is recognised by the file's first bytes, not its name. A PNG is checked chunk by
+/// chunk, measured, and stripped of its text chunks when `policy` is [`PngMetadata::Strip`]. A
+/// file whose name ends in `.png` but is not a PNG is an error. JPEG, WebP and GIF files are
+/// measured from their headers where simple (0x0 otherwise) and returned unchanged; anything
+/// else is returned unchanged, typed by `filename` via [`content_type_for`].
+///
+/// Never panics, whatever the bytes.
+pub fn process(
+    bytes: Vec<u8>,
+    filename: &str,
+    policy: PngMetadata,
+) -> Result<ProcessedImage, ImageError> {
+    if bytes.starts_with(&PNG_SIGNATURE) {
+        return process_png(bytes, policy);
+    }
+    let (content_type, size) = if is_jpeg(&bytes) {
+        ("image/jpeg", jpeg_dimensions(&bytes))
+    } else if is_webp(&bytes) {
+        ("image/webp", webp_dimensions(&bytes))
+    } else if is_gif(&bytes) {
+        ("image/gif", gif_dimensions(&bytes))
+    } else if content_type_for(filename) == "image/png" {
+        return Err(ImageError::NotPng);
+    } else {
+        (content_type_for(filename), None)
+    };
+    let (width, height) = size.unwrap_or((0, 0));
+    Ok(ProcessedImage {
+        bytes,
+        width,
+        height,
+        content_type,
+    })
+}
+
+fn process_png(bytes: Vec<u8>, policy: PngMetadata) -> Result<ProcessedImage, ImageError> {
+    let chunks = walk_chunks(&bytes)?;
+    let (width, height) = png_dimensions(&bytes)?;
+    let has_text = chunks.iter().any(|chunk| is_text_chunk(&chunk.chunk_type));
+    let bytes = match policy {
+        PngMetadata::Strip if has_text => copy_without_text(&bytes, &chunks),
+        PngMetadata::Strip | PngMetadata::Keep => bytes,
+    };
+    Ok(ProcessedImage {
+        bytes,
+        width,
+        height,
+        content_type: "image/png",
+    })
+}
+
+/// Reads a PNG's width and height from its header with the `png` crate, without decoding pixels.
+pub fn png_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    if !bytes.starts_with(&PNG_SIGNATURE) {
+        return Err(ImageError::NotPng);
+    }
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    // Only the header matters here; skip inflating compressed text on the way to it.
+    decoder.set_ignore_text_chunk(true);
+    let reader = decoder.read_info().map_err(ImageError::Decode)?;
+    let info = reader.info();
+    Ok((info.width, info.height))
+}
+
+/// Returns a copy of a PNG without its `tEXt`, `zTXt` and `iTXt` chunks, wherever they appear.
+///
+/// This removes ComfyUI's `prompt` and `workflow` entries and any `extra_pnginfo` keys. Every
+/// other chunk (image data, palette, gamma, physical size, colour profile, ...) is copied byte
+/// for byte, so the pixels are exactly those ComfyUI produced. The whole file is checked first
+/// (see [`ImageError`]); a malformed PNG is an error, never a panic.
+pub fn strip_text_chunks(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
+    let chunks = walk_chunks(bytes)?;
+    Ok(copy_without_text(bytes, &chunks))
+}
+
+/// The MIME type for a file name's extension (case-insensitive): `png`, `jpg`/`jpeg`, `webp`,
+/// `gif`, and `application/octet-stream` for anything else.
+pub fn content_type_for(filename: &str) -> &'static str {
+    let extension = match filename.rsplit_once('.') {
+        Some((_, extension)) => extension.to_ascii_lowercase(),
+        None => return "application/octet-stream",
+    };
+    match extension.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Where one chunk sits in a PNG file: `bytes[offset..end]` is its length, type, data and CRC.
+struct ChunkSpan {
+    offset: usize,
+    end: usize,
+    chunk_type: [u8; 4],
+}
+
+fn is_text_chunk(chunk_type: &[u8; 4]) -> bool {
+    matches!(chunk_type, b"tEXt" | b"zTXt" | b"iTXt")
+}
+
+fn copy_without_text(bytes: &[u8], chunks: &[ChunkSpan]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&PNG_SIGNATURE);
+    for chunk in chunks.iter().filter(|c| !is_text_chunk(&c.chunk_type)) {
+        out.extend_from_slice(&bytes[chunk.offset..chunk.end]);
+    }
+    out
+}
+
+/// Checks the structure of a whole PNG and returns where each chunk is.
+fn walk_chunks(bytes: &[u8]) -> Result<Vec<ChunkSpan>, ImageError> {
+    if !bytes.starts_with(&PNG_SIGNATURE) {
+        return Err(ImageError::NotPng);
+    }
+    let mut chunks: Vec<ChunkSpan> = Vec::new();
+    let mut offset = PNG_SIGNATURE.len();
+    loop {
+        if offset == bytes.len() {
+            return Err(ImageError::MissingIend);
+        }
+        let chunk = read_chunk(bytes, offset)?;
+        if chunks.is_empty() && chunk.chunk_type != *b"IHDR" {
+            return Err(ImageError::IhdrNotFirst {
+                found: chunk_type_name(&chunk.chunk_type),
+            });
+        }
+        offset = chunk.end;
+        let is_iend = chunk.chunk_type == *b"IEND";
+        chunks.push(chunk);
+        if is_iend {
+            break;
+        }
+    }
+    if offset < bytes.len() {
+        return Err(ImageError::DataAfterIend {
+            offset,
+            extra: bytes.len() - offset,
+        });
+    }
+    Ok(chunks)
+}
+
+/// Reads and checks the chunk starting at `offset`: length, type, bounds and CRC.
+fn read_chunk(bytes: &[u8], offset: usize) -> Result<ChunkSpan, ImageError> {
+    let header = bytes
+        .get(offset..offset + 8)
+        .ok_or(ImageError::Truncated { offset })?;
+    let (length_bytes, type_bytes) = header.split_at(4);
+    let length = u32::from_be_bytes(to_array(length_bytes));
+    let chunk_type: [u8; 4] = to_array(type_bytes);
+    if length > MAX_CHUNK_LENGTH {
+        return Err(ImageError::ChunkTooLong { offset, length });
+    }
+    if !chunk_type.iter().all(u8::is_ascii_alphabetic) {
+        return Err(ImageError::BadChunkType {
+            offset,
+            found: chunk_type,
+        });
+    }
+    // Length (4) + type (4) + data + CRC (4); checked so a huge length cannot overflow.
+    let end = (offset + 12)
+        .checked_add(length as usize)
+        .filter(|&end| end <= bytes.len())
+        .ok_or(ImageError::Truncated { offset })?;
+    let data_end = end - 4;
+    let crc_bytes = &bytes[data_end..end];
+    let stored = u32::from_be_bytes(to_array(crc_bytes));
+    let computed = crc32(&bytes[offset + 4..data_end]);
+    if stored != computed {
+        return Err(ImageError::BadCrc {
+            offset,
+            chunk_type: chunk_type_name(&chunk_type),
+            stored,
+            computed,
+        });
+    }
+    Ok(ChunkSpan {
+        offset,
+        end,
+        chunk_type,
+    })
+}
+
+fn chunk_type_name(chunk_type: &[u8; 4]) -> String {
+    String::from_utf8_lossy(chunk_type).into_owned()
+}
+
+fn to_array(four: &[u8]) -> [u8; 4] {
+    four.try_into()
+        .expect("callers slice exactly four bytes out of a header")
+}
+
+/// CRC-32 as PNG defines it (ISO 3309, reflected polynomial 0xEDB88320), table driven.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = u32::MAX;
+    for &byte in bytes {
+        crc = CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// The CRC of every single byte value, computed at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut n = 0;
+    while n < 256 {
+        let mut c = n as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 == 1 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        table[n] = c;
+        n += 1;
+    }
+    table
+};
+
+fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xff, 0xd8, 0xff])
+}
+
+fn is_webp(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP"
+}
+
+fn is_gif(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a")
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u32> {
+    let pair = bytes.get(at..at.checked_add(2)?)?;
+    Some(u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+}
+
+fn le16(bytes: &[u8], at: usize) -> Option<u32> {
+    let pair = bytes.get(at..at.checked_add(2)?)?;
+    Some(u32::from(u16::from_le_bytes([pair[0], pair[1]])))
+}
+
+fn le24(bytes: &[u8], at: usize) -> Option<u32> {
+    let three = bytes.get(at..at.checked_add(3)?)?;
+    Some(u32::from_le_bytes([three[0], three[1], three[2], 0]))
+}
+
+/// Width and height from the first start-of-frame (SOFn) segment of a JPEG.
+///
+/// Walks the marker segments after SOI. Stops at start-of-scan or end-of-image: the frame header
+/// always comes before the first scan.
+fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut at = 2;
+    loop {
+        if *bytes.get(at)? != 0xff {
+            return None;
+        }
+        // Any number of 0xff fill bytes may precede a marker.
+        while *bytes.get(at + 1)? == 0xff {
+            at += 1;
+        }
+        let marker = *bytes.get(at + 1)?;
+        at += 2;
+        match marker {
+            // Markers without a length field: TEM and the restart markers.
+            0x01 | 0xd0..=0xd7 => continue,
+            0xd9 | 0xda => return None,
+            _ => {}
+        }
+        let segment_length = be16(bytes, at)? as usize;
+        // SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
+        if (0xc0..=0xcf).contains(&marker) && !matches!(marker, 0xc4 | 0xc8 | 0xcc) {
+            let height = be16(bytes, at + 3)?;
+            let width = be16(bytes, at + 5)?;
+            return Some((width, height));
+        }
+        if segment_length < 2 {
+            return None;
+        }
+        at += segment_length;
+    }
+}
+
+/// Width and height from a WebP file's first chunk: lossy (`VP8 `), lossless (`VP8L`) or
+/// extended (`VP8X`).
+fn webp_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let fourcc = bytes.get(12..16)?;
+    let data = 20; // after RIFF header (12 bytes), chunk fourcc and chunk size
+    match fourcc {
+        b"VP8 " => {
+            // A 3-byte frame tag, then the key-frame start code, then 14-bit sizes.
+            if bytes.get(data + 3..data + 6)? != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            Some((
+                le16(bytes, data + 6)? & 0x3fff,
+                le16(bytes, data + 8)? & 0x3fff,
+            ))
+        }
+        b"VP8L" => {
+            if *bytes.get(data)? != 0x2f {
+                return None;
+            }
+            let packed = bytes.get(data + 1..data + 5)?;
+            let bits = u32::from_le_bytes(to_array(packed));
+            Some(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1))
+        }
+        b"VP8X" => Some((le24(bytes, data + 4)? + 1, le24(bytes, data + 7)? + 1)),
+        _ => None,
+    }
+}
+
+/// Width and height from a GIF's logical screen descriptor.
+fn gif_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    Some((le16(bytes, 6)?, le16(bytes, 8)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WIDTH: u32 = 7;
+    const HEIGHT: u32 = 5;
+
+    fn pixels() -> Vec<u8> {
+        (0..WIDTH * HEIGHT * 3)
+            .map(|i| (i * 37 % 251) as u8)
+            .collect()
+    }
+
+    /// A PNG like ComfyUI's: RGB pixels, `prompt` and `workflow` tEXt chunks, plus zTXt and
+    /// iTXt entries, a gamma and a physical-size chunk.
+    fn comfyui_png() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_source_gamma(png::ScaledFloat::new(1.0 / 2.2));
+        encoder.set_pixel_dims(Some(png::PixelDimensions {
+            xppu: 2835,
+            yppu: 2835,
+            unit: png::Unit::Meter,
+        }));
+        let text = [
+            ("prompt", r#"{"3":{"class_type":"KSampler"}}"#),
+            ("workflow", r#"{"nodes":[]}"#),
+        ];
+        for (keyword, value) in text {
+            encoder
+                .add_text_chunk(keyword.into(), value.into())
+                .expect("valid keyword");
+        }
+        encoder
+            .add_ztxt_chunk("extra".into(), "compressed secret".into())
+            .expect("valid keyword");
+        encoder
+            .add_itxt_chunk("notes".into(), "ünïcode secret".into())
+            .expect("valid keyword");
+        let mut writer = encoder.write_header().expect("encoding into a Vec");
+        writer
+            .write_image_data(&pixels())
+            .expect("encoding into a Vec");
+        writer.finish().expect("encoding into a Vec");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> (png::Info<'static>, Vec<u8>) {
+        let mut reader = png::Decoder::new(Cursor::new(bytes))
+            .read_info()
+            .expect("a valid PNG");
+        let mut buf = vec![0; reader.output_buffer_size().expect("small image")];
+        let frame = reader.next_frame(&mut buf).expect("a valid frame");
+        buf.truncate(frame.buffer_size());
+        // Finishing the image reads text chunks that follow the pixel data too.
+        reader.finish().expect("a valid PNG trailer");
+        (reader.info().clone(), buf)
+    }
+
+    fn chunk_types(bytes: &[u8]) -> Vec<String> {
+        let chunks = walk_chunks(bytes).expect("a valid PNG");
+        chunks
+            .iter()
+            .map(|c| chunk_type_name(&c.chunk_type))
+            .collect()
+    }
+
+    /// Builds one chunk with a correct CRC.
+    fn chunk(chunk_type: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(chunk_type);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[4..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Offset of the first chunk of the given type in a valid PNG.
+    fn offset_of(bytes: &[u8], chunk_type: &[u8; 4]) -> usize {
+        walk_chunks(bytes)
+            .expect("a valid PNG")
+            .iter()
+            .find(|c| &c.chunk_type == chunk_type)
+            .expect("chunk present")
+            .offset
+    }
+
+    #[test]
+    fn crc_matches_known_value() {
+        // Every PNG ends with an IEND chunk whose CRC is ae426082.
+        assert_eq!(crc32(b"IEND"), 0xae42_6082);
+    }
+
+    #[test]
+    fn fixture_has_the_text_chunks_it_should() {
+        let (info, _) = decode(&comfyui_png());
+        assert_eq!(info.uncompressed_latin1_text.len(), 2);
+        assert_eq!(info.uncompressed_latin1_text[0].keyword, "prompt");
+        assert_eq!(info.compressed_latin1_text.len(), 1);
+        assert_eq!(info.utf8_text.len(), 1);
+    }
+
+    #[test]
+    fn strip_removes_every_text_chunk() {
+        let stripped = strip_text_chunks(&comfyui_png()).expect("valid PNG");
+        let (info, _) = decode(&stripped);
+        assert!(info.uncompressed_latin1_text.is_empty());
+        assert!(info.compressed_latin1_text.is_empty());
+        assert!(info.utf8_text.is_empty());
+        let types = chunk_types(&stripped);
+        assert!(
+            !types
+                .iter()
+                .any(|t| t == "tEXt" || t == "zTXt" || t == "iTXt")
+        );
+        let as_text = String::from_utf8_lossy(&stripped);
+        assert!(!as_text.contains("KSampler") && !as_text.contains("workflow"));
+    }
+
+    #[test]
+    fn strip_keeps_pixels_identical() {
+        let original = comfyui_png();
+        let stripped = strip_text_chunks(&original).expect("valid PNG");
+        let (_, original_pixels) = decode(&original);
+        let (_, stripped_pixels) = decode(&stripped);
+        assert_eq!(stripped_pixels, original_pixels);
+        assert_eq!(stripped_pixels, pixels());
+    }
+
+    #[test]
+    fn strip_keeps_other_ancillary_chunks_in_order() {
+        let original = comfyui_png();
+        let stripped = strip_text_chunks(&original).expect("valid PNG");
+        let expected: Vec<String> = chunk_types(&original)
+            .into_iter()
+            .filter(|t| !matches!(t.as_str(), "tEXt" | "zTXt" | "iTXt"))
+            .collect();
+        assert_eq!(chunk_types(&stripped), expected);
+        assert!(expected.iter().any(|t| t == "gAMA"));
+        assert!(expected.iter().any(|t| t == "pHYs"));
+        let (info, _) = decode(&stripped);
+        assert!(info.gama_chunk.is_some());
+        assert_eq!(info.pixel_dims.map(|d| d.xppu), Some(2835));
+    }
+
+    #[test]
+    fn strip_removes_text_chunks_after_the_image_data() {
+        let original = strip_text_chunks(&comfyui_png()).expect("valid PNG");
+        let iend = offset_of(&original, b"IEND");
+        let mut with_trailer = original[..iend].to_vec();
+        with_trailer.extend(chunk(b"tEXt", b"prompt\0{\"late\":true}"));
+        with_trailer.extend_from_slice(&original[iend..]);
+        assert_eq!(
+            chunk_types(&with_trailer).len(),
+            chunk_types(&original).len() + 1
+        );
+        assert_eq!(strip_text_chunks(&with_trailer).expect("valid"), original);
+    }
+
+    #[test]
+    fn process_strip_measures_and_strips() {
+        let original = comfyui_png();
+        let image =
+            process(original.clone(), "ComfyUI_00001_.png", PngMetadata::Strip).expect("valid PNG");
+        assert_eq!((image.width, image.height), (WIDTH, HEIGHT));
+        assert_eq!(image.content_type, "image/png");
+        assert_eq!(image.bytes, strip_text_chunks(&original).expect("valid"));
+        assert!(image.bytes.len() < original.len());
+    }
+
+    #[test]
+    fn process_keep_returns_identical_bytes() {
+        let original = comfyui_png();
+        let image =
+            process(original.clone(), "ComfyUI_00001_.png", PngMetadata::Keep).expect("valid");
+        assert_eq!(image.bytes, original);
+        assert_eq!((image.width, image.height), (WIDTH, HEIGHT));
+    }
+
+    #[test]
+    fn png_is_recognised_by_signature_not_name() {
+        let image = process(comfyui_png(), "output.bin", PngMetadata::Keep).expect("valid");
+        assert_eq!(image.content_type, "image/png");
+    }
+
+    #[test]
+    fn a_dot_png_that_is_not_a_png_is_refused() {
+        let err = process(b"<html>502</html>".to_vec(), "a.png", PngMetadata::Strip)
+            .expect_err("not a PNG");
+        assert!(matches!(err, ImageError::NotPng), "{err}");
+    }
+
+    #[test]
+    fn png_dimensions_reads_the_header() {
+        assert_eq!(
+            png_dimensions(&comfyui_png()).expect("valid"),
+            (WIDTH, HEIGHT)
+        );
+        assert!(matches!(png_dimensions(b"GIF89a"), Err(ImageError::NotPng)));
+    }
+
+    #[test]
+    fn truncation_is_reported_with_the_chunk_offset() {
+        let original = comfyui_png();
+        let idat = offset_of(&original, b"IDAT");
+        let err = strip_text_chunks(&original[..idat + 10]).expect_err("truncated");
+        assert_eq!(
+            err.to_string(),
+            format!("truncated PNG: the chunk at byte {idat} runs past the end of the file")
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let original = comfyui_png();
+        for len in 0..original.len() {
+            let result = process(original[..len].to_vec(), "x.png", PngMetadata::Strip);
+            assert!(result.is_err(), "a PNG cut to {len} bytes was accepted");
+        }
+        let iend = offset_of(&original, b"IEND");
+        let err = strip_text_chunks(&original[..iend]).expect_err("no IEND");
+        assert!(matches!(err, ImageError::MissingIend), "{err}");
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_an_error() {
+        let original = comfyui_png();
+        for at in 0..original.len() {
+            for bit in 0..8 {
+                let mut corrupted = original.clone();
+                corrupted[at] ^= 1 << bit;
+                let result = process(corrupted, "x.png", PngMetadata::Keep);
+                assert!(
+                    result.is_err(),
+                    "flipping bit {bit} of byte {at} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_crc_names_the_chunk() {
+        let mut corrupted = comfyui_png();
+        let idat = offset_of(&corrupted, b"IDAT");
+        corrupted[idat + 9] ^= 0x55;
+        let err = strip_text_chunks(&corrupted).expect_err("bad CRC");
+        assert!(
+            matches!(&err, ImageError::BadCrc { offset, chunk_type, .. }
+                if *offset == idat && chunk_type == "IDAT"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("IDAT chunk at byte"), "{err}");
+    }
+
+    #[test]
+    fn structural_rules_are_enforced() {
+        let original = comfyui_png();
+        let ihdr_end = offset_of(&original, b"gAMA");
+        let mut ihdr_second = PNG_SIGNATURE.to_vec();
+        ihdr_second.extend(chunk(b"gAMA", &45455u32.to_be_bytes()));
+        ihdr_second.extend_from_slice(&original[8..]);
+        assert!(matches!(
+            strip_text_chunks(&ihdr_second),
+            Err(ImageError::IhdrNotFirst { found }) if found == "gAMA"
+        ));
+
+        let mut trailing = original.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(matches!(
+            strip_text_chunks(&trailing),
+            Err(ImageError::DataAfterIend { extra: 4, .. })
+        ));
+
+        let mut bad_type = original.clone();
+        bad_type[ihdr_end + 4..ihdr_end + 8].copy_from_slice(b"g4MA");
+        assert!(matches!(
+            strip_text_chunks(&bad_type),
+            Err(ImageError::BadChunkType { .. })
+        ));
+
+        let mut huge = original.clone();
+        huge[ihdr_end..ihdr_end + 4].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+        assert!(matches!(
+            strip_text_chunks(&huge),
+            Err(ImageError::ChunkTooLong { .. })
+        ));
+
+        let mut near_max = original;
+        near_max[ihdr_end..ihdr_end + 4].copy_from_slice(&MAX_CHUNK_LENGTH.to_be_bytes());
+        assert!(matches!(
+            strip_text_chunks(&near_max),
+            Err(ImageError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn a_well_formed_but_invalid_header_is_a_decode_error() {
+        let original = comfyui_png();
+        let mut zero_width = PNG_SIGNATURE.to_vec();
+        let mut ihdr_data = original[16..29].to_vec();
+        ihdr_data[0..4].copy_from_slice(&0u32.to_be_bytes());
+        zero_width.extend(chunk(b"IHDR", &ihdr_data));
+        zero_width.extend_from_slice(&original[33..]);
+        let err = process(zero_width, "x.png", PngMetadata::Strip).expect_err("zero width");
+        assert!(matches!(err, ImageError::Decode(_)), "{err}");
+        assert!(err.source().is_some());
+    }
+
+    /// A small deterministic xorshift generator, so the fuzz tests need no random crate and
+    /// fail reproducibly.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let prefixes: [&[u8]; 5] = [
+            &[],
+            &PNG_SIGNATURE,
+            &[0xff, 0xd8, 0xff],
+            b"RIFF\0\0\0\0WEBPVP8",
+            b"GIF89a",
+        ];
+        for round in 0..5_000 {
+            let len = (rng.next() % 96) as usize;
+            let mut bytes = prefixes[round % prefixes.len()].to_vec();
+            bytes.extend((0..len).map(|_| rng.next() as u8));
+            for name in ["x.png", "x.jpg", "x"] {
+                let _ = process(bytes.clone(), name, PngMetadata::Strip);
+            }
+            let _ = png_dimensions(&bytes);
+            let _ = strip_text_chunks(&bytes);
+        }
+    }
+
+    #[test]
+    fn random_chunks_with_valid_crcs_never_panic() {
+        // Valid CRCs get past the structural checks, so this reaches the png crate's header
+        // parsing with nonsense IHDR contents.
+        let mut rng = XorShift(42);
+        for _ in 0..2_000 {
+            let mut bytes = PNG_SIGNATURE.to_vec();
+            let ihdr: Vec<u8> = (0..(rng.next() % 20)).map(|_| rng.next() as u8).collect();
+            bytes.extend(chunk(b"IHDR", &ihdr));
+            let idat: Vec<u8> = (0..(rng.next() % 40)).map(|_| rng.next() as u8).collect();
+            bytes.extend(chunk(b"IDAT", &idat));
+            bytes.extend(chunk(b"IEND", &[]));
+            let _ = process(bytes, "x.png", PngMetadata::Strip);
+        }
+    }
+
+    #[test]
+    fn jpeg_size_comes_from_the_frame_header() {
+        let mut jpeg = vec![0xff, 0xd8];
+        jpeg.extend([0xff, 0xe0, 0x00, 0x10]); // APP0, length 16
+        jpeg.extend(b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+        jpeg.extend([0xff, 0xff]); // a fill byte before the next marker
+        jpeg.extend([0xc2, 0x00, 0x11, 0x08, 0x01, 0xe0, 0x02, 0x80, 0x03]);
+        jpeg.extend([0; 9]);
+        let image = process(jpeg.clone(), "x.png.jpg", PngMetadata::Strip).expect("stored");
+        assert_eq!((image.width, image.height), (640, 480));
+        assert_eq!(image.content_type, "image/jpeg");
+        assert_eq!(image.bytes, jpeg);
+
+        let cut = process(jpeg[..12].to_vec(), "x.jpg", PngMetadata::Strip).expect("stored");
+        assert_eq!((cut.width, cut.height), (0, 0));
+    }
+
+    #[test]
+    fn webp_sizes_come_from_each_variant() {
+        fn webp(fourcc: &[u8; 4], data: &[u8]) -> Vec<u8> {
+            let mut out = b"RIFF\0\0\0\0WEBP".to_vec();
+            out.extend_from_slice(fourcc);
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend_from_slice(data);
+            out
+        }
+        let lossy = webp(
+            b"VP8 ",
+            &[0, 0, 0, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01],
+        );
+        // Lossless packs (width - 1) and (height - 1) into 14 bits each.
+        let packed: u32 = 639 | (479 << 14);
+        let mut lossless_data = vec![0x2f];
+        lossless_data.extend(packed.to_le_bytes());
+        let lossless = webp(b"VP8L", &lossless_data);
+        let extended = webp(b"VP8X", &[0, 0, 0, 0, 0x7f, 0x02, 0, 0xdf, 0x01, 0]);
+        for bytes in [lossy, lossless, extended] {
+            let image = process(bytes, "x.webp", PngMetadata::Strip).expect("stored");
+            assert_eq!((image.width, image.height), (640, 480));
+            assert_eq!(image.content_type, "image/webp");
+        }
+    }
+
+    #[test]
+    fn gif_and_unknown_formats_are_stored_unchanged() {
+        let gif = b"GIF89a\x80\x02\xe0\x01".to_vec();
+        let image = process(gif.clone(), "x.gif", PngMetadata::Strip).expect("stored");
+        assert_eq!((image.width, image.height, image.bytes), (640, 480, gif));
+
+        let other = process(b"hello".to_vec(), "notes.txt", PngMetadata::Strip).expect("stored");
+        assert_eq!((other.width, other.height), (0, 0));
+        assert_eq!(other.content_type, "application/octet-stream");
+    }
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        assert_eq!(content_type_for("a.png"), "image/png");
+        assert_eq!(content_type_for("A.PNG"), "image/png");
+        assert_eq!(content_type_for("a.jpg"), "image/jpeg");
+        assert_eq!(content_type_for("a.JPEG"), "image/jpeg");
+        assert_eq!(content_type_for("a.webp"), "image/webp");
+        assert_eq!(content_type_for("a.gif"), "image/gif");
+        assert_eq!(content_type_for("a.png.exe"), "application/octet-stream");
+        assert_eq!(content_type_for("png"), "application/octet-stream");
+    }
+}
