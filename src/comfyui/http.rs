@@ -350,7 +350,7 @@ const JSON: &str = "application/json";
 /// already says what matters).
 fn read_error_body(response: &mut Response<Body>) -> String {
     let mut bytes = Vec::new();
-    let mut reader = response.body_mut().as_reader().take(64 * 1024);
+    let mut reader = response.body_mut().as_reader().take(1024 * 1024);
     if reader.read_to_end(&mut bytes).is_err() {
         bytes.clear();
     }
@@ -497,4 +497,488 @@ impl Multipart {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver};
+    use std::thread::JoinHandle;
+
+    /// One request as the fake ComfyUI saw it.
+    struct Recorded {
+        method: String,
+        url: String,
+        content_type: String,
+        body: Vec<u8>,
+    }
+
+    /// What the fake ComfyUI answers.
+    struct Reply {
+        status: u16,
+        body: Vec<u8>,
+    }
+
+    fn reply(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+        }
+    }
+
+    /// A tiny HTTP server on 127.0.0.1 that records each request and answers with `handler`.
+    struct FakeComfy {
+        server: Arc<tiny_http::Server>,
+        base: String,
+        requests: Receiver<Recorded>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeComfy {
+        fn start(handler: impl Fn(&Recorded) -> Reply + Send + 'static) -> FakeComfy {
+            let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+            let port = server.server_addr().to_ip().expect("tcp").port();
+            let (tx, requests) = mpsc::channel();
+            let serving = Arc::clone(&server);
+            let thread = std::thread::spawn(move || {
+                while let Ok(mut request) = serving.recv() {
+                    let mut body = Vec::new();
+                    request.as_reader().read_to_end(&mut body).expect("body");
+                    let content_type = request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("Content-Type"))
+                        .map(|h| h.value.to_string())
+                        .unwrap_or_default();
+                    let recorded = Recorded {
+                        method: request.method().to_string(),
+                        url: request.url().to_string(),
+                        content_type,
+                        body,
+                    };
+                    let answer = handler(&recorded);
+                    let response =
+                        tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
+                    // The client may have given up (timeout tests); that is its business.
+                    let _ = request.respond(response);
+                    if tx.send(recorded).is_err() {
+                        break;
+                    }
+                }
+            });
+            FakeComfy {
+                server,
+                base: format!("http://127.0.0.1:{port}"),
+                requests,
+                thread: Some(thread),
+            }
+        }
+
+        fn client(&self) -> ComfyClient {
+            ComfyClient::new(&self.base, ClientOptions::default()).expect("valid URL")
+        }
+
+        /// The next request the server saw (it has been answered by the time a call returns).
+        fn next_request(&self) -> Recorded {
+            self.requests
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a request was recorded")
+        }
+    }
+
+    impl Drop for FakeComfy {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    #[test]
+    fn queue_prompt_sends_graph_and_client_id_and_reads_the_answer() {
+        let fake = FakeComfy::start(|_| {
+            reply(
+                200,
+                r#"{"prompt_id": "p-1", "number": 7, "node_errors": {}}"#,
+            )
+        });
+        let graph = json!({"3": {"class_type": "KSampler",
+            "inputs": {"seed": u64::MAX, "steps": 20}}});
+        let queued = fake
+            .client()
+            .queue_prompt(&graph, "client-1")
+            .expect("accepted");
+        assert_eq!(queued.prompt_id, PromptId("p-1".into()));
+        assert_eq!(queued.number, 7);
+
+        let request = fake.next_request();
+        assert_eq!(
+            (request.method.as_str(), request.url.as_str()),
+            ("POST", "/prompt")
+        );
+        assert_eq!(request.content_type, "application/json");
+        let sent: Value = serde_json::from_slice(&request.body).expect("JSON body");
+        assert_eq!(sent, json!({"prompt": graph, "client_id": "client-1"}));
+        // Seeds are u64: the largest must arrive digit for digit, not rounded through f64.
+        let text = String::from_utf8(request.body).expect("utf-8");
+        assert!(text.contains("18446744073709551615"), "{text}");
+    }
+
+    #[test]
+    fn a_prompt_that_fails_validation_is_rejected_with_node_errors() {
+        let node_errors = json!({"3": {"errors": [{"type": "value_not_in_list",
+            "message": "Value not in list", "details": "ckpt_name: 'x.safetensors' not in []",
+            "extra_info": {"input_name": "ckpt_name"}}],
+            "dependent_outputs": ["9"], "class_type": "CheckpointLoaderSimple"}});
+        let body = json!({"error": {"type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation", "details": "", "extra_info": {}},
+            "node_errors": node_errors});
+        let fake = FakeComfy::start(move |_| reply(400, body.to_string()));
+        let err = fake
+            .client()
+            .queue_prompt(&json!({}), "c")
+            .expect_err("rejected");
+        let ComfyError::Rejected {
+            error_type,
+            message,
+            node_errors: got,
+            ..
+        } = &err
+        else {
+            panic!("expected Rejected, got {err:?}");
+        };
+        assert_eq!(error_type, "prompt_outputs_failed_validation");
+        assert_eq!(message, "Prompt outputs failed validation");
+        assert_eq!(got, &node_errors);
+        assert!(
+            err.to_string().contains("node 3 (CheckpointLoaderSimple)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_node_class_is_rejected_without_node_errors() {
+        let body = json!({"error": {"type": "missing_node_type",
+            "message": "Cannot execute because node Foo does not exist.",
+            "details": "Node ID '#3'", "extra_info": {}}, "node_errors": {}});
+        let fake = FakeComfy::start(move |_| reply(400, body.to_string()));
+        let err = fake
+            .client()
+            .queue_prompt(&json!({}), "c")
+            .expect_err("rejected");
+        assert_eq!(
+            err.to_string(),
+            "ComfyUI rejected the prompt (missing_node_type): Cannot execute because node Foo \
+             does not exist. [Node ID '#3']"
+        );
+    }
+
+    #[test]
+    fn other_error_statuses_keep_a_truncated_body() {
+        let fake = FakeComfy::start(|r| match r.url.as_str() {
+            "/prompt" => reply(400, "<html>proxy says no</html>"),
+            _ => reply(500, "x".repeat(10_000)),
+        });
+        let client = fake.client();
+        let err = client.queue_prompt(&json!({}), "c").expect_err("400");
+        assert!(
+            matches!(&err, ComfyError::Status { status: 400, body, .. } if body.contains("proxy")),
+            "{err:?}"
+        );
+        let err = client.system_stats().expect_err("500");
+        let ComfyError::Status { status, body, url } = &err else {
+            panic!("expected Status, got {err:?}");
+        };
+        assert_eq!(*status, 500);
+        assert!(url.ends_with("/system_stats"));
+        assert!(
+            body.len() <= MAX_ERROR_BODY + '…'.len_utf8(),
+            "{}",
+            body.len()
+        );
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let client = ComfyClient::new(
+            &format!("http://127.0.0.1:{port}"),
+            ClientOptions::default(),
+        )
+        .expect("valid URL");
+        let err = client.system_stats().expect_err("nothing listens");
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("could not reach ComfyUI at http://127.0.0.1:")
+        );
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out_as_unreachable() {
+        // Connections complete in the listen backlog, but nobody ever reads or answers.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let opts = ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_millis(300),
+        };
+        let client = ComfyClient::new(&format!("http://127.0.0.1:{port}"), opts).expect("valid");
+        let started = std::time::Instant::now();
+        let err = client
+            .get_history(&PromptId("p".into()))
+            .expect_err("no answer");
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(err.to_string().contains("within 300ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(listener);
+    }
+
+    #[test]
+    fn images_larger_than_ureqs_default_limit_arrive_whole() {
+        let image: Vec<u8> = (0..11 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let served = image.clone();
+        let fake = FakeComfy::start(move |_| reply(200, served.clone()));
+        let got = fake
+            .client()
+            .get_image(&ImageRef {
+                filename: "my image&1.png".into(),
+                subfolder: "a/b".into(),
+                kind: "output".into(),
+            })
+            .expect("downloaded");
+        assert_eq!(got.len(), image.len());
+        assert!(got == image, "bytes differ");
+        let request = fake.next_request();
+        assert_eq!(
+            request.url,
+            "/view?filename=my%20image%261.png&subfolder=a%2Fb&type=output"
+        );
+    }
+
+    #[test]
+    fn a_missing_image_is_a_404_status() {
+        let fake = FakeComfy::start(|_| reply(404, ""));
+        let err = fake
+            .client()
+            .get_image(&ImageRef {
+                filename: "gone.png".into(),
+                subfolder: String::new(),
+                kind: "output".into(),
+            })
+            .expect_err("missing");
+        assert!(
+            matches!(err, ComfyError::Status { status: 404, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn history_is_none_until_the_prompt_is_there() {
+        let entry = json!({"outputs": {"9": {"images": [
+            {"filename": "a.png", "subfolder": "", "type": "output"}]}},
+            "status": {"status_str": "success", "completed": true, "messages": []}});
+        let fake = FakeComfy::start(move |r| match r.url.as_str() {
+            "/history/done" => reply(200, json!({"done": entry}).to_string()),
+            "/history/odd" => reply(200, "[1, 2]"),
+            "/history/broken" => reply(200, "{not json"),
+            _ => reply(200, "{}"),
+        });
+        let client = fake.client();
+        let history = |id: &str| client.get_history(&PromptId(id.into()));
+        assert_eq!(history("running").expect("answer"), None);
+        let done = history("done").expect("answer").expect("present");
+        assert_eq!(done.outputs[0].images[0].filename, "a.png");
+        assert!(matches!(
+            history("odd"),
+            Err(ComfyError::BadResponse { .. })
+        ));
+        let err = history("broken").expect_err("not JSON");
+        assert!(err.to_string().contains("not JSON"), "{err}");
+    }
+
+    /// Splits a multipart body into (headers, content) parts.
+    fn multipart_parts(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
+        let delimiter = format!("\r\n--{boundary}");
+        let mut framed = b"\r\n".to_vec();
+        framed.extend_from_slice(body);
+        let delimiters: Vec<usize> = (0..framed.len())
+            .filter(|&i| framed[i..].starts_with(delimiter.as_bytes()))
+            .collect();
+        let mut parts = Vec::new();
+        for pair in delimiters.windows(2) {
+            let part = &framed[pair[0] + delimiter.len() + 2..pair[1]];
+            let split = part
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("headers end");
+            let headers = String::from_utf8(part[..split].to_vec()).expect("utf-8 headers");
+            parts.push((headers, part[split + 4..].to_vec()));
+        }
+        let last = *delimiters.last().expect("closing delimiter");
+        assert_eq!(&framed[last + delimiter.len()..], b"--\r\n");
+        parts
+    }
+
+    #[test]
+    fn uploads_are_multipart_with_the_image_and_overwrite() {
+        let fake = FakeComfy::start(|_| {
+            reply(
+                200,
+                r#"{"name": "job-1.png", "subfolder": "gateway", "type": "input"}"#,
+            )
+        });
+        // Bytes that look like multipart syntax must pass through untouched.
+        let image = b"\x89PNG\r\n\x1a\n--not-a-boundary\r\n\r\n\0\xff".to_vec();
+        let name = fake
+            .client()
+            .upload_image(&image, "job-1.png", "image/png")
+            .expect("uploaded");
+        assert_eq!(name, "gateway/job-1.png");
+
+        let request = fake.next_request();
+        assert_eq!(
+            (request.method.as_str(), request.url.as_str()),
+            ("POST", "/upload/image")
+        );
+        let boundary = request
+            .content_type
+            .strip_prefix("multipart/form-data; boundary=")
+            .expect("multipart content type");
+        let parts = multipart_parts(&request.body, boundary);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts[0].0,
+            "Content-Disposition: form-data; name=\"image\"; filename=\"job-1.png\"\r\n\
+             Content-Type: image/png"
+        );
+        assert_eq!(parts[0].1, image);
+        assert_eq!(
+            parts[1],
+            (
+                "Content-Disposition: form-data; name=\"overwrite\"".into(),
+                b"true".to_vec()
+            )
+        );
+        assert_eq!(
+            parts[2],
+            (
+                "Content-Disposition: form-data; name=\"type\"".into(),
+                b"input".to_vec()
+            )
+        );
+    }
+
+    #[test]
+    fn uploads_without_a_subfolder_return_the_bare_name() {
+        let fake = FakeComfy::start(|_| reply(200, r#"{"name": "a (1).png", "subfolder": ""}"#));
+        let name = fake
+            .client()
+            .upload_image(b"x", "a.png", "image/png")
+            .expect("ok");
+        assert_eq!(name, "a (1).png");
+    }
+
+    #[test]
+    fn unsafe_upload_names_are_refused_before_sending() {
+        let fake = FakeComfy::start(|_| reply(200, "{}"));
+        let client = fake.client();
+        for bad in ["", "a\"b.png", "../x.png", "a\r\nb.png"] {
+            let err = client.upload_image(b"x", bad, "image/png").expect_err(bad);
+            assert!(
+                matches!(err, ComfyError::InvalidInput { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+        client.system_stats().expect("stats");
+        assert_eq!(
+            fake.next_request().url,
+            "/system_stats",
+            "no upload reached ComfyUI"
+        );
+    }
+
+    #[test]
+    fn interrupt_and_delete_send_what_comfyui_expects() {
+        let fake = FakeComfy::start(|_| reply(200, ""));
+        let client = fake.client();
+        let id = PromptId("p-9".into());
+        client.interrupt(Some(&id)).expect("interrupted");
+        client.interrupt(None).expect("interrupted");
+        client.delete_from_queue(&[]).expect("nothing to do");
+        client
+            .delete_from_queue(std::slice::from_ref(&id))
+            .expect("deleted");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = fake.next_request();
+            let body: Value = serde_json::from_slice(&r.body).expect("JSON");
+            seen.push((r.method, r.url, body));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "POST".into(),
+                    "/interrupt".into(),
+                    json!({"prompt_id": "p-9"})
+                ),
+                ("POST".into(), "/interrupt".into(), json!({})),
+                ("POST".into(), "/queue".into(), json!({"delete": ["p-9"]})),
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_positions_count_the_prompts_ahead() {
+        let fake = FakeComfy::start(|_| {
+            reply(
+                200,
+                json!({
+                    "queue_running": [[5, "run", {}, {}, ["9"]]],
+                    "queue_pending": [[8, "c", {}, {}, []], [6, "a", {}, {}, []],
+                                      ["bad"], [7, "b", {}, {}, []]]
+                })
+                .to_string(),
+            )
+        });
+        let queue = fake.client().get_queue().expect("queue");
+        let position = |id: &str| queue.position_of(&PromptId(id.into()));
+        assert_eq!(position("run"), Some(0));
+        assert_eq!(position("a"), Some(1));
+        assert_eq!(position("b"), Some(2));
+        assert_eq!(position("c"), Some(3));
+        assert_eq!(position("gone"), None);
+        assert_eq!(fake.next_request().url, "/queue");
+
+        let idle = QueueSnapshot {
+            running: vec![],
+            pending: vec![(1, PromptId("next".into()))],
+        };
+        assert_eq!(idle.position_of(&PromptId("next".into())), Some(0));
+    }
+
+    #[test]
+    fn a_path_prefix_applies_to_every_endpoint() {
+        let fake =
+            FakeComfy::start(|_| reply(200, r#"{"system": {"os": "posix"}, "devices": []}"#));
+        let client = ComfyClient::new(&format!("{}/comfy/", fake.base), ClientOptions::default())
+            .expect("valid");
+        assert_eq!(client.base_url(), format!("{}/comfy", fake.base));
+        let stats = client.system_stats().expect("stats");
+        assert_eq!(stats["system"]["os"], "posix");
+        assert_eq!(fake.next_request().url, "/comfy/system_stats");
+    }
+
+    #[test]
+    fn the_client_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<ComfyClient>();
+    }
 }
