@@ -414,3 +414,20 @@ fn the_fake_speaks_the_captured_protocol() {
     assert_eq!((status, &body["code"]), (400, &json!("PGRST204")));
     assert_eq!(fake.rows().len(), 1);
 }
+
+#[test]
+fn a_restart_between_jobs_is_survived_by_the_connection_pool() {
+    let fake = FakeSupabase::start();
+    let storage = storage(&fake);
+    let job = new_uuid();
+    storage
+        .put_image(&format!("{job}/0.png"), PNG, "image/png")
+        .expect("first upload");
+    // A deploy: every open connection is cut, then the service answers again.
+    fake.set_down(true);
+    fake.set_down(false);
+    storage
+        .put_image(&format!("{job}/1.png"), PNG, "image/png")
+        .expect("a stale pooled connection is retried or replaced");
+    assert_eq!(fake.objects().len(), 2);
+}

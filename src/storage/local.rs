@@ -105,8 +105,8 @@ impl Storage for LocalStorage {
             return Ok(());
         }
         let operation = format!(
-            "appending {} rows to {}",
-            rows.len(),
+            "appending {} to {}",
+            super::count(rows.len(), "row"),
             self.jsonl_path().display()
         );
         let mut text = Vec::new();

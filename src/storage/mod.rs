@@ -312,7 +312,7 @@ impl fmt::Display for StorageError {
                 }
                 Ok(())
             }
-            ErrorKind::Unreachable => write!(f, "no answer: {}", self.message),
+            ErrorKind::Unreachable => write!(f, "no answer from the server: {}", self.message),
             ErrorKind::Io | ErrorKind::Invalid => write!(f, "{}", self.message),
         }
     }
@@ -323,6 +323,15 @@ impl Error for StorageError {
         self.source
             .as_deref()
             .map(|source| source as &(dyn Error + 'static))
+    }
+}
+
+/// `"1 row"`, `"3 rows"`: counts in messages that read as sentences.
+pub(crate) fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

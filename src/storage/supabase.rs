@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use ureq::http::Response;
 
-use super::{ImageRecord, RetryPolicy, Storage, StorageError};
+use super::{ImageRecord, RetryPolicy, Storage, StorageError, count};
 
 /// Everything [`SupabaseStorage`] needs; `Debug` shows the key as `<redacted>`.
 #[derive(Clone)]
@@ -261,7 +261,10 @@ impl Storage for SupabaseStorage {
             return Ok(());
         }
         let table = &self.options.table;
-        let operation = format!("recording {} rows in Supabase table {table}", rows.len());
+        let operation = format!(
+            "recording {} in Supabase table {table}",
+            count(rows.len(), "row")
+        );
         let body = serde_json::to_vec(rows)
             .map_err(|e| StorageError::invalid(&operation, e.to_string()))?;
         let url = format!(
