@@ -1,0 +1,373 @@
+//! Local-disk storage, the default: images as files the gateway serves itself, metadata as JSON
+//! lines.
+//!
+//! Layout under `DATA_DIR`:
+//! - `images/{job_id}/{index}.png`: each image, written to a hidden temporary file in the same
+//!   folder, flushed to disk, then renamed into place, so a reader never sees half a file;
+//! - `generations.jsonl`: one [`ImageRecord`] per line, appended.
+//!
+//! Durability: both the image files and the JSONL file are `fsync`ed before the call returns, so
+//! a job reported as stored survives a power cut. That costs a few milliseconds per job, nothing
+//! next to a generation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{ImageRecord, Storage, StorageError};
+use crate::ids;
+
+/// Stores images under `DATA_DIR/images/` and metadata in `DATA_DIR/generations.jsonl`.
+#[derive(Debug)]
+pub struct LocalStorage {
+    data_dir: PathBuf,
+    public_base_url: String,
+    /// Held while appending to `generations.jsonl`, so lines from two jobs never interleave.
+    jsonl_lock: Mutex<()>,
+}
+
+impl LocalStorage {
+    /// Storage rooted at `data_dir`, handing out URLs under `public_base_url` (e.g.
+    /// `http://127.0.0.1:8000`; a trailing `/` is ignored). Folders are created on first use.
+    pub fn new(data_dir: PathBuf, public_base_url: String) -> LocalStorage {
+        let public_base_url = public_base_url.trim_end_matches('/').to_string();
+        LocalStorage {
+            data_dir,
+            public_base_url,
+            jsonl_lock: Mutex::new(()),
+        }
+    }
+
+    /// The file that serves `GET /images/{key}`, or `None` unless `key` has the exact form
+    /// `{uuid}/{digits}.{png|jpg|webp}`. Anything else (`..`, absolute paths, other names) is
+    /// refused, so a request can never reach outside `DATA_DIR/images`. The file may not exist.
+    pub fn image_path(&self, key: &str) -> Option<PathBuf> {
+        let (job, file) = parse_key(key)?;
+        Some(self.data_dir.join("images").join(job).join(file))
+    }
+
+    /// The `generations.jsonl` file rows are appended to.
+    pub fn jsonl_path(&self) -> PathBuf {
+        self.data_dir.join("generations.jsonl")
+    }
+
+    fn append_lines(&self, text: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(&self.data_dir)?;
+        // A poisoned lock only means another thread panicked mid-append; the file is still
+        // consistent line-wise because of the torn-line repair below.
+        let _guard = self
+            .jsonl_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(self.jsonl_path())?;
+        let mut buffer = Vec::with_capacity(text.len() + 1);
+        if !ends_with_newline(&mut file)? {
+            // An earlier write was cut short: end that torn line so ours starts cleanly.
+            buffer.push(b'\n');
+        }
+        buffer.extend_from_slice(text);
+        file.write_all(&buffer)?;
+        file.sync_data()
+    }
+}
+
+impl Storage for LocalStorage {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    /// Writes `DATA_DIR/images/{key}` atomically and returns `{public_base_url}/images/{key}`.
+    /// Only keys that [`LocalStorage::image_path`] accepts can be stored.
+    fn put_image(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        _content_type: &str,
+    ) -> Result<String, StorageError> {
+        let operation = format!("storing image {key} on local disk");
+        let path = self.image_path(key).ok_or_else(|| {
+            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
+        })?;
+        write_atomically(&path, bytes).map_err(|e| StorageError::io(&operation, e))?;
+        Ok(format!("{}/images/{key}", self.public_base_url))
+    }
+
+    /// Appends one JSON line per row to `generations.jsonl` in a single write. A retry after a
+    /// failed write may leave a duplicate line; readers should keep the last line per
+    /// (`job_id`, `image_index`).
+    fn record(&self, rows: &[ImageRecord]) -> Result<(), StorageError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let operation = format!(
+            "appending {} to {}",
+            super::count(rows.len(), "row"),
+            self.jsonl_path().display()
+        );
+        let mut text = Vec::new();
+        for row in rows {
+            serde_json::to_writer(&mut text, row)
+                .map_err(|e| StorageError::invalid(&operation, e.to_string()))?;
+            text.push(b'\n');
+        }
+        self.append_lines(&text)
+            .map_err(|e| StorageError::io(&operation, e))
+    }
+
+    /// Creates `DATA_DIR` if needed and writes (then removes) a probe file in it.
+    fn check(&self) -> Result<(), StorageError> {
+        let operation = format!("checking that {} is writable", self.data_dir.display());
+        fs::create_dir_all(&self.data_dir).map_err(|e| StorageError::io(&operation, e))?;
+        let probe = self
+            .data_dir
+            .join(format!(".ready-probe-{}", ids::new_uuid()));
+        let result = fs::write(&probe, b"ok");
+        // Remove even when the write failed half-way; a missing file is fine.
+        let _ = fs::remove_file(&probe);
+        result.map_err(|e| StorageError::io(&operation, e))
+    }
+}
+
+/// Splits a key of the form `{uuid}/{digits}.{png|jpg|webp}` into its folder and file name.
+fn parse_key(key: &str) -> Option<(&str, &str)> {
+    let (job, file) = key.split_once('/')?;
+    let (index, extension) = file.split_once('.')?;
+    let index_ok =
+        !index.is_empty() && index.len() <= 10 && index.bytes().all(|b| b.is_ascii_digit());
+    let extension_ok = matches!(extension, "png" | "jpg" | "webp");
+    (ids::is_uuid(job) && index_ok && extension_ok).then_some((job, file))
+}
+
+/// The `Content-Type` to serve a stored image with, from its key's extension.
+pub fn content_type_for(key: &str) -> Option<&'static str> {
+    match key.rsplit_once('.')?.1 {
+        "png" => Some("image/png"),
+        "jpg" => Some("image/jpeg"),
+        "webp" => Some("image/webp"),
+        _ => None,
+    }
+}
+
+/// Writes `bytes` to a hidden temporary file beside `path`, syncs it, and renames it over
+/// `path`: readers see the old file or the whole new one, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no folder"))?;
+    fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        ids::new_uuid()
+    ));
+    let written = File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&temp, path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    renamed
+}
+
+/// Whether `file` is empty or its last byte is a newline.
+fn ends_with_newline(file: &mut File) -> io::Result<bool> {
+    if file.seek(SeekFrom::End(0))? == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = "3f2a9c1e-8b7d-4e6f-a5c4-0123456789ab";
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gateway-local-{}", ids::new_uuid()));
+        fs::create_dir_all(&dir).expect("the temp dir is writable");
+        dir
+    }
+
+    fn row(index: u32, seed: u64) -> ImageRecord {
+        ImageRecord {
+            id: ids::new_uuid(),
+            job_id: JOB.into(),
+            prompt_id: Some("p-1".into()),
+            workflow: "txt2img".into(),
+            image_index: index,
+            storage_key: format!("{JOB}/{index}.png"),
+            url: format!("http://127.0.0.1:8000/images/{JOB}/{index}.png"),
+            width: 64,
+            height: 64,
+            bytes: 3,
+            seed: Some(seed),
+            params: serde_json::json!({"prompt": "a fox", "seed": seed}),
+            created_at: "2026-11-24T04:49:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn images_land_under_images_and_get_public_urls() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://127.0.0.1:8000/".into());
+        let key = format!("{JOB}/0.png");
+        let url = storage
+            .put_image(&key, b"png", "image/png")
+            .expect("local disk works");
+        assert_eq!(url, format!("http://127.0.0.1:8000/images/{key}"));
+        let stored = dir.join("images").join(JOB).join("0.png");
+        assert_eq!(fs::read(&stored).expect("the image exists"), b"png");
+        assert_eq!(storage.image_path(&key), Some(stored));
+
+        // No temporary files are left beside it.
+        let names: Vec<_> = fs::read_dir(dir.join("images").join(JOB))
+            .expect("the job folder exists")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["0.png"]);
+
+        // Storing again replaces the file.
+        storage
+            .put_image(&key, b"png2", "image/png")
+            .expect("local disk works");
+        assert_eq!(
+            fs::read(dir.join("images").join(&key)).expect("exists"),
+            b"png2"
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn records_are_one_json_line_each_and_appended() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://x".into());
+        storage
+            .record(&[row(0, u64::MAX), row(1, 7)])
+            .expect("local disk works");
+        storage.record(&[row(2, 8)]).expect("local disk works");
+        let text = fs::read_to_string(dir.join("generations.jsonl")).expect("the file exists");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].contains("\"seed\":18446744073709551615"),
+            "{}",
+            lines[0]
+        );
+        let parsed: Vec<ImageRecord> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("each line is a record"))
+            .collect();
+        assert_eq!(parsed[0].seed, Some(u64::MAX));
+        assert_eq!(
+            parsed.iter().map(|r| r.image_index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let dir = temp_dir();
+        fs::write(dir.join("generations.jsonl"), b"{\"id\":\"cut sh").expect("writable");
+        let storage = LocalStorage::new(dir.clone(), "http://x".into());
+        let record = row(0, 1);
+        storage
+            .record(std::slice::from_ref(&record))
+            .expect("local disk works");
+        let text = fs::read_to_string(dir.join("generations.jsonl")).expect("exists");
+        let last = text.lines().last().expect("two lines");
+        let parsed: ImageRecord = serde_json::from_str(last).expect("a whole record");
+        assert_eq!(parsed, record);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn image_path_accepts_only_job_index_keys() {
+        let storage = LocalStorage::new(PathBuf::from("/data"), "http://x".into());
+        for good in [
+            format!("{JOB}/0.png"),
+            format!("{JOB}/12.jpg"),
+            format!("{JOB}/3.webp"),
+        ] {
+            assert!(storage.image_path(&good).is_some(), "{good}");
+        }
+        for bad in [
+            "../etc/passwd".to_string(),
+            format!("{JOB}/../0.png"),
+            format!("../{JOB}/0.png"),
+            format!("/{JOB}/0.png"),
+            format!("{JOB}/0.png/x"),
+            format!("{JOB}/..png"),
+            format!("{JOB}/0.gif"),
+            format!("{JOB}/0.png.tmp"),
+            format!("{JOB}/.0.png.tmp-1"),
+            format!("{JOB}/-1.png"),
+            format!("{JOB}/0"),
+            "not-a-uuid/0.png".to_string(),
+            format!("{JOB}\\0.png"),
+            String::new(),
+        ] {
+            assert_eq!(storage.image_path(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn put_image_refuses_keys_it_could_not_serve() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://x".into());
+        let error = storage
+            .put_image("../escape.png", b"x", "image/png")
+            .expect_err("traversal is refused");
+        assert!(!error.is_transient());
+        assert!(!dir.join("escape.png").exists());
+        assert!(
+            !dir.parent()
+                .expect("temp has a parent")
+                .join("escape.png")
+                .exists()
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn check_reports_an_unwritable_data_dir() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://x".into());
+        storage.check().expect("a temp dir is writable");
+        assert_eq!(
+            fs::read_dir(&dir).expect("exists").count(),
+            0,
+            "probe removed"
+        );
+
+        // A data dir that is a file cannot be created or written.
+        let file = dir.join("a-file");
+        fs::write(&file, b"x").expect("writable");
+        let storage = LocalStorage::new(file, "http://x".into());
+        let error = storage.check().expect_err("a file is not a folder");
+        assert!(error.to_string().starts_with("checking that "), "{error}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        assert_eq!(content_type_for("a/0.png"), Some("image/png"));
+        assert_eq!(content_type_for("a/0.jpg"), Some("image/jpeg"));
+        assert_eq!(content_type_for("a/0.webp"), Some("image/webp"));
+        assert_eq!(content_type_for("a/0.gif"), None);
+    }
+}
