@@ -55,6 +55,9 @@ pub struct Config {
     /// `JOB_TIMEOUT_SECS`: how long a job may run before it fails with `timeout` (default
     /// 600 s, between 1 s and 30 days).
     pub job_timeout: Duration,
+    /// `JOB_RETENTION_SECS`: how long a finished job stays readable through `GET /jobs/{id}`
+    /// (default an hour); not in DESIGN.md's table, documented in the README.
+    pub job_retention: Duration,
     /// `MAX_ACTIVE_JOBS`: unfinished jobs allowed at once (default 64, at least 1).
     pub max_active_jobs: usize,
     /// `MAX_BODY_BYTES`: the largest request body accepted (default 20 MiB, at least 1024).
@@ -195,6 +198,7 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         public_base_url,
         progress_interval: Duration::from_millis(progress_ms),
         job_timeout: Duration::from_secs(timeout_secs),
+        job_retention: Duration::from_secs(whole_number(vars, &JOB_RETENTION_SECS)?),
         max_active_jobs: usize::try_from(max_active_jobs).unwrap_or(usize::MAX),
         max_body_bytes: whole_number(vars, &MAX_BODY_BYTES)?,
         api_keys: match vars.get("API_KEYS") {
@@ -305,6 +309,15 @@ const JOB_TIMEOUT_SECS: WholeNumber = WholeNumber {
     default: 600,
     unit: "seconds",
     min: 1,
+    max: 30 * 86_400,
+};
+
+/// An hour by default, as DESIGN.md promises; capped like the timeout.
+const JOB_RETENTION_SECS: WholeNumber = WholeNumber {
+    variable: "JOB_RETENTION_SECS",
+    default: 3600,
+    unit: "seconds",
+    min: 0,
     max: 30 * 86_400,
 };
 
@@ -553,6 +566,7 @@ impl fmt::Debug for Config {
             .field("public_base_url", &self.public_base_url)
             .field("progress_interval", &self.progress_interval)
             .field("job_timeout", &self.job_timeout)
+            .field("job_retention", &self.job_retention)
             .field("max_active_jobs", &self.max_active_jobs)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("api_keys", &redacted_keys)

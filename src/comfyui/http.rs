@@ -116,6 +116,11 @@ impl ComfyClient {
         Ok(ComfyClient { base, agent, opts })
     }
 
+    /// How long connecting to this ComfyUI may take (also used for its websocket).
+    pub fn connect_timeout(&self) -> Duration {
+        self.opts.connect_timeout
+    }
+
     /// The normalised base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.base

@@ -62,6 +62,28 @@ impl Spool {
         Ok(Spool { dir })
     }
 
+    /// Removes a job's spooled images once they reached storage by another way. A job with
+    /// nothing spooled is not an error.
+    pub fn discard(&self, job_id: &str) -> io::Result<()> {
+        check_job_id(job_id)?;
+        match fs::remove_dir_all(self.dir.join(job_id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// How many images wait in the spool now (for metrics); 0 if it cannot be read.
+    pub fn image_count(&self) -> usize {
+        let Ok(jobs) = self.pending() else {
+            return 0;
+        };
+        jobs.iter()
+            .filter_map(|job| fs::read_dir(self.dir.join(job)).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("image-"))
+            .count()
+    }
+
     /// The spool folder.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,4 +1,78 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the harness, an SSE client, the fake Supabase, and
+//! PNG inspection.
 #![allow(dead_code)]
 
 pub mod fake_supabase;
+pub mod harness;
+pub mod sse_client;
+
+use serde_json::Value;
+
+/// The keywords of every text chunk (tEXt, zTXt, iTXt) in a PNG.
+pub fn png_text_chunks(png: &[u8]) -> Vec<String> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let reader = decoder.read_info().expect("a valid PNG");
+    let info = reader.info();
+    let mut keywords: Vec<String> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| t.keyword.clone())
+        .collect();
+    keywords.extend(
+        info.compressed_latin1_text
+            .iter()
+            .map(|t| t.keyword.clone()),
+    );
+    keywords.extend(info.utf8_text.iter().map(|t| t.keyword.clone()));
+    keywords
+}
+
+/// The decoded pixels of a PNG.
+pub fn decode_pixels(png: &[u8]) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().expect("a valid PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a sane size")];
+    let frame = reader.next_frame(&mut pixels).expect("decodable pixels");
+    pixels.truncate(frame.buffer_size());
+    pixels
+}
+
+/// A small RGB PNG.
+pub fn tiny_png(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("header");
+        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+        writer.write_image_data(&pixels).expect("pixels");
+    }
+    out
+}
+
+/// The first output image of `prompt_id` exactly as the simulator (ComfyUI) made it.
+pub fn comfyui_original(h: &harness::Harness, prompt_id: &str) -> Vec<u8> {
+    let (_, history) = get_json_from(&format!("{}/history/{prompt_id}", h.sim.url()));
+    let outputs = history[prompt_id]["outputs"].as_object().expect("outputs");
+    let image = outputs
+        .values()
+        .find_map(|o| o["images"].as_array().and_then(|a| a.first()).cloned())
+        .expect("an output image");
+    let url = format!(
+        "{}/view?filename={}&subfolder={}&type={}",
+        h.sim.url(),
+        image["filename"].as_str().expect("filename"),
+        image["subfolder"].as_str().unwrap_or(""),
+        image["type"].as_str().unwrap_or("output"),
+    );
+    h.get_bytes(&url).1
+}
+
+/// GETs any URL as JSON.
+pub fn get_json_from(url: &str) -> (u16, Value) {
+    let mut response = harness::agent().get(url).call().expect("answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("body");
+    (status, serde_json::from_str(&text).expect("JSON"))
+}

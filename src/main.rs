@@ -1,0 +1,82 @@
+//! The `comfyui-gateway` binary: read the configuration, build the app, serve until a signal.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use comfyui_gateway::app::App;
+use comfyui_gateway::config::Config;
+use comfyui_gateway::server::Server;
+
+/// How often the spool of failed uploads is retried.
+const SPOOL_RETRY_EVERY: Duration = Duration::from_secs(60);
+/// How long a shutdown waits for running jobs to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("comfyui-gateway: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    env_logger::Builder::new()
+        .parse_filters(&config.log_filter)
+        .init();
+    let bound = Server::bind(&config.listen_addr)
+        .map_err(|e| format!("LISTEN_ADDR={}: cannot listen: {e}", config.listen_addr))?;
+    let app = Arc::new(App::new(config).map_err(|e| e.to_string())?);
+    App::spawn_housekeeping(&app, SPOOL_RETRY_EVERY)
+        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .map_err(|e| format!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
+    let server = bound
+        .serve(Arc::clone(&app))
+        .map_err(|e| format!("cannot start serving: {e}"))?;
+    log::info!(
+        "comfyui-gateway listening on {} (ComfyUI: {}; storage: {}; workflows: {})",
+        server.url(),
+        app.config.comfyui_urls.join(", "),
+        app.storage.kind(),
+        app.templates.names().collect::<Vec<_>>().join(", ")
+    );
+    let _ = stop_rx.recv();
+    log::info!("shutting down: no new requests; waiting up to {SHUTDOWN_GRACE:?} for running jobs");
+    server.shutdown();
+    wait_for_jobs(&app, SHUTDOWN_GRACE);
+    Ok(())
+}
+
+/// Lets running jobs finish (their images stored, or spooled) for up to `grace`.
+fn wait_for_jobs(app: &App, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    for job in app.jobs.unfinished() {
+        let subscription = job.subscribe(u64::MAX);
+        let Some(live) = subscription.live else {
+            continue;
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match live.recv_timeout(left) {
+                Ok(event) if event.kind.is_terminal() => break,
+                Ok(_) => continue,
+                Err(_) => break, // ended, or out of time
+            }
+        }
+    }
+    for job in app.jobs.unfinished() {
+        log::warn!(
+            "job {} was still {} at shutdown; ComfyUI keeps its prompt and output files",
+            job.id(),
+            job.state().as_str()
+        );
+    }
+}

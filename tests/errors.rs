@@ -1,0 +1,285 @@
+//! Bad requests and ComfyUI failures: each the documented status, code and terminal event.
+
+mod common;
+
+use comfyui_gateway::sim::{Failure, SimEvent, SimOptions};
+use common::harness::{Harness, Options, agent, small_txt2img};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn post_raw(h: &Harness, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let mut response = agent()
+        .post(&h.url(path))
+        .header("Content-Type", content_type)
+        .header("Accept", "application/json")
+        .send(&body[..])
+        .expect("the gateway answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).expect("a JSON error body"),
+    )
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn bad_requests_get_their_status_and_code_and_reach_no_comfyui() {
+    let h = Harness::with(Options {
+        vars: vec![("MAX_BODY_BYTES", "4096".into())],
+        ..Options::default()
+    });
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            b"{\"prompt\": ".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown key",
+            br#"{"prompt": "x", "colour": 3}"#.to_vec(),
+            400,
+            "invalid_params",
+        ),
+        (
+            "wrong type",
+            br#"{"prompt": "x", "steps": "many"}"#.to_vec(),
+            400,
+            "invalid_params",
+        ),
+        (
+            "out of range",
+            br#"{"prompt": "x", "steps": 1000}"#.to_vec(),
+            400,
+            "invalid_params",
+        ),
+        (
+            "not a multiple of 8",
+            br#"{"prompt": "x", "width": 100}"#.to_vec(),
+            400,
+            "invalid_params",
+        ),
+        (
+            "missing required",
+            br#"{"steps": 4}"#.to_vec(),
+            400,
+            "invalid_params",
+        ),
+        (
+            "unknown workflow",
+            br#"{"workflow": "nope", "prompt": "x"}"#.to_vec(),
+            404,
+            "unknown_workflow",
+        ),
+        (
+            "body too large",
+            format!(r#"{{"prompt": "{}"}}"#, "x".repeat(10_000)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (what, body, status, expected) in cases {
+        let (got, answer) = post_raw(&h, "/generate", "application/json", body);
+        assert_eq!((got, code(&answer)), (status, expected), "{what}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (_, answer) = post_raw(
+        &h,
+        "/generate",
+        "application/json",
+        br#"{"prompt": "x", "steps": 1000, "colour": 1}"#.to_vec(),
+    );
+    let fields = &answer["error"]["details"]["fields"];
+    assert!(
+        fields["steps"].is_string() && fields["colour"].is_string(),
+        "every bad field named: {answer}"
+    );
+
+    let (status, answer) = post_raw(&h, "/generate", "text/plain", b"{}".to_vec());
+    assert_eq!((status, code(&answer)), (415, "unsupported_media_type"));
+    assert!(
+        h.sim.requests().iter().all(|r| r.path != "/prompt"),
+        "nothing was sent to ComfyUI"
+    );
+}
+
+#[test]
+fn wrong_method_and_unknown_path() {
+    let h = Harness::start();
+    let mut response = agent().get(&h.url("/generate")).call().expect("answers");
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let body: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("JSON");
+    assert_eq!(code(&body), "method_not_allowed");
+    let (status, body) = h.get_json("/no/such/path");
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, body) = h.get_json("/jobs/not-a-job-id");
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, body) = h.get_json("/images/../../etc/passwd");
+    assert_eq!((status, code(&body)), (404, "not_found"));
+}
+
+#[test]
+fn comfyui_validation_failure_is_422_with_node_errors() {
+    let h = Harness::start();
+    let mut body = small_txt2img("x");
+    body["checkpoint"] = json!("not-installed.safetensors");
+    let (status, answer) = h.post_json("/generate", &body);
+    assert_eq!(
+        (status, code(&answer)),
+        (422, "comfyui_rejected"),
+        "{answer}"
+    );
+    let node_errors = &answer["error"]["details"]["node_errors"];
+    assert_eq!(
+        node_errors["4"]["class_type"], "CheckpointLoaderSimple",
+        "{answer}"
+    );
+    assert_eq!(node_errors["4"]["errors"][0]["type"], "value_not_in_list");
+
+    // The same as a stream request: a plain HTTP error, never a half-open stream.
+    h.sim.fail_next(Failure::ValidationError);
+    let stream = h.generate_stream(&small_txt2img("y"));
+    assert_eq!(stream.status, 422);
+    assert_eq!(code(&stream.json_body()), "comfyui_rejected");
+}
+
+#[test]
+fn execution_error_ends_the_stream_naming_the_node() {
+    let h = Harness::start();
+    h.sim.fail_next(Failure::ExecutionError {
+        node_id: Some("3".into()),
+        exception_type: "torch.cuda.OutOfMemoryError".into(),
+        message: "CUDA out of memory. Tried to allocate 2.00 GiB".into(),
+    });
+    let events = h.generate_stream(&small_txt2img("oom")).until_terminal();
+    let last = events.last().expect("a terminal event");
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "execution_failed");
+    let message = last.data["message"].as_str().expect("message");
+    assert!(message.contains("node 3 (KSampler)"), "{message}");
+    assert!(message.contains("CUDA out of memory"), "{message}");
+    assert_eq!(last.data["details"]["node_type"], "KSampler");
+    assert_eq!(
+        last.data["details"]["exception_type"],
+        "torch.cuda.OutOfMemoryError"
+    );
+
+    h.sim.fail_next(Failure::ExecutionError {
+        node_id: None,
+        exception_type: "RuntimeError".into(),
+        message: "boom".into(),
+    });
+    let (status, answer) = h.post_json("/generate", &small_txt2img("oom 2"));
+    assert_eq!(
+        (status, code(&answer)),
+        (502, "execution_failed"),
+        "{answer}"
+    );
+    let job_id = answer["error"]["details"]["job_id"]
+        .as_str()
+        .expect("job id in details");
+    let (_, job) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["error"]["code"], "execution_failed");
+}
+
+#[test]
+fn comfyui_down_is_503_before_any_stream() {
+    let h = Harness::start();
+    h.sim.crash();
+    let stream = h.generate_stream(&small_txt2img("nobody home"));
+    assert_eq!(stream.status, 503);
+    let body = stream.json_body();
+    assert_eq!(code(&body), "comfyui_unavailable");
+    assert!(
+        body["error"]["details"]["backends"][0]["url"].is_string(),
+        "{body}"
+    );
+    let (status, ready) = h.get_json("/ready");
+    assert_eq!(status, 503, "{ready}");
+}
+
+#[test]
+fn websocket_dropped_mid_job_reconnects_and_completes() {
+    let h = Harness::with(Options {
+        sim: SimOptions {
+            step_delay: Duration::from_millis(30),
+            ..SimOptions::default()
+        },
+        ..Options::default()
+    });
+    h.sim.fail_next(Failure::CloseSocketAt { step: 2 });
+    let mut body = small_txt2img("resilient");
+    body["steps"] = json!(6);
+    let events = h.generate_stream(&body).until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    assert_eq!(last.data["images"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
+    let h = Harness::with(Options {
+        sim: SimOptions {
+            step_delay: Duration::from_millis(30),
+            ..SimOptions::default()
+        },
+        tweak: |app| app.run.comfyui_grace = Duration::from_millis(800),
+        ..Options::default()
+    });
+    h.sim.fail_next(Failure::CrashAt { step: 2 });
+    let mut body = small_txt2img("doomed");
+    body["steps"] = json!(6);
+    let events = h.generate_stream(&body).until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "comfyui_lost", "{:?}", last.data);
+    assert!(
+        events.iter().any(|e| e.event == "progress"),
+        "progress went on while waiting"
+    );
+}
+
+#[test]
+fn comfyui_restarting_mid_job_loses_the_prompt() {
+    let h = Harness::with(Options {
+        sim: SimOptions {
+            step_delay: Duration::from_millis(30),
+            ..SimOptions::default()
+        },
+        ..Options::default()
+    });
+    let sim_events = h.sim.events();
+    h.sim.fail_next(Failure::CrashAt { step: 2 });
+    let mut body = small_txt2img("restarted");
+    body["steps"] = json!(6);
+    let mut stream = h.generate_stream(&body);
+    assert_eq!(stream.status, 200);
+    // Wait for the crash, then bring ComfyUI back empty, as a restarted process would be.
+    sim_events
+        .iter()
+        .find(|e| matches!(e, SimEvent::Crashed))
+        .expect("the simulator crashed");
+    h.sim.restart().expect("restarts on the same port");
+    let events = stream.until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.data["code"], "comfyui_lost", "{:?}", last.data);
+    let message = last.data["message"].as_str().unwrap_or("");
+    assert!(message.contains("restarted"), "{message}");
+}
