@@ -1,4 +1,45 @@
 //! comfyui-gateway: put a ComfyUI image generator behind a small, dependable HTTP API.
+//!
+//! A client POSTs parameters to `/generate`; the gateway fills a workflow template, runs it on
+//! ComfyUI, streams progress as Server-Sent Events once a second, stores the images (Supabase
+//! Storage, or local disk), records their metadata, and ends the stream with links to the images.
+//!
+//! The design is deliberately plain: blocking I/O, one OS thread per request and per job,
+//! crossbeam channels between them, no async runtime. `ARCHITECTURE.md` follows one request
+//! through the modules; the README documents the HTTP API.
+//!
+//! # The whole flow, in-process
+//!
+//! The same pieces `main` uses, wired to the bundled ComfyUI simulator:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use comfyui_gateway::{app::App, config::Config, server::Server, sim::{ComfySim, SimOptions}};
+//!
+//! let comfyui = ComfySim::start(SimOptions::default())?;
+//! let data = std::env::temp_dir().join(format!("gateway-doc-{}", comfyui_gateway::ids::new_uuid()));
+//! let bound = Server::bind("127.0.0.1:0")?;
+//! let vars = [
+//!     ("COMFYUI_URL", comfyui.url()),
+//!     ("WORKFLOWS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").to_string()),
+//!     ("DATA_DIR", data.display().to_string()),
+//!     ("PUBLIC_BASE_URL", format!("http://{}", bound.addr())),
+//! ];
+//! let config = Config::from_lookup(|name| {
+//!     vars.iter().find(|(key, _)| *key == name).map(|(_, value)| value.clone())
+//! })?;
+//! let gateway = bound.serve(Arc::new(App::new(config)?))?;
+//!
+//! // A client asks for an image and waits for the JSON result.
+//! let mut response = ureq::post(format!("{}/generate", gateway.url()))
+//!     .header("Accept", "application/json")
+//!     .send_json(serde_json::json!({"workflow": "invert", "width": 32, "height": 32}))?;
+//! let result: serde_json::Value = response.body_mut().read_json()?;
+//! assert_eq!(result["images"][0]["width"], 32);
+//! assert!(result["images"][0]["url"].as_str().unwrap().ends_with("/0.png"));
+//! # std::fs::remove_dir_all(&data).ok();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod api;
 pub mod app;

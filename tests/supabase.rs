@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::fake_supabase::Route;
 use common::harness::{Harness, Options, small_txt2img};
 use serde_json::Value;
 
@@ -32,9 +33,9 @@ fn images_are_uploaded_and_rows_inserted_as_supabase_expects() {
     let requests = fake.requests();
     let upload = requests
         .iter()
-        .find(|r| r.method == "POST" && r.path == format!("/storage/v1/object/images/{key}"))
+        .find(|r| r.method == "POST" && r.path() == format!("/storage/v1/object/images/{key}"))
         .expect("the image was uploaded to the images bucket");
-    assert_eq!(upload.header("apikey"), Some(fake.key()));
+    assert_eq!(upload.header("apikey"), Some(fake.key().as_str()));
     assert_eq!(
         upload.header("authorization"),
         Some(format!("Bearer {}", fake.key()).as_str())
@@ -47,9 +48,9 @@ fn images_are_uploaded_and_rows_inserted_as_supabase_expects() {
 
     let insert = requests
         .iter()
-        .find(|r| r.method == "POST" && r.path.starts_with("/rest/v1/generations"))
+        .find(|r| r.method == "POST" && r.path().starts_with("/rest/v1/generations"))
         .expect("rows were inserted");
-    assert_eq!(insert.header("apikey"), Some(fake.key()));
+    assert_eq!(insert.header("apikey"), Some(fake.key().as_str()));
     assert_eq!(insert.header("content-type"), Some("application/json"));
     let rows: Value = serde_json::from_slice(&insert.body).expect("JSON rows");
     let row = &rows[0];
@@ -90,8 +91,118 @@ fn signed_urls_when_a_ttl_is_set() {
     let sign = fake
         .requests()
         .into_iter()
-        .find(|r| r.path.starts_with("/storage/v1/object/sign/"))
+        .find(|r| r.path().starts_with("/storage/v1/object/sign/"))
         .expect("a sign request");
     let body: Value = serde_json::from_slice(&sign.body).expect("JSON");
     assert_eq!(body["expiresIn"], 60);
+}
+
+fn error_body(status: &str, error: &str, message: &str, code: &str) -> String {
+    serde_json::json!({"statusCode": status, "error": error, "message": message, "code": code})
+        .to_string()
+}
+
+#[test]
+fn transient_supabase_failures_are_retried() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    fake.fail_next(
+        Route::Upload,
+        2,
+        503,
+        r#"{"message": "upstream connect error"}"#,
+    );
+    let (status, result) = h.post_json("/generate", &small_txt2img("third time lucky"));
+    assert_eq!(status, 200, "{result}");
+    let uploads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/storage/v1/object/images/"))
+        .count();
+    assert_eq!(uploads, 3, "503, 503, then 200");
+    assert_eq!(fake.rows().len(), 1);
+}
+
+#[test]
+fn a_permanent_supabase_error_is_reported_with_its_message_and_images_kept() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    fake.fail_next(
+        Route::Upload,
+        1,
+        400,
+        error_body(
+            "404",
+            "Bucket not found",
+            "Bucket not found",
+            "NoSuchBucket",
+        ),
+    );
+    let events = h
+        .generate_stream(&small_txt2img("no bucket"))
+        .until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.data["code"], "storage_failed", "{:?}", last.data);
+    let message = last.data["message"].as_str().unwrap_or("");
+    assert!(message.contains("Bucket not found"), "{message}");
+    let uploads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/storage/v1/object/images/"))
+        .count();
+    assert_eq!(uploads, 1, "a 4xx is not retried");
+    let spool_dir = last.data["details"]["spool_dir"]
+        .as_str()
+        .expect("spool_dir");
+    assert!(
+        std::path::Path::new(spool_dir)
+            .join("manifest.json")
+            .exists(),
+        "images kept in {spool_dir}"
+    );
+}
+
+#[test]
+fn supabase_down_spools_then_uploads_once_it_returns() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    fake.set_down(true);
+    let (status, answer) = h.post_json("/generate", &small_txt2img("outage"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("storage_failed")),
+        "{answer}"
+    );
+    let job_id = answer["error"]["details"]["job_id"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+    let spool_dir = std::path::PathBuf::from(
+        answer["error"]["details"]["spool_dir"]
+            .as_str()
+            .expect("spool"),
+    );
+    assert!(spool_dir.exists());
+    assert_eq!(
+        h.app.flush_spool(),
+        0,
+        "still down: nothing stored, nothing lost"
+    );
+    assert!(spool_dir.exists());
+
+    fake.set_down(false);
+    assert_eq!(h.app.flush_spool(), 1);
+    assert!(!spool_dir.exists(), "spool emptied once uploaded");
+    let key = format!("{job_id}/0.png");
+    assert!(
+        fake.objects().keys().any(|k| k.ends_with(&key)),
+        "image uploaded"
+    );
+    let rows = fake.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["job_id"], job_id.as_str());
+    let (_, job) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["result"]["images"][0]["key"], key.as_str());
+    assert_eq!(job["result"]["recovered_from"]["code"], "storage_failed");
 }

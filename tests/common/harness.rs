@@ -11,6 +11,8 @@ use comfyui_gateway::app::App;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::server::Server;
 use comfyui_gateway::sim::{ComfySim, SimOptions};
+use comfyui_gateway::storage::RetryPolicy;
+use comfyui_gateway::storage::supabase::{SupabaseOptions, SupabaseStorage};
 
 use super::fake_supabase::FakeSupabase;
 use super::sse_client::SseStream;
@@ -110,6 +112,16 @@ impl Harness {
             Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config");
         let mut app = App::new(config).expect("the app builds");
         app.run.comfyui_grace = Duration::from_secs(3);
+        if let Some(fake) = &supabase {
+            // The same storage, with retries measured in milliseconds instead of seconds.
+            let mut opts = SupabaseOptions::new(fake.url(), fake.key());
+            opts.retry = RetryPolicy {
+                attempts: 4,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(40),
+            };
+            app.storage = Arc::new(SupabaseStorage::new(opts));
+        }
         (options.tweak)(&mut app);
         let app = Arc::new(app);
         let gateway = bound.serve(Arc::clone(&app)).expect("the gateway serves");
