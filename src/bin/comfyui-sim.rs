@@ -67,3 +67,41 @@ fn main() -> ExitCode {
         std::thread::park();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_to_comfyuis_port() {
+        let opts = parse_args(args(&[])).expect("no arguments is fine");
+        assert_eq!(opts.listen, "127.0.0.1:8188");
+        assert!(!opts.send_previews);
+    }
+
+    #[test]
+    fn reads_every_flag() {
+        let opts = parse_args(args(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--step-ms",
+            "5",
+            "--previews",
+        ]))
+        .expect("valid arguments");
+        assert_eq!(opts.listen, "0.0.0.0:9000");
+        assert_eq!(opts.step_delay, Duration::from_millis(5));
+        assert!(opts.send_previews);
+    }
+
+    #[test]
+    fn explains_bad_arguments() {
+        let err = parse_args(args(&["--step-ms", "fast"])).expect_err("not a number");
+        assert!(err.contains("milliseconds"), "{err}");
+        assert!(parse_args(args(&["--bogus"])).is_err());
+    }
+}

@@ -24,6 +24,10 @@
 //! }
 //! ```
 //!
+//! Caching follows ComfyUI's classic cache: a node whose class, inputs and upstream nodes match
+//! one from the previous prompt is reused (reported in `execution_cached`); entries the new
+//! prompt cannot use are dropped, so only the last prompt's results are remembered.
+//!
 //! Threads: one HTTP dispatcher (plus tiny_http's accept thread and a thread per request), one
 //! writer thread per websocket, one worker. Every HTTP answer carries `Connection: close`, so no
 //! keep-alive connection can outlive a crash and answer from a dead process's memory.
@@ -81,14 +85,16 @@ impl Default for SimOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The next prompt fails with `execution_error` when it reaches `node_id` (`None`: the first
-    /// executed node with a `steps` input, else the first executed node).
+    /// executed node with a `steps` input, else the first executed node). A named node that does
+    /// not execute (cached, or not in the graph) lets the prompt succeed.
     ExecutionError {
         node_id: Option<String>,
         exception_type: String,
         message: String,
     },
     /// The simulator [crashes](ComfySim::crash) right after the sampler of the next prompt sent
-    /// the progress of this step.
+    /// the progress of this step. Like `CloseSocketAt`, it is used up by the next prompt even if
+    /// that prompt has no sampler or fewer steps.
     CrashAt { step: u32 },
     /// Every websocket ends without a close frame right after the sampler sent the progress of
     /// this step; the prompt still runs to success (visible in `/history`).

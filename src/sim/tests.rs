@@ -801,3 +801,14 @@ fn misc_endpoints_answer_like_comfyui() {
     assert_eq!(http.get("/upload/image").0, 405);
     assert_eq!(http.get_json("/history/unknown"), json!({}));
 }
+
+#[test]
+fn dropping_the_simulator_frees_its_port_even_with_a_socket_open() {
+    let sim = start();
+    let addr = sim.addr();
+    let mut ws = connect(&sim, "d");
+    sim.shutdown();
+    assert!(ws.read().is_err(), "the socket ended");
+    let refused = TcpStream::connect(addr).expect_err("nothing listens after shutdown");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+}

@@ -203,7 +203,7 @@ impl Validator<'_> {
         errors
     }
 
-    fn check_link(&mut self, input: &InputDef, value: &Value) -> Option<Value> {
+    fn check_link(&self, input: &InputDef, value: &Value) -> Option<Value> {
         let config = input.config(self.files);
         let bad_link = |message: String| {
             Some(json!({
