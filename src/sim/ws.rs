@@ -2,7 +2,7 @@
 //!
 //! Each socket has one writer thread fed by a channel, so the worker and HTTP threads never
 //! block on a slow client while holding a lock, and messages to one socket keep their order.
-//! Senders that need to know when bytes went out (for [`SimEvent`](super::SimEvent)s) wait for
+//! Senders that need to know when bytes went out (for [`SimEvent`]s) wait for
 //! an acknowledgement carrying the instant the frame was flushed.
 
 use std::collections::HashMap;
