@@ -294,7 +294,7 @@ enum Ending {
     /// The websocket reported the end of execution.
     Ran(Outcome),
     /// The socket was lost, but `/history` knew the prompt's end.
-    FromHistory(HistoryEntry),
+    FromHistory(Box<HistoryEntry>),
     Cancelled,
     TimedOut,
     /// ComfyUI went away and the prompt's fate is unknown.
@@ -341,7 +341,7 @@ fn drive(app: &App, job: &Job, started: Started, plan: &Plan, position: Option<u
         Ending::Ran(Outcome::Succeeded) => None,
         Ending::FromHistory(entry) => match history_failure(&entry, job) {
             Some(state) => return state,
-            None => Some(entry),
+            None => Some(*entry),
         },
         Ending::Ran(Outcome::Failed(failure)) => return execution_failed(&failure),
         Ending::Ran(Outcome::Interrupted { node_id, node_type }) => {
@@ -601,7 +601,7 @@ impl Watch<'_> {
                 return Err(Ending::TimedOut);
             }
             match self.probe() {
-                Probe::Finished(entry) => return Err(Ending::FromHistory(entry)),
+                Probe::Finished(entry) => return Err(Ending::FromHistory(Box::new(entry))),
                 Probe::Gone => {
                     return Err(Ending::Lost(format!(
                         "ComfyUI at {} no longer knows prompt {}: it restarted mid-job and the \
