@@ -283,3 +283,39 @@ fn comfyui_restarting_mid_job_loses_the_prompt() {
     let message = last.data["message"].as_str().unwrap_or("");
     assert!(message.contains("restarted"), "{message}");
 }
+
+#[test]
+fn a_prompt_that_finishes_while_the_websocket_is_cut_is_collected_from_history() {
+    let h = Harness::with(Options {
+        sim: SimOptions {
+            step_delay: Duration::from_millis(20),
+            ..SimOptions::default()
+        },
+        tweak: |app| app.run.comfyui_grace = Duration::from_secs(10),
+        ..Options::default()
+    });
+    let sim_events = h.sim.events();
+    let mut body = small_txt2img("blip");
+    body["steps"] = json!(6);
+    let mut stream = h.generate_stream(&body);
+    assert_eq!(stream.status, 200);
+    sim_events
+        .iter()
+        .find(|e| matches!(e, SimEvent::Step { value: 2, .. }))
+        .expect("the sampler reached step 2");
+    h.sim.cut_websockets(); // ComfyUI goes on; the gateway cannot follow it live
+    let finished = sim_events
+        .iter()
+        .find(|e| matches!(e, SimEvent::Finished { .. }))
+        .expect("the prompt finished in ComfyUI");
+    assert!(matches!(finished, SimEvent::Finished { ref outcome, .. } if outcome == "success"));
+    h.sim.restore_websockets();
+    let events = stream.until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    assert_eq!(
+        last.data["images"].as_array().map(Vec::len),
+        Some(1),
+        "images stored from history"
+    );
+}

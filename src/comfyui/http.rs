@@ -32,17 +32,20 @@ const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
 pub struct ClientOptions {
     /// Longest wait for the TCP (and TLS) connection.
     pub connect_timeout: Duration,
-    /// Longest a whole call may take: connecting, sending, and reading the full answer
-    /// (an image download included).
+    /// Longest a whole API call may take (`/prompt`, `/history`, `/queue`, ...): connecting,
+    /// sending, and reading the full answer. Short, so that a hung ComfyUI is noticed quickly.
     pub request_timeout: Duration,
+    /// Longest an image transfer (`/view`, `/upload/image`) may take, body included.
+    pub transfer_timeout: Duration,
 }
 
 impl Default for ClientOptions {
-    /// 5 s to connect, 60 s per call.
+    /// 5 s to connect, 15 s per API call, 5 min per image transfer.
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(15),
+            transfer_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -193,7 +196,10 @@ impl ComfyClient {
             .get(&url)
             .query("filename", &image.filename)
             .query("subfolder", &image.subfolder)
-            .query("type", &image.kind);
+            .query("type", &image.kind)
+            .config()
+            .timeout_per_call(Some(self.opts.transfer_timeout))
+            .build();
         let response = self.call(&url, request)?;
         let mut response = self.expect_success(&url, response)?;
         response
@@ -225,7 +231,13 @@ impl ComfyClient {
         }
         let url = self.url("/upload/image");
         let form = Multipart::image_upload(bytes, filename, content_type)?;
-        let request = self.agent.post(&url).content_type(form.content_type());
+        let request = self
+            .agent
+            .post(&url)
+            .content_type(form.content_type())
+            .config()
+            .timeout_per_call(Some(self.opts.transfer_timeout))
+            .build();
         let response = self.send(&url, request, form.body)?;
         let uploaded: Uploaded = parse_json(&url, self.json_body(&url, response)?)?;
         Ok(match uploaded.subfolder.trim_matches('/') {
@@ -733,6 +745,7 @@ mod tests {
         let opts = ClientOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_millis(300),
+            transfer_timeout: Duration::from_millis(300),
         };
         let client = ComfyClient::new(&format!("http://127.0.0.1:{port}"), opts).expect("valid");
         let started = std::time::Instant::now();

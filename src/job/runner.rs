@@ -7,9 +7,10 @@
 //! survives a dropped socket by asking `/history`, honours cancel and timeout, then stores the
 //! images and emits exactly one terminal event.
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{Value, json};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -260,21 +261,38 @@ fn start_on(
     })
 }
 
-/// The job thread's body: drive the job, and turn even a panic into a terminal event.
+/// The job thread's body: drive the job while a ticker thread publishes progress, and turn even
+/// a panic into a terminal event.
 fn run(app: &App, job: &Job, started: Started, plan: Plan, position: Option<usize>) {
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        drive(app, job, started, &plan, position)
-    }));
-    let state = outcome.unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown cause");
-        log::error!("job {} thread panicked: {what}", job.id());
-        JobState::Failed(ApiError::internal(format!(
-            "the gateway hit a bug while running this job ({what})"
-        )))
+    let mut tracker = ProgressTracker::new(started.prompt_id.clone(), &started.graph);
+    tracker.set_queue_position(position);
+    let tracker = Mutex::new(tracker);
+    let state = thread::scope(|scope| {
+        let (stop_ticks, stopped) = crossbeam_channel::bounded::<()>(0);
+        let ticker = thread::Builder::new()
+            .name(format!("tick-{}", &job.id().as_str()[..8]))
+            .spawn_scoped(scope, || tick(app, job, &tracker, stopped));
+        if let Err(e) = ticker {
+            log::error!(
+                "job {}: no progress ticks, cannot start a thread: {e}",
+                job.id()
+            );
+        }
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            drive(app, job, started, &plan, &tracker)
+        }));
+        drop(stop_ticks); // ends the ticker, which the scope then joins
+        outcome.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown cause");
+            log::error!("job {} thread panicked: {what}", job.id());
+            JobState::Failed(ApiError::internal(format!(
+                "the gateway hit a bug while running this job ({what})"
+            )))
+        })
     });
     let state_name = state.as_str();
     if job.finish(state) {
@@ -286,6 +304,29 @@ fn run(app: &App, job: &Job, started: Started, plan: Plan, position: Option<usiz
             job.elapsed_ms()
         );
     }
+}
+
+/// Publishes a `progress` event every interval until `stop` is dropped. It runs on its own thread
+/// so that ticks keep their cadence whatever the job thread is blocked on (a slow ComfyUI call,
+/// an upload).
+fn tick(app: &App, job: &Job, tracker: &Mutex<ProgressTracker>, stop: Receiver<()>) {
+    let interval = app.run.progress_interval;
+    let mut next = Instant::now() + interval;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_deadline(next) {
+        let state = job.state();
+        let snapshot = lock(tracker).snapshot(state.as_str(), job.elapsed_ms());
+        job.publish(EventKind::Progress, snapshot);
+        next += interval;
+        let now = Instant::now();
+        if next <= now {
+            next = now + interval; // fell behind (a busy machine): keep the cadence, no burst
+        }
+    }
+}
+
+/// The tracker, even if a panic poisoned its lock (its state is only ever replaced whole).
+fn lock(tracker: &Mutex<ProgressTracker>) -> MutexGuard<'_, ProgressTracker> {
+    tracker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How watching the prompt ended.
@@ -308,21 +349,26 @@ pub(super) struct Timings {
 }
 
 /// Watches the prompt, then turns its ending into the job's final state.
-fn drive(app: &App, job: &Job, started: Started, plan: &Plan, position: Option<usize>) -> JobState {
+fn drive(
+    app: &App,
+    job: &Job,
+    started: Started,
+    plan: &Plan,
+    tracker: &Mutex<ProgressTracker>,
+) -> JobState {
     let Started {
         client,
         monitor,
         prompt_id,
-        graph,
+        graph: _,
     } = started;
     let mut watch = Watch {
         app,
         job,
         client: &client,
         monitor: Some(monitor),
-        tracker: ProgressTracker::new(prompt_id.clone(), &graph),
+        tracker,
         prompt_id: &prompt_id,
-        next_tick: Instant::now() + app.run.progress_interval,
         deadline: job.created() + app.run.job_timeout,
         timings: Timings {
             created: job.created(),
@@ -330,7 +376,6 @@ fn drive(app: &App, job: &Job, started: Started, plan: &Plan, position: Option<u
             executed: None,
         },
     };
-    watch.tracker.set_queue_position(position);
     let ending = watch.follow();
     if let Some(monitor) = watch.monitor.take() {
         monitor.close();
@@ -380,43 +425,10 @@ fn drive(app: &App, job: &Job, started: Started, plan: &Plan, position: Option<u
         history,
         timings,
     };
-    match with_progress_ticks(app, job, || output::collect_and_store(request)) {
+    match output::collect_and_store(request) {
         Ok(result) => JobState::Completed(Arc::new(result)),
         Err(error) => JobState::Failed(error),
     }
-}
-
-/// Runs `work` on a scoped thread while this thread keeps the job's progress ticks going.
-fn with_progress_ticks<T: Send>(app: &App, job: &Job, work: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let worker = scope.spawn(move || {
-            // If the receiver is gone the job thread itself has gone; nothing to tell.
-            let _ = done_tx.send(work());
-        });
-        loop {
-            match done_rx.recv_timeout(app.run.progress_interval) {
-                Ok(result) => return result,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    job.publish(
-                        EventKind::Progress,
-                        json!({
-                            "state": "uploading", "queue_position": 0, "node": null,
-                            "node_type": null, "step": null, "steps": null,
-                            "percent": 100.0, "elapsed_ms": job.elapsed_ms(),
-                        }),
-                    );
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    // The worker panicked before sending: re-raise it here, where `run` catches it.
-                    match worker.join() {
-                        Err(panic) => panic::resume_unwind(panic),
-                        Ok(()) => unreachable!("the worker sends before it returns"),
-                    }
-                }
-            }
-        }
-    })
 }
 
 /// The state of a job whose end was read from `/history`, unless it succeeded.
@@ -496,15 +508,14 @@ struct Watch<'a> {
     job: &'a Job,
     client: &'a ComfyClient,
     monitor: Option<Monitor>,
-    tracker: ProgressTracker,
+    tracker: &'a Mutex<ProgressTracker>,
     prompt_id: &'a PromptId,
-    next_tick: Instant,
     deadline: Instant,
     timings: Timings,
 }
 
 impl Watch<'_> {
-    /// Follows the prompt until it ends, ticking progress on the way.
+    /// Follows the prompt until it ends.
     fn follow(&mut self) -> Ending {
         loop {
             if self.job.cancel_requested() {
@@ -514,12 +525,9 @@ impl Watch<'_> {
             if now >= self.deadline {
                 return Ending::TimedOut;
             }
-            if now >= self.next_tick {
-                self.tick(now);
-            }
+            // Short waits, so a cancel request is noticed within the poll interval.
             let wait = self
-                .next_tick
-                .min(self.deadline)
+                .deadline
                 .saturating_duration_since(now)
                 .min(self.app.run.poll_interval);
             let Some(monitor) = self.monitor.as_mut() else {
@@ -543,35 +551,23 @@ impl Watch<'_> {
         }
     }
 
-    fn tick(&mut self, now: Instant) {
-        let state = if self.tracker.started() {
-            "running"
-        } else {
-            "queued"
-        };
-        self.job.publish(
-            EventKind::Progress,
-            self.tracker.snapshot(state, self.job.elapsed_ms()),
-        );
-        self.next_tick += self.app.run.progress_interval;
-        if self.next_tick <= now {
-            // We fell behind (a slow ComfyUI call): resume the cadence from now, don't burst.
-            self.next_tick = now + self.app.run.progress_interval;
-        }
-    }
-
     fn observe(&mut self, event: &WsEvent) -> Option<Outcome> {
-        if matches!(event, WsEvent::Status { .. }) && !self.tracker.started() {
+        if matches!(event, WsEvent::Status { .. }) && !lock(self.tracker).started() {
+            // Outside the tracker's lock: an HTTP call must never hold up a tick.
             let position = self
                 .client
                 .get_queue()
                 .ok()
                 .and_then(|queue| queue.position_of(self.prompt_id));
-            self.tracker.set_queue_position(position);
+            lock(self.tracker).set_queue_position(position);
         }
-        let was_started = self.tracker.started();
-        let outcome = self.tracker.observe(event).cloned();
-        if !was_started && self.tracker.started() {
+        let (was_started, outcome, started) = {
+            let mut tracker = lock(self.tracker);
+            let was_started = tracker.started();
+            let outcome = tracker.observe(event).cloned();
+            (was_started, outcome, tracker.started())
+        };
+        if !was_started && started {
             self.app
                 .metrics
                 .time_to_first_progress
@@ -619,6 +615,11 @@ impl Watch<'_> {
                         Ok(monitor) => {
                             log::info!("job {}: reconnected to ComfyUI", self.job.id());
                             self.monitor = Some(monitor);
+                            // The prompt may have finished between the probe and the new socket
+                            // (its last messages went nowhere); history has it then.
+                            if let Ok(Some(entry)) = self.client.get_history(self.prompt_id) {
+                                return Err(Ending::FromHistory(Box::new(entry)));
+                            }
                             return Ok(());
                         }
                         Err(e) => log::debug!("job {}: reconnect failed: {e}", self.job.id()),
@@ -632,13 +633,10 @@ impl Watch<'_> {
             let now = Instant::now();
             if now >= give_up {
                 return Err(Ending::Lost(format!(
-                    "ComfyUI at {} stopped answering mid-job and was still unreachable after {} s",
+                    "ComfyUI at {} stopped answering mid-job and was still unreachable after {:?}",
                     self.client.base_url(),
-                    self.app.run.comfyui_grace.as_secs()
+                    self.app.run.comfyui_grace
                 )));
-            }
-            if now >= self.next_tick {
-                self.tick(now);
             }
             thread::sleep(backoff.min(give_up.saturating_duration_since(now)));
             backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -276,6 +276,10 @@ fn handle(shared: &Arc<Shared>, mut request: tiny_http::Request, generation: u64
         write_reply(request, &Reply::unavailable());
         return;
     }
+    if upgrade && shared.state().refuse_websockets {
+        write_reply(request, &Reply::unavailable());
+        return;
+    }
     if upgrade {
         ws::accept(shared, request, query_param(query, "clientId"), generation);
         return;

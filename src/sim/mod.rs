@@ -246,6 +246,24 @@ impl ComfySim {
         self.shared.wake.notify_all();
     }
 
+    /// Imitates a network blip between client and ComfyUI's websocket: every socket ends without
+    /// a close frame and new upgrades are refused (503) until
+    /// [`restore_websockets`](Self::restore_websockets), while HTTP answers and prompts keep
+    /// running, so history fills up as usual.
+    pub fn cut_websockets(&self) {
+        let generation = {
+            let mut st = self.shared.state();
+            st.refuse_websockets = true;
+            st.generation
+        };
+        self.shared.hub.close_all(generation);
+    }
+
+    /// Accepts websocket upgrades again after [`cut_websockets`](Self::cut_websockets).
+    pub fn restore_websockets(&self) {
+        self.shared.state().refuse_websockets = false;
+    }
+
     /// Imitates the process dying: websockets end without a close frame, the port refuses
     /// connections, and queue, history, files and cache are forgotten. Returns once all that is
     /// true, after sending [`SimEvent::Crashed`].
@@ -371,11 +389,14 @@ impl Shared {
             st.generation
         };
         self.wake.notify_all();
-        self.hub.close_all(generation);
+        // The listener goes first: a client that notices its websocket dropped and asks
+        // /history at once must find the port refusing, as with a dead process, not a request
+        // accepted in the moment before the listener closes and then never answered.
         let serving = lock(&self.listener).take();
         if let Some(serving) = serving {
             serving.stop();
         }
+        self.hub.close_all(generation);
         log::info!("comfyui-sim crashed (simulated)");
         self.emit(SimEvent::Crashed);
     }

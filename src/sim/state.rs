@@ -102,6 +102,8 @@ pub(crate) struct SimState {
     pub shutting_down: bool,
     /// Test control: pending prompts wait while paused.
     pub paused: bool,
+    /// Test control: websocket upgrades are refused (a network blip), HTTP still answers.
+    pub refuse_websockets: bool,
     /// Set by `/interrupt` for the running prompt.
     pub interrupt: bool,
     /// Test control: the failure the next prompt to start will suffer.
@@ -125,6 +127,7 @@ impl SimState {
             alive: true,
             shutting_down: false,
             paused: false,
+            refuse_websockets: false,
             interrupt: false,
             exec_failure: None,
             reject_next: false,

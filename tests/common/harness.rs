@@ -91,6 +91,8 @@ impl Harness {
 
     /// Gateway + simulator built from `options`.
     pub fn with(options: Options) -> Harness {
+        // RUST_LOG=debug cargo test ... shows what the gateway and the simulator did.
+        let _ = env_logger::builder().is_test(true).try_init();
         let sim = ComfySim::start(options.sim).expect("the simulator starts");
         let supabase = options.supabase.then(FakeSupabase::start);
         let dir = TestDir::new();
