@@ -2,15 +2,19 @@
 
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tiny_http::{Method, Request, Response, StatusCode};
 
 use super::{auth, reply};
 use crate::api::{ApiError, ErrorCode, GenerateRequest};
 use crate::app::App;
 use crate::ids::JobId;
-use crate::job::{self, Event, EventKind, Job, JobState};
+use crate::job::{self, EventKind, Job, JobState};
 use crate::metrics::Gauges;
 use crate::sse::SseWriter;
+
+/// The longest `DELETE /jobs/{id}` waits for the job to end before answering its current state.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// The web page served at `GET /`, built into the binary so it needs no files beside it.
 const PAGE: &str = include_str!("page.html");
@@ -326,11 +330,15 @@ fn cancel_job(app: &App, request: Request, id: &str) {
         Err(error) => return reply::error(request, &error),
     };
     if job.request_cancel() {
-        // The job thread notices within its poll interval; wait for its terminal event so the
-        // answer says how the job really ended (it may have completed first).
-        let subscription = job.subscribe(0);
-        if let Some(live) = subscription.live {
-            let _ = live.iter().find(|e: &Arc<Event>| e.kind.is_terminal());
+        // The job thread notices within its poll interval; wait (bounded: it may be busy
+        // storing) for the terminal event so the answer says how the job really ended.
+        let deadline = Instant::now() + CANCEL_WAIT;
+        if let Some(live) = job.subscribe(u64::MAX).live {
+            while let Ok(event) = live.recv_deadline(deadline) {
+                if event.kind.is_terminal() {
+                    break;
+                }
+            }
         }
     }
     reply::json(request, 200, &job.to_json());

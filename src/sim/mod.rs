@@ -1,1 +1,382 @@
-//! (being written)
+//! A faithful, in-process stand-in for ComfyUI's server, for tests and demos.
+//!
+//! [`ComfySim`] listens on one port for ComfyUI's HTTP API (`/prompt`, `/history`, `/view`,
+//! `/queue`, `/interrupt`, `/upload/image`, `/system_stats`, `/object_info`) and its websocket
+//! (`/ws?clientId=...`). A single worker thread executes queued prompts one at a time, FIFO,
+//! sending the same messages in the same order as ComfyUI, caching node results like ComfyUI,
+//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves.
+//!
+//! Tests steer it and watch it without sleeping: [`ComfySim::events`] reports what happened after
+//! the bytes were written, [`ComfySim::fail_next`] injects failures, [`ComfySim::pause`] holds the
+//! queue, [`ComfySim::crash`] and [`ComfySim::restart`] imitate the process dying and coming back.
+//!
+//! ```no_run
+//! use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+//!
+//! let sim = ComfySim::start(SimOptions::default()).expect("port 0 is always free");
+//! let events = sim.events();
+//! // ... point a client at sim.url(), queue a prompt ...
+//! while let Ok(event) = events.recv() {
+//!     if let SimEvent::Finished { outcome, .. } = event {
+//!         assert_eq!(outcome, "success");
+//!         break;
+//!     }
+//! }
+//! ```
+//!
+//! Caching follows ComfyUI's classic cache: a node whose class, inputs and upstream nodes match
+//! one from the previous prompt is reused (reported in `execution_cached`); entries the new
+//! prompt cannot use are dropped, so only the last prompt's results are remembered.
+//!
+//! Threads: one HTTP dispatcher (plus tiny_http's accept thread and a thread per request), one
+//! writer thread per websocket, one worker. Every HTTP answer carries `Connection: close`, so no
+//! keep-alive connection can outlive a crash and answer from a dead process's memory.
+//!
+//! Websockets are write-only: the simulator never reads client frames (tiny_http's upgraded
+//! stream cannot be read and written from two threads, nor given a timeout), so it does not
+//! answer pings or close frames; a client should simply drop its socket when done.
+
+mod compute;
+mod exec;
+mod graph;
+mod http;
+mod nodes;
+mod render;
+mod state;
+mod validate;
+mod ws;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use state::SimState;
+
+/// How to run the simulator.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Address to listen on; `"127.0.0.1:0"` picks a free port.
+    pub listen: String,
+    /// How long each sampler step takes.
+    pub step_delay: Duration,
+    /// Whether samplers send binary preview frames (type 1, PNG) after each step.
+    pub send_previews: bool,
+}
+
+impl Default for SimOptions {
+    /// `127.0.0.1:0`, 20 ms per step, no previews.
+    fn default() -> Self {
+        SimOptions {
+            listen: "127.0.0.1:0".into(),
+            step_delay: Duration::from_millis(20),
+            send_previews: false,
+        }
+    }
+}
+
+/// A failure to inject with [`ComfySim::fail_next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The next prompt fails with `execution_error` when it reaches `node_id` (`None`: the first
+    /// executed node with a `steps` input, else the first executed node). A named node that does
+    /// not execute (cached, or not in the graph) lets the prompt succeed.
+    ExecutionError {
+        node_id: Option<String>,
+        exception_type: String,
+        message: String,
+    },
+    /// The simulator [crashes](ComfySim::crash) right after the sampler of the next prompt sent
+    /// the progress of this step. Like `CloseSocketAt`, it is used up by the next prompt even if
+    /// that prompt has no sampler or fewer steps.
+    CrashAt { step: u32 },
+    /// Every websocket ends without a close frame right after the sampler sent the progress of
+    /// this step; the prompt still runs to success (visible in `/history`).
+    CloseSocketAt { step: u32 },
+    /// The next `POST /prompt` is refused with 400 `prompt_outputs_failed_validation`.
+    ValidationError,
+}
+
+/// Something the simulator did, reported after the bytes that show it were written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimEvent {
+    /// A websocket was accepted and its first `status` message written.
+    WsConnected { client_id: String },
+    /// `POST /prompt` queued a prompt (reported before the worker can start it). `number` is
+    /// the one in the answer, except that ComfyUI makes it negative for `"front": true`.
+    PromptQueued { prompt_id: String, number: u64 },
+    /// The worker started a prompt and wrote `execution_start`.
+    ExecutionStarted { prompt_id: String },
+    /// A sampler step's `progress` message was written (`at`: just after the flush, or when it
+    /// would have been had the client been connected).
+    Step {
+        prompt_id: String,
+        node: String,
+        value: u32,
+        max: u32,
+        at: Instant,
+    },
+    /// A prompt ended and its final `executing {node: null}` was written; `outcome` is
+    /// `"success"`, `"error"` or `"interrupted"`. Not sent for prompts lost in a crash.
+    Finished { prompt_id: String, outcome: String },
+    /// `POST /interrupt` was answered; `prompt_id` is the prompt it stopped, if any.
+    Interrupted { prompt_id: Option<String> },
+    /// `POST /queue` was answered; these pending prompts were removed.
+    QueueDeleted { prompt_ids: Vec<String> },
+    /// [`ComfySim::crash`] finished: sockets are closed and connections are refused.
+    Crashed,
+    /// [`ComfySim::restart`] finished: the port accepts connections again.
+    Restarted,
+}
+
+/// One HTTP request as the simulator received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target: path and query, e.g. `/view?filename=a.png&type=output`.
+    pub path: String,
+    /// Header names as sent, with their values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes (empty for websocket upgrades).
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running ComfyUI stand-in. Dropping it shuts it down: its threads end and its port is freed.
+pub struct ComfySim {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl ComfySim {
+    /// Binds `opts.listen` and starts serving.
+    pub fn start(opts: SimOptions) -> io::Result<ComfySim> {
+        let listener = TcpListener::bind(&opts.listen)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            addr,
+            send_previews: opts.send_previews,
+            step_delay: Mutex::new(opts.step_delay),
+            state: Mutex::new(SimState::new()),
+            wake: Condvar::new(),
+            subscribers: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
+            hub: ws::Hub::new(),
+            listener: Mutex::new(None),
+        });
+        let worker = thread::Builder::new()
+            .name("comfyui-sim-worker".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || exec::run_worker(shared)
+            })?;
+        let sim = ComfySim {
+            shared,
+            worker: Some(worker),
+        };
+        // On failure, dropping `sim` stops the worker again.
+        let serving = http::Listener::start(&sim.shared, listener, 0)?;
+        *lock(&sim.shared.listener) = Some(serving);
+        log::info!("comfyui-sim listening on http://{addr}");
+        Ok(sim)
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// The address it listens on (the same after a restart).
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// A receiver of every event from now on; each call gets its own complete stream.
+    pub fn events(&self) -> Receiver<SimEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        lock(&self.shared.subscribers).push(tx);
+        rx
+    }
+
+    /// Every HTTP request received so far (across crashes), oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Arms a failure: [`Failure::ValidationError`] for the next `POST /prompt`, the others for
+    /// the next prompt that starts executing. A later call replaces an armed one of the same kind.
+    pub fn fail_next(&self, failure: Failure) {
+        let mut st = self.shared.state();
+        match failure {
+            Failure::ValidationError => st.reject_next = true,
+            other => st.exec_failure = Some(other),
+        }
+    }
+
+    /// Changes how long each sampler step takes, from the next step on.
+    pub fn set_step_delay(&self, d: Duration) {
+        *lock(&self.shared.step_delay) = d;
+    }
+
+    /// Holds the queue: prompts are accepted but none starts until [`resume`](Self::resume).
+    /// A prompt already running continues.
+    pub fn pause(&self) {
+        self.shared.state().paused = true;
+    }
+
+    /// Lets queued prompts run again.
+    pub fn resume(&self) {
+        self.shared.state().paused = false;
+        self.shared.wake.notify_all();
+    }
+
+    /// Imitates the process dying: websockets end without a close frame, the port refuses
+    /// connections, and queue, history, files and cache are forgotten. Returns once all that is
+    /// true, after sending [`SimEvent::Crashed`].
+    pub fn crash(&self) {
+        self.shared.crash();
+    }
+
+    /// Listens again on the same port with empty state, like a restarted ComfyUI (crashing
+    /// first if it is running). Sends [`SimEvent::Restarted`].
+    pub fn restart(&self) -> io::Result<()> {
+        if self.shared.state().alive {
+            self.shared.crash();
+        }
+        let listener = bind_again(self.shared.addr)?;
+        let generation = {
+            let mut st = self.shared.state();
+            st.alive = true;
+            st.generation
+        };
+        match http::Listener::start(&self.shared, listener, generation) {
+            Ok(serving) => *lock(&self.shared.listener) = Some(serving),
+            Err(e) => {
+                self.shared.state().alive = false;
+                return Err(e);
+            }
+        }
+        self.shared.wake.notify_all();
+        self.shared.emit(SimEvent::Restarted);
+        Ok(())
+    }
+
+    /// Stops everything and frees the port (the same as dropping it).
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ComfySim {
+    fn drop(&mut self) {
+        let generation = {
+            let mut st = self.shared.state();
+            st.shutting_down = true;
+            st.forget_everything();
+            st.generation
+        };
+        self.shared.wake.notify_all();
+        self.shared.hub.close_all(generation);
+        let serving = lock(&self.shared.listener).take();
+        if let Some(serving) = serving {
+            serving.stop();
+        }
+        if let Some(worker) = self.worker.take()
+            && worker.join().is_err()
+        {
+            log::error!("comfyui-sim worker thread panicked");
+        }
+    }
+}
+
+/// Binds `addr` again after a crash; the old listener may take a moment to release it.
+fn bind_again(addr: SocketAddr) -> io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Locks a mutex, carrying on with the data if a panicking thread poisoned it: every critical
+/// section here leaves the data consistent, and the simulator must keep answering.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the simulator's threads share.
+pub(crate) struct Shared {
+    addr: SocketAddr,
+    send_previews: bool,
+    step_delay: Mutex<Duration>,
+    state: Mutex<SimState>,
+    /// Signalled on every change the worker may wait for: queue, pause, interrupt, crash.
+    wake: Condvar,
+    subscribers: Mutex<Vec<Sender<SimEvent>>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    hub: ws::Hub,
+    listener: Mutex<Option<http::Listener>>,
+}
+
+impl Shared {
+    /// The process state, locked.
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        lock(&self.state)
+    }
+
+    /// Sends `event` to every live subscriber.
+    fn emit(&self, event: SimEvent) {
+        lock(&self.subscribers).retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        lock(&self.requests).push(request);
+    }
+
+    fn step_delay(&self) -> Duration {
+        *lock(&self.step_delay)
+    }
+
+    /// Sends `status` with the current queue size to every socket.
+    fn broadcast_status(&self) {
+        let remaining = self.state().queue_remaining();
+        self.hub.broadcast(ws::status_message(remaining, None));
+    }
+
+    /// See [`ComfySim::crash`]; also called by the worker for [`Failure::CrashAt`].
+    fn crash(&self) {
+        let generation = {
+            let mut st = self.state();
+            st.forget_everything();
+            st.generation
+        };
+        self.wake.notify_all();
+        self.hub.close_all(generation);
+        let serving = lock(&self.listener).take();
+        if let Some(serving) = serving {
+            serving.stop();
+        }
+        log::info!("comfyui-sim crashed (simulated)");
+        self.emit(SimEvent::Crashed);
+    }
+}

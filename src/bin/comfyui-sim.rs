@@ -1,0 +1,107 @@
+//! `comfyui-sim`: the ComfyUI stand-in as a process, for demos and manual testing.
+//!
+//! ```text
+//! comfyui-sim [--listen ADDR] [--step-ms N] [--previews]
+//! ```
+//! Listens on `127.0.0.1:8188` (ComfyUI's default) unless told otherwise, logs through
+//! `env_logger` (`RUST_LOG=info` by default) and runs until killed.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use comfyui_gateway::sim::{ComfySim, SimOptions};
+
+const USAGE: &str = "usage: comfyui-sim [--listen ADDR] [--step-ms N] [--previews]";
+
+/// Reads the command line into options; `Err` carries the message for the user.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SimOptions, String> {
+    let mut opts = SimOptions {
+        listen: "127.0.0.1:8188".into(),
+        ..SimOptions::default()
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => {
+                opts.listen = args
+                    .next()
+                    .ok_or("--listen needs an address such as 127.0.0.1:8188")?;
+            }
+            "--step-ms" => {
+                let value = args
+                    .next()
+                    .ok_or("--step-ms needs a number of milliseconds")?;
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| format!("--step-ms expects milliseconds, got {value:?}"))?;
+                opts.step_delay = Duration::from_millis(ms);
+            }
+            "--previews" => opts.send_previews = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opts = match parse_args(std::env::args().skip(1)) {
+        Ok(opts) => opts,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = opts.listen.clone();
+    let sim = match ComfySim::start(opts) {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("comfyui-sim: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("comfyui-sim listening on {}", sim.url());
+    // Serve until the process is killed; the simulator's own threads do all the work.
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_to_comfyuis_port() {
+        let opts = parse_args(args(&[])).expect("no arguments is fine");
+        assert_eq!(opts.listen, "127.0.0.1:8188");
+        assert!(!opts.send_previews);
+    }
+
+    #[test]
+    fn reads_every_flag() {
+        let opts = parse_args(args(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--step-ms",
+            "5",
+            "--previews",
+        ]))
+        .expect("valid arguments");
+        assert_eq!(opts.listen, "0.0.0.0:9000");
+        assert_eq!(opts.step_delay, Duration::from_millis(5));
+        assert!(opts.send_previews);
+    }
+
+    #[test]
+    fn explains_bad_arguments() {
+        let err = parse_args(args(&["--step-ms", "fast"])).expect_err("not a number");
+        assert!(err.contains("milliseconds"), "{err}");
+        assert!(parse_args(args(&["--bogus"])).is_err());
+    }
+}

@@ -1,0 +1,336 @@
+//! What each simulated node does with its inputs: cheap stand-ins that keep the facts a client
+//! can see (sizes, batch counts, determinism from seed and prompt, solid colours, inversion).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::graph::{Node, as_link};
+use super::render::{self, Frames, Picture};
+use super::validate::{to_float, to_int, to_text};
+
+/// One output value of a node (ComfyUI's MODEL, CLIP, LATENT, IMAGE, ... objects).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum NodeValue {
+    Model { ckpt: String },
+    Clip { ckpt: String },
+    Vae { ckpt: String },
+    Conditioning { text: String },
+    Latent(Frames),
+    Image(Frames),
+    Mask { width: u32, height: u32 },
+}
+
+/// The outputs of an executed node, shared with the cache.
+pub(crate) type Outputs = Arc<Vec<NodeValue>>;
+
+/// What executing a node produced.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Computed {
+    /// Plain outputs, one per slot.
+    Values(Vec<NodeValue>),
+    /// An output node's images, to be written as PNG files of this `kind` ("output" or "temp").
+    Save {
+        kind: &'static str,
+        prefix: String,
+        frames: Frames,
+    },
+}
+
+/// A node failure as ComfyUI reports it: a Python exception type and message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeFailure {
+    pub exception_type: String,
+    pub message: String,
+}
+
+impl NodeFailure {
+    fn new(exception_type: &str, message: impl Into<String>) -> NodeFailure {
+        NodeFailure {
+            exception_type: exception_type.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a node's inputs: widget values from the graph, links from upstream outputs.
+pub(crate) struct Inputs<'a> {
+    pub node: &'a Node,
+    pub upstream: &'a HashMap<String, Outputs>,
+}
+
+impl Inputs<'_> {
+    fn raw(&self, name: &str) -> Result<&Value, NodeFailure> {
+        self.node
+            .inputs
+            .get(name)
+            .ok_or_else(|| NodeFailure::new("KeyError", format!("'{name}'")))
+    }
+
+    fn link(&self, name: &str) -> Result<&NodeValue, NodeFailure> {
+        let raw = self.raw(name)?;
+        let (id, slot) = as_link(raw)
+            .ok_or_else(|| NodeFailure::new("TypeError", format!("{name} is not a link")))?;
+        self.upstream
+            .get(id)
+            .and_then(|outs| outs.get(slot))
+            .ok_or_else(|| {
+                NodeFailure::new("RuntimeError", format!("node {id} has no output {slot}"))
+            })
+    }
+
+    fn int(&self, name: &str) -> Result<i128, NodeFailure> {
+        to_int(self.raw(name)?).map_err(|m| NodeFailure::new("ValueError", m))
+    }
+
+    fn size(&self, name: &str) -> Result<u32, NodeFailure> {
+        let v = self.int(name)?;
+        u32::try_from(v)
+            .map_err(|_| NodeFailure::new("ValueError", format!("{name} {v} is out of range")))
+    }
+
+    fn float(&self, name: &str) -> Result<f64, NodeFailure> {
+        to_float(self.raw(name)?).map_err(|m| NodeFailure::new("ValueError", m))
+    }
+
+    fn text(&self, name: &str) -> Result<String, NodeFailure> {
+        to_text(self.raw(name)?).map_err(|m| NodeFailure::new("TypeError", m))
+    }
+
+    fn frames(&self, name: &str) -> Result<Frames, NodeFailure> {
+        match self.link(name)? {
+            NodeValue::Image(f) | NodeValue::Latent(f) => Ok(f.clone()),
+            other => Err(mismatch(name, other)),
+        }
+    }
+
+    fn conditioning(&self, name: &str) -> Result<String, NodeFailure> {
+        match self.link(name)? {
+            NodeValue::Conditioning { text } => Ok(text.clone()),
+            other => Err(mismatch(name, other)),
+        }
+    }
+}
+
+fn mismatch(name: &str, got: &NodeValue) -> NodeFailure {
+    NodeFailure::new(
+        "TypeError",
+        format!("input {name} received an unexpected value {got:?}"),
+    )
+}
+
+/// Executes `inputs.node`; `load_input` returns the bytes of an uploaded input file.
+pub(crate) fn compute(
+    inputs: &Inputs<'_>,
+    load_input: &dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
+) -> Result<Computed, NodeFailure> {
+    let values = match inputs.node.class.name {
+        "CheckpointLoaderSimple" => {
+            let ckpt = inputs.text("ckpt_name")?;
+            vec![
+                NodeValue::Model { ckpt: ckpt.clone() },
+                NodeValue::Clip { ckpt: ckpt.clone() },
+                NodeValue::Vae { ckpt },
+            ]
+        }
+        "CLIPTextEncode" => vec![NodeValue::Conditioning {
+            text: inputs.text("text")?,
+        }],
+        "EmptyLatentImage" => {
+            // Latents are an eighth of the image size, so sizes round down to a multiple of 8.
+            let w = (inputs.size("width")? / 8 * 8).max(8);
+            let h = (inputs.size("height")? / 8 * 8).max(8);
+            let batch = inputs.size("batch_size")? as usize;
+            vec![NodeValue::Latent(Frames {
+                width: w,
+                height: h,
+                pictures: vec![Picture::Blank; batch],
+            })]
+        }
+        "KSampler" => vec![NodeValue::Latent(sample(inputs)?)],
+        "VAEDecode" => vec![NodeValue::Image(inputs.frames("samples")?)],
+        "VAEEncode" => {
+            let mut frames = inputs.frames("pixels")?;
+            frames.width = (frames.width / 8 * 8).max(8);
+            frames.height = (frames.height / 8 * 8).max(8);
+            vec![NodeValue::Latent(frames)]
+        }
+        "LoadImage" => load_image(&inputs.text("image")?, load_input)?,
+        "EmptyImage" => {
+            let c = inputs.int("color")?;
+            let rgb = [(c >> 16) as u8, (c >> 8) as u8, c as u8];
+            vec![NodeValue::Image(Frames {
+                width: inputs.size("width")?,
+                height: inputs.size("height")?,
+                pictures: vec![Picture::Solid { rgb }; inputs.size("batch_size")? as usize],
+            })]
+        }
+        "ImageInvert" => {
+            let mut frames = inputs.frames("image")?;
+            frames.pictures = frames
+                .pictures
+                .into_iter()
+                .map(|p| Picture::Inverted(Box::new(p)))
+                .collect();
+            vec![NodeValue::Image(frames)]
+        }
+        "SaveImage" => {
+            return Ok(Computed::Save {
+                kind: "output",
+                prefix: inputs.text("filename_prefix")?,
+                frames: inputs.frames("images")?,
+            });
+        }
+        "PreviewImage" => {
+            return Ok(Computed::Save {
+                kind: "temp",
+                prefix: format!("ComfyUI_temp_{}", random_letters(5)),
+                frames: inputs.frames("images")?,
+            });
+        }
+        other => {
+            return Err(NodeFailure::new(
+                "NotImplementedError",
+                format!("the simulator cannot execute {other}"),
+            ));
+        }
+    };
+    Ok(Computed::Values(values))
+}
+
+/// KSampler: each batch item becomes a pattern coloured by seed, prompts and batch index;
+/// with `denoise` below 1 an input image shows through (img2img).
+fn sample(inputs: &Inputs<'_>) -> Result<Frames, NodeFailure> {
+    let seed = u64::try_from(inputs.int("seed")?)
+        .map_err(|_| NodeFailure::new("ValueError", "seed must be between 0 and 2^64-1"))?;
+    let positive = inputs.conditioning("positive")?;
+    let negative = inputs.conditioning("negative")?;
+    let denoise = inputs.float("denoise")?;
+    let mut frames = inputs.frames("latent_image")?;
+    frames.pictures = frames
+        .pictures
+        .into_iter()
+        .enumerate()
+        .map(|(i, base)| {
+            let index = (i as u64).to_le_bytes();
+            let hash = render::stable_hash(&[
+                &seed.to_le_bytes(),
+                positive.as_bytes(),
+                negative.as_bytes(),
+                &index,
+            ]);
+            let top = Picture::Pattern { hash };
+            if base == Picture::Blank || denoise >= 1.0 {
+                top
+            } else {
+                Picture::Blend {
+                    base: Box::new(base),
+                    top: Box::new(top),
+                    amount: denoise,
+                }
+            }
+        })
+        .collect();
+    Ok(frames)
+}
+
+/// LoadImage: the uploaded file's pixels when it is a PNG, else a 512x512 pattern from its bytes.
+fn load_image(
+    name: &str,
+    load_input: &dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
+) -> Result<Vec<NodeValue>, NodeFailure> {
+    let bytes = load_input(name).ok_or_else(|| {
+        NodeFailure::new(
+            "FileNotFoundError",
+            format!("[Errno 2] No such file or directory: 'input/{name}'"),
+        )
+    })?;
+    let frames = match render::decode_png(&bytes) {
+        Some(raster) => Frames {
+            width: raster.width,
+            height: raster.height,
+            pictures: vec![Picture::Pixels(Arc::new(raster))],
+        },
+        None => Frames {
+            width: 512,
+            height: 512,
+            pictures: vec![Picture::Pattern {
+                hash: render::stable_hash(&[&bytes]),
+            }],
+        },
+    };
+    let mask = NodeValue::Mask {
+        width: frames.width,
+        height: frames.height,
+    };
+    Ok(vec![NodeValue::Image(frames), mask])
+}
+
+/// Lowercase letters for temp file names, as ComfyUI's PreviewImage uses.
+fn random_letters(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    crate::ids::fill_random(&mut bytes);
+    bytes.iter().map(|b| char::from(b'a' + b % 26)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::graph::Graph;
+    use serde_json::json;
+
+    fn run(graph: &Value, id: &str, upstream: &HashMap<String, Outputs>) -> Computed {
+        let graph = Graph::parse(graph).expect("readable");
+        let inputs = Inputs {
+            node: &graph.nodes[id],
+            upstream,
+        };
+        compute(&inputs, &|_| None).expect("computes")
+    }
+
+    #[test]
+    fn empty_latent_rounds_sizes_down_to_multiples_of_eight() {
+        let g = json!({"5": {"class_type": "EmptyLatentImage",
+            "inputs": {"width": 100, "height": 64, "batch_size": 2}}});
+        let Computed::Values(v) = run(&g, "5", &HashMap::new()) else {
+            panic!("latent expected")
+        };
+        let NodeValue::Latent(f) = &v[0] else {
+            panic!("latent expected")
+        };
+        assert_eq!((f.width, f.height, f.pictures.len()), (96, 64, 2));
+    }
+
+    #[test]
+    fn empty_image_colour_is_split_into_rgb() {
+        let g = json!({"1": {"class_type": "EmptyImage",
+            "inputs": {"width": 2, "height": 2, "batch_size": 1, "color": 0x102030}}});
+        let Computed::Values(v) = run(&g, "1", &HashMap::new()) else {
+            panic!("image expected")
+        };
+        let NodeValue::Image(f) = &v[0] else {
+            panic!("image expected")
+        };
+        assert_eq!(
+            f.pictures[0],
+            Picture::Solid {
+                rgb: [0x10, 0x20, 0x30]
+            }
+        );
+    }
+
+    #[test]
+    fn missing_upload_fails_like_comfyui() {
+        let g =
+            Graph::parse(&json!({"10": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}))
+                .expect("readable");
+        let empty = HashMap::new();
+        let inputs = Inputs {
+            node: &g.nodes["10"],
+            upstream: &empty,
+        };
+        let err = compute(&inputs, &|_| None).expect_err("no such file");
+        assert_eq!(err.exception_type, "FileNotFoundError");
+    }
+}

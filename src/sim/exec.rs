@@ -1,0 +1,649 @@
+//! The worker: runs queued prompts one at a time, FIFO, sending ComfyUI's execution messages to
+//! the socket of the client that queued each prompt, caching node results, writing history.
+//!
+//! Message order per prompt (status broadcasts interleave):
+//! `execution_start`, `execution_cached`, then per node `executing`, `progress_state`,
+//! `progress` (samplers, once a step), `executed` (output nodes; cached output nodes get only
+//! this), then `execution_success` | `execution_error` | `execution_interrupted`, `status`, and
+//! `executing {node: null}`. History is written before the final message goes out, so a client
+//! reacting to it always finds the entry.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use super::compute::{self, Computed, Inputs, NodeFailure, NodeValue, Outputs};
+use super::graph::{Graph, Node, as_link, sort_ids};
+use super::render::{self, Frames, Picture};
+use super::state::{CachedNode, FileKey, QueueItem, SimState};
+use super::validate::to_int;
+use super::ws::message;
+use super::{Failure, Shared, SimEvent};
+
+/// Milliseconds since the Unix epoch, ComfyUI's message timestamps.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The worker thread's body: runs prompts until the simulator shuts down.
+pub(crate) fn run_worker(shared: Arc<Shared>) {
+    while let Some(job) = next_job(&shared) {
+        let prompt_id = job.item.prompt_id.clone();
+        let generation = job.generation;
+        let outcome = catch_unwind(AssertUnwindSafe(|| Execution::new(&shared, job).run()));
+        if outcome.is_err() {
+            log::error!("comfyui-sim: executing prompt {prompt_id} panicked");
+            let mut st = shared.state();
+            if st.generation == generation {
+                st.running = None;
+            }
+            drop(st);
+            shared.emit(SimEvent::Finished {
+                prompt_id,
+                outcome: "error".into(),
+            });
+        }
+    }
+}
+
+struct Job {
+    item: QueueItem,
+    generation: u64,
+    failure: Option<Failure>,
+}
+
+/// Waits for a prompt to run; `None` once the simulator shuts down.
+fn next_job(shared: &Shared) -> Option<Job> {
+    let mut st = shared.state();
+    loop {
+        if st.shutting_down {
+            return None;
+        }
+        if let Some(item) = st.start_next() {
+            return Some(Job {
+                item,
+                generation: st.generation,
+                failure: st.exec_failure.take(),
+            });
+        }
+        st = wait(shared, st);
+    }
+}
+
+fn wait<'a>(shared: &Shared, st: MutexGuard<'a, SimState>) -> MutexGuard<'a, SimState> {
+    shared
+        .wake
+        .wait(st)
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a prompt stopped before finishing.
+enum Halt {
+    /// The simulated process died: say nothing more, touch nothing.
+    Crashed,
+    Interrupted {
+        node: String,
+    },
+    Failed {
+        node: String,
+        failure: NodeFailure,
+    },
+}
+
+/// One prompt being executed.
+struct Execution<'a> {
+    shared: &'a Shared,
+    generation: u64,
+    item: QueueItem,
+    client: Option<String>,
+    failure: Option<Failure>,
+    graph: Graph,
+    /// `status.messages` for the history entry.
+    messages: Vec<Value>,
+    /// Nodes done so far (cached or executed), in order.
+    executed: Vec<String>,
+    values: HashMap<String, Outputs>,
+    /// UI outputs (`{"images": [...]}`) of output nodes.
+    ui: BTreeMap<String, Value>,
+    /// Per-node entries of `progress_state`.
+    progress: Map<String, Value>,
+}
+
+impl<'a> Execution<'a> {
+    fn new(shared: &'a Shared, job: Job) -> Execution<'a> {
+        // Validated when queued; a graph that no longer parses runs as an empty one.
+        let graph = Graph::parse(&job.item.graph).unwrap_or(Graph {
+            nodes: BTreeMap::new(),
+        });
+        Execution {
+            shared,
+            generation: job.generation,
+            client: job.item.client_id(),
+            item: job.item,
+            failure: job.failure,
+            graph,
+            messages: Vec::new(),
+            executed: Vec::new(),
+            values: HashMap::new(),
+            ui: BTreeMap::new(),
+            progress: Map::new(),
+        }
+    }
+
+    fn prompt_id(&self) -> &str {
+        &self.item.prompt_id
+    }
+
+    /// Sends a message to the prompt's client; returns when it was flushed, if it was.
+    fn send(&self, kind: &str, data: Value) -> Option<Instant> {
+        let client = self.client.as_deref()?;
+        self.shared.hub.send_text(client, message(kind, data))
+    }
+
+    /// Sends a message that also belongs in the history entry's `status.messages`.
+    fn send_recorded(&mut self, kind: &str, data: Value) {
+        self.messages.push(json!([kind, data]));
+        self.send(kind, data);
+    }
+
+    fn run(mut self) {
+        self.shared.broadcast_status();
+        let start = json!({"prompt_id": self.prompt_id(), "timestamp": now_ms()});
+        self.send_recorded("execution_start", start);
+        self.shared.emit(SimEvent::ExecutionStarted {
+            prompt_id: self.item.prompt_id.clone(),
+        });
+        let order = self.graph.execution_order(&self.item.outputs);
+        let result = self.execute_all(&order);
+        match result {
+            Ok(()) => self.finish_success(),
+            Err(Halt::Crashed) => {}
+            Err(Halt::Interrupted { node }) => self.finish_interrupted(&node),
+            Err(Halt::Failed { node, failure }) => self.finish_error(&node, &failure),
+        }
+    }
+
+    fn execute_all(&mut self, order: &[String]) -> Result<(), Halt> {
+        let signatures = self.signatures(order)?;
+        let mut cached = self.take_cached(order, &signatures)?;
+        let mut cached_ids: Vec<String> = cached.keys().cloned().collect();
+        sort_ids(&mut cached_ids);
+        let data =
+            json!({"nodes": cached_ids, "prompt_id": self.prompt_id(), "timestamp": now_ms()});
+        self.send_recorded("execution_cached", data);
+        let fail_at = self.failure_target(order, &cached);
+        for id in order {
+            self.check(id)?;
+            if let Some(hit) = cached.remove(id) {
+                if let Some(ui) = hit.ui {
+                    self.send_executed(id, &ui);
+                    self.ui.insert(id.clone(), ui);
+                }
+                self.values.insert(id.clone(), hit.outputs);
+                self.executed.push(id.clone());
+                continue;
+            }
+            let signature = signatures.get(id).copied().unwrap_or_default();
+            self.execute_node(id, signature, fail_at.as_deref() == Some(id.as_str()))?;
+        }
+        Ok(())
+    }
+
+    /// Each node's cache key: class, widget values, upstream keys, and for `LoadImage` the
+    /// file's bytes (ComfyUI's `IS_CHANGED`), so a re-uploaded image is not served stale.
+    fn signatures(&self, order: &[String]) -> Result<HashMap<String, u64>, Halt> {
+        let st = self.live_state()?;
+        let mut signatures: HashMap<String, u64> = HashMap::new();
+        for id in order {
+            let Some(node) = self.graph.nodes.get(id) else {
+                continue;
+            };
+            let mut parts: Vec<Vec<u8>> = vec![node.class.name.as_bytes().to_vec()];
+            for input in node.class.inputs {
+                let value = node.inputs.get(input.name).cloned().unwrap_or(Value::Null);
+                parts.push(input.name.as_bytes().to_vec());
+                match as_link(&value) {
+                    Some((up, slot)) => {
+                        let up_sig = signatures.get(up).copied().unwrap_or_default();
+                        parts.push(format!("link:{up_sig}:{slot}").into_bytes());
+                    }
+                    None => parts.push(value.to_string().into_bytes()),
+                }
+            }
+            if node.class.name == "LoadImage" {
+                let name = node
+                    .inputs
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let content = st.files.get(&FileKey::input(name));
+                parts.push(content.map_or_else(Vec::new, |bytes| bytes.to_vec()));
+            }
+            let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            signatures.insert(id.clone(), render::stable_hash(&slices));
+        }
+        Ok(signatures)
+    }
+
+    /// Like ComfyUI's classic cache: keeps only entries this prompt can use, and returns the
+    /// hits by node id.
+    fn take_cached(
+        &self,
+        order: &[String],
+        signatures: &HashMap<String, u64>,
+    ) -> Result<HashMap<String, CachedNode>, Halt> {
+        let mut st = self.live_state()?;
+        let wanted: HashSet<u64> = signatures.values().copied().collect();
+        st.cache.retain(|sig, _| wanted.contains(sig));
+        Ok(order
+            .iter()
+            .filter_map(|id| {
+                let hit = st.cache.get(signatures.get(id)?)?;
+                Some((id.clone(), hit.clone()))
+            })
+            .collect())
+    }
+
+    /// The node an injected `ExecutionError` fails at.
+    fn failure_target(
+        &self,
+        order: &[String],
+        cached: &HashMap<String, CachedNode>,
+    ) -> Option<String> {
+        let Some(Failure::ExecutionError { node_id, .. }) = &self.failure else {
+            return None;
+        };
+        if node_id.is_some() {
+            return node_id.clone();
+        }
+        let fresh: Vec<&String> = order
+            .iter()
+            .filter(|id| !cached.contains_key(*id))
+            .collect();
+        fresh
+            .iter()
+            .find(|id| {
+                self.graph
+                    .nodes
+                    .get(**id)
+                    .is_some_and(|n| n.class.has_steps())
+            })
+            .or(fresh.first())
+            .map(|id| (*id).clone())
+    }
+
+    /// The state, unless the simulated process died since this prompt started.
+    fn live_state(&self) -> Result<MutexGuard<'a, SimState>, Halt> {
+        let st = self.shared.state();
+        if st.generation == self.generation {
+            Ok(st)
+        } else {
+            Err(Halt::Crashed)
+        }
+    }
+
+    /// Stops at a crash or an interrupt, like ComfyUI's check before each node and step.
+    fn check(&self, node: &str) -> Result<(), Halt> {
+        let st = self.live_state()?;
+        if st.interrupt {
+            return Err(Halt::Interrupted { node: node.into() });
+        }
+        Ok(())
+    }
+
+    /// Waits one sampler step, waking early for an interrupt or a crash.
+    fn wait_step(&self, node: &str) -> Result<(), Halt> {
+        let deadline = Instant::now() + self.shared.step_delay();
+        let mut st = self.live_state()?;
+        loop {
+            if st.generation != self.generation {
+                return Err(Halt::Crashed);
+            }
+            if st.interrupt {
+                return Err(Halt::Interrupted { node: node.into() });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
+    fn execute_node(&mut self, id: &str, signature: u64, inject_failure: bool) -> Result<(), Halt> {
+        let Some(node) = self.graph.nodes.get(id).cloned() else {
+            return Ok(());
+        };
+        {
+            let mut st = self.live_state()?;
+            if let Some(running) = st.running.as_mut() {
+                running.node = Some(id.to_string());
+            }
+        }
+        let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
+        self.send("executing", data);
+        self.send_progress_state(id, 0, 1, "running");
+        if inject_failure
+            && let Some(Failure::ExecutionError {
+                exception_type,
+                message,
+                ..
+            }) = &self.failure
+        {
+            let failure = NodeFailure {
+                exception_type: exception_type.clone(),
+                message: message.clone(),
+            };
+            return Err(Halt::Failed {
+                node: id.into(),
+                failure,
+            });
+        }
+        let computed = {
+            let inputs = Inputs {
+                node: &node,
+                upstream: &self.values,
+            };
+            compute::compute(&inputs, &|name| self.load_input(name))
+        };
+        let computed = computed.map_err(|failure| Halt::Failed {
+            node: id.into(),
+            failure,
+        })?;
+        if node.class.has_steps() {
+            self.run_steps(&node, &computed)?;
+        }
+        let (outputs, ui) = match computed {
+            Computed::Values(values) => (values, None),
+            Computed::Save {
+                kind,
+                prefix,
+                frames,
+            } => {
+                let ui = self.save_images(id, kind, &prefix, &frames)?;
+                (Vec::new(), Some(ui))
+            }
+        };
+        let outputs = Arc::new(outputs);
+        if let Some(ui) = &ui {
+            self.send_executed(id, ui);
+            self.ui.insert(id.to_string(), ui.clone());
+        }
+        let entry = CachedNode {
+            outputs: Arc::clone(&outputs),
+            ui,
+        };
+        self.live_state()?.cache.insert(signature, entry);
+        self.values.insert(id.to_string(), outputs);
+        self.executed.push(id.to_string());
+        self.send_progress_state(id, 1, 1, "finished");
+        Ok(())
+    }
+
+    fn load_input(&self, name: &str) -> Option<Arc<Vec<u8>>> {
+        let st = self.shared.state();
+        (st.generation == self.generation)
+            .then(|| st.files.get(&FileKey::input(name)).cloned())
+            .flatten()
+    }
+
+    /// The sampler's steps: wait, `progress`, `progress_state`, optional preview, `Step` event,
+    /// then any armed crash or socket close for this step.
+    fn run_steps(&mut self, node: &Node, computed: &Computed) -> Result<(), Halt> {
+        let max = node
+            .inputs
+            .get("steps")
+            .and_then(|v| to_int(v).ok())
+            .map_or(1, |s| s.clamp(1, 10_000) as u32);
+        let preview_of = match computed {
+            Computed::Values(values) => match values.first() {
+                Some(NodeValue::Latent(frames)) => Some(frames.clone()),
+                _ => None,
+            },
+            Computed::Save { .. } => None,
+        };
+        for value in 1..=max {
+            self.wait_step(&node.id)?;
+            let data =
+                json!({"value": value, "max": max, "prompt_id": self.prompt_id(), "node": node.id});
+            let at = self.send("progress", data).unwrap_or_else(Instant::now);
+            self.send_progress_state(&node.id, value, max, "running");
+            if let Some(frames) = preview_of.as_ref().filter(|_| self.shared.send_previews) {
+                self.send_preview(frames, f64::from(value) / f64::from(max));
+            }
+            self.shared.emit(SimEvent::Step {
+                prompt_id: self.item.prompt_id.clone(),
+                node: node.id.clone(),
+                value,
+                max,
+                at,
+            });
+            match self.failure {
+                Some(Failure::CrashAt { step }) if step == value => {
+                    self.failure = None;
+                    self.shared.crash();
+                    return Err(Halt::Crashed);
+                }
+                Some(Failure::CloseSocketAt { step }) if step == value => {
+                    self.failure = None;
+                    self.shared.hub.close_all(self.generation);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A binary `PREVIEW_IMAGE` frame: type 1, format 2 (PNG), then a small PNG of the first
+    /// image developing from grey as the steps go by.
+    fn send_preview(&self, frames: &Frames, developed: f64) {
+        let Some(client) = self.client.as_deref() else {
+            return;
+        };
+        let Some(picture) = frames.pictures.first() else {
+            return;
+        };
+        let (w, h) = ((frames.width / 8).max(1), (frames.height / 8).max(1));
+        let developing = Picture::Blend {
+            base: Box::new(Picture::Blank),
+            top: Box::new(picture.clone()),
+            amount: developed,
+        };
+        match render::encode_png(w, h, &developing.render(w, h), &[]) {
+            Ok(png) => {
+                let mut frame = Vec::with_capacity(png.len() + 8);
+                frame.extend_from_slice(&1u32.to_be_bytes());
+                frame.extend_from_slice(&2u32.to_be_bytes());
+                frame.extend_from_slice(&png);
+                self.shared.hub.send_binary(client, frame);
+            }
+            Err(e) => log::warn!("comfyui-sim: encoding a preview failed: {e}"),
+        }
+    }
+
+    fn send_progress_state(&mut self, id: &str, value: u32, max: u32, state: &str) {
+        let entry = json!({
+            "value": value, "max": max, "state": state, "node_id": id, "prompt_id": self.prompt_id(),
+            "display_node_id": id, "parent_node_id": null, "real_node_id": id,
+        });
+        self.progress.insert(id.to_string(), entry);
+        let data = json!({"prompt_id": self.prompt_id(), "nodes": self.progress});
+        self.send("progress_state", data);
+    }
+
+    fn send_executed(&self, id: &str, ui: &Value) {
+        let data =
+            json!({"node": id, "display_node": id, "output": ui, "prompt_id": self.prompt_id()});
+        self.send("executed", data);
+    }
+
+    /// Renders and stores one PNG per batch item as `{prefix}_{counter:05}_.png`; a prefix
+    /// `a/b` saves `b_...` into subfolder `a`, as ComfyUI does.
+    fn save_images(
+        &self,
+        id: &str,
+        kind: &str,
+        prefix: &str,
+        frames: &Frames,
+    ) -> Result<Value, Halt> {
+        let (subfolder, filename) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let texts = self.png_texts();
+        let mut pngs = Vec::with_capacity(frames.pictures.len());
+        for picture in &frames.pictures {
+            let rgb = picture.render(frames.width, frames.height);
+            let png =
+                render::encode_png(frames.width, frames.height, &rgb, &texts).map_err(|e| {
+                    Halt::Failed {
+                        node: id.into(),
+                        failure: NodeFailure {
+                            exception_type: "OSError".into(),
+                            message: format!("cannot write PNG: {e}"),
+                        },
+                    }
+                })?;
+            pngs.push(png);
+        }
+        let mut st = self.live_state()?;
+        let first = st.next_counter(kind, subfolder, filename);
+        let mut images = Vec::new();
+        for (counter, png) in (first..).zip(pngs) {
+            let name = format!("{filename}_{counter:05}_.png");
+            st.files
+                .insert(FileKey::new(kind, subfolder, &name), Arc::new(png));
+            images.push(json!({"filename": name, "subfolder": subfolder, "type": kind}));
+        }
+        Ok(json!({ "images": images }))
+    }
+
+    /// `tEXt` chunks: `prompt` (the API graph), `workflow` (the UI graph the client passed in
+    /// `extra_data.extra_pnginfo`, else a small stand-in), and any other `extra_pnginfo` keys.
+    fn png_texts(&self) -> Vec<(String, String)> {
+        let mut texts = vec![("prompt".to_string(), render::ascii_json(&self.item.graph))];
+        let extra = self
+            .item
+            .extra_data
+            .get("extra_pnginfo")
+            .and_then(Value::as_object);
+        let workflow = extra
+            .and_then(|e| e.get("workflow"))
+            .cloned()
+            .unwrap_or_else(|| self.stand_in_workflow());
+        texts.push(("workflow".to_string(), render::ascii_json(&workflow)));
+        for (key, value) in extra.into_iter().flatten() {
+            if key != "workflow" {
+                texts.push((key.clone(), render::ascii_json(value)));
+            }
+        }
+        texts
+    }
+
+    fn stand_in_workflow(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .graph
+            .nodes
+            .values()
+            .map(|n| json!({"id": n.id, "type": n.class.name}))
+            .collect();
+        json!({
+            "last_node_id": nodes.len(), "last_link_id": 0, "nodes": nodes, "links": [],
+            "groups": [], "config": {}, "extra": {"generator": "comfyui-sim"}, "version": 0.4,
+        })
+    }
+
+    fn finish_success(mut self) {
+        let data = json!({"prompt_id": self.prompt_id(), "timestamp": now_ms()});
+        self.finish("execution_success", data, "success");
+    }
+
+    fn finish_error(mut self, node: &str, failure: &NodeFailure) {
+        let node_type = self.graph.nodes.get(node).map_or("", |n| n.class.name);
+        let current_inputs: Map<String, Value> = self
+            .graph
+            .nodes
+            .get(node)
+            .map(|n| {
+                n.inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!([v])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let data = json!({
+            "prompt_id": self.prompt_id(),
+            "node_id": node,
+            "node_type": node_type,
+            "executed": self.executed,
+            "exception_message": failure.message,
+            "exception_type": failure.exception_type,
+            "traceback": [
+                "Traceback (most recent call last):\n",
+                format!("  File \"comfyui-sim/execution.py\", in execute ({node_type} #{node})\n"),
+                format!("{}: {}\n", failure.exception_type, failure.message),
+            ],
+            "current_inputs": current_inputs,
+            "current_outputs": self.executed,
+            "timestamp": now_ms(),
+        });
+        self.finish("execution_error", data, "error");
+    }
+
+    fn finish_interrupted(mut self, node: &str) {
+        let node_type = self.graph.nodes.get(node).map_or("", |n| n.class.name);
+        let data = json!({
+            "prompt_id": self.prompt_id(), "node_id": node, "node_type": node_type,
+            "executed": self.executed, "timestamp": now_ms(),
+        });
+        self.finish("execution_interrupted", data, "interrupted");
+    }
+
+    /// Records history, then sends the final message, `status` and `executing {node: null}`.
+    fn finish(&mut self, kind: &str, data: Value, outcome: &str) {
+        self.messages.push(json!([kind, data]));
+        let success = outcome == "success";
+        let meta: Map<String, Value> = self
+            .ui
+            .keys()
+            .map(|id| {
+                let entry = json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id});
+                (id.clone(), entry)
+            })
+            .collect();
+        let entry = json!({
+            "prompt": self.item.to_json(),
+            "outputs": self.ui,
+            "status": {
+                "status_str": if success { "success" } else { "error" },
+                "completed": success,
+                "messages": self.messages,
+            },
+            "meta": meta,
+        });
+        {
+            let Ok(mut st) = self.live_state() else {
+                return;
+            };
+            st.add_history(self.item.prompt_id.clone(), entry);
+            st.running = None;
+        }
+        self.send(kind, data);
+        self.shared.broadcast_status();
+        self.send(
+            "executing",
+            json!({"node": null, "prompt_id": self.prompt_id()}),
+        );
+        self.shared.emit(SimEvent::Finished {
+            prompt_id: self.item.prompt_id.clone(),
+            outcome: outcome.into(),
+        });
+    }
+}
