@@ -70,7 +70,7 @@ impl App {
             .map(|url| ComfyClient::new(url, ClientOptions::default()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StartupError(format!("COMFYUI_URL: {e}")))?;
-        let (storage, local) = build_storage(&config)?;
+        let Stores { storage, local } = build_storage(&config)?;
         let spool = Spool::new(config.data_dir.join("spool")).map_err(|e| {
             StartupError(format!(
                 "DATA_DIR={}: cannot create the spool folder: {e}",
@@ -149,9 +149,13 @@ impl App {
     }
 }
 
-fn build_storage(
-    config: &Config,
-) -> Result<(Arc<dyn Storage>, Option<Arc<LocalStorage>>), StartupError> {
+/// The configured storage, plus the local store when that is what it is (it also serves images).
+struct Stores {
+    storage: Arc<dyn Storage>,
+    local: Option<Arc<LocalStorage>>,
+}
+
+fn build_storage(config: &Config) -> Result<Stores, StartupError> {
     match &config.supabase {
         Some(supabase) => {
             let storage = SupabaseStorage::new(SupabaseOptions {
@@ -164,7 +168,10 @@ fn build_storage(
                 connect_timeout: Duration::from_secs(10),
                 request_timeout: Duration::from_secs(120),
             });
-            Ok((Arc::new(storage), None))
+            Ok(Stores {
+                storage: Arc::new(storage),
+                local: None,
+            })
         }
         None => {
             let local = Arc::new(LocalStorage::new(
@@ -172,7 +179,10 @@ fn build_storage(
                 config.public_base_url.clone(),
             ));
             ensure_dir(&config.data_dir.join("images"))?;
-            Ok((local.clone(), Some(local)))
+            Ok(Stores {
+                storage: local.clone(),
+                local: Some(local),
+            })
         }
     }
 }

@@ -31,10 +31,12 @@
 //! let gateway = bound.serve(Arc::new(App::new(config)?))?;
 //!
 //! // A client asks for an image and waits for the JSON result.
+//! let request = serde_json::json!({"workflow": "invert", "width": 32, "height": 32});
 //! let mut response = ureq::post(format!("{}/generate", gateway.url()))
 //!     .header("Accept", "application/json")
-//!     .send_json(serde_json::json!({"workflow": "invert", "width": 32, "height": 32}))?;
-//! let result: serde_json::Value = response.body_mut().read_json()?;
+//!     .header("Content-Type", "application/json")
+//!     .send(request.to_string())?;
+//! let result: serde_json::Value = serde_json::from_str(&response.body_mut().read_to_string()?)?;
 //! assert_eq!(result["images"][0]["width"], 32);
 //! assert!(result["images"][0]["url"].as_str().unwrap().ends_with("/0.png"));
 //! # std::fs::remove_dir_all(&data).ok();

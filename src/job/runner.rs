@@ -71,7 +71,7 @@ impl Plan {
         match request {
             GenerateRequest::Graph { graph } => {
                 workflow::check_raw_graph(&graph).map_err(|errors| {
-                    ApiError::new(ErrorCode::InvalidParams, format!("invalid graph: {errors}"))
+                    ApiError::new(ErrorCode::InvalidParams, format!("graph: {errors}"))
                         .with_details(errors.to_details())
                 })?;
                 Ok(Plan {
@@ -89,11 +89,8 @@ impl Plan {
                     .with_details(json!({ "workflow": workflow, "available": known }))
                 })?;
                 let resolved = template.resolve(&params).map_err(|errors| {
-                    ApiError::new(
-                        ErrorCode::InvalidParams,
-                        format!("invalid parameters for {workflow}: {errors}"),
-                    )
-                    .with_details(errors.to_details())
+                    ApiError::new(ErrorCode::InvalidParams, format!("{workflow}: {errors}"))
+                        .with_details(errors.to_details())
                 })?;
                 Ok(Plan {
                     workflow: workflow.clone(),
@@ -184,21 +181,8 @@ fn start_on_any_backend(app: &App, job: &Job, plan: &Plan) -> Result<Started, Ap
     for client in &app.backends {
         match start_on(app, client, job, plan) {
             Ok(started) => return Ok(started),
-            Err(ComfyError::Rejected {
-                error_type,
-                message,
-                details,
-                node_errors,
-            }) => {
-                return Err(ApiError::new(
-                    ErrorCode::ComfyuiRejected,
-                    format!("ComfyUI refused the workflow: {message}"),
-                )
-                .with_details(json!({
-                    "type": error_type,
-                    "details": details,
-                    "node_errors": node_errors,
-                })));
+            Err(error) if matches!(error, ComfyError::Rejected { .. }) => {
+                return Err(rejected(&error));
             }
             Err(error) => {
                 app.metrics.comfyui_error();
@@ -215,6 +199,21 @@ fn start_on_any_backend(app: &App, job: &Job, plan: &Plan) -> Result<Started, Ap
         "no ComfyUI backend could be reached; is ComfyUI running at COMFYUI_URL?",
     )
     .with_details(json!({ "backends": unreachable })))
+}
+
+/// `422 comfyui_rejected` from ComfyUI's validation answer.
+fn rejected(error: &ComfyError) -> ApiError {
+    let details = match error {
+        ComfyError::Rejected {
+            error_type,
+            details,
+            node_errors,
+            ..
+        } => json!({ "type": error_type, "details": details, "node_errors": node_errors }),
+        _ => json!({}),
+    };
+    // The Display names every failing node and input, which is what the client must fix.
+    ApiError::new(ErrorCode::ComfyuiRejected, error.to_string()).with_details(details)
 }
 
 /// Connects the websocket first (so no message is missed), uploads images, queues the prompt.
@@ -294,7 +293,7 @@ enum Ending {
     /// The websocket reported the end of execution.
     Ran(Outcome),
     /// The socket was lost, but `/history` knew the prompt's end.
-    FromHistory(HistoryEntry),
+    FromHistory(Box<HistoryEntry>),
     Cancelled,
     TimedOut,
     /// ComfyUI went away and the prompt's fate is unknown.
@@ -341,7 +340,7 @@ fn drive(app: &App, job: &Job, started: Started, plan: &Plan, position: Option<u
         Ending::Ran(Outcome::Succeeded) => None,
         Ending::FromHistory(entry) => match history_failure(&entry, job) {
             Some(state) => return state,
-            None => Some(entry),
+            None => Some(*entry),
         },
         Ending::Ran(Outcome::Failed(failure)) => return execution_failed(&failure),
         Ending::Ran(Outcome::Interrupted { node_id, node_type }) => {
@@ -601,7 +600,7 @@ impl Watch<'_> {
                 return Err(Ending::TimedOut);
             }
             match self.probe() {
-                Probe::Finished(entry) => return Err(Ending::FromHistory(entry)),
+                Probe::Finished(entry) => return Err(Ending::FromHistory(Box::new(entry))),
                 Probe::Gone => {
                     return Err(Ending::Lost(format!(
                         "ComfyUI at {} no longer knows prompt {}: it restarted mid-job and the \

@@ -62,7 +62,10 @@ pub fn read_json_body(request: &mut Request, limit: u64) -> Result<Vec<u8>, ApiE
         if !essence.eq_ignore_ascii_case("application/json") {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedMediaType,
-                format!("the body must be application/json, not {essence}"),
+                format!(
+                    "the body must be JSON sent as application/json, not {essence} \
+                     (with curl: -H 'Content-Type: application/json')"
+                ),
             ));
         }
     }

@@ -71,7 +71,7 @@ pub fn handle(app: &Arc<App>, request: Request) {
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     log::debug!("{method} {path}");
     let Some(route) = Route::parse(path) else {
-        return reply::error(request, &ApiError::not_found(format!("{path}")));
+        return reply::error(request, &ApiError::not_found(path));
     };
     let allowed = route.methods();
     if !allowed.contains(&method) {

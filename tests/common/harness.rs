@@ -115,6 +115,9 @@ impl Harness {
         if let Some(fake) = &supabase {
             // The same storage, with retries measured in milliseconds instead of seconds.
             let mut opts = SupabaseOptions::new(fake.url(), fake.key());
+            if let Some(configured) = &app.config.supabase {
+                opts.signed_url_ttl_secs = configured.signed_url_ttl_secs;
+            }
             opts.retry = RetryPolicy {
                 attempts: 4,
                 initial_backoff: Duration::from_millis(10),
