@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use comfyui_gateway::sim::SimOptions;
+use comfyui_gateway::sim::{Failure, SimOptions};
 use common::harness::{Harness, Options, agent};
 
 /// Debian's Chromium: playwright-core drives it and never downloads a browser of its own.
@@ -88,6 +88,9 @@ fn harness(vars: Vec<(&'static str, String)>) -> Harness {
 }
 
 /// Runs `e2e.mjs` against the gateway and fails with its output unless every check passed.
+///
+/// With an API key, the simulator fails the first job in ComfyUI (`E2E_FIRST_JOB_FAILS`), so the
+/// page's handling of a terminal `error` event is seen too.
 fn run_e2e(h: &Harness, api_key: Option<&str>) {
     let mut command = Command::new("node");
     command
@@ -96,7 +99,16 @@ fn run_e2e(h: &Harness, api_key: Option<&str>) {
         .arg(artifacts_dir())
         .current_dir(browser_dir());
     match api_key {
-        Some(key) => command.env("E2E_API_KEY", key),
+        Some(key) => {
+            h.sim.fail_next(Failure::ExecutionError {
+                node_id: None,
+                exception_type: "torch.OutOfMemoryError".into(),
+                message: "CUDA out of memory (simulated)".into(),
+            });
+            command
+                .env("E2E_API_KEY", key)
+                .env("E2E_FIRST_JOB_FAILS", "1")
+        }
         None => command.env_remove("E2E_API_KEY"),
     };
     let output = command

@@ -4,8 +4,10 @@
 //
 // tests/browser.rs starts the gateway and the ComfyUI simulator and runs this script; it can also
 // be pointed by hand at `make demo`. With E2E_API_KEY set, the gateway is expected to require that
-// key (API_KEYS) and the script checks the key flow instead of the full tour. It prints one line
-// per check, saves screenshots in ARTIFACTS_DIR, and exits non-zero on the first failure.
+// key (API_KEYS) and the script checks the key flow instead of the full tour; with
+// E2E_FIRST_JOB_FAILS=1 as well, ComfyUI is expected to fail that run's first job (the Rust test
+// arranges it) and the page must show the terminal error event. It prints one line per check,
+// saves screenshots in ARTIFACTS_DIR, and exits non-zero on the first failure.
 //
 // Chromium is Debian's /usr/bin/chromium (or CHROMIUM_PATH): playwright-core never downloads one.
 
@@ -19,6 +21,7 @@ if (!base || !artifacts) {
   process.exit(2);
 }
 const API_KEY = process.env.E2E_API_KEY || '';
+const FIRST_JOB_FAILS = process.env.E2E_FIRST_JOB_FAILS === '1';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DEADLINE_MS = 90_000;
 const MAX_U64 = '18446744073709551615';
@@ -318,6 +321,14 @@ async function withKey(browser) {
   await page.waitForSelector('#param-prompt');
   check(await text(page, '#auth-error') === '', 'the right key loads the workflows');
 
+  if (FIRST_JOB_FAILS) {
+    await fillTxt2img(page, { prompt: 'a fox that breaks ComfyUI', steps: 4, size: '256' });
+    await submit(page);
+    check(await waitForEnd(page) === 'failed' && await text(page, '#error-title') === 'ComfyUI failed to run it'
+      && (await text(page, '#error-message')).includes('KSampler'),
+    'a terminal error event is shown as a readable message', await shown(page));
+    check(await page.isEnabled('#generate') && await page.isDisabled('#cancel'), 'after a failure a new job can start');
+  }
   await fillTxt2img(page, { prompt: 'a fox behind a key', steps: 4, size: '256' });
   await submit(page);
   check(await waitForEnd(page) === 'completed', 'a job runs with the key', await shown(page));
