@@ -16,9 +16,13 @@ use crate::sse::SseWriter;
 /// The longest `DELETE /jobs/{id}` waits for the job to end before answering its current state.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
+/// The web page served at `GET /`, built into the binary so it needs no files beside it.
+const PAGE: &str = include_str!("page.html");
+
 /// What a request's path names.
 #[derive(Debug, PartialEq)]
 enum Route {
+    Page,
     Health,
     Ready,
     Workflows,
@@ -35,6 +39,7 @@ impl Route {
     fn parse(path: &str) -> Option<Route> {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         Some(match segments.as_slice() {
+            [] => Route::Page,
             ["health"] => Route::Health,
             ["ready"] => Route::Ready,
             ["metrics"] => Route::Metrics,
@@ -78,12 +83,14 @@ pub fn handle(app: &Arc<App>, request: Request) {
         let headers = vec![reply::header("Allow", &allow.join(", "))];
         return reply::json_with(request, 405, &error.to_body(), headers);
     }
-    if route != Route::Health {
+    // The page holds no data and asks for the key itself, so it must load without one.
+    if route != Route::Health && route != Route::Page {
         if let Err(error) = auth::check(&request, &app.config.api_keys) {
             return reply::error(request, &error);
         }
     }
     match route {
+        Route::Page => page(request),
         Route::Health => reply::json(request, 200, &json!({ "status": "ok" })),
         Route::Ready => ready(app, request),
         Route::Workflows => workflows(app, request),
@@ -95,6 +102,26 @@ pub fn handle(app: &Arc<App>, request: Request) {
         Route::JobEvents(id) => job_events(app, request, &id, query),
         Route::Image(key) => image(app, request, &key),
         Route::Metrics => metrics(app, request),
+    }
+}
+
+/// The page: one self-contained HTML file; every call it makes carries the key typed into it.
+fn page(request: Request) {
+    let response = Response::from_string(PAGE)
+        .with_header(reply::header("Content-Type", "text/html; charset=utf-8"))
+        .with_header(reply::header("Cache-Control", "no-cache"))
+        .with_header(reply::header("X-Content-Type-Options", "nosniff"))
+        .with_header(reply::header("Referrer-Policy", "no-referrer"))
+        // The page loads nothing from elsewhere and talks only to this gateway; images may come
+        // from Supabase (any https origin) or be fetched into blob: URLs when a key is needed.
+        .with_header(reply::header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data: blob: https: http:; \
+             form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ));
+    if let Err(e) = request.respond(response) {
+        log::debug!("client left before the page was sent: {e}");
     }
 }
 
@@ -360,6 +387,7 @@ mod tests {
 
     #[test]
     fn routes_parse() {
+        assert_eq!(Route::parse("/"), Some(Route::Page));
         assert_eq!(Route::parse("/health"), Some(Route::Health));
         assert_eq!(
             Route::parse("/jobs/abc/events"),
@@ -371,5 +399,25 @@ mod tests {
         );
         assert_eq!(Route::parse("/nope"), None);
         assert_eq!(Route::parse("/jobs/a/b"), None);
+    }
+
+    #[test]
+    fn page_is_self_contained() {
+        // It must work offline and leak nothing to third parties: no external scripts, styles,
+        // fonts or images, and no storage where the API key could outlive the page.
+        for needle in [
+            "src=\"http",
+            "href=\"http",
+            "url(",
+            "@import",
+            "localStorage",
+            "sessionStorage",
+            "document.cookie",
+        ] {
+            assert!(!PAGE.contains(needle), "page.html contains {needle:?}");
+        }
+        // Every call goes through withKey(), and EventSource (which cannot send it) is not used.
+        assert!(PAGE.contains("'Bearer ' + apiKey"));
+        assert!(!PAGE.contains("new EventSource"));
     }
 }

@@ -1,0 +1,384 @@
+// End-to-end test of the gateway's web page (GET /) in headless Chromium.
+//
+//   node tests/browser/e2e.mjs GATEWAY_URL ARTIFACTS_DIR
+//
+// tests/browser.rs starts the gateway and the ComfyUI simulator and runs this script; it can also
+// be pointed by hand at `make demo`. With E2E_API_KEY set, the gateway is expected to require that
+// key (API_KEYS) and the script checks the key flow instead of the full tour; with
+// E2E_FIRST_JOB_FAILS=1 as well, ComfyUI is expected to fail that run's first job (the Rust test
+// arranges it) and the page must show the terminal error event. It prints one line per check,
+// saves screenshots in ARTIFACTS_DIR, and exits non-zero on the first failure.
+//
+// Chromium is Debian's /usr/bin/chromium (or CHROMIUM_PATH): playwright-core never downloads one.
+
+import { chromium } from 'playwright-core';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+
+const [base, artifacts] = process.argv.slice(2);
+if (!base || !artifacts) {
+  console.error('usage: node e2e.mjs GATEWAY_URL ARTIFACTS_DIR');
+  process.exit(2);
+}
+const API_KEY = process.env.E2E_API_KEY || '';
+const FIRST_JOB_FAILS = process.env.E2E_FIRST_JOB_FAILS === '1';
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const DEADLINE_MS = 90_000;
+const MAX_U64 = '18446744073709551615';
+
+let passed = 0;
+function check(condition, what, detail) {
+  if (!condition) throw new Error(what + (detail === undefined ? '' : ': ' + detail));
+  passed += 1;
+  console.log('ok - ' + what);
+}
+
+const deadline = setTimeout(() => {
+  console.error(`not ok - the whole run took longer than ${DEADLINE_MS / 1000} s`);
+  process.exit(1);
+}, DEADLINE_MS);
+
+const text = (page, selector) => page.locator(selector).textContent();
+
+/** Presses Generate and waits until the page follows the new job; returns its id. */
+async function submit(page) {
+  const before = await text(page, '#job-id');
+  await page.click('#generate');
+  await page.waitForFunction((old) => {
+    const id = document.querySelector('#job-id').textContent;
+    return id !== old && /^[0-9a-f-]{36}$/.test(id);
+  }, before, { timeout: 15_000 });
+  return text(page, '#job-id');
+}
+
+/** Waits for the job shown on the page to end; returns its final state. */
+async function waitForEnd(page) {
+  await page.waitForFunction(
+    () => ['completed', 'failed', 'cancelled'].includes(document.querySelector('#state').textContent),
+    null, { timeout: 30_000 });
+  return text(page, '#state');
+}
+
+/** What the page shows about its job, for failure messages. */
+async function shown(page) {
+  const error = await page.isVisible('#error') ? ' error: ' + (await text(page, '#error')).replace(/\s+/g, ' ') : '';
+  return `state ${await text(page, '#state')}, job ${await text(page, '#job-id')}${error}`;
+}
+
+/** Records every change of the progress card (state, percent, node) in window.__seen. */
+async function recordProgress(page) {
+  await page.evaluate(() => {
+    window.__seen = [];
+    const record = () => window.__seen.push({
+      state: document.querySelector('#state').textContent,
+      percent: Number(document.querySelector('#progress').getAttribute('aria-valuenow')),
+      node: document.querySelector('#node').textContent,
+    });
+    new MutationObserver(record).observe(document.querySelector('#job'),
+      { subtree: true, attributes: true, childList: true, characterData: true });
+  });
+}
+
+async function imagesLoaded(page) {
+  await page.waitForSelector('#result:not([hidden]) img[data-testid=result-image]');
+  await page.waitForFunction(() => [...document.querySelectorAll('img[data-testid=result-image]')]
+    .every((img) => img.complete && img.naturalWidth > 0), null, { timeout: 10_000 });
+  return page.$$eval('img[data-testid=result-image]',
+    (imgs) => imgs.map((img) => ({ src: img.src, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight })));
+}
+
+/** GET on the gateway from Node, as raw text (seeds must be compared as text, not as floats). */
+async function gatewayText(urlPath) {
+  const headers = API_KEY ? { Authorization: 'Bearer ' + API_KEY } : {};
+  const response = await fetch(new URL(urlPath, base), { headers });
+  return { status: response.status, body: await response.text() };
+}
+
+async function fillTxt2img(page, { prompt, steps, seed, size = '512' }) {
+  await page.selectOption('#workflow', 'txt2img');
+  await page.fill('#param-prompt', prompt);
+  await page.fill('#param-steps', String(steps));
+  await page.fill('#param-width', size);
+  await page.fill('#param-height', size);
+  await page.fill('#param-seed', seed === undefined ? '' : String(seed));
+}
+
+// ---- The pieces of the page's script that can be checked on their own. ----
+
+async function checkParsers(page) {
+  const sse = await page.evaluate(() => {
+    const stream = 'retry: 1500\r\n\r\n: a comment\r\nid: 1\r\nevent: queued\r\ndata: {"a":1}\r\n\r\n'
+      + 'id: 2\nevent: progress\ndata: line one\ndata:line two\n\n'
+      + 'id: 3\revent: complete\rdata: {"seed":18446744073709551615}\r\r'
+      + 'id: 4\nevent: progress\ndata: cut off';
+    const run = (chunks) => {
+      const events = [];
+      let retry = null;
+      const parser = new SseParser((e) => events.push(e), (ms) => { retry = ms; });
+      for (const chunk of chunks) parser.push(chunk);
+      return JSON.stringify({ events, retry, last: parser.lastEventId });
+    };
+    const whole = run([stream]);
+    // Every way of cutting the stream in two, and one character at a time, gives the same events.
+    const splits = [];
+    for (let i = 1; i < stream.length; i++) splits.push(run([stream.slice(0, i), stream.slice(i)]));
+    splits.push(run([...stream]));
+    return { whole: JSON.parse(whole), same: splits.every((s) => s === whole) };
+  });
+  check(sse.whole.events.length === 3, 'SSE parser: three complete events, the cut-off fourth is dropped',
+    JSON.stringify(sse.whole.events));
+  check(sse.whole.events[1].event === 'progress' && sse.whole.events[1].data === 'line one\nline two',
+    'SSE parser: event names and multi-line data', JSON.stringify(sse.whole.events[1]));
+  check(sse.whole.retry === 1500 && sse.whole.last === '4', 'SSE parser: retry: and id: fields',
+    JSON.stringify(sse.whole));
+  check(sse.same, 'SSE parser: same events however the stream is chunked (CR, LF and CRLF lines)');
+
+  const json = await page.evaluate((max) => {
+    const parsed = parseJson(`{"seed": ${max}, "text": "id: 12345678901234567890, \\"q\\" 9", "f": -1.5e3, "n": [7, -9007199254740993]}`);
+    return { seed: parsed.seed, text: parsed.text, f: parsed.f, n: parsed.n };
+  }, MAX_U64);
+  check(json.seed === MAX_U64 && json.n[1] === '-9007199254740993' && json.n[0] === 7 && json.f === -1500
+    && json.text === 'id: 12345678901234567890, "q" 9',
+  'JSON reader keeps 64-bit integers exact and leaves strings alone', JSON.stringify(json));
+}
+
+// ---- The tour without an API key. ----
+
+async function tour(browser) {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+
+  const response = await page.goto(base + '/');
+  check(response.status() === 200 && response.headers()['content-type'] === 'text/html; charset=utf-8',
+    'GET / serves the page as text/html');
+  await page.waitForSelector('#param-prompt');
+  const names = await page.$$eval('#workflow option', (options) => options.map((o) => o.value));
+  check(['img2img', 'invert', 'txt2img'].every((n) => names.includes(n)), 'the workflow list comes from GET /workflows', names.join(', '));
+  check(await page.inputValue('#workflow') === 'txt2img', 'the default workflow is preselected');
+  check(await page.$eval('#param-prompt', (el) => el.tagName) === 'TEXTAREA'
+    && await page.$eval('#param-sampler', (el) => el.tagName) === 'SELECT'
+    && await page.$eval('#param-steps', (el) => [el.type, el.min, el.max].join()) === 'number,1,150'
+    && await page.$eval('#param-width', (el) => el.step) === '8'
+    && await page.$eval('#param-seed', (el) => el.placeholder) === 'random',
+  'the form follows the schema (textarea, select, number with min/max/step, random seed)');
+  await page.selectOption('#workflow', 'img2img');
+  check(await page.$eval('#param-image', (el) => el.type) === 'file', 'an image parameter is a file input');
+  await page.selectOption('#workflow', 'txt2img');
+
+  await checkParsers(page);
+
+  // Bad input: the gateway's invalid_params details are shown per field.
+  await fillTxt2img(page, { prompt: '', steps: 500 });
+  await page.click('#generate');
+  await page.waitForSelector('#error:not([hidden])');
+  check(await text(page, '#error-title') === 'Some parameters are not right'
+    && await page.getAttribute('#param-steps', 'aria-invalid') === 'true'
+    && (await text(page, '[data-param=steps] .field-error')).includes('at most 150')
+    && (await text(page, '#error-list')).includes('prompt: required'),
+  'invalid_params: each bad field is named beside its input');
+
+  // ComfyUI's own validation: comfyui_rejected lists node_errors.
+  await fillTxt2img(page, { prompt: 'a fox', steps: 3 });
+  await page.fill('#param-checkpoint', 'missing.safetensors');
+  await page.click('#generate');
+  await page.waitForFunction(() => document.querySelector('#error-title').textContent === 'ComfyUI refused the workflow');
+  check((await text(page, '#error-list')).includes('node 4 (CheckpointLoaderSimple)'),
+    'comfyui_rejected: node_errors are listed per node', await text(page, '#error-list'));
+  await page.fill('#param-checkpoint', 'v1-5-pruned-emaonly.safetensors');
+
+  // A whole job: progress moves, the image loads, the resolved seed is exact.
+  await fillTxt2img(page, { prompt: 'a red fox in the snow', steps: 10, seed: MAX_U64 });
+  await recordProgress(page);
+  const jobId = await submit(page);
+  check(await waitForEnd(page) === 'completed', 'the job completes', await shown(page));
+  const seen = await page.evaluate(() => window.__seen);
+  const running = seen.filter((s) => s.state === 'running').map((s) => s.percent);
+  check(running.some((p, i) => i > 0 && p > running[i - 1]),
+    'the progress bar moves while the job runs', JSON.stringify([...new Set(running)]));
+  check(seen.some((s) => /KSampler \(node 3\) · step \d+ of 10/.test(s.node)),
+    'the current node and step are shown', [...new Set(seen.map((s) => s.node))].join(' | '));
+  check(await page.getAttribute('#progress', 'aria-valuenow') === '100', 'the bar ends full');
+  check(/^\d+\.\d s$/.test(await text(page, '#elapsed')), 'the elapsed time is shown', await text(page, '#elapsed'));
+  const images = await imagesLoaded(page);
+  check(images.length === 1 && images[0].naturalWidth === 512 && images[0].naturalHeight === 512,
+    'the stored image loads in the page (naturalWidth > 0)', JSON.stringify(images));
+  check(await text(page, '#seed') === MAX_U64 && await text(page, '#params-used [data-param=seed]') === MAX_U64,
+    'the resolved seed is shown exactly (2^64-1, no float rounding)');
+  const stored = await gatewayText('/jobs/' + jobId);
+  check(stored.body.includes(`"seed":${MAX_U64}`), 'GET /jobs/{id} agrees on the seed');
+  check(pageErrors.length === 0, 'no script errors', pageErrors.join('; '));
+  await page.screenshot({ path: path.join(artifacts, 'page.png'), fullPage: true, animations: 'disabled' });
+  console.log('   screenshot: ' + path.join(artifacts, 'page.png'));
+
+  // "Use this seed" puts it back in the form.
+  await page.click('#reuse-seed');
+  check(await page.inputValue('#param-seed') === MAX_U64, '"Use this seed" fills the seed field');
+
+  await reconnects(page);
+  await cancels(page);
+
+  // A narrow screen: one column, nothing wider than the viewport.
+  await page.setViewportSize({ width: 380, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, 'on a narrow screen nothing overflows sideways', `${overflow}px too wide`);
+  await page.screenshot({ path: path.join(artifacts, 'page-narrow.png'), fullPage: true, animations: 'disabled' });
+  check(pageErrors.length === 0, 'still no script errors', pageErrors.join('; '));
+  await page.close();
+}
+
+/** Cuts the first event stream after three events: the page must resume with Last-Event-ID. */
+async function reconnects(page) {
+  await page.evaluate(() => {
+    const realFetch = window.fetch;
+    window.__streams = [];
+    window.__notices = [];
+    new MutationObserver(() => window.__notices.push(document.querySelector('#connection').textContent))
+      .observe(document.querySelector('#connection'), { childList: true, characterData: true, subtree: true });
+    window.fetch = async (input, init) => {
+      if (!String(input).endsWith('/events')) return realFetch(input, init);
+      const record = { lastEventId: (init.headers && init.headers['Last-Event-ID']) || null, ids: [] };
+      const cut = window.__streams.length === 0;
+      window.__streams.push(record);
+      const response = await realFetch(input, init);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      const encoder = new TextEncoder();
+      const body = new ReadableStream({
+        async pull(controller) {
+          const { value, done } = await reader.read();
+          if (done) return controller.close();
+          // A shorter retry: keeps the test quick, and shows the page honours `retry:`.
+          const chunk = decoder.decode(value, { stream: true }).replace(/^retry: \d+$/m, 'retry: 300');
+          for (const m of chunk.matchAll(/^id: (\d+)$/gm)) record.ids.push(Number(m[1]));
+          controller.enqueue(encoder.encode(chunk));
+          if (cut && record.ids.length >= 3) {
+            reader.cancel().catch(() => {});
+            controller.close();
+          }
+        },
+      });
+      return new Response(body, { status: response.status, headers: response.headers });
+    };
+  });
+  await fillTxt2img(page, { prompt: 'a fox, reconnecting', steps: 8, seed: 7 });
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a job whose stream drops still completes', await shown(page));
+  const streams = await page.evaluate(() => window.__streams);
+  const notices = await page.evaluate(() => window.__notices);
+  check(streams.length === 2 && streams[0].lastEventId === null
+    && streams[1].lastEventId === String(streams[0].ids.at(-1))
+    && streams[1].ids[0] === streams[0].ids.at(-1) + 1,
+  'after a drop the page reconnects with Last-Event-ID and gets the next event, no gap, no repeat',
+  JSON.stringify(streams));
+  check(notices.some((n) => n.includes('reconnecting in 0.3 s')), 'the drop is shown, with the server\'s retry: delay',
+    JSON.stringify(notices));
+  check(await page.isHidden('#connection'), 'the notice goes away once events flow again');
+  await imagesLoaded(page);
+  await page.reload();
+  await page.waitForSelector('#param-prompt');
+}
+
+async function cancels(page) {
+  await fillTxt2img(page, { prompt: 'a very slow fox', steps: 80 });
+  const jobId = await submit(page);
+  await page.waitForFunction(() => document.querySelector('#state').textContent === 'running'
+    && Number(document.querySelector('#progress').getAttribute('aria-valuenow')) > 0);
+  check(await page.isEnabled('#cancel'), 'Cancel is offered while the job runs');
+  await page.click('#cancel');
+  check(await waitForEnd(page) === 'cancelled', 'Cancel ends the job as "cancelled"', await shown(page));
+  const percent = Number(await page.getAttribute('#progress', 'aria-valuenow'));
+  check(percent < 100 && await page.isDisabled('#cancel') && await page.isEnabled('#generate'),
+    'after cancelling the bar stops short and a new job can start', String(percent));
+  const stored = await gatewayText('/jobs/' + jobId);
+  check(JSON.parse(stored.body).state === 'cancelled', 'GET /jobs/{id} says cancelled too');
+  await page.screenshot({ path: path.join(artifacts, 'page-cancelled.png'), fullPage: true, animations: 'disabled' });
+}
+
+// ---- With API_KEYS set. ----
+
+async function withKey(browser) {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  const requests = [];
+  page.on('request', (r) => requests.push({ url: r.url(), auth: r.headers().authorization || null }));
+
+  const response = await page.goto(base + '/');
+  check(response.status() === 200, 'the page itself loads without a key');
+  await page.waitForSelector('#auth:not([hidden])');
+  check(await page.isVisible('#api-key') && await text(page, '#gateway-status') === 'Not connected',
+    'a 401 from GET /workflows asks for the API key');
+
+  await page.fill('#api-key', 'not-the-key');
+  await page.click('#api-key-submit');
+  await page.waitForFunction(() => document.querySelector('#auth-error').textContent.includes('not valid'));
+  check(true, 'a wrong key is refused with a readable message');
+
+  await page.fill('#api-key', API_KEY);
+  const from = requests.length;
+  await page.click('#api-key-submit');
+  await page.waitForSelector('#param-prompt');
+  check(await text(page, '#auth-error') === '', 'the right key loads the workflows');
+
+  if (FIRST_JOB_FAILS) {
+    await fillTxt2img(page, { prompt: 'a fox that breaks ComfyUI', steps: 4, size: '256' });
+    await submit(page);
+    check(await waitForEnd(page) === 'failed' && await text(page, '#error-title') === 'ComfyUI failed to run it'
+      && (await text(page, '#error-message')).includes('KSampler'),
+    'a terminal error event is shown as a readable message', await shown(page));
+    check(await page.isEnabled('#generate') && await page.isDisabled('#cancel'), 'after a failure a new job can start');
+  }
+  await fillTxt2img(page, { prompt: 'a fox behind a key', steps: 4, size: '256' });
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a job runs with the key', await shown(page));
+  const images = await imagesLoaded(page);
+  check(images.length === 1 && images[0].naturalWidth === 256 && images[0].src.startsWith('blob:'),
+    'the image (which needs the key too) is fetched with it and shown', JSON.stringify(images));
+
+  const calls = requests.slice(from).filter((r) => r.url.startsWith(base));
+  check(calls.length >= 4 && calls.every((r) => r.auth === 'Bearer ' + API_KEY),
+    'every call to the gateway carries Authorization: Bearer KEY', JSON.stringify(calls.map((r) => [r.url, !!r.auth])));
+  check(requests.every((r) => !r.url.includes(API_KEY)) && !page.url().includes(API_KEY),
+    'the key never appears in a URL');
+  const stored = await page.evaluate(() => [localStorage.length, sessionStorage.length, document.cookie]);
+  check(stored[0] === 0 && stored[1] === 0 && stored[2] === '', 'the key is not stored (no storage, no cookie)');
+  check(pageErrors.length === 0, 'no script errors', pageErrors.join('; '));
+  await page.screenshot({ path: path.join(artifacts, 'page-api-key.png'), fullPage: true, animations: 'disabled' });
+  await page.close();
+}
+
+// ---- Main. ----
+
+await mkdir(artifacts, { recursive: true });
+const started = Date.now();
+let browser;
+let failed = false;
+try {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // playwright gives the browser a fresh, empty --user-data-dir of its own.
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  console.log(`# ${CHROMIUM} ${browser.version()} against ${base}${API_KEY ? ' (with an API key)' : ''}`);
+  if (API_KEY) await withKey(browser);
+  else await tour(browser);
+} catch (error) {
+  failed = true;
+  console.log('not ok - ' + (error && error.message ? error.message : error));
+  if (browser) {
+    const pages = browser.contexts().flatMap((c) => c.pages());
+    if (pages.length) {
+      const shot = path.join(artifacts, API_KEY ? 'failure-api-key.png' : 'failure.png');
+      await pages[0].screenshot({ path: shot, fullPage: true, animations: 'disabled' }).catch(() => {});
+      console.log('   screenshot of the failure: ' + shot);
+    }
+  }
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  clearTimeout(deadline);
+}
+console.log(`${passed} passed, ${failed ? 1 : 0} failed (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+process.exit(failed ? 1 : 0);
