@@ -5,7 +5,7 @@ SIM_LISTEN ?= 127.0.0.1:8188
 SIM_STEP_MS ?= 150
 export LISTEN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run demo test bench fmt lint build
+.PHONY: run demo test bench fmt lint build browser-deps
 
 build:
 	$(CARGO) build --release --bins
@@ -23,9 +23,17 @@ demo: build
 	COMFYUI_URL=http://$(SIM_LISTEN) target/release/comfyui-gateway
 
 ## test: the whole suite (what .ci/run calls)
-test:
+test: browser-deps
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# The browser test's npm package (playwright-core; it never downloads a browser). Chromium itself
+# comes from the system: `apt-get install chromium` (.ci/run does it).
+browser-deps:
+	@if [ -z "$$SKIP_BROWSER_TESTS" ] && [ ! -d tests/browser/node_modules/playwright-core ] \
+	    && command -v npm >/dev/null; then \
+	  npm ci --prefix tests/browser --no-audit --no-fund; \
+	fi
 
 ## bench: throughput, latency and memory figures; asserts nothing about time
 bench:
