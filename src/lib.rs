@@ -51,6 +51,7 @@ pub mod ids;
 pub mod image;
 pub mod job;
 pub mod metrics;
+pub mod percent;
 pub mod server;
 pub mod sim;
 pub mod sse;

@@ -307,19 +307,20 @@ fn img2img_uploads_the_input_image_first() {
     assert_eq!(result["params"]["image"]["bytes"], png.len());
 }
 
+/// The first image of a result as the gateway stored it, and as ComfyUI made it.
+fn stored_and_original(h: &Harness, result: &Value) -> (Vec<u8>, Vec<u8>) {
+    let key = result["images"][0]["key"].as_str().expect("key");
+    let stored = std::fs::read(h.dir.path().join("images").join(key)).expect("stored");
+    let prompt_id = result["prompt_id"].as_str().expect("prompt id");
+    (stored, common::comfyui_original(h, prompt_id))
+}
+
 #[test]
 fn png_text_chunks_are_stripped_by_default_with_pixels_unchanged() {
     let h = Harness::start();
     let (status, result) = h.post_json("/generate", &small_txt2img("secret prompt"));
     assert_eq!(status, 200, "{result}");
-    let stored = std::fs::read(
-        h.dir
-            .path()
-            .join("images")
-            .join(result["images"][0]["key"].as_str().expect("key")),
-    )
-    .expect("stored");
-    let original = common::comfyui_original(&h, result["prompt_id"].as_str().expect("prompt id"));
+    let (stored, original) = stored_and_original(&h, &result);
     assert!(
         !png_text_chunks(&original).is_empty(),
         "ComfyUI embedded its workflow"
@@ -342,14 +343,7 @@ fn png_text_chunks_are_kept_with_png_metadata_keep() {
     });
     let (status, result) = h.post_json("/generate", &small_txt2img("keep it"));
     assert_eq!(status, 200, "{result}");
-    let stored = std::fs::read(
-        h.dir
-            .path()
-            .join("images")
-            .join(result["images"][0]["key"].as_str().expect("key")),
-    )
-    .expect("stored");
-    let original = common::comfyui_original(&h, result["prompt_id"].as_str().expect("prompt id"));
+    let (stored, original) = stored_and_original(&h, &result);
     assert_eq!(stored, original, "stored byte for byte as ComfyUI made it");
 }
 

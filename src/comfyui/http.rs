@@ -173,7 +173,7 @@ impl ComfyClient {
     pub fn get_history(&self, prompt_id: &PromptId) -> Result<Option<HistoryEntry>, ComfyError> {
         let url = self.url(&format!(
             "/history/{}",
-            super::url::percent_encode(&prompt_id.0)
+            crate::percent::encode(&prompt_id.0)
         ));
         let response = self.call(&url, self.agent.get(&url))?;
         let body = self.json_body(&url, response)?;

@@ -79,7 +79,7 @@ impl BaseUrl {
             "ws://{}{}/ws?clientId={}",
             self.authority,
             self.prefix,
-            percent_encode(client_id)
+            crate::percent::encode(client_id)
         ))
     }
 }
@@ -117,19 +117,6 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
         None => default_port,
     };
     Some((host.to_string(), port))
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters, for one query value.
-pub(crate) fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -193,6 +180,6 @@ mod tests {
 
     #[test]
     fn client_ids_are_percent_encoded() {
-        assert_eq!(percent_encode("a b/c&d~e"), "a%20b%2Fc%26d~e");
+        assert_eq!(crate::percent::encode("a b/c&d~e"), "a%20b%2Fc%26d~e");
     }
 }

@@ -348,7 +348,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
         }
         "/ws" if get => plain(Reply::text(400, "Expected a websocket upgrade")),
         p if get && p.starts_with("/history/") => {
-            let id = percent_decode(&p["/history/".len()..]);
+            let id = crate::percent::decode(&p["/history/".len()..], false);
             let st = shared.state();
             let text = match st.history_entry(&id) {
                 Some(entry) => format!("{{{}:{}}}", Value::from(id.as_str()), entry),
@@ -357,7 +357,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
             plain(Reply::json_text(200, text))
         }
         p if get && p.starts_with("/object_info/") => {
-            let name = percent_decode(&p["/object_info/".len()..]);
+            let name = crate::percent::decode(&p["/object_info/".len()..], false);
             let files = shared.state().input_names();
             let body = match nodes::find(&name) {
                 Some(class) => json!({ name: class.object_info(&files) }),
@@ -793,36 +793,8 @@ fn system_stats() -> Value {
 fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (crate::percent::decode(k, true) == name).then(|| crate::percent::decode(v, true))
     })
-}
-
-/// URL decoding: `%XX` escapes and `+` for space (form encoding, as aiohttp accepts).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ impl SupabaseStorage {
         format!(
             "{}/storage/v1/object/public/{}/{}",
             self.base,
-            encode_segment(&self.options.bucket),
+            crate::percent::encode(&self.options.bucket),
             encode_path(key)
         )
     }
@@ -138,7 +138,7 @@ impl SupabaseStorage {
         let url = format!(
             "{}/storage/v1/object/{}/{}",
             self.base,
-            encode_segment(&self.options.bucket),
+            crate::percent::encode(&self.options.bucket),
             encode_path(key)
         );
         self.options.retry.run(|attempt| {
@@ -163,7 +163,7 @@ impl SupabaseStorage {
         let url = format!(
             "{}/storage/v1/object/sign/{}/{}",
             self.base,
-            encode_segment(&self.options.bucket),
+            crate::percent::encode(&self.options.bucket),
             encode_path(key)
         );
         let body = serde_json::json!({ "expiresIn": ttl_secs }).to_string();
@@ -270,7 +270,7 @@ impl Storage for SupabaseStorage {
         let url = format!(
             "{}/rest/v1/{}?on_conflict=job_id,image_index",
             self.base,
-            encode_segment(table)
+            crate::percent::encode(table)
         );
         self.options.retry.run(|_| {
             let request = self
@@ -289,7 +289,11 @@ impl Storage for SupabaseStorage {
     fn check(&self) -> Result<(), StorageError> {
         let bucket = &self.options.bucket;
         let operation = format!("checking Supabase bucket {bucket}");
-        let url = format!("{}/storage/v1/bucket/{}", self.base, encode_segment(bucket));
+        let url = format!(
+            "{}/storage/v1/bucket/{}",
+            self.base,
+            crate::percent::encode(bucket)
+        );
         let request = self.authorized(self.agent.get(&url));
         self.answer(&operation, request.call()).map(|_| ())
     }
@@ -350,22 +354,9 @@ fn transport_error(operation: &str, error: ureq::Error) -> StorageError {
 /// Percent-encodes each `/`-separated segment of an object key.
 fn encode_path(key: &str) -> String {
     key.split('/')
-        .map(encode_segment)
+        .map(crate::percent::encode)
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -499,7 +499,10 @@ impl Endpoint {
 fn classify(method: &str, path: &str) -> Endpoint {
     let split = |rest: &str| -> Option<(String, String)> {
         let (bucket, path) = rest.split_once('/')?;
-        Some((percent_decode(bucket), percent_decode(path)))
+        Some((
+            comfyui_gateway::percent::decode(bucket, false),
+            comfyui_gateway::percent::decode(path, false),
+        ))
     };
     if let Some(rest) = path.strip_prefix("/storage/v1/") {
         let endpoint = match (method, rest) {
@@ -519,9 +522,9 @@ fn classify(method: &str, path: &str) -> Endpoint {
                     replace: method == "PUT",
                 })
             }
-            ("GET", r) if r.starts_with("bucket/") => {
-                Some(Endpoint::GetBucket(percent_decode(&r[7..])))
-            }
+            ("GET", r) if r.starts_with("bucket/") => Some(Endpoint::GetBucket(
+                comfyui_gateway::percent::decode(&r[7..], false),
+            )),
             ("POST", "bucket") => Some(Endpoint::CreateBucket),
             _ => None,
         };
@@ -529,7 +532,7 @@ fn classify(method: &str, path: &str) -> Endpoint {
     }
     match (method, path.strip_prefix("/rest/v1/")) {
         ("POST", Some(table)) if !table.is_empty() && !table.contains('/') => {
-            Endpoint::Insert(percent_decode(table))
+            Endpoint::Insert(comfyui_gateway::percent::decode(table, false))
         }
         _ => Endpoint::Unknown,
     }
@@ -868,7 +871,7 @@ fn insert_options(request: &RecordedRequest, query: &str) -> InsertOptions {
         .collect();
     let on_conflict = query.split('&').find_map(|pair| {
         pair.strip_prefix("on_conflict=").map(|cols| {
-            percent_decode(cols)
+            comfyui_gateway::percent::decode(cols, false)
                 .split(',')
                 .map(str::to_string)
                 .collect()
@@ -1055,27 +1058,4 @@ fn value_text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
