@@ -319,3 +319,26 @@ fn a_prompt_that_finishes_while_the_websocket_is_cut_is_collected_from_history()
         "images stored from history"
     );
 }
+
+#[test]
+fn the_simulator_can_be_told_to_fail_over_http_for_demos() {
+    let h = Harness::start();
+    let armed = agent()
+        .post(&format!("{}/sim/fail_next", h.sim.url()))
+        .header("Content-Type", "application/json")
+        .send(r#"{"failure": "execution_error", "node_id": "3", "message": "out of memory"}"#)
+        .expect("the simulator answers");
+    assert_eq!(armed.status().as_u16(), 200);
+    let (status, answer) = h.post_json("/generate", &small_txt2img("demo failure"));
+    assert_eq!(
+        (status, code(&answer)),
+        (502, "execution_failed"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("out of memory")
+    );
+}

@@ -18,7 +18,7 @@ use super::graph::Graph;
 use super::nodes;
 use super::state::FileKey;
 use super::validate::{self, Verdict};
-use super::{RecordedRequest, Shared, SimEvent, ws};
+use super::{RecordedRequest, Shared, SimEvent, control, ws};
 
 /// Uploads larger than this are refused rather than buffered.
 const MAX_BODY: u64 = 64 * 1024 * 1024;
@@ -326,6 +326,9 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
                 200,
                 &json!({"exec_info": {"queue_remaining": remaining}}),
             ))
+        }
+        p if post && p.starts_with("/sim/") => {
+            plain(control::route(shared, p, req.body).unwrap_or_else(Reply::not_found))
         }
         "/prompt" if post => plain(post_prompt(shared, req.body)),
         "/queue" if get => plain(Reply::json(200, &shared.state().queue_json())),

@@ -37,6 +37,7 @@
 //! answer pings or close frames; a client should simply drop its socket when done.
 
 mod compute;
+mod control;
 mod exec;
 mod graph;
 mod http;
