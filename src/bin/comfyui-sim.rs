@@ -4,12 +4,16 @@
 //! comfyui-sim [--listen ADDR] [--step-ms N] [--previews]
 //! ```
 //! Listens on `127.0.0.1:8188` (ComfyUI's default) unless told otherwise, logs through
-//! `env_logger` (`RUST_LOG=info` by default) and runs until killed.
+//! `env_logger` (`RUST_LOG=info` by default) and runs until killed. After a simulated crash
+//! (`POST /sim/fail_next {"failure": "crash_at", ...}`) it comes back, empty, 3 s later.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use comfyui_gateway::sim::{ComfySim, SimOptions};
+use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+
+/// How long a crashed simulator stays down before it restarts (empty, like a restarted ComfyUI).
+const RESTART_AFTER: Duration = Duration::from_secs(3);
 
 const USAGE: &str = "usage: comfyui-sim [--listen ADDR] [--step-ms N] [--previews]";
 
@@ -62,10 +66,21 @@ fn main() -> ExitCode {
         }
     };
     println!("comfyui-sim listening on {}", sim.url());
-    // Serve until the process is killed; the simulator's own threads do all the work.
-    loop {
-        std::thread::park();
+    // Serve until the process is killed; the simulator's own threads do all the work. Like a
+    // supervised ComfyUI, come back (empty) a little after a simulated crash.
+    for event in sim.events() {
+        if event == SimEvent::Crashed {
+            std::thread::sleep(RESTART_AFTER);
+            match sim.restart() {
+                Ok(()) => log::info!("comfyui-sim restarted after a simulated crash"),
+                Err(e) => {
+                    eprintln!("comfyui-sim: cannot listen again after the crash: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
