@@ -268,12 +268,20 @@ impl Job {
             JobState::Failed(error) => (Value::Null, json!(error)),
             _ => (Value::Null, Value::Null),
         };
+        // The last tick may predate the end: show the final state, and 100% once completed.
+        let mut progress = inner.progress.clone();
+        if let Some(fields) = progress.as_object_mut() {
+            fields.insert("state".into(), json!(inner.state.as_str()));
+            if matches!(inner.state, JobState::Completed(_)) {
+                fields.insert("percent".into(), json!(100.0));
+            }
+        }
         json!({
             "job_id": self.id,
             "state": inner.state.as_str(),
             "workflow": self.workflow,
             "created_at": self.created_at,
-            "progress": inner.progress,
+            "progress": progress,
             "events": inner.log.len(),
             "result": result,
             "error": error,
