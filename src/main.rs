@@ -27,6 +27,9 @@ fn run() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     env_logger::Builder::new()
         .parse_filters(&config.log_filter)
+        // ureq_proto's trace level dumps raw request bytes, Supabase's key headers included:
+        // capped whatever RUST_LOG says, since secrets must never reach the logs.
+        .filter_module("ureq_proto", log::LevelFilter::Debug)
         .init();
     let bound = Server::bind(&config.listen_addr)
         .map_err(|e| format!("LISTEN_ADDR={}: cannot listen: {e}", config.listen_addr))?;
