@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use comfyui_gateway::app::App;
+use comfyui_gateway::comfyui::Monitor;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::image::{self, PngMetadata};
 use comfyui_gateway::server::Server;
@@ -934,9 +935,16 @@ struct Snapshot {
     threads: usize,
     heap_bytes: isize,
     jobs_held: usize,
+    /// Heap held by the simulator's log of every request it received (kept across restarts).
+    sim_log_bytes: isize,
 }
 
-fn snapshot(moment: &'static str, app: &App) -> BenchResult<Snapshot> {
+fn snapshot(moment: &'static str, stack: &Stack) -> BenchResult<Snapshot> {
+    let heap_bytes = HEAP_LIVE.load(Ordering::Relaxed);
+    // A copy of the log costs about what the log itself holds.
+    let copy = stack.sim.requests();
+    let sim_log_bytes = HEAP_LIVE.load(Ordering::Relaxed) - heap_bytes;
+    drop(copy);
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> BenchResult<u64> {
         let line = status
@@ -955,8 +963,9 @@ fn snapshot(moment: &'static str, app: &App) -> BenchResult<Snapshot> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
         threads: std::fs::read_dir("/proc/self/task")?.count(),
-        heap_bytes: HEAP_LIVE.load(Ordering::Relaxed),
-        jobs_held: app.jobs.len(),
+        heap_bytes,
+        jobs_held: stack.app.jobs.len(),
+        sim_log_bytes,
     })
 }
 
@@ -988,6 +997,8 @@ const MANY_JOBS: usize = 1000;
 struct MemoryFigures {
     snapshots: Vec<Snapshot>,
     held: HeldJobs,
+    /// Heap taken by one open ComfyUI websocket, both ends.
+    websocket_bytes: isize,
     /// Of the 1000 jobs, how many did not complete (they are still held, as failed jobs).
     stalled: usize,
 }
@@ -995,25 +1006,43 @@ struct MemoryFigures {
 fn bench_memory() -> BenchResult<MemoryFigures> {
     note("5. memory and threads");
     let stack = Stack::start(Duration::ZERO, &[])?;
-    let mut snapshots = vec![snapshot("idle after start-up", &stack.app)?];
+    let mut snapshots = vec![snapshot("idle after start-up", &stack)?];
     let held = hold_concurrent_jobs(&stack, &mut snapshots)?;
-    snapshots.push(snapshot("after those 32 jobs ended", &stack.app)?);
+    snapshots.push(snapshot("after those 32 jobs ended", &stack)?);
     let url = stack.gateway.url();
     let many = run_jobs("json", 8, MANY_JOBS, || {
         thread_local! { static AGENT: ureq::Agent = agent(); }
         AGENT.with(|agent| one_json_job(agent, &url))
     })?;
     wait_for_threads_to_settle(snapshots[0].threads);
-    snapshots.push(snapshot("after 1000 more jobs", &stack.app)?);
+    snapshots.push(snapshot("after 1000 more jobs", &stack)?);
     // The simulator keeps every prompt's history entry and output file, as ComfyUI does; a
     // restart forgets them, so what is left is the gateway's.
     stack.sim.restart()?;
-    snapshots.push(snapshot("... simulator restarted", &stack.app)?);
+    snapshots.push(snapshot("... simulator restarted", &stack)?);
     Ok(MemoryFigures {
         snapshots,
         held,
         stalled: many.failed,
+        websocket_bytes: websocket_cost(&stack)?,
     })
+}
+
+/// The heap one `Monitor` connection takes, both ends (the simulator's is in-process too),
+/// measured once the simulator has registered the socket.
+fn websocket_cost(stack: &Stack) -> BenchResult<isize> {
+    let events = stack.sim.events();
+    let before = HEAP_LIVE.load(Ordering::Relaxed);
+    let monitor = Monitor::connect(&stack.sim.url(), "bench-websocket", SOCKET_TIMEOUT)?;
+    loop {
+        match events.recv_timeout(SOCKET_TIMEOUT)? {
+            SimEvent::WsConnected { .. } => break,
+            _ => continue,
+        }
+    }
+    let cost = HEAP_LIVE.load(Ordering::Relaxed) - before;
+    drop(monitor);
+    Ok(cost)
 }
 
 /// Holds 32 jobs open at once: the simulator's queue is paused, each client has its `queued`
@@ -1031,7 +1060,7 @@ fn hold_concurrent_jobs(stack: &Stack, snapshots: &mut Vec<Snapshot>) -> BenchRe
             }
         }
     }
-    snapshots.push(snapshot("during 32 concurrent jobs", &stack.app)?);
+    snapshots.push(snapshot("during 32 concurrent jobs", stack)?);
     let names = threads_by_name()?;
     stack.sim.resume();
     for stream in &mut streams {
@@ -1113,14 +1142,25 @@ fn print_memory(out: &mut String, memory: &MemoryFigures) -> BenchResult<()> {
         return Err("memory snapshots missing".into());
     };
     let per_job = |from: i64, to: i64| (to - from) as f64 / MANY_JOBS as f64;
+    let heap = |s: &Snapshot| s.heap_bytes as i64;
+    let log = |s: &Snapshot| s.sim_log_bytes as i64;
     writeln!(
         out,
-        "retained per finished job: RSS {:.0} B, heap {:.0} B \
-         (gateway's job record {:.0} B, simulator's history + output file {:.0} B)",
+        "retained per finished job: RSS {:.0} B, heap {:.0} B = gateway's job record {:.0} B \
+         + simulator's history and files {:.0} B + simulator's request log {:.0} B",
         per_job(before.rss_kib as i64 * 1024, after.rss_kib as i64 * 1024),
-        per_job(before.heap_bytes as i64, after.heap_bytes as i64),
-        per_job(before.heap_bytes as i64, restarted.heap_bytes as i64),
-        per_job(restarted.heap_bytes as i64, after.heap_bytes as i64),
+        per_job(heap(before), heap(after)),
+        per_job(heap(before) + log(restarted), heap(restarted) + log(before)),
+        per_job(heap(restarted), heap(after)),
+        per_job(log(before), log(restarted)),
+    )?;
+    let held = &memory.snapshots[1];
+    writeln!(
+        out,
+        "heap per job in flight: {:.0} KB; per websocket (gateway's Monitor + simulator's end): \
+         {:.0} KB",
+        (heap(held) - heap(&memory.snapshots[0])) as f64 / HELD_JOBS as f64 / 1e3,
+        memory.websocket_bytes as f64 / 1e3
     )?;
     if memory.stalled > 0 {
         writeln!(
