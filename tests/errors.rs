@@ -342,3 +342,23 @@ fn the_simulator_can_be_told_to_fail_over_http_for_demos() {
             .contains("out of memory")
     );
 }
+
+#[test]
+fn a_prompt_whose_messages_never_arrive_is_found_in_history() {
+    let h = Harness::with(Options {
+        tweak: |app| app.run.silence_check = Duration::from_millis(300),
+        ..Options::default()
+    });
+    let sim_events = h.sim.events();
+    h.sim.mute_websockets(true); // the socket stays open but says nothing
+    let mut stream = h.generate_stream(&small_txt2img("unheard"));
+    assert_eq!(stream.status, 200);
+    sim_events
+        .iter()
+        .find(|e| matches!(e, SimEvent::Finished { .. }))
+        .expect("the prompt finished in ComfyUI");
+    let events = stream.until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    assert_eq!(last.data["images"].as_array().map(Vec::len), Some(1));
+}

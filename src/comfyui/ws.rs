@@ -4,6 +4,7 @@
 //! caller's deadline through the stream's read timeout; a timeout mid-frame is harmless because
 //! tungstenite keeps the partial frame and resumes it on the next read.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::error::ProtocolError;
 use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use super::ComfyError;
@@ -76,7 +78,13 @@ impl std::error::Error for MonitorError {}
 pub struct Monitor {
     socket: WebSocket<TcpStream>,
     url: String,
+    /// Events read while waiting for the greeting, handed out first by `next_event`.
+    early: VecDeque<WsEvent>,
 }
+
+/// tungstenite's default read buffer is 128 KiB per socket; ComfyUI's text messages are small
+/// and previews arrive in pieces anyway, so a job's socket needs far less.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 impl fmt::Debug for Monitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,14 +119,49 @@ impl Monitor {
             .and_then(|()| stream.set_write_timeout(Some(connect_timeout)))
             .and_then(|()| stream.set_nodelay(true));
         timeouts.map_err(|e| unreachable(e.to_string()))?;
-        match tungstenite::client(url.as_str(), stream) {
-            Ok((socket, _response)) => Ok(Monitor { socket, url }),
-            // With a blocking stream, "interrupted" means a read or write hit its timeout.
-            Err(HandshakeError::Interrupted(_)) => Err(unreachable(format!(
-                "no websocket handshake within {connect_timeout:?}"
-            ))),
-            Err(HandshakeError::Failure(error)) => Err(handshake_error(&url, error)),
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let socket =
+            match tungstenite::client::client_with_config(url.as_str(), stream, Some(config)) {
+                Ok((socket, _response)) => socket,
+                // With a blocking stream, "interrupted" means a read or write hit its timeout.
+                Err(HandshakeError::Interrupted(_)) => {
+                    return Err(unreachable(format!(
+                        "no websocket handshake within {connect_timeout:?}"
+                    )));
+                }
+                Err(HandshakeError::Failure(error)) => return Err(handshake_error(&url, error)),
+            };
+        let mut monitor = Monitor {
+            socket,
+            url,
+            early: VecDeque::new(),
+        };
+        monitor.await_greeting(connect_timeout)?;
+        Ok(monitor)
+    }
+
+    /// Waits for ComfyUI's greeting, the `status` message it sends once the socket is
+    /// registered under its client id. Until then, messages for a prompt queued by this client
+    /// would go nowhere: returning only after the greeting closes that window. A server that
+    /// never greets (not seen in any ComfyUI version) is given `timeout`, then trusted anyway.
+    fn await_greeting(&mut self, timeout: Duration) -> Result<(), ComfyError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left) {
+                Ok(Some(WsEvent::Status { .. })) => return Ok(()),
+                Ok(Some(other)) => self.early.push_back(other),
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(ComfyError::Unreachable {
+                        url: self.url.clone(),
+                        reason: format!("the websocket ended before ComfyUI's greeting: {error}"),
+                    });
+                }
+            }
         }
+        log::debug!("no status greeting from {} within {timeout:?}", self.url);
+        Ok(())
     }
 
     /// The websocket URL this monitor is connected to.
@@ -132,6 +175,9 @@ impl Monitor {
     /// and pongs skipped without ending the wait early. `Err` when the session is over: read the
     /// [`MonitorError`] to tell a close frame from a lost connection.
     pub fn next_event(&mut self, wait: Duration) -> Result<Option<WsEvent>, MonitorError> {
+        if let Some(event) = self.early.pop_front() {
+            return Ok(Some(event));
+        }
         let deadline = Instant::now() + wait;
         loop {
             // A zero read timeout is an error for std sockets, so always allow a moment.
@@ -291,10 +337,38 @@ mod tests {
                 let _ = uri_tx.send(request.uri().to_string());
                 Ok(response)
             };
-            let socket = tungstenite::accept_hdr(stream, record_uri).expect("handshake");
+            let mut socket = tungstenite::accept_hdr(stream, record_uri).expect("handshake");
+            // ComfyUI greets every new socket with `status` once it is registered.
+            socket.send(Message::text(GREETING)).expect("greeting");
             script(socket, raw);
         });
         (base, uri_rx, thread)
+    }
+
+    const GREETING: &str = r#"{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "c"}}"#;
+
+    #[test]
+    fn connect_returns_after_the_greeting_and_keeps_what_came_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut socket = tungstenite::accept(stream).expect("handshake");
+            let early = r#"{"type": "execution_start", "data": {"prompt_id": "p0"}}"#;
+            socket.send(Message::text(early)).expect("send");
+            socket.send(Message::text(GREETING)).expect("greeting");
+            while socket.read().is_ok() {}
+        });
+        let mut monitor = Monitor::connect(&base, "c", PATIENCE).expect("connected");
+        assert_eq!(
+            monitor.next_event(Duration::from_millis(50)),
+            Ok(Some(WsEvent::ExecutionStart {
+                prompt_id: PromptId("p0".into())
+            })),
+            "a message that came before the greeting is not lost"
+        );
+        monitor.close();
+        server.join().expect("server ran");
     }
 
     fn wait_for(signal: &Receiver<()>) {

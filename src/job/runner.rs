@@ -39,6 +39,9 @@ pub struct RunSettings {
     pub history_wait: Duration,
     /// Longest the job thread blocks on the websocket before looking at cancel requests.
     pub poll_interval: Duration,
+    /// After this long without any websocket message, `/history` is asked whether the prompt
+    /// ended anyway (a message lost on the way must not leave a job waiting for its timeout).
+    pub silence_check: Duration,
 }
 
 impl Default for RunSettings {
@@ -50,6 +53,7 @@ impl Default for RunSettings {
             comfyui_grace: Duration::from_secs(60),
             history_wait: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
+            silence_check: Duration::from_secs(10),
         }
     }
 }
@@ -370,6 +374,8 @@ fn drive(
         tracker,
         prompt_id: &prompt_id,
         deadline: job.created() + app.run.job_timeout,
+        last_message: Instant::now(),
+        queue_checked: None,
         timings: Timings {
             created: job.created(),
             started: None,
@@ -511,6 +517,10 @@ struct Watch<'a> {
     tracker: &'a Mutex<ProgressTracker>,
     prompt_id: &'a PromptId,
     deadline: Instant,
+    /// When the websocket last said anything.
+    last_message: Instant,
+    /// When the queue position was last read from `/queue`.
+    queue_checked: Option<Instant>,
     timings: Timings,
 }
 
@@ -538,8 +548,15 @@ impl Watch<'_> {
             };
             match monitor.next_event(wait) {
                 Ok(Some(event)) => {
+                    self.last_message = Instant::now();
                     if let Some(outcome) = self.observe(&event) {
                         return Ending::Ran(outcome);
+                    }
+                }
+                Ok(None) if self.last_message.elapsed() >= self.app.run.silence_check => {
+                    self.last_message = Instant::now();
+                    if let Some(ending) = self.check_silence() {
+                        return ending;
                     }
                 }
                 Ok(None) => {}
@@ -551,15 +568,29 @@ impl Watch<'_> {
         }
     }
 
+    /// The websocket has been quiet for a while: make sure the prompt has not ended unheard.
+    fn check_silence(&self) -> Option<Ending> {
+        match self.probe() {
+            Probe::Finished(entry) => {
+                log::warn!(
+                    "job {}: prompt {} ended without a websocket message; read from /history",
+                    self.job.id(),
+                    self.prompt_id
+                );
+                Some(Ending::FromHistory(Box::new(entry)))
+            }
+            Probe::Gone => Some(Ending::Lost(format!(
+                "ComfyUI at {} no longer knows prompt {}",
+                self.client.base_url(),
+                self.prompt_id
+            ))),
+            Probe::Alive | Probe::Unreachable(_) => None,
+        }
+    }
+
     fn observe(&mut self, event: &WsEvent) -> Option<Outcome> {
         if matches!(event, WsEvent::Status { .. }) && !lock(self.tracker).started() {
-            // Outside the tracker's lock: an HTTP call must never hold up a tick.
-            let position = self
-                .client
-                .get_queue()
-                .ok()
-                .and_then(|queue| queue.position_of(self.prompt_id));
-            lock(self.tracker).set_queue_position(position);
+            self.refresh_queue_position();
         }
         let (was_started, outcome, started) = {
             let mut tracker = lock(self.tracker);
@@ -579,6 +610,24 @@ impl Watch<'_> {
             self.timings.executed = Some(Instant::now());
         }
         outcome
+    }
+
+    /// Reads the prompt's place in ComfyUI's queue, at most once per progress interval: every
+    /// queue change broadcasts `status` to every client, and `/queue` carries every pending
+    /// graph, so asking on each message would cost O(queue²) requests.
+    fn refresh_queue_position(&mut self) {
+        let interval = self.app.run.progress_interval;
+        if self.queue_checked.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        self.queue_checked = Some(Instant::now());
+        // Outside the tracker's lock: an HTTP call must never hold up a tick.
+        let position = self
+            .client
+            .get_queue()
+            .ok()
+            .and_then(|queue| queue.position_of(self.prompt_id));
+        lock(self.tracker).set_queue_position(position);
     }
 
     /// After the websocket dropped: learn the prompt's fate from `/history` and `/queue`, and

@@ -260,6 +260,13 @@ impl ComfySim {
         self.shared.hub.close_all(generation);
     }
 
+    /// Keeps every websocket open but silently drops every message to it (`true`), or delivers
+    /// them again (`false`): the worst case of a message lost on the way, for clients that must
+    /// not wait forever on a socket that says nothing.
+    pub fn mute_websockets(&self, muted: bool) {
+        self.shared.hub.set_muted(muted);
+    }
+
     /// Accepts websocket upgrades again after [`cut_websockets`](Self::cut_websockets).
     pub fn restore_websockets(&self) {
         self.shared.state().refuse_websockets = false;

@@ -39,6 +39,8 @@ struct Socket {
 struct Sockets {
     /// Sockets of an older generation (before a crash) are refused on registration.
     generation: u64,
+    /// Test control: messages are dropped instead of written, while sockets stay open.
+    muted: bool,
     by_client: HashMap<String, Socket>,
     next_id: u64,
 }
@@ -68,6 +70,7 @@ impl Hub {
         Hub {
             inner: Mutex::new(Sockets {
                 generation: 0,
+                muted: false,
                 by_client: HashMap::new(),
                 next_id: 0,
             }),
@@ -85,10 +88,18 @@ impl Hub {
         self.send(client_id, Message::binary(bytes))
     }
 
+    /// Drops (`true`) or delivers again (`false`) every later message, keeping sockets open.
+    pub(crate) fn set_muted(&self, muted: bool) {
+        lock(&self.inner).muted = muted;
+    }
+
     fn send(&self, client_id: &str, msg: Message) -> Option<Instant> {
         let (id, tx) = {
             let inner = lock(&self.inner);
             let socket = inner.by_client.get(client_id)?;
+            if inner.muted {
+                return Some(Instant::now()); // "sent", into the void
+            }
             (socket.id, socket.tx.clone())
         };
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
@@ -105,6 +116,9 @@ impl Hub {
     /// Queues a text frame for every socket without waiting.
     pub(crate) fn broadcast(&self, text: String) {
         let mut inner = lock(&self.inner);
+        if inner.muted {
+            return;
+        }
         inner.by_client.retain(|_, socket| {
             socket
                 .tx
