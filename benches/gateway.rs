@@ -983,6 +983,7 @@ fn threads_by_name() -> BenchResult<BTreeMap<String, usize>> {
         };
         let name = match comm.trim() {
             name if name.starts_with("job-") => "job-*".to_string(),
+            name if name.starts_with("tick-") => "tick-*".to_string(),
             name if name == program => "(unnamed)".to_string(),
             name => name.to_string(),
         };
