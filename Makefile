@@ -16,11 +16,11 @@ run:
 
 ## demo: the gateway against the bundled ComfyUI simulator; Ctrl-C stops both
 demo: build
-	@set -e; \
-	target/release/comfyui-sim --listen $(SIM_LISTEN) --step-ms $(SIM_STEP_MS) & sim=$$!; \
-	trap 'kill $$sim 2>/dev/null; wait $$sim 2>/dev/null' EXIT INT TERM; \
+	@target/release/comfyui-sim --listen $(SIM_LISTEN) --step-ms $(SIM_STEP_MS) & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null' EXIT; \
 	echo "comfyui-gateway demo: open http://$(LISTEN_ADDR)/ (ComfyUI simulator on $(SIM_LISTEN))"; \
-	COMFYUI_URL=http://$(SIM_LISTEN) target/release/comfyui-gateway
+	COMFYUI_URL=http://$(SIM_LISTEN) target/release/comfyui-gateway; status=$$?; \
+	kill $$sim 2>/dev/null; wait $$sim 2>/dev/null; exit $$status
 
 ## test: the whole suite (what .ci/run calls)
 test: browser-deps
