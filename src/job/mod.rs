@@ -241,11 +241,6 @@ impl Job {
         self.lock().log.subscribe(last_seen)
     }
 
-    /// How many clients are watching the job's events now.
-    pub fn watcher_count(&self) -> usize {
-        self.lock().log.watcher_count()
-    }
-
     /// Asks the job thread to cancel. Returns false if the job had already ended.
     pub fn request_cancel(&self) -> bool {
         if self.is_finished() {
