@@ -5,25 +5,16 @@ mod common;
 
 use std::fs;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use comfyui_gateway::ids::new_uuid;
 use comfyui_gateway::storage::spool::{PendingImage, Spool};
-use comfyui_gateway::storage::supabase::{SupabaseOptions, SupabaseStorage};
-use comfyui_gateway::storage::{ImageRecord, RetryPolicy, Storage};
-use common::fake_supabase::FakeSupabase;
+use comfyui_gateway::storage::supabase::SupabaseStorage;
+use comfyui_gateway::storage::{ImageRecord, Storage};
+use common::fake_supabase::{FakeSupabase, storage_for};
 use serde_json::json;
 
 fn storage(fake: &FakeSupabase) -> SupabaseStorage {
-    let mut options = SupabaseOptions::new(fake.url(), fake.key());
-    options.retry = RetryPolicy {
-        attempts: 2,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(1),
-    };
-    options.connect_timeout = Duration::from_secs(2);
-    options.request_timeout = Duration::from_secs(10);
-    SupabaseStorage::new(options)
+    storage_for(fake, |o| o.retry.attempts = 2)
 }
 
 fn temp_spool() -> Spool {

@@ -6,29 +6,15 @@ mod common;
 use std::time::Duration;
 
 use comfyui_gateway::ids::new_uuid;
-use comfyui_gateway::storage::supabase::{SupabaseOptions, SupabaseStorage};
-use comfyui_gateway::storage::{ErrorKind, ImageRecord, RetryPolicy, Storage};
-use common::fake_supabase::{FakeSupabase, RecordedRequest, Route};
+use comfyui_gateway::storage::supabase::SupabaseStorage;
+use comfyui_gateway::storage::{ErrorKind, ImageRecord, Storage};
+use common::fake_supabase::{FakeSupabase, RecordedRequest, Route, storage_for};
 use serde_json::json;
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot really a png";
 
-/// A storage for `fake` with tiny backoffs; `adjust` changes options before it is built.
-fn storage_with(fake: &FakeSupabase, adjust: impl FnOnce(&mut SupabaseOptions)) -> SupabaseStorage {
-    let mut options = SupabaseOptions::new(fake.url(), fake.key());
-    options.retry = RetryPolicy {
-        attempts: 4,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(4),
-    };
-    options.connect_timeout = Duration::from_secs(2);
-    options.request_timeout = Duration::from_secs(10);
-    adjust(&mut options);
-    SupabaseStorage::new(options)
-}
-
 fn storage(fake: &FakeSupabase) -> SupabaseStorage {
-    storage_with(fake, |_| {})
+    storage_for(fake, |_| {})
 }
 
 fn record(job: &str, index: u32, seed: u64) -> ImageRecord {
@@ -106,7 +92,7 @@ fn upload_sends_both_key_headers_and_returns_a_public_url_that_downloads() {
 #[test]
 fn signed_urls_are_asked_for_and_made_absolute() {
     let fake = FakeSupabase::start();
-    let storage = storage_with(&fake, |o| o.signed_url_ttl_secs = 60);
+    let storage = storage_for(&fake, |o| o.signed_url_ttl_secs = 60);
     let key = format!("{}/0.png", new_uuid());
     let url = storage
         .put_image(&key, PNG, "image/png")
@@ -195,7 +181,7 @@ fn a_storage_400_carrying_status_code_503_is_retried() {
 #[test]
 fn a_missing_bucket_is_permanent_and_reported_in_supabases_words() {
     let fake = FakeSupabase::start();
-    let storage = storage_with(&fake, |o| o.bucket = "missing".into());
+    let storage = storage_for(&fake, |o| o.bucket = "missing".into());
     let key = format!("{}/0.png", new_uuid());
     let error = storage
         .put_image(&key, PNG, "image/png")
@@ -222,7 +208,7 @@ fn a_missing_bucket_is_permanent_and_reported_in_supabases_words() {
 fn an_invalid_api_key_is_permanent_and_never_shown() {
     let fake = FakeSupabase::start();
     let secret = "eyJhbGciOiJIUzI1NiJ9.wrong-secret-do-not-print.sig";
-    let storage = storage_with(&fake, |o| o.key = secret.into());
+    let storage = storage_for(&fake, |o| o.key = secret.into());
     let error = storage
         .put_image(&format!("{}/0.png", new_uuid()), PNG, "image/png")
         .expect_err("the key is wrong");
@@ -297,7 +283,7 @@ fn a_conflict_23505_counts_as_already_recorded() {
 #[test]
 fn an_unknown_table_is_permanent() {
     let fake = FakeSupabase::start();
-    let storage = storage_with(&fake, |o| o.table = "nope".into());
+    let storage = storage_for(&fake, |o| o.table = "nope".into());
     let error = storage
         .record(&[record(&new_uuid(), 0, 1)])
         .expect_err("there is no such table");

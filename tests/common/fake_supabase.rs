@@ -18,8 +18,11 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use base64::Engine;
+use comfyui_gateway::storage::RetryPolicy;
+use comfyui_gateway::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use serde_json::{Value, json};
 
 /// Which requests a scripted failure applies to.
@@ -1058,4 +1061,22 @@ fn value_text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// A [`SupabaseStorage`] for `fake` with retries measured in milliseconds (4 attempts);
+/// `adjust` changes its options before it is built.
+pub fn storage_for(
+    fake: &FakeSupabase,
+    adjust: impl FnOnce(&mut SupabaseOptions),
+) -> SupabaseStorage {
+    let mut options = SupabaseOptions::new(fake.url(), fake.key());
+    options.retry = RetryPolicy {
+        attempts: 4,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(4),
+    };
+    options.connect_timeout = Duration::from_secs(2);
+    options.request_timeout = Duration::from_secs(10);
+    adjust(&mut options);
+    SupabaseStorage::new(options)
 }

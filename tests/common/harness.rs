@@ -11,10 +11,8 @@ use comfyui_gateway::app::App;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::server::Server;
 use comfyui_gateway::sim::{ComfySim, SimOptions};
-use comfyui_gateway::storage::RetryPolicy;
-use comfyui_gateway::storage::supabase::{SupabaseOptions, SupabaseStorage};
 
-use super::fake_supabase::FakeSupabase;
+use super::fake_supabase::{FakeSupabase, storage_for};
 use super::sse_client::SseStream;
 
 /// A scratch directory removed on drop.
@@ -116,16 +114,9 @@ impl Harness {
         app.run.comfyui_grace = Duration::from_secs(3);
         if let Some(fake) = &supabase {
             // The same storage, with retries measured in milliseconds instead of seconds.
-            let mut opts = SupabaseOptions::new(fake.url(), fake.key());
-            if let Some(configured) = &app.config.supabase {
-                opts.signed_url_ttl_secs = configured.signed_url_ttl_secs;
-            }
-            opts.retry = RetryPolicy {
-                attempts: 4,
-                initial_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(40),
-            };
-            app.storage = Arc::new(SupabaseStorage::new(opts));
+            let ttl = app.config.supabase.as_ref().map(|s| s.signed_url_ttl_secs);
+            let storage = storage_for(fake, |o| o.signed_url_ttl_secs = ttl.unwrap_or(0));
+            app.storage = Arc::new(storage);
         }
         (options.tweak)(&mut app);
         let app = Arc::new(app);
