@@ -62,18 +62,7 @@ fn run() -> Result<(), String> {
 fn wait_for_jobs(app: &App, grace: Duration) {
     let deadline = Instant::now() + grace;
     for job in app.jobs.unfinished() {
-        let subscription = job.subscribe(u64::MAX);
-        let Some(live) = subscription.live else {
-            continue;
-        };
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match live.recv_timeout(left) {
-                Ok(event) if event.kind.is_terminal() => break,
-                Ok(_) => continue,
-                Err(_) => break, // ended, or out of time
-            }
-        }
+        job.wait_until_finished(Some(deadline));
     }
     for job in app.jobs.unfinished() {
         log::warn!(

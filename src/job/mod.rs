@@ -241,6 +241,28 @@ impl Job {
         self.lock().log.subscribe(last_seen)
     }
 
+    /// Blocks until the job has ended, or until `deadline` passes; returns whether it ended.
+    ///
+    /// Waits on the job's event channel, so it wakes the moment the terminal event is published.
+    pub fn wait_until_finished(&self, deadline: Option<Instant>) -> bool {
+        let Some(live) = self.subscribe(u64::MAX).live else {
+            return true; // already ended
+        };
+        loop {
+            let next = match deadline {
+                Some(deadline) => live.recv_deadline(deadline).ok(),
+                None => live.recv().ok(),
+            };
+            match next {
+                Some(event) if event.kind.is_terminal() => return true,
+                Some(_) => {}
+                // The channel closes right after the terminal event: the job has ended then,
+                // unless it was the deadline that passed.
+                None => return self.is_finished(),
+            }
+        }
+    }
+
     /// Asks the job thread to cancel. Returns false if the job had already ended.
     pub fn request_cancel(&self) -> bool {
         if self.is_finished() {
@@ -301,6 +323,23 @@ mod tests {
         let data: Value = serde_json::from_str(&sub.replay[0].data).expect("valid JSON");
         assert_eq!(data["job_id"], job.id().as_str());
         assert_eq!(job.state(), JobState::Cancelled);
+    }
+
+    #[test]
+    fn waiting_ends_with_the_job_or_at_the_deadline() {
+        let job = Arc::new(Job::new("txt2img"));
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        assert!(!job.wait_until_finished(Some(soon)), "still running at the deadline");
+        let ender = Arc::clone(&job);
+        let (started_tx, started_rx) = crossbeam_channel::bounded(0);
+        let waiter = std::thread::spawn(move || {
+            let _ = started_tx.send(());
+            ender.wait_until_finished(None)
+        });
+        let _ = started_rx.recv();
+        job.finish(JobState::Cancelled);
+        assert!(waiter.join().expect("waiter ran"));
+        assert!(job.wait_until_finished(None), "an ended job returns at once");
     }
 
     #[test]

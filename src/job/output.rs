@@ -59,6 +59,7 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
     let started = t.started.unwrap_or(storing_started);
     let executed = t.executed.unwrap_or(storing_started);
     Ok(json!({
+        "job_id": req.job.id(),
         "prompt_id": req.prompt_id,
         "workflow": req.workflow,
         "images": images,

@@ -9,7 +9,7 @@ use super::{auth, reply};
 use crate::api::{ApiError, ErrorCode, GenerateRequest};
 use crate::app::App;
 use crate::ids::JobId;
-use crate::job::{self, EventKind, Job, JobState};
+use crate::job::{self, Job, JobState};
 use crate::metrics::Gauges;
 use crate::sse::SseWriter;
 
@@ -217,55 +217,27 @@ fn generate(app: &Arc<App>, mut request: Request) {
     }
 }
 
-/// Waits for the job's terminal event and answers it as JSON (`Accept: application/json`).
+/// Waits for the job to end and answers its outcome as JSON (`Accept: application/json`).
 fn answer_when_finished(request: Request, job: &Job) {
-    let subscription = job.subscribe(0);
-    let last = match subscription.live {
-        Some(live) => live.iter().last(),
-        None => None,
-    }
-    .or_else(|| subscription.replay.last().cloned());
-    let Some(last) = last.filter(|e| e.kind.is_terminal()) else {
-        let error = ApiError::internal("the job ended without a terminal event");
-        return reply::error(request, &error);
+    job.wait_until_finished(None);
+    let error = match job.state() {
+        JobState::Completed(result) => return reply::json(request, 200, &result),
+        JobState::Failed(error) => error,
+        JobState::Cancelled => ApiError::new(ErrorCode::Cancelled, "the job was cancelled"),
+        unfinished => ApiError::internal(format!(
+            "the job stopped being watched while {}",
+            unfinished.as_str()
+        )),
     };
-    let data: Value = serde_json::from_str(&last.data).unwrap_or(Value::Null);
-    match last.kind {
-        EventKind::Complete => reply::json(request, 200, &data),
-        EventKind::Cancelled => {
-            let error = ApiError::new(ErrorCode::Cancelled, "the job was cancelled")
-                .with_details(json!({ "job_id": job.id() }));
-            reply::error(request, &error);
-        }
-        _ => {
-            let code = terminal_code(&data);
-            let status = code.map_or(500, ErrorCode::http_status);
-            let mut error = data;
-            if let Some(object) = error.as_object_mut() {
-                object.remove("job_id");
-            }
-            let details = &mut error["details"];
-            if let Some(details) = details.as_object_mut() {
-                details.insert("job_id".into(), json!(job.id()));
-            }
-            reply::json(request, status, &json!({ "error": error }));
-        }
-    }
+    reply::error(request, &with_job_id(error, job));
 }
 
-fn terminal_code(data: &Value) -> Option<ErrorCode> {
-    let code = data["code"].as_str()?;
-    [
-        ErrorCode::ExecutionFailed,
-        ErrorCode::ComfyuiLost,
-        ErrorCode::StorageFailed,
-        ErrorCode::Timeout,
-        ErrorCode::Internal,
-        ErrorCode::ComfyuiUnavailable,
-        ErrorCode::ComfyuiRejected,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == code)
+/// The error with the job's id added to its details, so a JSON client can still look the job up.
+fn with_job_id(mut error: ApiError, job: &Job) -> ApiError {
+    if let Some(details) = error.details.as_object_mut() {
+        details.insert("job_id".into(), json!(job.id()));
+    }
+    error
 }
 
 /// Writes the job's events after `last_seen` as SSE, live, until its terminal event.
@@ -331,15 +303,8 @@ fn cancel_job(app: &App, request: Request, id: &str) {
     };
     if job.request_cancel() {
         // The job thread notices within its poll interval; wait (bounded: it may be busy
-        // storing) for the terminal event so the answer says how the job really ended.
-        let deadline = Instant::now() + CANCEL_WAIT;
-        if let Some(live) = job.subscribe(u64::MAX).live {
-            while let Ok(event) = live.recv_deadline(deadline) {
-                if event.kind.is_terminal() {
-                    break;
-                }
-            }
-        }
+        // storing) for its end so the answer says how the job really ended.
+        job.wait_until_finished(Some(Instant::now() + CANCEL_WAIT));
     }
     reply::json(request, 200, &job.to_json());
 }
