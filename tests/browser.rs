@@ -12,9 +12,8 @@ mod common;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use comfyui_gateway::sim::{Failure, SimOptions};
+use comfyui_gateway::sim::Failure;
 use common::harness::{Harness, Options, agent};
 
 /// Debian's Chromium: playwright-core drives it and never downloads a browser of its own.
@@ -79,11 +78,7 @@ fn browser_available(test: &str) -> bool {
 fn harness(vars: Vec<(&'static str, String)>) -> Harness {
     Harness::with(Options {
         vars,
-        sim: SimOptions {
-            step_delay: Duration::from_millis(150),
-            ..SimOptions::default()
-        },
-        ..Options::default()
+        ..Options::step_ms(150)
     })
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::{Failure, SimEvent, SimOptions};
+use comfyui_gateway::sim::{Failure, SimEvent};
 use common::harness::{Harness, Options, agent, small_txt2img};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -217,13 +217,7 @@ fn comfyui_down_is_503_before_any_stream() {
 
 #[test]
 fn websocket_dropped_mid_job_reconnects_and_completes() {
-    let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(30),
-            ..SimOptions::default()
-        },
-        ..Options::default()
-    });
+    let h = Harness::with(Options::step_ms(30));
     h.sim.fail_next(Failure::CloseSocketAt { step: 2 });
     let mut body = small_txt2img("resilient");
     body["steps"] = json!(6);
@@ -236,12 +230,8 @@ fn websocket_dropped_mid_job_reconnects_and_completes() {
 #[test]
 fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
     let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(30),
-            ..SimOptions::default()
-        },
         tweak: |app| app.run.comfyui_grace = Duration::from_millis(800),
-        ..Options::default()
+        ..Options::step_ms(30)
     });
     h.sim.fail_next(Failure::CrashAt { step: 2 });
     let mut body = small_txt2img("doomed");
@@ -258,13 +248,7 @@ fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
 
 #[test]
 fn comfyui_restarting_mid_job_loses_the_prompt() {
-    let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(30),
-            ..SimOptions::default()
-        },
-        ..Options::default()
-    });
+    let h = Harness::with(Options::step_ms(30));
     let sim_events = h.sim.events();
     h.sim.fail_next(Failure::CrashAt { step: 2 });
     let mut body = small_txt2img("restarted");
@@ -287,12 +271,8 @@ fn comfyui_restarting_mid_job_loses_the_prompt() {
 #[test]
 fn a_prompt_that_finishes_while_the_websocket_is_cut_is_collected_from_history() {
     let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(20),
-            ..SimOptions::default()
-        },
         tweak: |app| app.run.comfyui_grace = Duration::from_secs(10),
-        ..Options::default()
+        ..Options::step_ms(20)
     });
     let sim_events = h.sim.events();
     let mut body = small_txt2img("blip");
@@ -361,4 +341,33 @@ fn a_prompt_whose_messages_never_arrive_is_found_in_history() {
     let last = events.last().expect("terminal");
     assert_eq!(last.event, "complete", "{:?}", last.data);
     assert_eq!(last.data["images"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn raw_graphs_are_checked_here_and_by_comfyui() {
+    let h = Harness::start();
+    let (status, answer) = h.post_json("/generate", &json!({"graph": [1, 2, 3]}));
+    assert_eq!((status, code(&answer)), (400, "invalid_params"), "{answer}");
+    let (status, answer) = h.post_json("/generate", &json!({"graph": {"1": {"inputs": {}}}}));
+    assert_eq!(
+        (status, code(&answer)),
+        (400, "invalid_params"),
+        "no class_type: {answer}"
+    );
+
+    let unknown = json!({"graph": {
+        "1": {"class_type": "NoSuchNode", "inputs": {}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }});
+    let (status, answer) = h.post_json("/generate", &unknown);
+    assert_eq!(
+        (status, code(&answer)),
+        (422, "comfyui_rejected"),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("NoSuchNode"),
+        "ComfyUI's reason reaches the client: {message}"
+    );
 }

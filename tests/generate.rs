@@ -3,7 +3,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::{SimEvent, SimOptions};
+use comfyui_gateway::sim::SimEvent;
 use common::harness::{Harness, Options, small_txt2img};
 use common::png_text_chunks;
 use serde_json::{Value, json};
@@ -149,11 +149,7 @@ fn progress_ticks_once_per_interval() {
     // 20 steps of 175 ms: a 3.5 s job at the default one-second cadence.
     let h = Harness::with(Options {
         vars: vec![("PROGRESS_INTERVAL_MS", "1000".into())],
-        sim: SimOptions {
-            step_delay: Duration::from_millis(175),
-            ..SimOptions::default()
-        },
-        ..Options::default()
+        ..Options::step_ms(175)
     });
     let mut body = small_txt2img("slow fox");
     body["steps"] = json!(20);
@@ -196,13 +192,7 @@ fn progress_ticks_once_per_interval() {
 
 #[test]
 fn a_step_reaches_the_client_within_200_ms() {
-    let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(300),
-            ..SimOptions::default()
-        },
-        ..Options::default()
-    });
+    let h = Harness::with(Options::step_ms(300));
     let sim_events = h.sim.events();
     let mut body = small_txt2img("timed fox");
     body["steps"] = json!(5);

@@ -3,20 +3,9 @@
 
 mod common;
 
-use comfyui_gateway::sim::{SimEvent, SimOptions};
+use comfyui_gateway::sim::SimEvent;
 use common::harness::{Harness, Options, agent, small_txt2img};
 use serde_json::{Value, json};
-use std::time::Duration;
-
-fn slow_sim(step_ms: u64) -> Options {
-    Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(step_ms),
-            ..SimOptions::default()
-        },
-        ..Options::default()
-    }
-}
 
 fn create_job(h: &Harness, body: &Value) -> String {
     let (status, answer) = h.post_json("/jobs", body);
@@ -57,7 +46,7 @@ fn a_job_runs_with_no_client_attached_and_stays_readable() {
 
 #[test]
 fn a_client_that_drops_mid_stream_re_attaches_and_misses_nothing() {
-    let h = Harness::with(slow_sim(40));
+    let h = Harness::with(Options::step_ms(40));
     let mut body = small_txt2img("dropped");
     body["steps"] = json!(10);
     let mut first = h.generate_stream(&body);
@@ -89,7 +78,7 @@ fn a_client_that_drops_mid_stream_re_attaches_and_misses_nothing() {
 
 #[test]
 fn two_watchers_see_the_same_events_and_a_late_one_gets_the_replay() {
-    let h = Harness::with(slow_sim(20));
+    let h = Harness::with(Options::step_ms(20));
     let mut body = small_txt2img("watched");
     body["steps"] = json!(8);
     let job_id = create_job(&h, &body);
@@ -148,7 +137,7 @@ fn cancel_while_queued_deletes_the_prompt_from_comfyuis_queue() {
 
 #[test]
 fn cancel_while_running_interrupts_only_this_prompt() {
-    let h = Harness::with(slow_sim(50));
+    let h = Harness::with(Options::step_ms(50));
     let sim_events = h.sim.events();
     let mut body = small_txt2img("interrupted");
     body["steps"] = json!(100);
@@ -186,7 +175,7 @@ fn cancel_while_running_interrupts_only_this_prompt() {
 
 #[test]
 fn a_job_over_its_time_limit_is_interrupted_with_timeout() {
-    let mut options = slow_sim(50);
+    let mut options = Options::step_ms(50);
     options.vars.push(("JOB_TIMEOUT_SECS", "1".into()));
     let h = Harness::with(options);
     let mut body = small_txt2img("too long");

@@ -3,7 +3,6 @@
 
 mod common;
 
-use comfyui_gateway::sim::SimOptions;
 use common::harness::{Harness, Options};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -26,13 +25,7 @@ fn settles_to(limit: usize, dir: &str) -> usize {
 
 #[test]
 fn two_hundred_jobs_with_random_disconnects_leak_nothing() {
-    let h = Harness::with(Options {
-        sim: SimOptions {
-            step_delay: Duration::from_millis(1),
-            ..SimOptions::default()
-        },
-        ..Options::default()
-    });
+    let h = Harness::with(Options::step_ms(1));
     // Warm up once so lazily created threads and pooled connections exist before counting.
     let body = json!({"workflow": "invert", "width": 8, "height": 8});
     assert_eq!(h.post_json("/generate", &body).0, 200);

@@ -206,3 +206,44 @@ fn supabase_down_spools_then_uploads_once_it_returns() {
     assert_eq!(job["result"]["images"][0]["key"], key.as_str());
     assert_eq!(job["result"]["recovered_from"]["code"], "storage_failed");
 }
+
+#[test]
+fn ready_is_503_naming_storage_while_supabase_is_down() {
+    let h = supabase_harness(vec![]);
+    assert_eq!(h.get_json("/ready").0, 200);
+    h.supabase.as_ref().expect("fake").set_down(true);
+    let (status, body) = h.get_json("/ready");
+    assert_eq!(status, 503, "{body}");
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("supabase storage"), "{reasons}");
+}
+
+#[test]
+fn housekeeping_uploads_the_spool_as_soon_as_it_starts() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    fake.set_down(true);
+    let (status, answer) = h.post_json("/generate", &small_txt2img("left behind"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("storage_failed"))
+    );
+    let spool_dir = std::path::PathBuf::from(
+        answer["error"]["details"]["spool_dir"]
+            .as_str()
+            .expect("spool dir"),
+    );
+    fake.set_down(false);
+    // What `main` starts at start-up: its first round runs at once, the next only an hour later.
+    comfyui_gateway::app::App::spawn_housekeeping(&h.app, std::time::Duration::from_secs(3600))
+        .expect("housekeeping starts");
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spool_dir.exists() && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !spool_dir.exists(),
+        "the spooled job was uploaded at start-up"
+    );
+    assert_eq!(fake.rows().len(), 1);
+}

@@ -329,7 +329,10 @@ mod tests {
     fn waiting_ends_with_the_job_or_at_the_deadline() {
         let job = Arc::new(Job::new("txt2img"));
         let soon = Instant::now() + std::time::Duration::from_millis(20);
-        assert!(!job.wait_until_finished(Some(soon)), "still running at the deadline");
+        assert!(
+            !job.wait_until_finished(Some(soon)),
+            "still running at the deadline"
+        );
         let ender = Arc::clone(&job);
         let (started_tx, started_rx) = crossbeam_channel::bounded(0);
         let waiter = std::thread::spawn(move || {
@@ -339,7 +342,10 @@ mod tests {
         let _ = started_rx.recv();
         job.finish(JobState::Cancelled);
         assert!(waiter.join().expect("waiter ran"));
-        assert!(job.wait_until_finished(None), "an ended job returns at once");
+        assert!(
+            job.wait_until_finished(None),
+            "an ended job returns at once"
+        );
     }
 
     #[test]

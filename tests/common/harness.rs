@@ -67,6 +67,15 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The defaults, with the simulator taking `ms` per sampler step.
+    pub fn step_ms(ms: u64) -> Options {
+        let mut options = Options::default();
+        options.sim.step_delay = Duration::from_millis(ms);
+        options
+    }
+}
+
 /// The gateway under test, the simulator behind it, and its data directory.
 pub struct Harness {
     pub gateway: Server,
