@@ -4,7 +4,7 @@
 //! [`ApiError`]: one of the codes of `DESIGN.md`, a sentence for a person, and machine-readable
 //! details. The mapping from a code to its HTTP status lives here and nowhere else.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::fmt;
 
@@ -48,6 +48,34 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the contract's order.
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidParams,
+        ErrorCode::UnknownWorkflow,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::Unauthorized,
+        ErrorCode::Overloaded,
+        ErrorCode::ComfyuiUnavailable,
+        ErrorCode::ComfyuiRejected,
+        ErrorCode::ExecutionFailed,
+        ErrorCode::ComfyuiLost,
+        ErrorCode::Timeout,
+        ErrorCode::StorageFailed,
+        ErrorCode::Cancelled,
+        ErrorCode::Internal,
+    ];
+
+    /// The code named `name` on the wire.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,8 +131,16 @@ impl Serialize for ErrorCode {
     }
 }
 
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        ErrorCode::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {name:?}")))
+    }
+}
+
 /// An error as a client sees it: `{"code", "message", "details"}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     /// The contract's code.
     pub code: ErrorCode,
@@ -176,6 +212,77 @@ pub enum GenerateRequest {
     },
 }
 
+/// How a job is run, whatever it generates: the request fields that are not template
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// `priority`: higher runs first; FIFO within a priority. Default 0.
+    #[serde(default)]
+    pub priority: i64,
+    /// `previews`: stream the sampler's live preview images as `preview` events.
+    #[serde(default)]
+    pub previews: bool,
+}
+
+impl JobOptions {
+    /// The request fields this struct reads; they are taken out before template parameters.
+    pub const FIELDS: [&'static str; 2] = ["priority", "previews"];
+
+    /// Takes the job options out of a request body's fields.
+    pub fn take_from(fields: &mut Map<String, Value>) -> Result<JobOptions, ApiError> {
+        let mut options = JobOptions::default();
+        match fields.remove("priority") {
+            None | Some(Value::Null) => {}
+            Some(value) => {
+                options.priority = value.as_i64().ok_or_else(|| {
+                    invalid_field("priority", "must be a whole number (higher runs first)")
+                })?;
+            }
+        }
+        match fields.remove("previews") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(previews)) => options.previews = previews,
+            Some(_) => return Err(invalid_field("previews", "must be true or false")),
+        }
+        Ok(options)
+    }
+}
+
+/// A generation request and how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// What to generate.
+    pub generate: GenerateRequest,
+    /// How to run it.
+    pub options: JobOptions,
+}
+
+impl JobRequest {
+    /// Parses a request body. `default_workflow` is used when the body names none.
+    pub fn parse(body: &[u8], default_workflow: &str) -> Result<JobRequest, ApiError> {
+        let mut fields = parse_object(body)?;
+        let options = JobOptions::take_from(&mut fields)?;
+        let generate = GenerateRequest::from_fields(fields, default_workflow)?;
+        Ok(JobRequest { generate, options })
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    match value {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidParams,
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
 impl GenerateRequest {
     /// The workflow name reported in events and metadata (`"graph"` for a raw graph).
     pub fn workflow_name(&self) -> &str {
@@ -189,18 +296,14 @@ impl GenerateRequest {
     ///
     /// Only the shape is checked here; the template checks the parameters themselves.
     pub fn parse(body: &[u8], default_workflow: &str) -> Result<GenerateRequest, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("the request body is not valid JSON: {e}"),
-            )
-        })?;
-        let Value::Object(mut fields) = value else {
-            return Err(ApiError::new(
-                ErrorCode::InvalidParams,
-                "the request body must be a JSON object",
-            ));
-        };
+        GenerateRequest::from_fields(parse_object(body)?, default_workflow)
+    }
+
+    /// The request a body's fields describe, once the job options are taken out.
+    pub fn from_fields(
+        mut fields: Map<String, Value>,
+        default_workflow: &str,
+    ) -> Result<GenerateRequest, ApiError> {
         if let Some(graph) = fields.remove("graph") {
             if let Some(other) = fields.keys().next() {
                 return Err(invalid_field(
@@ -277,6 +380,29 @@ mod tests {
         assert!(matches!(ok, Ok(GenerateRequest::Graph { .. })));
         let err = GenerateRequest::parse(br#"{"graph": {}, "seed": 3}"#, "txt2img");
         assert_eq!(err.map_err(|e| e.code), Err(ErrorCode::InvalidParams));
+    }
+
+    #[test]
+    fn job_options_come_out_before_template_parameters() {
+        let req = JobRequest::parse(br#"{"prompt": "x", "priority": -3, "previews": true}"#, "t")
+            .expect("valid");
+        assert_eq!(req.options.priority, -3);
+        assert!(req.options.previews);
+        let GenerateRequest::Template { params, .. } = req.generate else {
+            panic!("a template request");
+        };
+        assert_eq!(params.len(), 1);
+        let graph = JobRequest::parse(br#"{"graph": {"1": {}}, "priority": 2}"#, "t");
+        assert_eq!(graph.map(|r| r.options.priority), Ok(2));
+        let bad = JobRequest::parse(br#"{"priority": 1.5}"#, "t").map_err(|e| e.code);
+        assert_eq!(bad, Err(ErrorCode::InvalidParams));
+    }
+
+    #[test]
+    fn error_codes_round_trip_by_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
+        }
     }
 
     #[test]

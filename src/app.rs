@@ -1,15 +1,17 @@
 //! The application: the configuration and the long-lived parts built from it once at start-up,
-//! shared (behind an `Arc`) by the accept loop, the request threads and the job threads.
+//! shared (behind an `Arc`) by the accept loop, the request threads and the job engine.
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use crate::comfyui::{ClientOptions, ComfyClient};
 use crate::config::Config;
 use crate::ids::JobId;
-use crate::job::{JobRegistry, RunSettings};
+use crate::job::{
+    Engine, Job, JobContext, JobRegistry, JobStore, Restored, RunSettings, restore_jobs,
+};
 use crate::metrics::Metrics;
 use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
@@ -22,21 +24,26 @@ pub struct App {
     /// The configuration it was built from.
     pub config: Config,
     /// The workflow templates, checked at start-up.
-    pub templates: Templates,
-    /// One client per `COMFYUI_URL`, tried in order.
+    pub templates: Arc<Templates>,
+    /// One client per `COMFYUI_URL`.
     pub backends: Vec<ComfyClient>,
-    /// Where images and metadata go.
+    /// Where outputs and metadata go.
     pub storage: Arc<dyn Storage>,
-    /// The local store when images are kept on disk (it serves `GET /images/...`).
+    /// The local store when outputs are kept on disk (it serves `GET /images/...`).
     pub local: Option<Arc<LocalStorage>>,
-    /// Images whose upload failed, waiting for a retry.
-    pub spool: Spool,
-    /// Every job, running or remembered.
-    pub jobs: JobRegistry,
-    /// Tunables of a job's life.
+    /// Outputs whose upload failed, waiting for a retry.
+    pub spool: Arc<Spool>,
+    /// Every job, waiting, running or remembered.
+    pub jobs: Arc<JobRegistry>,
+    /// Jobs on disk, so that the queue survives a restart.
+    pub store: Arc<JobStore>,
+    /// Tunables of a job's life (read when the engine starts).
     pub run: RunSettings,
     /// Counters for `GET /metrics`.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Jobs read back from `DATA_DIR` that the engine resumes when it starts.
+    restored: Mutex<Option<Restored>>,
+    engine: OnceLock<Arc<Engine>>,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -52,7 +59,8 @@ impl fmt::Display for StartupError {
 impl std::error::Error for StartupError {}
 
 impl App {
-    /// Builds the application: loads and checks the templates, prepares storage and the spool.
+    /// Builds the application: loads and checks the templates, prepares storage and the spool,
+    /// and reads back the jobs a previous run left in `DATA_DIR/jobs/`.
     pub fn new(config: Config) -> Result<App, StartupError> {
         let templates = Templates::load_dir(&config.workflows_dir)
             .map_err(|e| StartupError(format!("WORKFLOWS_DIR: {e}")))?;
@@ -71,32 +79,80 @@ impl App {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StartupError(format!("COMFYUI_URL: {e}")))?;
         let Stores { storage, local } = build_storage(&config)?;
-        let spool = Spool::new(config.data_dir.join("spool")).map_err(|e| {
+        let data_dir_error = |what: &str, e: std::io::Error| {
             StartupError(format!(
-                "DATA_DIR={}: cannot create the spool folder: {e}",
+                "DATA_DIR={}: cannot create the {what} folder: {e}",
                 config.data_dir.display()
             ))
-        })?;
+        };
+        let spool =
+            Spool::new(config.data_dir.join("spool")).map_err(|e| data_dir_error("spool", e))?;
+        let store =
+            JobStore::open(config.data_dir.join("jobs")).map_err(|e| data_dir_error("jobs", e))?;
         let run = RunSettings {
             progress_interval: config.progress_interval,
             job_timeout: config.job_timeout,
+            queue_timeout: config.queue_timeout,
+            queue_ahead: config.queue_ahead,
+            max_queued: config.max_queued_jobs,
             png_metadata: config.png_metadata,
             ..RunSettings::default()
         };
+        let jobs = Arc::new(JobRegistry::new(config.job_retention));
+        let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
         Ok(App {
-            jobs: JobRegistry::new(config.max_active_jobs, config.job_retention),
-            templates,
+            jobs,
+            templates: Arc::new(templates),
             backends,
             storage,
             local,
-            spool,
+            spool: Arc::new(spool),
+            store: Arc::new(store),
             run,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            restored: Mutex::new(Some(restored)),
+            engine: OnceLock::new(),
             config,
         })
     }
 
-    /// Retries every spooled upload once. A job still remembered whose images now reached
+    /// Starts the job engine (once; later calls return the running one): its backend
+    /// monitors, dispatcher, ticker and output workers, with the jobs read back at start-up.
+    pub fn start(&self) -> std::io::Result<&Arc<Engine>> {
+        if let Some(engine) = self.engine.get() {
+            return Ok(engine);
+        }
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        let ctx = JobContext {
+            templates: Arc::clone(&self.templates),
+            storage: Arc::clone(&self.storage),
+            local: self.local.clone(),
+            spool: Arc::clone(&self.spool),
+            metrics: Arc::clone(&self.metrics),
+            run: self.run.clone(),
+        };
+        let engine = Arc::new(Engine::new(
+            ctx,
+            Arc::clone(&self.jobs),
+            Arc::clone(&self.store),
+            self.backends.clone(),
+            restored.next_seq,
+        ));
+        engine.start(restored.waiting, restored.on_backends)?;
+        Ok(self.engine.get_or_init(|| engine))
+    }
+
+    /// The job engine, once started.
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.get()
+    }
+
+    /// Retries every spooled upload once. A job still remembered whose outputs now reached
     /// storage turns from `failed` (`storage_failed`) into `completed`, with their links.
     ///
     /// Returns how many spooled jobs were stored.
@@ -112,14 +168,16 @@ impl App {
         for job_id in pending {
             let job = JobId::parse(&job_id).and_then(|id| self.jobs.get(&id));
             if job.as_ref().is_some_and(|job| !job.is_finished()) {
-                continue; // its own job thread is uploading it right now
+                continue; // its own output worker is uploading it right now
             }
             match self.spool.flush_one(&job_id, self.storage.as_ref()) {
                 Ok(rows) => {
                     stored += 1;
-                    log::info!("spooled job {job_id}: {} images stored", rows.len());
+                    log::info!("spooled job {job_id}: {} outputs stored", rows.len());
                     if let Some(job) = job {
-                        job.storage_recovered(&rows);
+                        if job.storage_recovered(&rows) {
+                            self.save(&job);
+                        }
                     }
                 }
                 Err(e) => {
@@ -131,6 +189,21 @@ impl App {
         stored
     }
 
+    fn save(&self, job: &Job) {
+        if let Err(e) = self.store.save(&job.to_record()) {
+            log::error!("job {}: cannot save its state: {e}", job.id());
+        }
+    }
+
+    /// Forgets finished jobs past `JOB_RETENTION_SECS`, their files included.
+    pub fn prune_jobs(&self) {
+        for id in self.jobs.prune() {
+            if let Err(e) = self.store.remove(&id) {
+                log::warn!("job {id}: cannot remove its saved state: {e}");
+            }
+        }
+    }
+
     /// Starts the housekeeping thread: flushes the spool now and every `every`, and forgets
     /// expired jobs. The thread ends once the app is dropped.
     pub fn spawn_housekeeping(app: &Arc<App>, every: Duration) -> std::io::Result<()> {
@@ -140,12 +213,20 @@ impl App {
             .spawn(move || {
                 while let Some(app) = weak.upgrade() {
                     app.flush_spool();
-                    app.jobs.prune();
+                    app.prune_jobs();
                     drop(app);
                     std::thread::sleep(every);
                 }
             })
             .map(|_| ())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.get() {
+            engine.stop();
+        }
     }
 }
 

@@ -58,8 +58,15 @@ pub struct Config {
     /// `JOB_RETENTION_SECS`: how long a finished job stays readable through `GET /jobs/{id}`
     /// (default an hour); not in DESIGN.md's table, documented in the README.
     pub job_retention: Duration,
-    /// `MAX_ACTIVE_JOBS`: unfinished jobs allowed at once (default 64, at least 1).
-    pub max_active_jobs: usize,
+    /// `MAX_QUEUED_JOBS` (alias `MAX_ACTIVE_JOBS`): jobs waiting in the gateway's queue at most
+    /// (default 10,000, at least 1); beyond it, 429.
+    pub max_queued_jobs: usize,
+    /// `QUEUE_AHEAD`: prompts each ComfyUI holds beyond the one it runs (default 1, at most
+    /// `MAX_QUEUED_JOBS`), so its GPU never idles between jobs.
+    pub queue_ahead: usize,
+    /// `QUEUE_TIMEOUT_SECS`: how long a job may wait before ComfyUI starts it (unset: as long
+    /// as it takes).
+    pub queue_timeout: Option<Duration>,
     /// `MAX_BODY_BYTES`: the largest request body accepted (default 20 MiB, at least 1024).
     pub max_body_bytes: u64,
     /// `API_KEYS`: bearer keys accepted by every endpoint but `/health`; empty means no
@@ -187,7 +194,25 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
     };
     let progress_ms = whole_number(vars, &PROGRESS_INTERVAL_MS)?;
     let timeout_secs = whole_number(vars, &JOB_TIMEOUT_SECS)?;
-    let max_active_jobs = whole_number(vars, &MAX_ACTIVE_JOBS)?;
+    let max_queued_jobs = match (vars.get("MAX_QUEUED_JOBS"), vars.get("MAX_ACTIVE_JOBS")) {
+        (None, Some(_)) => whole_number(vars, &MAX_ACTIVE_JOBS)?,
+        _ => whole_number(vars, &MAX_QUEUED_JOBS)?,
+    };
+    let queue_ahead = whole_number(vars, &QUEUE_AHEAD)?;
+    if queue_ahead > max_queued_jobs {
+        return Err(ConfigError::new(
+            "QUEUE_AHEAD",
+            &queue_ahead.to_string(),
+            format!("at most MAX_QUEUED_JOBS ({max_queued_jobs})"),
+        ));
+    }
+    let queue_timeout = match vars.get("QUEUE_TIMEOUT_SECS") {
+        Some(_) => Some(Duration::from_secs(whole_number(
+            vars,
+            &QUEUE_TIMEOUT_SECS,
+        )?)),
+        None => None,
+    };
     Ok(Config {
         listen_addr,
         comfyui_urls: comfyui_urls(&vars.get_or("COMFYUI_URL", "http://127.0.0.1:8188"))?,
@@ -199,7 +224,9 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         progress_interval: Duration::from_millis(progress_ms),
         job_timeout: Duration::from_secs(timeout_secs),
         job_retention: Duration::from_secs(whole_number(vars, &JOB_RETENTION_SECS)?),
-        max_active_jobs: usize::try_from(max_active_jobs).unwrap_or(usize::MAX),
+        max_queued_jobs: usize::try_from(max_queued_jobs).unwrap_or(usize::MAX),
+        queue_ahead: usize::try_from(queue_ahead).unwrap_or(usize::MAX),
+        queue_timeout,
         max_body_bytes: whole_number(vars, &MAX_BODY_BYTES)?,
         api_keys: match vars.get("API_KEYS") {
             Some(keys) => api_keys(&keys)?,
@@ -321,12 +348,35 @@ const JOB_RETENTION_SECS: WholeNumber = WholeNumber {
     max: 30 * 86_400,
 };
 
-const MAX_ACTIVE_JOBS: WholeNumber = WholeNumber {
-    variable: "MAX_ACTIVE_JOBS",
-    default: 64,
+/// At most a million waiting jobs: each costs a few kilobytes of memory and a file.
+const MAX_QUEUED_JOBS: WholeNumber = WholeNumber {
+    variable: "MAX_QUEUED_JOBS",
+    default: 10_000,
     unit: "jobs",
     min: 1,
-    max: u64::MAX,
+    max: 1_000_000,
+};
+
+/// The old name of `MAX_QUEUED_JOBS`, still accepted.
+const MAX_ACTIVE_JOBS: WholeNumber = WholeNumber {
+    variable: "MAX_ACTIVE_JOBS",
+    ..MAX_QUEUED_JOBS
+};
+
+const QUEUE_AHEAD: WholeNumber = WholeNumber {
+    variable: "QUEUE_AHEAD",
+    default: 1,
+    unit: "prompts",
+    min: 0,
+    max: 1_000_000,
+};
+
+const QUEUE_TIMEOUT_SECS: WholeNumber = WholeNumber {
+    variable: "QUEUE_TIMEOUT_SECS",
+    default: 0,
+    unit: "seconds",
+    min: 1,
+    max: 30 * 86_400,
 };
 
 const MAX_BODY_BYTES: WholeNumber = WholeNumber {
@@ -567,7 +617,9 @@ impl fmt::Debug for Config {
             .field("progress_interval", &self.progress_interval)
             .field("job_timeout", &self.job_timeout)
             .field("job_retention", &self.job_retention)
-            .field("max_active_jobs", &self.max_active_jobs)
+            .field("max_queued_jobs", &self.max_queued_jobs)
+            .field("queue_ahead", &self.queue_ahead)
+            .field("queue_timeout", &self.queue_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
@@ -643,7 +695,9 @@ mod tests {
         assert_eq!(config.public_base_url, "http://127.0.0.1:8000");
         assert_eq!(config.progress_interval, Duration::from_millis(1000));
         assert_eq!(config.job_timeout, Duration::from_secs(600));
-        assert_eq!(config.max_active_jobs, 64);
+        assert_eq!(config.max_queued_jobs, 10_000);
+        assert_eq!(config.queue_ahead, 1);
+        assert_eq!(config.queue_timeout, None);
         assert_eq!(config.max_body_bytes, 20_971_520);
         assert!(config.api_keys.is_empty());
         assert_eq!(config.png_metadata, PngMetadata::Strip);
@@ -694,7 +748,7 @@ mod tests {
         assert_eq!(config.public_base_url, "https://images.example.com");
         assert_eq!(config.progress_interval, Duration::from_millis(250));
         assert_eq!(config.job_timeout, Duration::from_secs(30));
-        assert_eq!(config.max_active_jobs, 2);
+        assert_eq!(config.max_queued_jobs, 2, "MAX_ACTIVE_JOBS is an alias");
         assert_eq!(config.max_body_bytes, 4096);
         assert_eq!(config.api_keys, ["k1", "k2"]);
         assert_eq!(config.png_metadata, PngMetadata::Keep);

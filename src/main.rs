@@ -52,23 +52,30 @@ fn run() -> Result<(), String> {
         app.templates.names().collect::<Vec<_>>().join(", ")
     );
     let _ = stop_rx.recv();
-    log::info!("shutting down: no new requests; waiting up to {SHUTDOWN_GRACE:?} for running jobs");
+    log::info!(
+        "shutting down: no new requests or dispatches; waiting up to {SHUTDOWN_GRACE:?} for \
+         jobs on a ComfyUI"
+    );
     server.shutdown();
     wait_for_jobs(&app, SHUTDOWN_GRACE);
     Ok(())
 }
 
-/// Lets running jobs finish (their images stored, or spooled) for up to `grace`.
+/// Lets jobs that are on a ComfyUI finish (their outputs stored, or spooled) for up to `grace`;
+/// jobs still waiting stay saved in `DATA_DIR` and resume at the next start.
 fn wait_for_jobs(app: &App, grace: Duration) {
     let deadline = Instant::now() + grace;
-    for job in app.jobs.unfinished() {
-        job.wait_until_finished(Some(deadline));
+    let waiting = app.engine().map_or(0, |engine| engine.drain(deadline));
+    if waiting > 0 {
+        log::info!("{waiting} waiting jobs are saved and resume at the next start");
     }
     for job in app.jobs.unfinished() {
-        log::warn!(
-            "job {} was still {} at shutdown; ComfyUI keeps its prompt and output files",
-            job.id(),
-            job.state().as_str()
-        );
+        if job.prompt().is_some() {
+            log::warn!(
+                "job {} was still {} at shutdown; it is reconciled with ComfyUI at the next start",
+                job.id(),
+                job.state().as_str()
+            );
+        }
     }
 }

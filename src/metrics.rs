@@ -80,7 +80,7 @@ pub struct Metrics {
 pub struct Gauges {
     /// Unfinished jobs.
     pub active_jobs: usize,
-    /// Jobs waiting in ComfyUI's queue.
+    /// Jobs waiting in the gateway's queue.
     pub queued_jobs: usize,
     /// Images kept in the spool awaiting upload.
     pub spooled_images: usize,

@@ -13,11 +13,16 @@ const MILLIS_PER_DAY: u64 = 86_400_000;
 ///
 /// A system clock set before 1970 yields `1970-01-01T00:00:00.000Z` rather than failing.
 pub fn now_rfc3339() -> String {
+    rfc3339_from_unix_millis(unix_millis())
+}
+
+/// Milliseconds since 1970-01-01T00:00:00Z now; 0 for a clock set before 1970.
+pub fn unix_millis() -> u64 {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since_epoch| since_epoch.as_millis())
         .unwrap_or(0);
-    rfc3339_from_unix_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    u64::try_from(millis).unwrap_or(u64::MAX)
 }
 
 /// Formats `ms` milliseconds after 1970-01-01T00:00:00Z as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).

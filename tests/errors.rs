@@ -152,11 +152,20 @@ fn comfyui_validation_failure_is_422_with_node_errors() {
     );
     assert_eq!(node_errors["4"]["errors"][0]["type"], "value_not_in_list");
 
-    // The same as a stream request: a plain HTTP error, never a half-open stream.
+    // A stream was already told `queued` when ComfyUI saw the prompt: it ends with the same
+    // error as its terminal event.
     h.sim.fail_next(Failure::ValidationError);
-    let stream = h.generate_stream(&small_txt2img("y"));
-    assert_eq!(stream.status, 422);
-    assert_eq!(code(&stream.json_body()), "comfyui_rejected");
+    let mut stream = h.generate_stream(&small_txt2img("y"));
+    assert_eq!(stream.status, 200);
+    let events = stream.until_terminal();
+    let last = events.last().expect("a terminal event");
+    assert_eq!(
+        (last.event.as_str(), last.data["code"].as_str()),
+        ("error", Some("comfyui_rejected")),
+        "{:?}",
+        last.data
+    );
+    assert!(last.data["details"]["node_errors"].is_object());
 }
 
 #[test]

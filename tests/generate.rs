@@ -39,7 +39,14 @@ fn streamed_generation_stores_locally_and_links_images() {
     let queued = &events[0];
     assert_eq!(queued.event, "queued");
     assert_eq!(queued.data["workflow"], "txt2img");
-    assert!(queued.data["prompt_id"].is_string());
+    assert_eq!(
+        queued.data["queue_position"], 0,
+        "first in the gateway's queue"
+    );
+    let dispatched = &events[1];
+    assert_eq!(dispatched.event, "dispatched");
+    assert!(dispatched.data["prompt_id"].is_string());
+    assert_eq!(dispatched.data["backend"], h.sim.url().as_str());
     let job_id = queued.data["job_id"].as_str().expect("job_id").to_string();
     assert!(events.iter().all(|e| e.data["job_id"] == job_id.as_str()));
 

@@ -22,6 +22,17 @@ fn create_job(h: &Harness, body: &Value) -> String {
     job_id
 }
 
+/// Follows a job's events until ComfyUI accepted its prompt; returns the `dispatched` data.
+fn wait_dispatched(h: &Harness, job_id: &str) -> Value {
+    let mut stream = h.get_stream(&format!("/jobs/{job_id}/events"), &[]);
+    while let Some(event) = stream.next_event() {
+        if event.event == "dispatched" {
+            return event.data;
+        }
+    }
+    panic!("job {job_id} ended or stalled before reaching ComfyUI");
+}
+
 fn ids(events: &[common::sse_client::SseEvent]) -> Vec<u64> {
     events.iter().filter_map(|e| e.id).collect()
 }
@@ -112,6 +123,7 @@ fn cancel_while_queued_deletes_the_prompt_from_comfyuis_queue() {
     let sim_events = h.sim.events();
     h.sim.pause();
     let job_id = create_job(&h, &small_txt2img("never runs"));
+    let dispatched = wait_dispatched(&h, &job_id);
     let (status, job) = h.delete_json(&format!("/jobs/{job_id}"));
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["state"], "cancelled");
@@ -125,7 +137,7 @@ fn cancel_while_queued_deletes_the_prompt_from_comfyuis_queue() {
     let events = h
         .get_stream(&format!("/jobs/{job_id}/events"), &[])
         .until_terminal();
-    let queued_prompt = events[0].data["prompt_id"].as_str().expect("prompt id");
+    let queued_prompt = dispatched["prompt_id"].as_str().expect("prompt id");
     assert_eq!(deleted, vec![queued_prompt.to_string()]);
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("cancelled"));
     assert!(
@@ -162,7 +174,11 @@ fn cancel_while_running_interrupts_only_this_prompt() {
     let events = h
         .get_stream(&format!("/jobs/{job_id}/events"), &[])
         .until_terminal();
-    assert_eq!(sent["prompt_id"], events[0].data["prompt_id"]);
+    let dispatched = events
+        .iter()
+        .find(|e| e.event == "dispatched")
+        .expect("a dispatched event");
+    assert_eq!(sent["prompt_id"], dispatched.data["prompt_id"]);
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("cancelled"));
     // A second cancel, and a cancel of an unknown job.
     assert_eq!(
@@ -198,13 +214,18 @@ fn a_job_over_its_time_limit_is_interrupted_with_timeout() {
 }
 
 #[test]
-fn beyond_max_active_jobs_is_429_with_retry_after() {
+fn beyond_max_queued_jobs_is_429_with_retry_after() {
     let h = Harness::with(Options {
-        vars: vec![("MAX_ACTIVE_JOBS", "1".into())],
+        vars: vec![("MAX_QUEUED_JOBS", "1".into()), ("QUEUE_AHEAD", "0".into())],
         ..Options::default()
     });
     h.sim.pause();
-    let job_id = create_job(&h, &small_txt2img("first"));
+    let on_comfyui = create_job(&h, &small_txt2img("first"));
+    wait_dispatched(&h, &on_comfyui);
+    let job_id = create_job(&h, &small_txt2img("waits in the gateway"));
+    let (_, waiting) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(waiting["queue_position"], 0, "{waiting}");
+    assert_eq!(waiting["backend"], Value::Null);
     let mut response = agent()
         .post(&h.url("/jobs"))
         .header("Content-Type", "application/json")
@@ -215,10 +236,26 @@ fn beyond_max_active_jobs_is_429_with_retry_after() {
     let body: Value =
         serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("JSON");
     assert_eq!(body["error"]["code"], "overloaded");
-    h.delete_json(&format!("/jobs/{job_id}"));
+    let (_, cancelled) = h.delete_json(&format!("/jobs/{job_id}"));
+    assert_eq!(cancelled["state"], "cancelled");
+    assert!(
+        h.sim
+            .requests()
+            .iter()
+            .all(|r| r.path != "/queue" || r.method != "POST"),
+        "a job cancelled while waiting in the gateway never reaches ComfyUI"
+    );
     h.sim.resume();
     let (status, _) = h.post_json("/generate", &small_txt2img("after"));
-    assert_eq!(status, 200, "a finished job frees its slot");
+    assert_eq!(status, 200, "a cancelled job frees its place");
+    let old_name = Harness::with(Options {
+        vars: vec![("MAX_ACTIVE_JOBS", "3".into())],
+        ..Options::default()
+    });
+    assert_eq!(
+        old_name.app.run.max_queued, 3,
+        "MAX_ACTIVE_JOBS is an alias"
+    );
 }
 
 #[test]

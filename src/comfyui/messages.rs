@@ -210,6 +210,11 @@ pub enum WsEvent {
         format: PreviewFormat,
         /// The encoded image.
         bytes: Vec<u8>,
+        /// The prompt it belongs to, when the frame carried metadata (type 4); a plain frame
+        /// belongs to whatever prompt ComfyUI is executing.
+        prompt_id: Option<PromptId>,
+        /// The node that made it, when the frame said.
+        node: Option<String>,
     },
     /// A binary frame of another type (2 unencoded preview, 3 text, newer ones), or a preview
     /// whose format this client cannot tell.
@@ -285,22 +290,41 @@ impl WsEvent {
                     2 => PreviewFormat::Png,
                     _ => return None,
                 };
-                Some((format, image))
+                Some((format, image, PreviewMeta::default()))
             }),
             4 => split_u32(payload).and_then(|(meta_len, rest)| {
-                let image = rest.get(usize::try_from(meta_len).ok()?..)?;
-                Some((sniff_format(image)?, image))
+                let meta_len = usize::try_from(meta_len).ok()?;
+                let meta: PreviewMeta = rest
+                    .get(..meta_len)
+                    .and_then(|text| serde_json::from_slice(text).ok())
+                    .unwrap_or_default();
+                let image = rest.get(meta_len..)?;
+                Some((sniff_format(image)?, image, meta))
             }),
             _ => None,
         };
         match preview {
-            Some((format, image)) => WsEvent::Preview {
+            Some((format, image, meta)) => WsEvent::Preview {
                 format,
                 bytes: image.to_vec(),
+                prompt_id: meta.prompt_id.map(PromptId),
+                node: meta.display_node_id.or(meta.node_id),
             },
             None => WsEvent::Binary { kind },
         }
     }
+}
+
+/// The metadata of a type-4 preview frame (ComfyUI sends it to clients that announced
+/// `supports_preview_metadata`).
+#[derive(Default, Deserialize)]
+struct PreviewMeta {
+    #[serde(default)]
+    prompt_id: Option<String>,
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    display_node_id: Option<String>,
 }
 
 /// The typed event for a known message type; `None` for unknown types and payloads that do not
@@ -1026,7 +1050,9 @@ mod tests {
             WsEvent::from_binary(&frame(1, &type1)),
             WsEvent::Preview {
                 format: PreviewFormat::Jpeg,
-                bytes: jpeg.to_vec()
+                bytes: jpeg.to_vec(),
+                prompt_id: None,
+                node: None,
             }
         );
         let png = b"\x89PNG\r\n\x1a\nrest";
@@ -1041,7 +1067,9 @@ mod tests {
             WsEvent::from_binary(&frame(4, &type4)),
             WsEvent::Preview {
                 format: PreviewFormat::Png,
-                bytes: png.to_vec()
+                bytes: png.to_vec(),
+                prompt_id: Some(PromptId("p1".into())),
+                node: Some("3".into()),
             }
         );
     }

@@ -212,6 +212,11 @@ impl Monitor {
         }
     }
 
+    /// Sends one text message, e.g. the `feature_flags` a client announces after connecting.
+    pub fn send_text(&mut self, text: &str) -> Result<(), MonitorError> {
+        self.socket.send(Message::text(text)).map_err(session_error)
+    }
+
     /// Ends the session politely: sends a close frame (bounded by the write timeout) and drops
     /// the connection without waiting for ComfyUI's reply.
     pub fn close(mut self) {
@@ -425,7 +430,9 @@ mod tests {
             monitor.next_event(PATIENCE),
             Ok(Some(WsEvent::Preview {
                 format: PreviewFormat::Png,
-                bytes: b"\x89PNG\r\n\x1a\n".to_vec()
+                bytes: b"\x89PNG\r\n\x1a\n".to_vec(),
+                prompt_id: None,
+                node: None,
             }))
         );
         // The ping is answered but is no event: the short wait ends with nothing.

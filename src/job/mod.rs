@@ -1,39 +1,53 @@
-//! Jobs: one generation each, from ComfyUI's acceptance of the prompt to its terminal event.
+//! Jobs: one generation each, from its acceptance into the gateway's queue to its terminal event.
 //!
-//! A [`Job`] is shared between the job thread that drives it (`runner`), the request threads that
-//! stream its events, and the [`JobRegistry`] that keeps it findable after its client left. Its
-//! state and its [`EventLog`] sit behind one mutex that is held only to read or append, never
-//! across I/O.
+//! A [`Job`] is data: what to run (its [`Plan`]), where it is in its life, and its [`EventLog`].
+//! A waiting job holds no thread and no socket. The [`Engine`] moves jobs along: the dispatcher
+//! hands them to backends, each backend's monitor feeds them ComfyUI's messages, one ticker
+//! publishes everyone's progress, and a small pool stores their outputs. The job's state and log
+//! sit behind one mutex that is held only to read or append, never across I/O.
 
+mod backend;
+mod context;
+mod dispatch;
+mod engine;
 mod log;
 mod output;
+mod plan;
 mod progress;
+mod queue;
 mod registry;
-mod runner;
+mod store;
+mod ticker;
 
-pub use log::{Event, EventKind, EventLog, Subscription};
+pub use backend::{Backend, BackendStatus};
+pub use context::{JobContext, RunSettings};
+pub use engine::{Engine, RestoredRun};
+pub use log::{Event, EventKind, EventLog, Subscription, WaitingTick};
+pub use plan::{GraphSource, Plan};
 pub use progress::{Outcome, ProgressTracker};
+pub use queue::{JobQueue, MemoryQueue, Ticket};
 pub use registry::JobRegistry;
-pub use runner::{RunSettings, submit};
+pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::api::{ApiError, ErrorCode};
-use crate::ids::JobId;
+use crate::api::{ApiError, ErrorCode, JobOptions};
+use crate::comfyui::{PreviewFormat, WsEvent};
+use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
 use crate::timestamp;
 
 /// Where a job is in its life. Finished states carry what a client needs to know about them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
-    /// Accepted by ComfyUI, waiting in its queue.
+    /// Waiting: in the gateway's queue, or sent to ComfyUI and waiting in its queue.
     Queued,
     /// ComfyUI is executing the graph.
     Running,
-    /// The images are being fetched and stored.
+    /// The outputs are being fetched and stored.
     Uploading,
     /// Done; the `complete` event's data.
     Completed(Arc<Value>),
@@ -65,11 +79,59 @@ impl JobState {
     }
 }
 
+/// A job's stay on one backend: from ComfyUI's acceptance of its prompt to the prompt's end.
+pub struct Run {
+    /// The backend's index in the engine.
+    pub backend: usize,
+    /// The backend's base URL, as named in events and saved with the job.
+    pub backend_url: String,
+    /// ComfyUI's id for the prompt.
+    pub prompt_id: PromptId,
+    /// What ComfyUI's messages said so far.
+    pub tracker: ProgressTracker,
+    /// When ComfyUI accepted the prompt.
+    pub dispatched: Instant,
+    /// When ComfyUI started executing it.
+    pub started: Option<Instant>,
+    /// When execution ended.
+    pub executed: Option<Instant>,
+    /// The websocket that would carry this prompt's messages is gone (the prompt was queued
+    /// under an earlier client id, or by a gateway that restarted): follow it through
+    /// `/history` instead.
+    pub orphaned: bool,
+    /// The stop (delete or interrupt) was already sent for a cancel or a timeout.
+    pub stop_sent: bool,
+}
+
+/// A live preview image waiting for the next tick.
+struct PendingPreview {
+    format: PreviewFormat,
+    node: Option<String>,
+    bytes: Vec<u8>,
+}
+
 struct JobInner {
     state: JobState,
     log: EventLog,
     progress: Value,
     finished_at: Option<Instant>,
+    finished_unix_ms: Option<u64>,
+    run: Option<Run>,
+    /// Where the job last ran, kept after its run ended.
+    last_backend: Option<String>,
+    last_prompt: Option<PromptId>,
+    preview: Option<PendingPreview>,
+    /// Output branches ComfyUI dropped at validation while running the rest.
+    warnings: Vec<Value>,
+}
+
+/// What a ComfyUI message meant for a job.
+#[derive(Debug, Default, PartialEq)]
+pub struct Observed {
+    /// This message started execution.
+    pub started: bool,
+    /// This message ended execution.
+    pub outcome: Option<Outcome>,
 }
 
 /// One generation.
@@ -77,26 +139,43 @@ pub struct Job {
     id: JobId,
     workflow: String,
     created_at: String,
+    created_unix_ms: u64,
     created: Instant,
+    ticket: Ticket,
+    plan: Plan,
+    options: JobOptions,
     cancel_requested: AtomicBool,
     inner: Mutex<JobInner>,
 }
 
 impl Job {
-    /// A new job in state `queued` with no events yet.
-    pub fn new(workflow: &str) -> Job {
+    /// A new job in state `queued` with no events yet; `seq` orders it among its priority.
+    pub fn new(plan: Plan, options: JobOptions, seq: u64) -> Job {
+        let id = JobId::new();
+        let log = EventLog::new(id.as_str());
+        let now_ms = timestamp::unix_millis();
         Job {
-            id: JobId::new(),
-            workflow: workflow.to_string(),
-            created_at: timestamp::now_rfc3339(),
+            workflow: plan.workflow.clone(),
+            created_at: timestamp::rfc3339_from_unix_millis(now_ms),
+            created_unix_ms: now_ms,
             created: Instant::now(),
+            ticket: Ticket::new(options.priority, seq),
+            plan,
+            options,
             cancel_requested: AtomicBool::new(false),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
-                log: EventLog::default(),
+                log,
                 progress: Value::Null,
                 finished_at: None,
+                finished_unix_ms: None,
+                run: None,
+                last_backend: None,
+                last_prompt: None,
+                preview: None,
+                warnings: Vec::new(),
             }),
+            id,
         }
     }
 
@@ -108,6 +187,21 @@ impl Job {
     /// The workflow name (`"graph"` for raw graphs).
     pub fn workflow(&self) -> &str {
         &self.workflow
+    }
+
+    /// What the job runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// How the job runs.
+    pub fn options(&self) -> &JobOptions {
+        &self.options
+    }
+
+    /// Its place in line.
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
     }
 
     /// When the job was created (monotonic clock).
@@ -149,7 +243,8 @@ impl Job {
         }
     }
 
-    /// Emits a non-terminal event (`queued`, `progress`). `data` gets `job_id` added.
+    /// Emits a non-terminal event (`queued`, `dispatched`, `progress`, `preview`). `data` gets
+    /// `job_id` added.
     pub fn publish(&self, kind: EventKind, data: Value) {
         debug_assert!(!kind.is_terminal(), "use finish() for terminal events");
         let mut inner = self.lock();
@@ -182,6 +277,12 @@ impl Job {
         }
         inner.state = state;
         inner.finished_at = Some(Instant::now());
+        inner.finished_unix_ms = Some(timestamp::unix_millis());
+        if let Some(run) = inner.run.take() {
+            inner.last_backend = Some(run.backend_url);
+            inner.last_prompt = Some(run.prompt_id);
+        }
+        inner.preview = None;
         let text = self.with_job_id(data);
         inner.log.push(kind, text);
         true
@@ -200,16 +301,179 @@ impl Job {
         Value::Object(object).to_string()
     }
 
-    /// Records that images of a job that failed with `storage_failed` reached storage later
-    /// (from the spool): the job becomes `completed`, its result listing the stored images. The
-    /// event stream, already ended, is not reopened.
-    pub fn storage_recovered(&self, rows: &[ImageRecord]) {
+    /// Records that ComfyUI at `backend_url` accepted the prompt and announces it with a
+    /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation.
+    pub fn dispatched(
+        &self,
+        backend: usize,
+        backend_url: &str,
+        prompt_id: PromptId,
+        graph: &Value,
+        warnings: Vec<Value>,
+    ) {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return;
+        }
+        let mut data = json!({
+            "prompt_id": prompt_id,
+            "backend": backend_url,
+            "workflow": self.workflow,
+        });
+        if !warnings.is_empty() {
+            data["warnings"] = json!(warnings);
+        }
+        inner.warnings = warnings;
+        let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
+        tracker.set_queue_position(Some(0));
+        inner.run = Some(Run {
+            backend,
+            backend_url: backend_url.to_string(),
+            tracker,
+            prompt_id,
+            dispatched: Instant::now(),
+            started: None,
+            executed: None,
+            orphaned: false,
+            stop_sent: false,
+        });
+        let text = self.with_job_id(data);
+        inner.log.push(EventKind::Dispatched, text);
+    }
+
+    /// Puts a job whose backend failed before starting it back to waiting.
+    pub fn requeue(&self) {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return;
+        }
+        inner.run = None;
+        inner.preview = None;
+        inner.state = JobState::Queued;
+    }
+
+    /// Works on the job's run, if it has one (it is on a backend and unfinished).
+    pub fn with_run<T>(&self, f: impl FnOnce(&mut Run) -> T) -> Option<T> {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return None;
+        }
+        inner.run.as_mut().map(f)
+    }
+
+    /// The prompt and backend of the job's run, if it has one.
+    pub fn prompt(&self) -> Option<(usize, PromptId)> {
+        self.with_run(|run| (run.backend, run.prompt_id.clone()))
+    }
+
+    /// Feeds one of ComfyUI's messages about this job's prompt.
+    pub fn observe(&self, event: &WsEvent) -> Observed {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return Observed::default();
+        }
+        let Some(run) = inner.run.as_mut() else {
+            return Observed::default();
+        };
+        let was_started = run.tracker.started();
+        let outcome = run.tracker.observe(event).cloned();
+        let started = !was_started && run.tracker.started();
+        if started {
+            run.started = Some(Instant::now());
+        }
+        if outcome.is_some() {
+            run.executed = Some(Instant::now());
+        }
+        if started && inner.state == JobState::Queued {
+            inner.state = JobState::Running;
+        }
+        Observed { started, outcome }
+    }
+
+    /// Marks the run started without a message saying so (learnt from `/queue` or `/history`).
+    pub fn mark_started(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(run) = inner.run.as_mut() else {
+            return false;
+        };
+        if run.started.is_some() {
+            return false;
+        }
+        run.started = Some(Instant::now());
+        if inner.state == JobState::Queued {
+            inner.state = JobState::Running;
+        }
+        true
+    }
+
+    /// Keeps the newest preview image until the next tick publishes it.
+    pub fn offer_preview(&self, format: PreviewFormat, node: Option<String>, bytes: Vec<u8>) {
+        if !self.options.previews {
+            return;
+        }
+        let mut inner = self.lock();
+        if !inner.state.is_finished() {
+            inner.preview = Some(PendingPreview {
+                format,
+                node,
+                bytes,
+            });
+        }
+    }
+
+    /// Publishes this tick's `progress` event (and the newest preview, at most one per tick).
+    /// `queue_position` is the job's place in the gateway's queue, if it waits there.
+    pub fn tick(&self, queue_position: Option<usize>) {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return;
+        }
+        let elapsed_ms = self.elapsed_ms();
+        let state = inner.state.as_str();
+        let snapshot = match inner.run.as_ref() {
+            None => {
+                let tick = WaitingTick {
+                    queue_position: queue_position.map(|p| p.min(u32::MAX as usize) as u32),
+                    elapsed_ms,
+                };
+                inner.log.push_waiting(tick);
+                return;
+            }
+            Some(run) => {
+                let mut snapshot = run.tracker.snapshot(state, elapsed_ms);
+                snapshot["backend"] = json!(run.backend_url);
+                snapshot
+            }
+        };
+        inner.progress = snapshot.clone();
+        let text = self.with_job_id(snapshot);
+        inner.log.push(EventKind::Progress, text);
+        if let Some(preview) = inner.preview.take() {
+            let data = json!({
+                "node": preview.node,
+                "content_type": preview.format.mime_type(),
+                "image": data_url(preview.format.mime_type(), &preview.bytes),
+            });
+            let text = self.with_job_id(data);
+            inner.log.push(EventKind::Preview, text);
+        }
+    }
+
+    /// Output branches ComfyUI dropped at validation.
+    pub fn warnings(&self) -> Vec<Value> {
+        self.lock().warnings.clone()
+    }
+
+    /// Records that the outputs of a job that failed with `storage_failed` reached storage
+    /// later (from the spool): the job becomes `completed`, its result listing the stored
+    /// outputs. The event stream, already ended, is not reopened. Returns whether it changed.
+    pub fn storage_recovered(&self, rows: &[ImageRecord]) -> bool {
         let mut inner = self.lock();
         let JobState::Failed(error) = &inner.state else {
-            return;
+            return false;
         };
         if error.code != ErrorCode::StorageFailed {
-            return;
+            return false;
         }
         let images: Vec<Value> = rows
             .iter()
@@ -230,10 +494,12 @@ impl Job {
             "job_id": self.id,
             "prompt_id": prompt_id,
             "workflow": self.workflow,
+            "backend": inner.last_backend,
             "images": images,
             "params": params,
             "recovered_from": error,
         })));
+        true
     }
 
     /// Subscribes to the job's events after `last_seen` (0: from the start).
@@ -263,7 +529,7 @@ impl Job {
         }
     }
 
-    /// Asks the job thread to cancel. Returns false if the job had already ended.
+    /// Records a client's wish to cancel. Returns false if the job had already ended.
     pub fn request_cancel(&self) -> bool {
         if self.is_finished() {
             return false;
@@ -277,8 +543,9 @@ impl Job {
         self.cancel_requested.load(Ordering::SeqCst)
     }
 
-    /// The job as `GET /jobs/{id}` shows it.
-    pub fn to_json(&self) -> Value {
+    /// The job as `GET /jobs/{id}` shows it. `queue_position` is its place in the gateway's
+    /// queue while it waits there.
+    pub fn to_json(&self, queue_position: Option<usize>) -> Value {
         let inner = self.lock();
         let (result, error) = match &inner.state {
             JobState::Completed(result) => ((**result).clone(), Value::Null),
@@ -293,26 +560,178 @@ impl Job {
                 fields.insert("percent".into(), json!(100.0));
             }
         }
+        let (backend, prompt_id) = match &inner.run {
+            Some(run) => (Some(run.backend_url.clone()), Some(run.prompt_id.clone())),
+            None => (inner.last_backend.clone(), inner.last_prompt.clone()),
+        };
         json!({
             "job_id": self.id,
             "state": inner.state.as_str(),
             "workflow": self.workflow,
             "created_at": self.created_at,
+            "priority": self.options.priority,
+            "queue_position": queue_position,
+            "backend": backend,
+            "prompt_id": prompt_id,
             "progress": progress,
             "events": inner.log.len(),
             "result": result,
             "error": error,
         })
     }
+
+    /// The job as saved in `DATA_DIR/jobs/`.
+    pub fn to_record(&self) -> JobRecord {
+        let inner = self.lock();
+        let (result, error) = match &inner.state {
+            JobState::Completed(result) => (Some((**result).clone()), None),
+            JobState::Failed(error) => (None, Some(error.clone())),
+            _ => (None, None),
+        };
+        let run = inner.run.as_ref().map(|run| store::RunRecord {
+            backend_url: run.backend_url.clone(),
+            prompt_id: run.prompt_id.clone(),
+            started: run.started.is_some(),
+        });
+        JobRecord {
+            id: self.id.to_string(),
+            seq: self.ticket_seq(),
+            workflow: self.workflow.clone(),
+            created_at: self.created_at.clone(),
+            created_unix_ms: self.created_unix_ms,
+            options: self.options.clone(),
+            plan: self.plan.to_record(),
+            state: inner.state.as_str().to_string(),
+            run,
+            last_backend: inner.last_backend.clone(),
+            last_prompt: inner.last_prompt.clone(),
+            warnings: inner.warnings.clone(),
+            events: inner.log.durable_events(),
+            next_event_id: inner.log.next_id(),
+            saved_unix_ms: timestamp::unix_millis(),
+            finished_unix_ms: inner.finished_unix_ms,
+            result,
+            error,
+        }
+    }
+
+    fn ticket_seq(&self) -> u64 {
+        self.ticket.seq()
+    }
+
+    /// A job as a saved record describes it, after a restart. Event ids continue past any the
+    /// old process could have sent: ticks after the last save were never written down, so the
+    /// next id skips as many as could have happened since.
+    pub fn from_record(
+        record: JobRecord,
+        progress_interval: Duration,
+    ) -> Result<(Job, Option<store::RunRecord>), String> {
+        let id = JobId::parse(&record.id).ok_or_else(|| format!("bad job id {:?}", record.id))?;
+        let plan = Plan::from_record(record.plan)?;
+        let now_ms = timestamp::unix_millis();
+        let age = Duration::from_millis(now_ms.saturating_sub(record.created_unix_ms));
+        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let unsaved = now_ms.saturating_sub(record.saved_unix_ms);
+        let interval_ms = progress_interval.as_millis().max(1) as u64;
+        // Each tick may have sent a progress and a preview event.
+        let skipped = 2 * (unsaved / interval_ms + 2);
+        let log = EventLog::restore(id.as_str(), record.events, record.next_event_id + skipped);
+        let finished_ago = record
+            .finished_unix_ms
+            .map(|ms| Duration::from_millis(now_ms.saturating_sub(ms)));
+        let state = match record.state.as_str() {
+            "completed" => JobState::Completed(Arc::new(record.result.unwrap_or(Value::Null))),
+            "failed" => JobState::Failed(
+                record
+                    .error
+                    .unwrap_or_else(|| ApiError::internal("the job failed before a restart")),
+            ),
+            "cancelled" => JobState::Cancelled,
+            _ => JobState::Queued,
+        };
+        let finished = state.is_finished();
+        let job = Job {
+            id,
+            workflow: record.workflow,
+            created_at: record.created_at,
+            created_unix_ms: record.created_unix_ms,
+            created,
+            ticket: Ticket::new(record.options.priority, record.seq),
+            plan,
+            options: record.options,
+            cancel_requested: AtomicBool::new(false),
+            inner: Mutex::new(JobInner {
+                state,
+                log,
+                progress: Value::Null,
+                finished_at: finished.then(|| {
+                    finished_ago
+                        .and_then(|ago| Instant::now().checked_sub(ago))
+                        .unwrap_or_else(Instant::now)
+                }),
+                finished_unix_ms: record.finished_unix_ms,
+                run: None,
+                last_backend: record.last_backend,
+                last_prompt: record.last_prompt,
+                preview: None,
+                warnings: record.warnings,
+            }),
+        };
+        let run = if finished { None } else { record.run };
+        Ok((job, run))
+    }
+
+    /// Puts a restored job back on the backend that had its prompt, to be reconciled there.
+    pub fn resume_run(&self, backend: usize, saved: &store::RunRecord) {
+        let mut inner = self.lock();
+        if inner.state.is_finished() {
+            return;
+        }
+        let now = Instant::now();
+        inner.run = Some(Run {
+            backend,
+            backend_url: saved.backend_url.clone(),
+            prompt_id: saved.prompt_id.clone(),
+            // The graph is not kept: progress after a restart counts steps, not nodes.
+            tracker: ProgressTracker::new(saved.prompt_id.clone(), &Value::Null),
+            dispatched: now,
+            started: saved.started.then_some(now),
+            executed: None,
+            orphaned: true,
+            stop_sent: false,
+        });
+        if saved.started {
+            inner.state = JobState::Running;
+        }
+    }
+}
+
+/// A `data:` URL for an image.
+fn data_url(content_type: &str, bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:{content_type};base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::GenerateRequest;
+
+    fn job() -> Job {
+        let plan = Plan {
+            workflow: "graph".into(),
+            source: GraphSource::Raw(json!({})),
+        };
+        let _ = GenerateRequest::Graph { graph: json!({}) };
+        Job::new(plan, JobOptions::default(), 1)
+    }
 
     #[test]
     fn events_carry_job_id_and_finish_happens_once() {
-        let job = Job::new("txt2img");
+        let job = job();
         job.publish(EventKind::Queued, json!({"prompt_id": "p"}));
         assert!(job.finish(JobState::Cancelled));
         assert!(!job.finish(JobState::Failed(ApiError::internal("late"))));
@@ -327,8 +746,8 @@ mod tests {
 
     #[test]
     fn waiting_ends_with_the_job_or_at_the_deadline() {
-        let job = Arc::new(Job::new("txt2img"));
-        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        let job = Arc::new(job());
+        let soon = Instant::now() + Duration::from_millis(20);
         assert!(
             !job.wait_until_finished(Some(soon)),
             "still running at the deadline"
@@ -337,9 +756,9 @@ mod tests {
         let (started_tx, started_rx) = crossbeam_channel::bounded(0);
         let waiter = std::thread::spawn(move || {
             let _ = started_tx.send(());
-            ender.wait_until_finished(None)
+            ender.wait_until_finished(Some(Instant::now() + Duration::from_secs(10)))
         });
-        let _ = started_rx.recv();
+        let _ = started_rx.recv_timeout(Duration::from_secs(10));
         job.finish(JobState::Cancelled);
         assert!(waiter.join().expect("waiter ran"));
         assert!(
@@ -350,15 +769,35 @@ mod tests {
 
     #[test]
     fn snapshot_shows_error() {
-        let job = Job::new("txt2img");
+        let job = job();
         job.finish(JobState::Failed(ApiError::new(
             ErrorCode::Timeout,
             "too slow",
         )));
-        let snap = job.to_json();
+        let snap = job.to_json(None);
         assert_eq!(snap["state"], "failed");
         assert_eq!(snap["error"]["code"], "timeout");
         assert_eq!(snap["result"], Value::Null);
         assert!(!job.request_cancel());
+    }
+
+    #[test]
+    fn a_saved_job_comes_back_with_its_events_and_later_ids() {
+        let job = job();
+        job.publish(EventKind::Queued, json!({}));
+        job.tick(Some(3));
+        job.dispatched(0, "http://c", PromptId("p".into()), &json!({}), vec![]);
+        let record = job.to_record();
+        let text = serde_json::to_string(&record).expect("serialisable");
+        let record: JobRecord = serde_json::from_str(&text).expect("readable");
+        let (back, run) = Job::from_record(record, Duration::from_secs(1)).expect("restorable");
+        assert_eq!(back.id(), job.id());
+        assert_eq!(run.map(|r| r.prompt_id), Some(PromptId("p".into())));
+        let replay = back.subscribe(0).replay;
+        let kinds: Vec<_> = replay.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Queued, EventKind::Dispatched]);
+        back.publish(EventKind::Progress, json!({}));
+        let last = back.subscribe(3).replay;
+        assert!(last[0].id > 3, "ids continue past the old process's");
     }
 }

@@ -6,10 +6,8 @@ use serde_json::{Value, json};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::Job;
-use super::runner::Timings;
+use super::{Job, JobContext};
 use crate::api::{ApiError, ErrorCode};
-use crate::app::App;
 use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef};
 use crate::ids::{self, PromptId};
 use crate::image::{self, ProcessedImage};
@@ -17,9 +15,17 @@ use crate::storage::spool::PendingImage;
 use crate::storage::{ImageRecord, StorageError};
 use crate::timestamp;
 
+/// Milestones for `timings_ms`.
+pub(super) struct Timings {
+    pub created: Instant,
+    pub started: Option<Instant>,
+    pub executed: Option<Instant>,
+}
+
 /// Everything `collect_and_store` needs to know about the job.
 pub(super) struct StoreRequest<'a> {
-    pub app: &'a App,
+    /// The job code's context (named `app` for the history of this module's code).
+    pub app: &'a JobContext,
     pub job: &'a Job,
     pub client: &'a ComfyClient,
     pub prompt_id: &'a PromptId,

@@ -37,8 +37,9 @@ impl Bound {
         self.addr
     }
 
-    /// Starts the accept loop on its own thread.
+    /// Starts the job engine (if it is not running yet) and the accept loop on its own thread.
     pub fn serve(self, app: Arc<App>) -> io::Result<Server> {
+        app.start()?;
         let http = Arc::new(self.http);
         let accepting = Arc::clone(&http);
         // The accept loop owns the only sender: when it ends, the nudging thread ends too.

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use tiny_http::{Method, Request, Response, StatusCode};
 
 use super::{auth, reply};
-use crate::api::{ApiError, ErrorCode, GenerateRequest};
+use crate::api::{ApiError, ErrorCode, JobRequest};
 use crate::app::App;
 use crate::ids::JobId;
-use crate::job::{self, Job, JobState};
+use crate::job::{Engine, Job, JobState};
 use crate::metrics::Gauges;
 use crate::sse::SseWriter;
 
@@ -152,13 +152,9 @@ fn ready(app: &App, request: Request) {
 }
 
 fn metrics(app: &App, request: Request) {
-    let unfinished = app.jobs.unfinished();
     let gauges = Gauges {
-        active_jobs: unfinished.len(),
-        queued_jobs: unfinished
-            .iter()
-            .filter(|job| job.state() == JobState::Queued)
-            .count(),
+        active_jobs: app.jobs.active(),
+        queued_jobs: app.engine().map_or(0, |engine| engine.waiting()),
         spooled_images: app.spool.image_count(),
     };
     let response = Response::from_string(app.metrics.render(&gauges))
@@ -195,8 +191,22 @@ fn workflow(app: &App, request: Request, name: &str) {
 /// Reads, parses and submits a generation request; the job exists once this returns `Ok`.
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
-    let parsed = GenerateRequest::parse(&body, &app.config.default_workflow)?;
-    job::submit(app, parsed)
+    let parsed = JobRequest::parse(&body, &app.config.default_workflow)?;
+    engine(app)?.submit(parsed)
+}
+
+/// The job engine; it runs from the moment the server serves.
+fn engine(app: &App) -> Result<&Arc<Engine>, ApiError> {
+    app.engine()
+        .ok_or_else(|| ApiError::internal("the job engine has not started"))
+}
+
+/// The job as `GET /jobs/{id}` shows it, with its place in the gateway's queue.
+fn job_json(app: &App, job: &Job) -> Value {
+    let position = app
+        .engine()
+        .and_then(|engine| engine.queue_position(job.id()));
+    job.to_json(position)
 }
 
 fn wants_json(request: &Request) -> bool {
@@ -291,7 +301,7 @@ fn find_job(app: &App, id: &str) -> Result<Arc<Job>, ApiError> {
 
 fn get_job(app: &App, request: Request, id: &str) {
     match find_job(app, id) {
-        Ok(job) => reply::json(request, 200, &job.to_json()),
+        Ok(job) => reply::json(request, 200, &job_json(app, &job)),
         Err(error) => reply::error(request, &error),
     }
 }
@@ -301,12 +311,17 @@ fn cancel_job(app: &App, request: Request, id: &str) {
         Ok(job) => job,
         Err(error) => return reply::error(request, &error),
     };
-    if job.request_cancel() {
-        // The job thread notices within its poll interval; wait (bounded: it may be busy
-        // storing) for its end so the answer says how the job really ended.
+    let cancelling = match engine(app) {
+        Ok(engine) => engine.cancel(&job),
+        Err(error) => return reply::error(request, &error),
+    };
+    if cancelling {
+        // A waiting job ends at once; one on a backend ends when its monitor has stopped the
+        // prompt (within its poll interval). Wait, bounded (it may be busy storing), so the
+        // answer says how the job really ended.
         job.wait_until_finished(Some(Instant::now() + CANCEL_WAIT));
     }
-    reply::json(request, 200, &job.to_json());
+    reply::json(request, 200, &job_json(app, &job));
 }
 
 fn job_events(app: &App, request: Request, id: &str, query: &str) {

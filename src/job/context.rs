@@ -1,0 +1,81 @@
+//! What the job code needs from the rest of the gateway: a narrow context instead of the whole
+//! application, so that `job` depends on storage, templates and metrics, never on HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::image::PngMetadata;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+use crate::storage::local::LocalStorage;
+use crate::storage::spool::Spool;
+use crate::workflow::Templates;
+
+/// The tunables of a job's life, from the configuration.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Cadence of `progress` events (`PROGRESS_INTERVAL_MS`).
+    pub progress_interval: Duration,
+    /// A job still executing this long after ComfyUI started it is interrupted and fails with
+    /// `timeout` (`JOB_TIMEOUT_SECS`).
+    pub job_timeout: Duration,
+    /// A job not started this long after it was accepted fails with `timeout`
+    /// (`QUEUE_TIMEOUT_SECS`; `None`: wait as long as it takes).
+    pub queue_timeout: Option<Duration>,
+    /// Prompts each backend may hold beyond the one it runs (`QUEUE_AHEAD`).
+    pub queue_ahead: usize,
+    /// Jobs the gateway's queue holds at most (`MAX_QUEUED_JOBS`); beyond it, 429.
+    pub max_queued: usize,
+    /// Whether ComfyUI's text chunks are stripped from stored PNGs (`PNG_METADATA`).
+    pub png_metadata: PngMetadata,
+    /// How long a backend may stay unreachable while it runs a job's prompt before that job
+    /// fails with `comfyui_lost`.
+    pub comfyui_grace: Duration,
+    /// How long to wait for `/history` to show a prompt the websocket said had finished.
+    pub history_wait: Duration,
+    /// Longest a backend's monitor blocks on its websocket before looking at cancels and
+    /// deadlines.
+    pub poll_interval: Duration,
+    /// After this long without any websocket message while a prompt runs, `/history` is asked
+    /// whether it ended anyway (a message lost on the way must not leave a job waiting).
+    pub silence_check: Duration,
+    /// How often prompts followed without a websocket are looked up in `/history`.
+    pub orphan_poll: Duration,
+    /// Threads that fetch and store outputs.
+    pub output_workers: usize,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            progress_interval: Duration::from_millis(1000),
+            job_timeout: Duration::from_secs(600),
+            queue_timeout: None,
+            queue_ahead: 1,
+            max_queued: 10_000,
+            png_metadata: PngMetadata::Strip,
+            comfyui_grace: Duration::from_secs(60),
+            history_wait: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            silence_check: Duration::from_secs(10),
+            orphan_poll: Duration::from_millis(500),
+            output_workers: 2,
+        }
+    }
+}
+
+/// Everything the job code uses, shared by its threads.
+pub struct JobContext {
+    /// The workflow templates.
+    pub templates: Arc<Templates>,
+    /// Where outputs and metadata go.
+    pub storage: Arc<dyn Storage>,
+    /// The local store, when outputs are kept on disk.
+    pub local: Option<Arc<LocalStorage>>,
+    /// Outputs whose upload failed, waiting for a retry.
+    pub spool: Arc<Spool>,
+    /// Counters for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Tunables.
+    pub run: RunSettings,
+}

@@ -1,0 +1,264 @@
+//! The dispatcher: one thread that hands waiting jobs to backends with a free slot.
+//!
+//! Each backend holds at most `1 + QUEUE_AHEAD` of the gateway's prompts (the one it runs and
+//! the ones it will run next), so its GPU never idles and no job waits behind a dead or slow
+//! backend. The next job goes to the backend with the most free slots.
+
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::backend::Backend;
+use super::{Engine, Job, JobState};
+use crate::api::{ApiError, ErrorCode};
+
+/// The dispatcher: whenever a backend has a free slot and a job waits, sends the job's prompt.
+pub(super) fn run(engine: &Weak<Engine>) {
+    let woken = match engine.upgrade() {
+        Some(engine) => engine.dispatcher_woken.clone(),
+        None => return,
+    };
+    let mut last_expiry_check = Instant::now();
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        if engine.is_stopped() {
+            return;
+        }
+        if !engine.draining.load(Ordering::SeqCst) {
+            while dispatch_one(&engine) {}
+        }
+        if last_expiry_check.elapsed() >= Duration::from_millis(250) {
+            last_expiry_check = Instant::now();
+            expire_waiting(&engine);
+        }
+        drop(engine);
+        let _ = woken.recv_timeout(Duration::from_millis(250));
+    }
+}
+
+/// Sends the next waiting job to the backend with the most free slots; false when there was
+/// nothing to do.
+fn dispatch_one(engine: &Engine) -> bool {
+    let capacity = 1 + engine.ctx.run.queue_ahead;
+    let best = engine
+        .backends
+        .iter()
+        .map(|b| (b.free_slots(capacity), b))
+        .filter(|(free, _)| *free > 0)
+        .max_by_key(|(free, b)| (*free, std::cmp::Reverse(b.in_flight())));
+    let Some((_, backend)) = best else {
+        return false;
+    };
+    if engine.queue.is_empty() {
+        return false;
+    }
+    let Some((client_id, _)) = backend.try_reserve(capacity) else {
+        return true; // raced with a disconnect: look again
+    };
+    let Some(id) = engine.queue.pop() else {
+        backend.release();
+        return false;
+    };
+    let Some(job) = engine.registry.get(&id).filter(|job| !job.is_finished()) else {
+        backend.release();
+        return true;
+    };
+    if job.cancel_requested() {
+        backend.release();
+        engine.finish(&job, JobState::Cancelled);
+        return true;
+    }
+    match send_prompt(engine, backend, &job, &client_id) {
+        Ok(()) => {}
+        Err(Refusal::Rejected(error)) => {
+            backend.release();
+            engine.finish(&job, JobState::Failed(error));
+        }
+        Err(Refusal::Unreachable(reason)) => {
+            backend.release();
+            engine.ctx.metrics.comfyui_error();
+            log::warn!(
+                "ComfyUI at {} could not take job {}: {reason}",
+                backend.url(),
+                job.id()
+            );
+            engine.queue.push(job.id().clone(), job.ticket().requeued());
+            // The monitor notices the backend is gone; meanwhile give the others a chance
+            // instead of spinning on this one.
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    true
+}
+
+/// Why a backend did not take a prompt.
+enum Refusal {
+    /// ComfyUI's validation said no: the job ends with `comfyui_rejected`.
+    Rejected(ApiError),
+    /// The backend could not be reached: the job goes back to the queue.
+    Unreachable(String),
+}
+
+/// Uploads the job's input images, fills its graph and queues it under `client_id`.
+fn send_prompt(
+    engine: &Engine,
+    backend: &Backend,
+    job: &Arc<Job>,
+    client_id: &str,
+) -> Result<(), Refusal> {
+    let client = backend.client();
+    let mut uploaded = std::collections::BTreeMap::new();
+    for image in job.plan().input_images() {
+        let filename = format!("gateway-{}-{}.{}", job.id(), image.param, image.extension);
+        let name = client
+            .upload_image(&image.bytes, &filename, image.content_type)
+            .map_err(|e| Refusal::Unreachable(e.to_string()))?;
+        uploaded.insert(image.param.clone(), name);
+    }
+    let graph = job
+        .plan()
+        .build_graph(&engine.ctx.templates, &uploaded)
+        .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
+    let queued = match client.queue_prompt(&graph, client_id) {
+        Ok(queued) => queued,
+        Err(error @ crate::comfyui::ComfyError::Rejected { .. }) => {
+            return Err(Refusal::Rejected(rejected(&error)));
+        }
+        Err(error) => return Err(Refusal::Unreachable(error.to_string())),
+    };
+    let warnings = warnings_of(&queued.node_errors);
+    job.dispatched(
+        backend_index(engine, backend),
+        backend.url(),
+        queued.prompt_id.clone(),
+        &graph,
+        warnings,
+    );
+    log::info!(
+        "job {} sent to {} as prompt {}",
+        job.id(),
+        backend.url(),
+        queued.prompt_id
+    );
+    backend.register(engine, queued.prompt_id, job, client_id);
+    engine.save(job);
+    Ok(())
+}
+
+fn backend_index(engine: &Engine, backend: &Backend) -> usize {
+    engine
+        .backends
+        .iter()
+        .position(|b| std::ptr::eq(b, backend))
+        .unwrap_or(0)
+}
+
+/// The output branches ComfyUI dropped at validation (a 200 from `/prompt` with node errors),
+/// one warning per node.
+pub(super) fn warnings_of(node_errors: &Value) -> Vec<Value> {
+    let Some(nodes) = node_errors.as_object() else {
+        return Vec::new();
+    };
+    nodes
+        .iter()
+        .map(|(node, error)| {
+            let reasons: Vec<String> = error["errors"]
+                .as_array()
+                .map(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| {
+                            let message = e["message"].as_str().unwrap_or("invalid");
+                            match e["details"].as_str() {
+                                Some(details) if !details.is_empty() => {
+                                    format!("{message}: {details}")
+                                }
+                                _ => message.to_string(),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "node": node,
+                "class_type": error["class_type"],
+                "message": format!(
+                    "output node {node} ({}) was dropped by ComfyUI's validation: {}",
+                    error["class_type"].as_str().unwrap_or("unknown class"),
+                    if reasons.is_empty() { "no reason given".to_string() } else { reasons.join("; ") }
+                ),
+                "errors": error["errors"],
+            })
+        })
+        .collect()
+}
+
+/// `422 comfyui_rejected` from ComfyUI's validation answer.
+fn rejected(error: &crate::comfyui::ComfyError) -> ApiError {
+    let details = match error {
+        crate::comfyui::ComfyError::Rejected {
+            error_type,
+            details,
+            node_errors,
+            ..
+        } => json!({ "type": error_type, "details": details, "node_errors": node_errors }),
+        _ => json!({}),
+    };
+    // The Display names every failing node and input, which is what the client must fix.
+    ApiError::new(ErrorCode::ComfyuiRejected, error.to_string()).with_details(details)
+}
+
+/// Ends waiting jobs that exceeded `QUEUE_TIMEOUT_SECS`.
+fn expire_waiting(engine: &Engine) {
+    let Some(limit) = engine.ctx.run.queue_timeout else {
+        return;
+    };
+    for id in engine.queue.positions().into_keys() {
+        let Some(job) = engine.registry.get(&id) else {
+            continue;
+        };
+        if job.created().elapsed() >= limit && engine.queue.remove(&id) {
+            engine.finish(
+                &job,
+                JobState::Failed(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the job waited {} s in the gateway's queue without a free ComfyUI \
+                         (QUEUE_TIMEOUT_SECS)",
+                        limit.as_secs()
+                    ),
+                )),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_output_branches_become_warnings_naming_node_and_reason() {
+        let node_errors = json!({
+            "12": {
+                "class_type": "SaveImage",
+                "errors": [{"type": "required_input_missing", "message": "Required input is missing", "details": "images"}],
+                "dependent_outputs": ["12"]
+            }
+        });
+        let warnings = warnings_of(&node_errors);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0]["node"], "12");
+        let message = warnings[0]["message"].as_str().expect("message");
+        assert!(message.contains("SaveImage"), "{message}");
+        assert!(
+            message.contains("Required input is missing: images"),
+            "{message}"
+        );
+        assert!(warnings_of(&json!({})).is_empty());
+    }
+}

@@ -1,0 +1,555 @@
+//! The engine: the gateway's queue and the threads that move jobs through it.
+//!
+//! Threads, whatever the number of jobs: one monitor per backend (its websocket), one
+//! dispatcher (gateway queue → free backend slots), one ticker (everyone's progress) and a small
+//! pool that fetches and stores outputs. A waiting job is only data in the queue and the
+//! registry. Every thread holds the engine weakly and ends once it is dropped or stopped.
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::json;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::backend::{self, Backend, BackendStatus, Effect};
+use super::dispatch;
+use super::output::{self, StoreRequest, Timings};
+use super::progress::Outcome;
+use super::store::RunRecord;
+use super::{
+    EventKind, Job, JobContext, JobQueue, JobRegistry, JobState, JobStore, MemoryQueue, Plan,
+    ticker,
+};
+use crate::api::{ApiError, ErrorCode, JobRequest};
+use crate::comfyui::{ComfyClient, ExecutionFailure, HistoryEntry};
+use crate::ids::JobId;
+
+/// How a prompt's execution ended, as the gateway learnt it.
+pub enum Ending {
+    /// The websocket reported it.
+    Ran(Outcome),
+    /// `/history` had it (the websocket could not tell).
+    FromHistory(Box<HistoryEntry>),
+}
+
+/// A finished prompt whose outputs the pool must collect.
+struct Collect {
+    job: Arc<Job>,
+    backend: usize,
+    history: Option<HistoryEntry>,
+}
+
+/// A job restored from disk that still had a prompt on a backend.
+pub struct RestoredRun {
+    /// The job.
+    pub job: Arc<Job>,
+    /// Its prompt, as saved.
+    pub run: RunRecord,
+}
+
+/// The gateway's queue and its threads.
+pub struct Engine {
+    pub(super) ctx: JobContext,
+    pub(super) registry: Arc<JobRegistry>,
+    pub(super) queue: Box<dyn JobQueue>,
+    store: Arc<JobStore>,
+    pub(super) backends: Vec<Backend>,
+    next_seq: AtomicU64,
+    wake_dispatcher: Sender<()>,
+    pub(super) dispatcher_woken: Receiver<()>,
+    outputs: Sender<Collect>,
+    outputs_rx: Receiver<Collect>,
+    new_jobs: Sender<Arc<Job>>,
+    new_jobs_rx: Receiver<Arc<Job>>,
+    /// No more dispatching (shutdown): jobs still waiting stay saved for the next start.
+    pub(super) draining: AtomicBool,
+    stopped: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// An engine over `clients` (one backend each, in `COMFYUI_URL` order); nothing runs until
+    /// [`Engine::start`]. `next_seq` continues the arrival numbers of restored jobs.
+    pub fn new(
+        ctx: JobContext,
+        registry: Arc<JobRegistry>,
+        store: Arc<JobStore>,
+        clients: Vec<ComfyClient>,
+        next_seq: u64,
+    ) -> Engine {
+        let (wake_dispatcher, dispatcher_woken) = crossbeam_channel::bounded(1);
+        let (outputs, outputs_rx) = crossbeam_channel::unbounded();
+        let (new_jobs, new_jobs_rx) = crossbeam_channel::unbounded();
+        Engine {
+            ctx,
+            registry,
+            queue: Box::new(MemoryQueue::default()),
+            store,
+            backends: clients
+                .into_iter()
+                .enumerate()
+                .map(|(index, client)| Backend::new(index, client))
+                .collect(),
+            next_seq: AtomicU64::new(next_seq),
+            wake_dispatcher,
+            dispatcher_woken,
+            outputs,
+            outputs_rx,
+            new_jobs,
+            new_jobs_rx,
+            draining: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts the threads, after putting restored jobs back: waiting ones into the queue in
+    /// their order, ones that had a prompt onto its backend to be reconciled there.
+    pub fn start(
+        self: &Arc<Self>,
+        waiting: Vec<Arc<Job>>,
+        on_backends: Vec<RestoredRun>,
+    ) -> std::io::Result<()> {
+        for job in waiting {
+            self.queue.push(job.id().clone(), job.ticket());
+            let _ = self.new_jobs.send(job);
+        }
+        for RestoredRun { job, run } in on_backends {
+            let _ = self.new_jobs.send(Arc::clone(&job));
+            match self
+                .backends
+                .iter()
+                .position(|b| b.url() == run.backend_url)
+            {
+                Some(index) => {
+                    job.resume_run(index, &run);
+                    self.backends[index].adopt(run.prompt_id.clone(), job);
+                }
+                None if run.started => {
+                    self.finish(
+                        &job,
+                        JobState::Failed(ApiError::new(
+                            ErrorCode::ComfyuiLost,
+                            format!(
+                                "the gateway restarted while ComfyUI at {} ran this job, and that \
+                             ComfyUI is no longer configured",
+                                run.backend_url
+                            ),
+                        )),
+                    );
+                }
+                None => self.requeue(&job),
+            }
+        }
+        let mut threads = Vec::new();
+        let weak = Arc::downgrade(self);
+        for index in 0..self.backends.len() {
+            let weak = Weak::clone(&weak);
+            threads.push(spawn(&format!("backend-{index}"), move || {
+                backend::monitor(weak, index)
+            })?);
+        }
+        let dispatcher = Weak::clone(&weak);
+        threads.push(spawn("dispatcher", move || dispatch::run(&dispatcher))?);
+        let (ticks, new_jobs) = (Weak::clone(&weak), self.new_jobs_rx.clone());
+        threads.push(spawn("ticker", move || ticker::run(&ticks, &new_jobs))?);
+        for worker in 0..self.ctx.run.output_workers.max(1) {
+            let (weak, work) = (Weak::clone(&weak), self.outputs_rx.clone());
+            threads.push(spawn(&format!("output-{worker}"), move || {
+                output_worker(&weak, &work)
+            })?);
+        }
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(threads);
+        Ok(())
+    }
+
+    /// What the job code uses.
+    pub fn ctx(&self) -> &JobContext {
+        &self.ctx
+    }
+
+    /// Every job.
+    pub fn registry(&self) -> &JobRegistry {
+        &self.registry
+    }
+
+    /// The backend at `index`.
+    pub fn backend(&self, index: usize) -> Option<&Backend> {
+        self.backends.get(index)
+    }
+
+    /// Every backend.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Jobs waiting in the gateway's queue.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The job's place in the gateway's queue, while it waits there.
+    pub fn queue_position(&self, id: &JobId) -> Option<usize> {
+        self.queue.position(id)
+    }
+
+    /// Every waiting job's place in line.
+    pub(super) fn positions(&self) -> std::collections::HashMap<JobId, usize> {
+        self.queue.positions()
+    }
+
+    /// Whether the threads should end.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Validates and accepts a generation; returns the job once it is saved and queued.
+    ///
+    /// Errors are the contract's plain HTTP errors: `invalid_params`, `unknown_workflow`,
+    /// `overloaded` (`MAX_QUEUED_JOBS` waiting already), `comfyui_unavailable` (no backend
+    /// answers). Accepted jobs wait for a backend, even one that goes away meanwhile.
+    pub fn submit(&self, request: JobRequest) -> Result<Arc<Job>, ApiError> {
+        let plan = Plan::new(&self.ctx.templates, request.generate)?;
+        let waiting = self.queue.len();
+        if waiting >= self.ctx.run.max_queued {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "{waiting} jobs are waiting, the most this gateway queues \
+                     (MAX_QUEUED_JOBS); try again shortly"
+                ),
+            ));
+        }
+        self.check_a_backend_answers()?;
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let job = Arc::new(Job::new(plan, request.options, seq));
+        self.registry.insert(Arc::clone(&job));
+        self.queue.push(job.id().clone(), job.ticket());
+        let position = self.queue.position(job.id());
+        job.publish(
+            EventKind::Queued,
+            json!({
+                "workflow": job.workflow(),
+                "queue_position": position,
+                "priority": job.options().priority,
+                "prompt_id": null,
+                "backend": null,
+            }),
+        );
+        if let Err(e) = self.store.save(&job.to_record()) {
+            self.queue.remove(job.id());
+            self.registry.forget(job.id());
+            return Err(ApiError::internal(format!(
+                "the job could not be saved in {}: {e}",
+                self.store.dir().display()
+            )));
+        }
+        let _ = self.new_jobs.send(Arc::clone(&job));
+        self.wake();
+        log::info!(
+            "job {} queued ({} waiting)",
+            job.id(),
+            position.map_or(0, |p| p + 1)
+        );
+        Ok(job)
+    }
+
+    /// Refuses a submission when no backend is connected and none answers a quick call.
+    fn check_a_backend_answers(&self) -> Result<(), ApiError> {
+        let mut reasons = Vec::new();
+        for backend in &self.backends {
+            match backend.status() {
+                BackendStatus::Up => return Ok(()),
+                BackendStatus::Down(reason) => match backend.client().system_stats() {
+                    // Answering HTTP: its websocket is moments away.
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        log::debug!("ComfyUI at {} is down ({reason}): {e}", backend.url());
+                        reasons.push(json!({ "url": backend.url(), "reason": e.to_string() }));
+                    }
+                },
+            }
+        }
+        self.ctx.metrics.comfyui_error();
+        Err(ApiError::new(
+            ErrorCode::ComfyuiUnavailable,
+            "no ComfyUI backend could be reached; is ComfyUI running at COMFYUI_URL?",
+        )
+        .with_details(json!({ "backends": reasons })))
+    }
+
+    /// Cancels a job: at once while it waits in the gateway's queue; through its backend's
+    /// monitor (delete or interrupt in ComfyUI) once it has a prompt. False if it had ended.
+    pub fn cancel(&self, job: &Arc<Job>) -> bool {
+        if !job.request_cancel() {
+            return false;
+        }
+        if self.queue.remove(job.id()) {
+            self.finish(job, JobState::Cancelled);
+        }
+        true
+    }
+
+    /// Stops dispatching and waits, until `deadline`, for the jobs that have a prompt on a
+    /// backend. Waiting jobs stay saved and resume at the next start.
+    pub fn drain(&self, deadline: Instant) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        for job in self.registry.unfinished() {
+            if job.prompt().is_some() || job.state() == JobState::Uploading {
+                job.wait_until_finished(Some(deadline));
+            }
+        }
+        self.queue.len()
+    }
+
+    /// Ends the threads (they notice within their poll interval).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        // Joining could wait on a thread that holds the last reference to the engine; these
+        // threads end on their own within a poll interval, so they are only detached here.
+        drop(threads);
+    }
+
+    pub(super) fn wake(&self) {
+        let _ = self.wake_dispatcher.try_send(());
+    }
+
+    /// Saves a job's record; a failure is logged (the job goes on in memory).
+    pub(super) fn save(&self, job: &Job) {
+        if let Err(e) = self.store.save(&job.to_record()) {
+            log::error!(
+                "job {}: cannot save its state in {}: {e}",
+                job.id(),
+                self.store.dir().display()
+            );
+        }
+    }
+
+    /// Ends a job, counting and saving it; false if it had already ended.
+    pub(super) fn finish(&self, job: &Job, state: JobState) -> bool {
+        let name = state.as_str();
+        if !job.finish(state) {
+            return false;
+        }
+        self.ctx.metrics.job_finished(name, job.created().elapsed());
+        log::info!("job {} {name} after {} ms", job.id(), job.elapsed_ms());
+        self.save(job);
+        self.wake();
+        true
+    }
+
+    /// Puts a job whose backend failed before starting it back at the front of the queue.
+    pub(super) fn requeue(&self, job: &Arc<Job>) {
+        if job.is_finished() {
+            return;
+        }
+        job.requeue();
+        if job.cancel_requested() {
+            self.finish(job, JobState::Cancelled);
+            return;
+        }
+        self.queue.push(job.id().clone(), job.ticket().requeued());
+        self.save(job);
+        self.wake();
+    }
+
+    /// ComfyUI started a job's prompt.
+    pub(super) fn started(&self, job: &Job) {
+        self.ctx
+            .metrics
+            .time_to_first_progress
+            .observe(job.created().elapsed());
+        self.save(job);
+    }
+
+    /// A backend (re)connected; `came_back` after it had been unreachable.
+    pub(super) fn backend_up(&self, index: usize, came_back: bool) {
+        if came_back {
+            if let Some(backend) = self.backends.get(index) {
+                log::info!("ComfyUI at {} is back", backend.url());
+            }
+        }
+        self.wake();
+    }
+
+    /// Acts on what a ComfyUI message (or a `/history` read) did to a job.
+    pub(super) fn apply(&self, backend: usize, effect: Effect) {
+        match effect {
+            Effect::Started(job) => self.started(&job),
+            Effect::Ended(job, ending) => {
+                self.wake(); // its slot is free
+                self.ended(backend, job, ending);
+            }
+        }
+    }
+
+    fn ended(&self, backend: usize, job: Arc<Job>, ending: Ending) {
+        let history = match ending {
+            Ending::Ran(Outcome::Succeeded) => None,
+            Ending::Ran(Outcome::Failed(failure)) => {
+                self.finish(&job, execution_failed(&failure));
+                return;
+            }
+            Ending::Ran(Outcome::Interrupted { node_id, node_type }) => {
+                self.finish(&job, interrupted(&job, node_id, node_type));
+                return;
+            }
+            Ending::FromHistory(entry) => match history_failure(&entry, &job) {
+                Some(state) => {
+                    self.finish(&job, state);
+                    return;
+                }
+                None => Some(*entry),
+            },
+        };
+        job.set_state(JobState::Uploading);
+        self.save(&job);
+        let collect = Collect {
+            job,
+            backend,
+            history,
+        };
+        if let Err(unsent) = self.outputs.send(collect) {
+            self.finish(
+                &unsent.0.job,
+                JobState::Failed(ApiError::internal("the output workers are gone")),
+            );
+        }
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.to_string()).spawn(body)
+}
+
+/// An output worker: collects and stores the outputs of finished prompts, one job at a time.
+fn output_worker(engine: &Weak<Engine>, work: &Receiver<Collect>) {
+    loop {
+        let collect = match work.recv_timeout(Duration::from_millis(250)) {
+            Ok(collect) => collect,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => match engine.upgrade() {
+                Some(engine) if !engine.is_stopped() => continue,
+                _ => return,
+            },
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let job = Arc::clone(&collect.job);
+        let state = panic::catch_unwind(AssertUnwindSafe(|| store_outputs(&engine, collect)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown cause");
+                log::error!("job {}: storing its outputs panicked: {what}", job.id());
+                JobState::Failed(ApiError::internal(format!(
+                    "the gateway hit a bug while storing this job's outputs ({what})"
+                )))
+            });
+        engine.finish(&job, state);
+    }
+}
+
+fn store_outputs(engine: &Engine, collect: Collect) -> JobState {
+    let Collect {
+        job,
+        backend,
+        history,
+    } = collect;
+    let Some(backend) = engine.backend(backend) else {
+        return JobState::Failed(ApiError::internal("the job's backend disappeared"));
+    };
+    let Some((prompt_id, timings)) = job.with_run(|run| {
+        (
+            run.prompt_id.clone(),
+            Timings {
+                created: job.created(),
+                started: run.started,
+                executed: run.executed,
+            },
+        )
+    }) else {
+        return JobState::Failed(ApiError::internal("the job's prompt was forgotten"));
+    };
+    let request = StoreRequest {
+        app: &engine.ctx,
+        job: &job,
+        client: backend.client(),
+        prompt_id: &prompt_id,
+        workflow: job.workflow(),
+        params: job.plan().params(),
+        seed: job.plan().seed(),
+        history,
+        timings,
+    };
+    match output::collect_and_store(request) {
+        Ok(mut result) => {
+            result["backend"] = json!(backend.url());
+            let warnings = job.warnings();
+            if !warnings.is_empty() {
+                result["warnings"] = json!(warnings);
+            }
+            JobState::Completed(Arc::new(result))
+        }
+        Err(error) => JobState::Failed(error),
+    }
+}
+
+/// The state of a job whose end was read from `/history`, unless it succeeded.
+fn history_failure(entry: &HistoryEntry, job: &Job) -> Option<JobState> {
+    let status = entry.status.as_ref()?;
+    if let Some(failure) = &status.error {
+        return Some(execution_failed(failure));
+    }
+    if status.interrupted {
+        return Some(interrupted(job, None, None));
+    }
+    None
+}
+
+fn execution_failed(failure: &ExecutionFailure) -> JobState {
+    let node = match (&failure.node_id, &failure.node_type) {
+        (Some(id), Some(kind)) => format!("node {id} ({kind})"),
+        (Some(id), None) => format!("node {id}"),
+        (None, Some(kind)) => format!("a {kind} node"),
+        (None, None) => "a node".to_string(),
+    };
+    JobState::Failed(
+        ApiError::new(
+            ErrorCode::ExecutionFailed,
+            format!("{node} failed in ComfyUI: {}", failure.exception_message),
+        )
+        .with_details(json!({
+            "node_id": failure.node_id,
+            "node_type": failure.node_type,
+            "exception_type": failure.exception_type,
+            "exception_message": failure.exception_message,
+            "traceback": failure.traceback,
+        })),
+    )
+}
+
+fn interrupted(job: &Job, node_id: Option<String>, node_type: Option<String>) -> JobState {
+    if job.cancel_requested() {
+        return JobState::Cancelled;
+    }
+    JobState::Failed(
+        ApiError::new(
+            ErrorCode::ExecutionFailed,
+            "ComfyUI interrupted the prompt; it was cancelled from outside this gateway \
+             (ComfyUI's own UI or another client)",
+        )
+        .with_details(json!({ "node_id": node_id, "node_type": node_type, "interrupted": true })),
+    )
+}
