@@ -190,7 +190,7 @@ impl App {
     }
 
     fn save(&self, job: &Job) {
-        if let Err(e) = self.store.save(&job.to_record()) {
+        if let Err(e) = job.save(&self.store) {
             log::error!("job {}: cannot save its state: {e}", job.id());
         }
     }

@@ -7,7 +7,7 @@
 //! reconnect, or by a gateway that restarted) is *orphaned*: its messages go nowhere, so the
 //! monitor follows it through `/history` and `/queue` instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +27,10 @@ const FEATURE_FLAGS: &str = r#"{"type":"feature_flags","data":{"supports_preview
 /// kept this long, and at most this many per prompt and prompts in all.
 const EARLY_KEEP: Duration = Duration::from_secs(30);
 const EARLY_PER_PROMPT: usize = 256;
-const EARLY_PROMPTS: usize = 1024;
+const EARLY_PROMPTS: usize = 64;
+/// How many prompts that left the backend's care are remembered, so that their late messages
+/// (ComfyUI sends `executing` with no node after `execution_success`) are dropped, not kept.
+const FORGOTTEN_KEPT: usize = 256;
 
 /// Whether a backend can take prompts now, as `/ready` and submission see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,9 @@ struct State {
     /// The prompt ComfyUI is executing, as its messages tell (plain previews belong to it).
     executing: Option<PromptId>,
     early: HashMap<PromptId, (Instant, Vec<WsEvent>)>,
+    /// The prompts that most recently left the backend's care, oldest first.
+    forgotten: VecDeque<PromptId>,
+    forgotten_set: HashSet<PromptId>,
     /// Prompts taken back while the backend was unreachable: removed from its queue once it
     /// answers again, so they do not run twice.
     abandoned: Vec<PromptId>,
@@ -78,6 +84,8 @@ impl Backend {
                 reserved: 0,
                 executing: None,
                 early: HashMap::new(),
+                forgotten: VecDeque::new(),
+                forgotten_set: HashSet::new(),
                 abandoned: Vec::new(),
                 down_since: None,
                 was_up: false,
@@ -180,7 +188,7 @@ impl Backend {
 
     /// Forgets a prompt (its job ended or moved elsewhere).
     fn forget(&self, prompt_id: &PromptId) -> Option<Arc<Job>> {
-        self.lock().jobs.remove(prompt_id)
+        self.lock().release(prompt_id)
     }
 
     fn held(&self) -> Vec<(PromptId, Arc<Job>)> {
@@ -305,7 +313,7 @@ impl Backend {
                 }
             }
             for (prompt_id, _) in requeue.iter().chain(&lost) {
-                state.jobs.remove(prompt_id);
+                state.release(prompt_id);
             }
             for (prompt_id, _) in &requeue {
                 state.abandoned.push(prompt_id.clone());
@@ -352,6 +360,43 @@ impl Backend {
                 Ok(queue) => probe(&self.client, &prompt_id, queue),
                 Err(e) => Fate::Unreachable(e.to_string()),
             };
+            self.act_on(engine, &prompt_id, &job, fate);
+        }
+    }
+
+    /// Looks up prompts ComfyUI has said nothing about for `silence`: a message lost on the way
+    /// must not leave a job waiting for its timeout.
+    fn check_silent(&self, engine: &Engine, silence: Duration) {
+        let silent: Vec<_> = self
+            .held()
+            .into_iter()
+            .filter(|(_, job)| {
+                job.with_run(|run| {
+                    let silent = !run.orphaned && run.last_heard.elapsed() >= silence;
+                    if silent {
+                        run.last_heard = Instant::now();
+                    }
+                    silent
+                })
+                .unwrap_or(false)
+            })
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let queue = self.client.get_queue();
+        for (prompt_id, job) in silent {
+            let fate = match &queue {
+                Ok(queue) => probe(&self.client, &prompt_id, queue),
+                Err(e) => Fate::Unreachable(e.to_string()),
+            };
+            if let Fate::Finished(_) = fate {
+                log::warn!(
+                    "job {}: prompt {prompt_id} ended without a websocket message; read from \
+                     /history",
+                    job.id()
+                );
+            }
             self.act_on(engine, &prompt_id, &job, fate);
         }
     }
@@ -508,15 +553,45 @@ fn feed(
 ) -> Option<Effect> {
     let observed = job.observe(event);
     if let Some(outcome) = observed.outcome {
-        state.jobs.remove(prompt_id);
+        state.release(prompt_id);
         return Some(Effect::Ended(Arc::clone(job), Ending::Ran(outcome)));
     }
     observed.started.then(|| Effect::Started(Arc::clone(job)))
 }
 
+impl State {
+    /// Takes a prompt out of the backend's care, remembering it so its late messages are
+    /// recognised.
+    fn release(&mut self, prompt_id: &PromptId) -> Option<Arc<Job>> {
+        let job = self.jobs.remove(prompt_id)?;
+        if self.forgotten_set.insert(prompt_id.clone()) {
+            self.forgotten.push_back(prompt_id.clone());
+        }
+        while self.forgotten.len() > FORGOTTEN_KEPT {
+            if let Some(oldest) = self.forgotten.pop_front() {
+                self.forgotten_set.remove(&oldest);
+            }
+        }
+        Some(job)
+    }
+}
+
+/// Keeps a message for a prompt the backend does not hold (yet): only while a dispatch is under
+/// way, since only a prompt being sent can be unknown and still about to arrive.
 fn keep_early(state: &mut State, prompt_id: PromptId, event: WsEvent) {
-    if state.early.len() >= EARLY_PROMPTS && !state.early.contains_key(&prompt_id) {
+    if state.reserved == 0 || state.forgotten_set.contains(&prompt_id) {
         return;
+    }
+    if state.early.len() >= EARLY_PROMPTS && !state.early.contains_key(&prompt_id) {
+        // Make room: the oldest entry belongs to a prompt that never registered.
+        let oldest = state
+            .early
+            .iter()
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(id, _)| id.clone());
+        if let Some(oldest) = oldest {
+            state.early.remove(&oldest);
+        }
     }
     let (_, events) = state
         .early
@@ -631,17 +706,8 @@ pub(super) fn monitor(engine: Weak<Engine>, index: usize) {
                 continue;
             }
             Some(open) => match open.monitor.next_event(run.poll_interval) {
-                Ok(Some(event)) => {
-                    open.last_message = Instant::now();
-                    backend.route(&engine, event);
-                }
-                Ok(None) => {
-                    if open.last_message.elapsed() >= run.silence_check && backend.in_flight() > 0 {
-                        // A message may have been lost: make sure no prompt ended unheard.
-                        open.last_message = Instant::now();
-                        backend.reconcile(&engine);
-                    }
-                }
+                Ok(Some(event)) => backend.route(&engine, event),
+                Ok(None) => {}
                 Err(e) => {
                     log::warn!("ComfyUI at {}: the websocket ended: {e}", backend.url());
                     session = None;
@@ -652,6 +718,7 @@ pub(super) fn monitor(engine: Weak<Engine>, index: usize) {
         if session.is_some() && last_orphan_poll.elapsed() >= run.orphan_poll {
             last_orphan_poll = Instant::now();
             backend.poll_orphans(&engine);
+            backend.check_silent(&engine, run.silence_check);
         }
         backend.enforce_limits(&engine);
     }
@@ -664,7 +731,6 @@ pub(super) fn monitor(engine: Weak<Engine>, index: usize) {
 struct Session {
     monitor: Monitor,
     client_id: String,
-    last_message: Instant,
 }
 
 impl Session {
@@ -676,10 +742,6 @@ impl Session {
         if let Err(e) = monitor.send_text(FEATURE_FLAGS) {
             return Err(format!("the websocket ended right after connecting: {e}"));
         }
-        Ok(Session {
-            monitor,
-            client_id,
-            last_message: Instant::now(),
-        })
+        Ok(Session { monitor, client_id })
     }
 }

@@ -241,7 +241,7 @@ impl Engine {
                 "backend": null,
             }),
         );
-        if let Err(e) = self.store.save(&job.to_record()) {
+        if let Err(e) = job.save(&self.store) {
             self.queue.remove(job.id());
             self.registry.forget(job.id());
             return Err(ApiError::internal(format!(
@@ -324,7 +324,7 @@ impl Engine {
 
     /// Saves a job's record; a failure is logged (the job goes on in memory).
     pub(super) fn save(&self, job: &Job) {
-        if let Err(e) = self.store.save(&job.to_record()) {
+        if let Err(e) = job.save(&self.store) {
             log::error!(
                 "job {}: cannot save its state in {}: {e}",
                 job.id(),
@@ -361,13 +361,13 @@ impl Engine {
         self.wake();
     }
 
-    /// ComfyUI started a job's prompt.
+    /// ComfyUI started a job's prompt. Not saved: after a restart, `/queue` and `/history`
+    /// tell whether a prompt ran, which is all the saved prompt id is needed for.
     pub(super) fn started(&self, job: &Job) {
         self.ctx
             .metrics
             .time_to_first_progress
             .observe(job.created().elapsed());
-        self.save(job);
     }
 
     /// A backend (re)connected; `came_back` after it had been unreachable.
@@ -411,7 +411,6 @@ impl Engine {
             },
         };
         job.set_state(JobState::Uploading);
-        self.save(&job);
         let collect = Collect {
             job,
             backend,

@@ -101,6 +101,8 @@ pub struct Run {
     pub orphaned: bool,
     /// The stop (delete or interrupt) was already sent for a cancel or a timeout.
     pub stop_sent: bool,
+    /// When ComfyUI last said anything about this prompt (or `/history` was last asked).
+    pub last_heard: Instant,
 }
 
 /// A live preview image waiting for the next tick.
@@ -146,6 +148,9 @@ pub struct Job {
     options: JobOptions,
     cancel_requested: AtomicBool,
     inner: Mutex<JobInner>,
+    /// Held while the job's record is written, so that saves from different threads land in
+    /// the order their records were taken: the newest state always wins on disk.
+    saving: Mutex<()>,
 }
 
 impl Job {
@@ -163,6 +168,7 @@ impl Job {
             plan,
             options,
             cancel_requested: AtomicBool::new(false),
+            saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
                 log,
@@ -336,6 +342,7 @@ impl Job {
             executed: None,
             orphaned: false,
             stop_sent: false,
+            last_heard: Instant::now(),
         });
         let text = self.with_job_id(data);
         inner.log.push(EventKind::Dispatched, text);
@@ -375,6 +382,7 @@ impl Job {
         let Some(run) = inner.run.as_mut() else {
             return Observed::default();
         };
+        run.last_heard = Instant::now();
         let was_started = run.tracker.started();
         let outcome = run.tracker.observe(event).cloned();
         let started = !was_started && run.tracker.started();
@@ -580,6 +588,12 @@ impl Job {
         })
     }
 
+    /// Writes the job's current record to `store`.
+    pub fn save(&self, store: &JobStore) -> std::io::Result<()> {
+        let _in_order = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        store.save(&self.to_record())
+    }
+
     /// The job as saved in `DATA_DIR/jobs/`.
     pub fn to_record(&self) -> JobRecord {
         let inner = self.lock();
@@ -660,6 +674,7 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state,
                 log,
@@ -699,6 +714,7 @@ impl Job {
             executed: None,
             orphaned: true,
             stop_sent: false,
+            last_heard: now,
         });
         if saved.started {
             inner.state = JobState::Running;
