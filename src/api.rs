@@ -8,6 +8,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::fmt;
 
+use crate::webhook::WebhookRequest;
+
 /// The error codes of the contract, each with its one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -185,10 +187,15 @@ impl GenerateRequest {
         }
     }
 
-    /// Parses a request body. `default_workflow` is used when the body names none.
+    /// Parses a request body, and its optional `"webhook"` field (checked for shape; the
+    /// allowed hosts and the secret are checked by `webhook::Webhooks`). `default_workflow` is
+    /// used when the body names none.
     ///
     /// Only the shape is checked here; the template checks the parameters themselves.
-    pub fn parse(body: &[u8], default_workflow: &str) -> Result<GenerateRequest, ApiError> {
+    pub fn parse(
+        body: &[u8],
+        default_workflow: &str,
+    ) -> Result<(GenerateRequest, Option<WebhookRequest>), ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidJson,
@@ -201,6 +208,10 @@ impl GenerateRequest {
                 "the request body must be a JSON object",
             ));
         };
+        let webhook = match fields.remove("webhook") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(WebhookRequest::from_json(&value)?),
+        };
         if let Some(graph) = fields.remove("graph") {
             if let Some(other) = fields.keys().next() {
                 return Err(invalid_field(
@@ -208,17 +219,18 @@ impl GenerateRequest {
                     "cannot be combined with \"graph\": a raw graph takes no template parameters",
                 ));
             }
-            return Ok(GenerateRequest::Graph { graph });
+            return Ok((GenerateRequest::Graph { graph }, webhook));
         }
         let workflow = match fields.remove("workflow") {
             None | Some(Value::Null) => default_workflow.to_string(),
             Some(Value::String(name)) => name,
             Some(_) => return Err(invalid_field("workflow", "must be a string")),
         };
-        Ok(GenerateRequest::Template {
+        let request = GenerateRequest::Template {
             workflow,
             params: fields,
-        })
+        };
+        Ok((request, webhook))
     }
 }
 
@@ -264,7 +276,7 @@ mod tests {
     #[test]
     fn template_request_uses_default_workflow() {
         let req = GenerateRequest::parse(br#"{"prompt": "a fox", "seed": 1}"#, "txt2img");
-        let Ok(GenerateRequest::Template { workflow, params }) = req else {
+        let Ok((GenerateRequest::Template { workflow, params }, None)) = req else {
             panic!("expected a template request, got {req:?}");
         };
         assert_eq!(workflow, "txt2img");
@@ -274,9 +286,35 @@ mod tests {
     #[test]
     fn graph_request_takes_no_other_keys() {
         let ok = GenerateRequest::parse(br#"{"graph": {"1": {}}}"#, "txt2img");
-        assert!(matches!(ok, Ok(GenerateRequest::Graph { .. })));
+        assert!(matches!(ok, Ok((GenerateRequest::Graph { .. }, None))));
         let err = GenerateRequest::parse(br#"{"graph": {}, "seed": 3}"#, "txt2img");
         assert_eq!(err.map_err(|e| e.code), Err(ErrorCode::InvalidParams));
+    }
+
+    #[test]
+    fn a_webhook_is_taken_out_of_the_parameters() {
+        let body = br#"{"prompt": "x", "webhook": {"url": "https://h.example/in"}}"#;
+        let Ok((GenerateRequest::Template { params, .. }, Some(webhook))) =
+            GenerateRequest::parse(body, "txt2img")
+        else {
+            panic!("expected a template request with a webhook");
+        };
+        assert!(!params.contains_key("webhook"));
+        assert_eq!(webhook.url.as_str(), "https://h.example/in");
+        let body = br#"{"graph": {"1": {}}, "webhook": {"url": "http://h/"}}"#;
+        let parsed = GenerateRequest::parse(body, "txt2img");
+        assert!(matches!(
+            parsed,
+            Ok((GenerateRequest::Graph { .. }, Some(_)))
+        ));
+        let bad = GenerateRequest::parse(br#"{"webhook": {"url": "ftp://h/"}}"#, "txt2img");
+        let error = bad.expect_err("refused");
+        assert_eq!(
+            error.details["fields"]["webhook.url"]
+                .as_str()
+                .map(|s| s.is_empty()),
+            Some(false)
+        );
     }
 
     #[test]

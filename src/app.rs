@@ -15,6 +15,7 @@ use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
 use crate::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use crate::storage::{RetryPolicy, Storage};
+use crate::webhook::Webhooks;
 use crate::workflow::Templates;
 
 /// Everything a request or a job needs.
@@ -37,6 +38,8 @@ pub struct App {
     pub run: RunSettings,
     /// Counters for `GET /metrics`.
     pub metrics: Metrics,
+    /// Signed webhooks: each job's sink, and the delivery threads (started by `serve`).
+    pub webhooks: Webhooks,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -83,7 +86,21 @@ impl App {
             png_metadata: config.png_metadata,
             ..RunSettings::default()
         };
+        let metrics = Metrics::default();
+        let webhooks_dir = config.data_dir.join("webhooks");
+        let webhooks = Webhooks::new(
+            config.webhook.clone(),
+            webhooks_dir.clone(),
+            Arc::clone(&metrics.webhooks),
+        )
+        .map_err(|e| {
+            StartupError(format!(
+                "DATA_DIR: cannot create {}: {e}",
+                webhooks_dir.display()
+            ))
+        })?;
         Ok(App {
+            webhooks,
             jobs: JobRegistry::new(config.max_active_jobs, config.job_retention),
             templates,
             backends,
@@ -91,7 +108,7 @@ impl App {
             local,
             spool,
             run,
-            metrics: Metrics::default(),
+            metrics,
             config,
         })
     }

@@ -18,13 +18,14 @@ pub use runner::{RunSettings, submit};
 
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use crate::api::{ApiError, ErrorCode};
 use crate::ids::JobId;
 use crate::storage::ImageRecord;
 use crate::timestamp;
+use crate::webhook::JobEvents;
 
 /// Where a job is in its life. Finished states carry what a client needs to know about them.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +81,8 @@ pub struct Job {
     created: Instant,
     cancel_requested: AtomicBool,
     inner: Mutex<JobInner>,
+    /// Told of every event (the job's webhooks); set at submission.
+    sink: OnceLock<Arc<dyn JobEvents>>,
 }
 
 impl Job {
@@ -97,6 +100,7 @@ impl Job {
                 progress: Value::Null,
                 finished_at: None,
             }),
+            sink: OnceLock::new(),
         }
     }
 
@@ -149,6 +153,18 @@ impl Job {
         }
     }
 
+    /// Sends every later event to `sink` too (once; a second sink is ignored).
+    pub fn set_event_sink(&self, sink: Arc<dyn JobEvents>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Hands an event to the sink, under the job's lock so the sink sees events in order.
+    fn tell_sink(&self, event: &Event) {
+        if let Some(sink) = self.sink.get() {
+            sink.job_event(event.kind.as_str(), &event.data);
+        }
+    }
+
     /// Emits a non-terminal event (`queued`, `progress`). `data` gets `job_id` added.
     pub fn publish(&self, kind: EventKind, data: Value) {
         debug_assert!(!kind.is_terminal(), "use finish() for terminal events");
@@ -160,7 +176,8 @@ impl Job {
             inner.progress = data.clone();
         }
         let text = self.with_job_id(data);
-        inner.log.push(kind, text);
+        let event = inner.log.push(kind, text);
+        self.tell_sink(&event);
     }
 
     /// Ends the job: records the final state and emits its terminal event, once.
@@ -183,7 +200,8 @@ impl Job {
         inner.state = state;
         inner.finished_at = Some(Instant::now());
         let text = self.with_job_id(data);
-        inner.log.push(kind, text);
+        let event = inner.log.push(kind, text);
+        self.tell_sink(&event);
         true
     }
 
@@ -202,7 +220,7 @@ impl Job {
 
     /// Records that images of a job that failed with `storage_failed` reached storage later
     /// (from the spool): the job becomes `completed`, its result listing the stored images. The
-    /// event stream, already ended, is not reopened.
+    /// event stream, already ended, is not reopened; the job's webhooks get a `complete`.
     pub fn storage_recovered(&self, rows: &[ImageRecord]) {
         let mut inner = self.lock();
         let JobState::Failed(error) = &inner.state else {
@@ -226,14 +244,19 @@ impl Job {
             .collect();
         let prompt_id = rows.first().and_then(|row| row.prompt_id.clone());
         let params = rows.first().map_or(json!({}), |row| row.params.clone());
-        inner.state = JobState::Completed(Arc::new(json!({
+        let result = json!({
             "job_id": self.id,
             "prompt_id": prompt_id,
             "workflow": self.workflow,
             "images": images,
             "params": params,
             "recovered_from": error,
-        })));
+        });
+        // The stream has ended, but webhooks get the `complete` they were owed.
+        if let Some(sink) = self.sink.get() {
+            sink.job_event(EventKind::Complete.as_str(), &result.to_string());
+        }
+        inner.state = JobState::Completed(Arc::new(result));
     }
 
     /// Subscribes to the job's events after `last_seen` (0: from the start).

@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::comfyui::{ComfyClient, ComfyError, ExecutionFailure, HistoryEntry, Monitor, WsEvent};
 use crate::ids::PromptId;
 use crate::image::PngMetadata;
+use crate::webhook::JobEvents;
 use crate::workflow::{self, Resolved};
 
 /// The tunables of a job's life, from the configuration.
@@ -136,10 +137,18 @@ struct Started {
 ///
 /// Errors are the contract's plain HTTP errors: `invalid_params`, `unknown_workflow`,
 /// `overloaded`, `comfyui_unavailable`, `comfyui_rejected`. On success the job's `queued` event
-/// has been published and its job thread is running.
-pub fn submit(app: &Arc<App>, request: GenerateRequest) -> Result<Arc<Job>, ApiError> {
+/// has been published and its job thread is running. `events` (the job's webhooks) is told of
+/// every event from `queued` on.
+pub fn submit(
+    app: &Arc<App>,
+    request: GenerateRequest,
+    events: Option<Arc<dyn JobEvents>>,
+) -> Result<Arc<Job>, ApiError> {
     let plan = Plan::new(app, request)?;
     let job = app.jobs.admit(&plan.workflow)?;
+    if let Some(sink) = events {
+        job.set_event_sink(sink);
+    }
     let started = match start_on_any_backend(app, &job, &plan) {
         Ok(started) => started,
         Err(error) => {

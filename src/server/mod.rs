@@ -37,8 +37,9 @@ impl Bound {
         self.addr
     }
 
-    /// Starts the accept loop on its own thread.
+    /// Starts the accept loop on its own thread (and the app's webhook deliveries).
     pub fn serve(self, app: Arc<App>) -> io::Result<Server> {
+        app.webhooks.start();
         let http = Arc::new(self.http);
         let accepting = Arc::clone(&http);
         // The accept loop owns the only sender: when it ends, the nudging thread ends too.

@@ -195,8 +195,9 @@ fn workflow(app: &App, request: Request, name: &str) {
 /// Reads, parses and submits a generation request; the job exists once this returns `Ok`.
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
-    let parsed = GenerateRequest::parse(&body, &app.config.default_workflow)?;
-    job::submit(app, parsed)
+    let (parsed, webhook) = GenerateRequest::parse(&body, &app.config.default_workflow)?;
+    let events = app.webhooks.sink_for(webhook)?;
+    job::submit(app, parsed, events)
 }
 
 fn wants_json(request: &Request) -> bool {
