@@ -216,11 +216,9 @@ fn attempt(
         Err(failure) => failure,
     };
     let delay = backoff(&shared.options, pending.attempts, failure.retry_after);
-    let deadline = delivery
-        .created_unix
-        .saturating_add(shared.options.retry_window.as_secs());
-    let next_unix = unix_now().saturating_add(delay.as_secs());
-    if failure.gone || next_unix > deadline {
+    let created = UNIX_EPOCH + Duration::from_secs(delivery.created_unix);
+    let window_over = SystemTime::now() + delay > created + shared.options.retry_window;
+    if failure.gone || window_over {
         shared.store.remove(&delivery.id);
         shared.counters.gave_up.fetch_add(1, Ordering::Relaxed);
         shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
