@@ -37,7 +37,9 @@ fn works(program: &str, args: &[&str]) -> bool {
 
 /// Runs the script with the batch's settings, within [`DEADLINE`]; returns its stdout.
 fn run_script(h: &Harness, program: &str, script: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(script);
     let mut child = Command::new(program)
         .arg(&path)
         .env("GATEWAY", h.url(""))
@@ -66,7 +68,10 @@ fn run_script(h: &Harness, program: &str, script: &str) -> String {
         panic!("{script} did not finish within {DEADLINE:?}");
     };
     let status = child.wait().expect("the script ends");
-    assert!(status.success(), "{script} failed ({status}):\n{out}\n{err}");
+    assert!(
+        status.success(),
+        "{script} failed ({status}):\n{out}\n{err}"
+    );
     out
 }
 

@@ -15,6 +15,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -597,4 +598,73 @@ fn without_a_secret_a_webhook_is_refused_rather_than_sent_unsigned() {
         .as_str()
         .expect("names the webhook field");
     assert!(reason.contains("WEBHOOK_SECRET"), "{reason}");
+}
+
+/// Verifies with the specification's own Python library (`pip install standardwebhooks`), as a
+/// receiver would, with no code of ours. Skipped, loudly, where it is not installed.
+#[test]
+fn the_official_python_library_accepts_the_webhooks() {
+    let library = Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .stderr(Stdio::null())
+        .status();
+    if !library.is_ok_and(|status| status.success()) {
+        eprintln!(
+            "SKIPPED the_official_python_library_accepts_the_webhooks: needs python3 and \
+             `pip install standardwebhooks`"
+        );
+        return;
+    }
+    let receiver = HookReceiver::start();
+    let h = signed(vec![], fast_retries);
+    let request = with_webhook(small_txt2img("official"), json!({"url": receiver.url("/")}));
+    let (status, _) = h.post_json("/generate", &request);
+    assert_eq!(status, 200);
+    let hooks: Vec<Value> = [receiver.next(), receiver.next()]
+        .iter()
+        .map(|hook| {
+            json!({
+                "body": hook.body,
+                "headers": {
+                    "webhook-id": hook.id,
+                    "webhook-timestamp": hook.timestamp,
+                    "webhook-signature": hook.signature,
+                },
+            })
+        })
+        .collect();
+    // Each genuine webhook must verify; the same with one byte of the body changed must not.
+    const VERIFY: &str = r#"
+import json, sys
+from standardwebhooks import Webhook, WebhookVerificationError
+secret, hooks = sys.argv[1], json.loads(sys.stdin.read())
+for hook in hooks:
+    Webhook(secret).verify(hook["body"], hook["headers"])
+    try:
+        Webhook(secret).verify(hook["body"].replace("}", " }", 1), hook["headers"])
+        sys.exit("a tampered body was accepted")
+    except WebhookVerificationError:
+        pass
+print("verified", len(hooks))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", VERIFY, SECRET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(Value::Array(hooks).to_string().as_bytes())
+        .expect("hooks written");
+    let output = child.wait_with_output().expect("python3 ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "verified 2",
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
