@@ -120,3 +120,16 @@ fn the_python_batch_script_queues_100_jobs_and_sees_them_complete() {
     let out = run_script(&h, "python3", "batch.py");
     assert_all_completed(&h, &out);
 }
+
+#[test]
+fn the_readme_quotes_both_scripts_as_they_are() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    for (script, fence) in [("batch.sh", "```bash\n"), ("batch.py", "```python\n")] {
+        let text = std::fs::read_to_string(root.join("examples").join(script)).expect("script");
+        assert!(
+            readme.contains(&format!("{fence}{text}```\n")),
+            "README.md must quote examples/{script} exactly"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //! verification libraries use). It is kept only as bytes, and `Debug` never shows it.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
+use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -26,14 +26,16 @@ pub const SECRET_FORMAT: &str = "whsec_ followed by the base64 of 24 to 64 rando
 pub struct SigningKey(Vec<u8>);
 
 impl SigningKey {
-    /// Reads `whsec_` + base64 (padding optional). Refuses anything else, without echoing it.
+    /// Reads `whsec_` + standard base64 with its `=` padding, the form every official
+    /// verification library decodes (the JavaScript and Go ones insist on the padding). Refuses
+    /// anything else, without echoing it.
     pub fn parse(raw: &str) -> Result<SigningKey, String> {
         let encoded = raw
             .strip_prefix(SECRET_PREFIX)
             .ok_or_else(|| format!("a secret starting with {SECRET_PREFIX}"))?;
-        let key = STANDARD_PAD_INDIFFERENT
+        let key = STANDARD
             .decode(encoded)
-            .map_err(|_| format!("standard base64 after {SECRET_PREFIX}"))?;
+            .map_err(|_| format!("standard base64, = padding included, after {SECRET_PREFIX}"))?;
         if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&key.len()) {
             return Err(format!(
                 "{MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes once decoded, not {}",
@@ -101,10 +103,12 @@ mod tests {
             SigningKey::parse("whsec_c2hvcnQ=").is_err(),
             "5 bytes is too short"
         );
-        // Unpadded base64 is accepted, as the verification libraries accept it.
-        let unpadded = STANDARD.encode([7u8; 32]).trim_end_matches('=').to_string();
-        let key = SigningKey::parse(&format!("whsec_{unpadded}")).expect("unpadded");
+        // Padding is required: some official libraries refuse a secret without it.
+        let padded = STANDARD.encode([7u8; 32]);
+        let key = SigningKey::parse(&format!("whsec_{padded}")).expect("padded");
         assert_eq!(format!("{key:?}"), "SigningKey(<redacted>)");
+        let unpadded = padded.trim_end_matches('=');
+        assert!(SigningKey::parse(&format!("whsec_{unpadded}")).is_err());
         let error = SigningKey::parse("whsec_c2hvcnQ=").expect_err("too short");
         assert!(!error.contains("c2hvcnQ"), "{error}");
     }
