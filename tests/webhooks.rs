@@ -401,6 +401,9 @@ fn a_webhook_that_never_answers_does_not_hold_up_the_job() {
         reports.try_recv().is_err(),
         "the job ended while its first webhook was still waiting for an answer"
     );
+    // Both are on disk meanwhile (what a shutdown waits for): a restart would resume them.
+    assert!(h.app.webhooks.flush(WAIT), "written to DATA_DIR/webhooks");
+    assert_eq!(pending_files(h.dir.path()).len(), 2);
 
     // Closing the listener resets the waiting connection: that attempt fails, and so does the
     // next one (connection refused). With no retry window left, both are given up.

@@ -70,14 +70,6 @@ pub struct AttemptReport {
     pub outcome: AttemptOutcome,
 }
 
-/// What a delivery thread receives.
-pub(super) enum Incoming {
-    /// A new delivery: stored, then tried.
-    New(Delivery),
-    /// One found on disk at start-up: tried.
-    Resumed(Delivery),
-}
-
 /// What every delivery thread shares.
 pub(super) struct Shared {
     pub key: SigningKey,
@@ -146,9 +138,10 @@ impl Ord for Scheduled {
     }
 }
 
-/// One delivery thread: takes deliveries from `inbox`, retries them on schedule, and ends when
-/// `stop` is disconnected (the service was dropped; what is pending stays on disk).
-pub(super) fn run_worker(shared: &Shared, inbox: &Receiver<Incoming>, stop: &Receiver<()>) {
+/// One delivery thread: takes deliveries (already on disk) from `inbox`, retries them on
+/// schedule, and ends when `stop` is disconnected (the service was dropped; what is pending
+/// stays on disk).
+pub(super) fn run_worker(shared: &Shared, inbox: &Receiver<Delivery>, stop: &Receiver<()>) {
     let mut waiting: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
     let mut seq = 0u64;
     loop {
@@ -167,17 +160,7 @@ pub(super) fn run_worker(shared: &Shared, inbox: &Receiver<Incoming>, stop: &Rec
             .unwrap_or(Duration::from_secs(3600));
         select! {
             recv(inbox) -> message => match message {
-                Ok(Incoming::New(delivery)) => {
-                    if let Err(e) = shared.store.save(&delivery) {
-                        log::warn!(
-                            "webhook {} is not kept on disk ({}: {e}); it is tried anyway",
-                            delivery.id,
-                            shared.store.dir().display()
-                        );
-                    }
-                    attempt(shared, Pending { delivery, attempts: 0 }, &mut waiting, &mut seq);
-                }
-                Ok(Incoming::Resumed(delivery)) => {
+                Ok(delivery) => {
                     attempt(shared, Pending { delivery, attempts: 0 }, &mut waiting, &mut seq);
                 }
                 Err(_) => return,

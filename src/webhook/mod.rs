@@ -4,7 +4,8 @@
 //! webhook (the request's `"webhook"` field, or `WEBHOOK_URL`) turns the events its target wants
 //! into deliveries: the SSE event's data plus `type`, signed (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`) and posted by the delivery threads, at least once. Handing an event over
-//! never blocks the job: it is a send on an unbounded channel.
+//! never blocks the job: it is a send on an unbounded channel to the `webhook-store` thread, which
+//! writes the delivery to disk before passing it to the delivery thread of its job.
 //!
 //! - `signing`: the `whsec_` secret and the `v1,` signature;
 //! - `target`: URLs, event names, `WEBHOOK_ALLOWED_HOSTS`, the request field;
@@ -26,14 +27,15 @@ use serde_json::{Map, Value};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, invalid_field};
 use crate::config::WebhookConfig;
 use crate::metrics::WebhookCounters;
-use delivery::{Incoming, Shared};
+use delivery::Shared;
 use store::Store;
 
 /// How many delivery threads post webhooks.
@@ -55,27 +57,70 @@ pub struct Webhooks {
     pub options: DeliveryOptions,
     counters: Arc<WebhookCounters>,
     queue: Arc<Queue>,
-    inboxes: Mutex<Option<Vec<Receiver<Incoming>>>>,
+    shards: Arc<Shards>,
+    /// The threads' ends of their channels, until `start` takes them.
+    receivers: Mutex<Option<Inboxes>>,
     observer: Arc<Mutex<Option<Sender<AttemptReport>>>>,
     /// Dropped with the service: the delivery threads then end.
     _stop: Sender<()>,
     stopped: Receiver<()>,
 }
 
-/// The delivery threads' inboxes, one per thread.
-struct Queue {
-    inboxes: Vec<Sender<Incoming>>,
+/// The store thread's inbox, and each delivery thread's.
+struct Inboxes {
+    store: Receiver<Delivery>,
+    delivery: Vec<Receiver<Delivery>>,
 }
 
-impl Queue {
+/// Where jobs' sinks put new deliveries: the store thread's inbox.
+struct Queue {
+    to_store: Sender<Delivery>,
+    /// Deliveries handed over but not yet written to disk.
+    unsaved: AtomicU64,
+}
+
+/// The delivery threads' inboxes, one per thread.
+struct Shards {
+    inboxes: Vec<Sender<Delivery>>,
+}
+
+impl Shards {
     /// Hands a delivery to the thread that serves its job (so one job's webhooks keep their order).
-    fn send(&self, incoming: Incoming, job_id: &str) {
+    fn send(&self, delivery: Delivery) {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        job_id.hash(&mut hasher);
+        delivery.job_id.hash(&mut hasher);
         let index = (hasher.finish() % self.inboxes.len() as u64) as usize;
-        // A closed inbox means the service is shutting down: the delivery is on disk or lost
-        // with the process either way.
-        let _ = self.inboxes[index].send(incoming);
+        // A closed inbox means the service is shutting down: the delivery stays on disk.
+        let _ = self.inboxes[index].send(delivery);
+    }
+}
+
+/// The store thread: writes each new delivery to disk, then passes it to its delivery thread.
+/// It does no network I/O, so [`Webhooks::flush`] can rely on it keeping up.
+fn run_store(
+    store: &Store,
+    queue: &Queue,
+    shards: &Shards,
+    inbox: &Receiver<Delivery>,
+    stop: &Receiver<()>,
+) {
+    loop {
+        let delivery = crossbeam_channel::select! {
+            recv(inbox) -> message => match message {
+                Ok(delivery) => delivery,
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+        };
+        if let Err(e) = store.save(&delivery) {
+            log::warn!(
+                "webhook {} is not kept on disk ({}: {e}); it is tried anyway",
+                delivery.id,
+                store.dir().display()
+            );
+        }
+        queue.unsaved.fetch_sub(1, Ordering::SeqCst);
+        shards.send(delivery);
     }
 }
 
@@ -91,6 +136,7 @@ impl Webhooks {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..DELIVERY_THREADS)
             .map(|_| crossbeam_channel::unbounded())
             .unzip();
+        let (to_store, store_inbox) = crossbeam_channel::unbounded();
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let options = DeliveryOptions {
             retry_window: config.retry_window,
@@ -101,8 +147,15 @@ impl Webhooks {
             store,
             options,
             counters,
-            queue: Arc::new(Queue { inboxes: senders }),
-            inboxes: Mutex::new(Some(receivers)),
+            queue: Arc::new(Queue {
+                to_store,
+                unsaved: AtomicU64::new(0),
+            }),
+            shards: Arc::new(Shards { inboxes: senders }),
+            receivers: Mutex::new(Some(Inboxes {
+                store: store_inbox,
+                delivery: receivers,
+            })),
             observer: Arc::new(Mutex::new(None)),
             _stop: stop,
             stopped,
@@ -113,8 +166,11 @@ impl Webhooks {
     /// Only the first call does anything. Without `WEBHOOK_SECRET` nothing can be signed: left
     /// deliveries stay on disk (a warning says so).
     pub fn start(&self) {
-        let Some(inboxes) = self
-            .inboxes
+        let Some(Inboxes {
+            store: store_inbox,
+            delivery: inboxes,
+        }) = self
+            .receivers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
@@ -151,6 +207,18 @@ impl Webhooks {
                 log::error!("cannot start webhook delivery thread {n}: {e}");
             }
         }
+        let (store, queue, shards) = (
+            self.store.clone(),
+            Arc::clone(&self.queue),
+            Arc::clone(&self.shards),
+        );
+        let stop = self.stopped.clone();
+        let spawned = thread::Builder::new()
+            .name("webhook-store".into())
+            .spawn(move || run_store(&store, &queue, &shards, &store_inbox, &stop));
+        if let Err(e) = spawned {
+            log::error!("cannot start the webhook store thread: {e}");
+        }
         if !pending.is_empty() {
             log::info!(
                 "resuming {} pending webhooks from {}",
@@ -160,9 +228,22 @@ impl Webhooks {
         }
         for delivery in pending {
             self.counters.pending.fetch_add(1, Ordering::Relaxed);
-            let job_id = delivery.job_id.clone();
-            self.queue.send(Incoming::Resumed(delivery), &job_id);
+            self.shards.send(delivery);
         }
+    }
+
+    /// Waits (at most `grace`) until every webhook handed over so far is on disk, so that a
+    /// shutdown loses none: what is not delivered yet is resumed at the next start. Returns
+    /// whether all were written in time.
+    pub fn flush(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        while self.queue.unsaved.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// A channel that hears how every later attempt ended (for tests and diagnostics). A new
@@ -254,11 +335,15 @@ impl JobEvents for JobWebhook {
             id: Delivery::new_id(),
             url: self.target.url.as_str().to_string(),
             event: kind.as_str().to_string(),
-            job_id: job_id.clone(),
+            job_id,
             body: Value::Object(body).to_string(),
             created_unix: delivery::unix_now(),
         };
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
-        self.queue.send(Incoming::New(delivery), &job_id);
+        self.queue.unsaved.fetch_add(1, Ordering::SeqCst);
+        if self.queue.to_store.send(delivery).is_err() {
+            // The service is gone (the process is ending): nothing will send it.
+            self.queue.unsaved.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
