@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::fmt;
 
+use crate::webhook::WebhookRequest;
+
 /// The error codes of the contract, each with its one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -222,11 +224,15 @@ pub struct JobOptions {
     /// `previews`: stream the sampler's live preview images as `preview` events.
     #[serde(default)]
     pub previews: bool,
+    /// `webhook`: where to send the job's events, checked for shape (the allowed hosts and the
+    /// secret are checked by `webhook::Webhooks`).
+    #[serde(default)]
+    pub webhook: Option<WebhookRequest>,
 }
 
 impl JobOptions {
     /// The request fields this struct reads; they are taken out before template parameters.
-    pub const FIELDS: [&'static str; 2] = ["priority", "previews"];
+    pub const FIELDS: [&'static str; 3] = ["priority", "previews", "webhook"];
 
     /// Takes the job options out of a request body's fields.
     pub fn take_from(fields: &mut Map<String, Value>) -> Result<JobOptions, ApiError> {
@@ -244,6 +250,10 @@ impl JobOptions {
             Some(Value::Bool(previews)) => options.previews = previews,
             Some(_) => return Err(invalid_field("previews", "must be true or false")),
         }
+        options.webhook = match fields.remove("webhook") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(WebhookRequest::from_json(&value)?),
+        };
         Ok(options)
     }
 }
@@ -396,6 +406,30 @@ mod tests {
         assert_eq!(graph.map(|r| r.options.priority), Ok(2));
         let bad = JobRequest::parse(br#"{"priority": 1.5}"#, "t").map_err(|e| e.code);
         assert_eq!(bad, Err(ErrorCode::InvalidParams));
+    }
+
+    #[test]
+    fn a_webhook_is_taken_out_of_the_parameters() {
+        let body = br#"{"prompt": "x", "webhook": {"url": "https://h.example/in"}}"#;
+        let request = JobRequest::parse(body, "txt2img").expect("valid");
+        let GenerateRequest::Template { params, .. } = &request.generate else {
+            panic!("expected a template request");
+        };
+        assert!(!params.contains_key("webhook"));
+        let webhook = request.options.webhook.expect("a webhook");
+        assert_eq!(webhook.url.as_str(), "https://h.example/in");
+        let body = br#"{"graph": {"1": {}}, "webhook": {"url": "http://h/"}}"#;
+        let parsed = JobRequest::parse(body, "txt2img").expect("valid");
+        assert!(matches!(parsed.generate, GenerateRequest::Graph { .. }));
+        assert!(parsed.options.webhook.is_some());
+        let bad = JobRequest::parse(br#"{"webhook": {"url": "ftp://h/"}}"#, "txt2img");
+        let error = bad.expect_err("refused");
+        assert_eq!(
+            error.details["fields"]["webhook.url"]
+                .as_str()
+                .map(|s| s.is_empty()),
+            Some(false)
+        );
     }
 
     #[test]

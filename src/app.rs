@@ -17,6 +17,7 @@ use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
 use crate::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use crate::storage::{RetryPolicy, Storage};
+use crate::webhook::Webhooks;
 use crate::workflow::Templates;
 
 /// Everything a request or a job needs.
@@ -41,6 +42,8 @@ pub struct App {
     pub run: RunSettings,
     /// Counters for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Signed webhooks: each job's sink, and the delivery threads (started by `serve`).
+    pub webhooks: Webhooks,
     /// Jobs read back from `DATA_DIR` that the engine resumes when it starts.
     restored: Mutex<Option<Restored>>,
     engine: OnceLock<Arc<Engine>>,
@@ -98,10 +101,31 @@ impl App {
             png_metadata: config.png_metadata,
             ..RunSettings::default()
         };
+        let metrics = Metrics::default();
+        let webhooks_dir = config.data_dir.join("webhooks");
+        let webhooks = Webhooks::new(
+            config.webhook.clone(),
+            webhooks_dir.clone(),
+            Arc::clone(&metrics.webhooks),
+        )
+        .map_err(|e| {
+            StartupError(format!(
+                "DATA_DIR: cannot create {}: {e}",
+                webhooks_dir.display()
+            ))
+        })?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
+        // Restored jobs keep sending their webhooks (a finished one may still complete from
+        // the spool).
+        for job in jobs.all() {
+            if let Ok(Some(sink)) = webhooks.sink_for(job.options().webhook.clone()) {
+                job.set_event_sink(sink);
+            }
+        }
         Ok(App {
             jobs,
+            webhooks,
             templates: Arc::new(templates),
             backends,
             storage,
@@ -109,7 +133,7 @@ impl App {
             spool: Arc::new(spool),
             store: Arc::new(store),
             run,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             restored: Mutex::new(Some(restored)),
             engine: OnceLock::new(),
             config,

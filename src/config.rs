@@ -3,7 +3,7 @@
 //! Every setting has a default, so `comfyui-gateway` starts with no configuration at all. A bad
 //! value stops start-up with one line naming the variable, the value and what was expected,
 //! e.g. `PROGRESS_INTERVAL_MS="fast": expected a whole number of milliseconds, at least 10`.
-//! Secrets (`SUPABASE_KEY`, `API_KEYS`) are shown as `<redacted>` in errors and in `Debug`
+//! Secrets (`SUPABASE_KEY`, `API_KEYS`, `WEBHOOK_SECRET`) are shown as `<redacted>` in errors and in `Debug`
 //! output, so a configuration can be logged safely.
 //!
 //! Values are trimmed, and a variable set to an empty string counts as unset. Parsing is done by
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::image::PngMetadata;
+use crate::webhook::{AllowedHosts, SECRET_FORMAT, SigningKey, WebhookUrl};
 
 /// The file [`Config::from_env`] reads, relative to the working directory.
 const DOTENV_FILE: &str = ".env";
@@ -76,6 +77,23 @@ pub struct Config {
     pub png_metadata: PngMetadata,
     /// `RUST_LOG`: the `env_logger` filter (default `info`).
     pub log_filter: String,
+    /// `WEBHOOK_*`: the default webhook, the signing secret, allowed hosts and retry window.
+    pub webhook: WebhookConfig,
+}
+
+/// Webhook settings (`WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_ALLOWED_HOSTS`,
+/// `WEBHOOK_RETRY_HOURS`). `Debug` never shows the secret.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// `WEBHOOK_URL`: where every job's webhooks go unless its request names its own target.
+    pub url: Option<WebhookUrl>,
+    /// `WEBHOOK_SECRET`: `whsec_` + base64; required when `WEBHOOK_URL` is set. Without it,
+    /// requests that ask for a webhook are refused.
+    pub signing_key: Option<SigningKey>,
+    /// `WEBHOOK_ALLOWED_HOSTS`: the hosts webhooks may go to (empty: any).
+    pub allowed_hosts: AllowedHosts,
+    /// `WEBHOOK_RETRY_HOURS`: how long a failing delivery is retried (default 24 hours).
+    pub retry_window: Duration,
 }
 
 /// Where images and metadata go when Supabase is configured.
@@ -234,6 +252,55 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         },
         png_metadata: png_metadata(&vars.get_or("PNG_METADATA", "strip"))?,
         log_filter: vars.get_or("RUST_LOG", "info"),
+        webhook: webhook(vars)?,
+    })
+}
+
+const WEBHOOK_RETRY_HOURS: WholeNumber = WholeNumber {
+    variable: "WEBHOOK_RETRY_HOURS",
+    default: 24,
+    unit: "hours",
+    min: 0,
+    max: 30 * 24,
+};
+
+fn webhook<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<WebhookConfig, ConfigError> {
+    let allowed_hosts = match vars.get("WEBHOOK_ALLOWED_HOSTS") {
+        Some(raw) => AllowedHosts::parse(&raw)
+            .map_err(|expected| ConfigError::new("WEBHOOK_ALLOWED_HOSTS", &raw, expected))?,
+        None => AllowedHosts::default(),
+    };
+    let signing_key = match vars.get("WEBHOOK_SECRET") {
+        Some(raw) => Some(SigningKey::parse(&raw).map_err(|problem| {
+            ConfigError::secret("WEBHOOK_SECRET", format!("{SECRET_FORMAT} ({problem})"))
+        })?),
+        None => None,
+    };
+    let url = match vars.get("WEBHOOK_URL") {
+        Some(raw) => {
+            let url = WebhookUrl::parse(&raw)
+                .map_err(|expected| ConfigError::new("WEBHOOK_URL", &raw, expected))?;
+            if !allowed_hosts.allows(&url) {
+                let expected = format!(
+                    "a URL whose host WEBHOOK_ALLOWED_HOSTS lists ({})",
+                    allowed_hosts.describe()
+                );
+                return Err(ConfigError::new("WEBHOOK_URL", &raw, expected));
+            }
+            if signing_key.is_none() {
+                let expected =
+                    format!("{SECRET_FORMAT}, because WEBHOOK_URL is set and webhooks are signed");
+                return Err(ConfigError::new("WEBHOOK_SECRET", UNSET, expected));
+            }
+            Some(url)
+        }
+        None => None,
+    };
+    Ok(WebhookConfig {
+        url,
+        signing_key,
+        allowed_hosts,
+        retry_window: Duration::from_secs(whole_number(vars, &WEBHOOK_RETRY_HOURS)? * 3600),
     })
 }
 
@@ -624,6 +691,7 @@ impl fmt::Debug for Config {
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
             .field("log_filter", &self.log_filter)
+            .field("webhook", &self.webhook)
             .finish()
     }
 }
@@ -1043,5 +1111,62 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn webhooks_are_off_by_default_and_retried_a_day() {
+        let config = load(&[]).expect("defaults");
+        assert_eq!(config.webhook.url, None);
+        assert!(config.webhook.signing_key.is_none());
+        assert!(config.webhook.allowed_hosts.allows_any());
+        assert_eq!(config.webhook.retry_window, Duration::from_secs(24 * 3600));
+        let config = load(&[
+            ("WEBHOOK_URL", "https://hooks.example.com/in"),
+            ("WEBHOOK_SECRET", SECRET),
+            ("WEBHOOK_ALLOWED_HOSTS", "hooks.example.com"),
+            ("WEBHOOK_RETRY_HOURS", "2"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.webhook.url.as_ref().map(|u| u.as_str()),
+            Some("https://hooks.example.com/in")
+        );
+        assert_eq!(config.webhook.retry_window, Duration::from_secs(7200));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    }
+
+    #[test]
+    fn webhook_settings_are_checked_with_one_line_errors() {
+        let err = error(&[("WEBHOOK_URL", "https://hooks.example.com/in")]);
+        assert_eq!(
+            (err.variable, err.value.as_str()),
+            ("WEBHOOK_SECRET", UNSET)
+        );
+        let err = error(&[("WEBHOOK_SECRET", "hunter2hunter2hunter2hunter2")]);
+        assert_eq!(
+            (err.variable, err.value.as_str()),
+            ("WEBHOOK_SECRET", REDACTED)
+        );
+        assert!(err.to_string().contains("whsec_"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = error(&[("WEBHOOK_URL", "ftp://x/"), ("WEBHOOK_SECRET", SECRET)]);
+        assert_eq!(err.variable, "WEBHOOK_URL");
+        let err = error(&[
+            ("WEBHOOK_URL", "https://elsewhere.example.com/"),
+            ("WEBHOOK_SECRET", SECRET),
+            ("WEBHOOK_ALLOWED_HOSTS", "hooks.example.com"),
+        ]);
+        assert_eq!(err.variable, "WEBHOOK_URL");
+        assert!(err.to_string().contains("hooks.example.com"), "{err}");
+        assert_eq!(
+            error(&[("WEBHOOK_ALLOWED_HOSTS", "a b")]).variable,
+            "WEBHOOK_ALLOWED_HOSTS"
+        );
+        let err = error(&[("WEBHOOK_RETRY_HOURS", "forever")]);
+        assert_eq!(err.variable, "WEBHOOK_RETRY_HOURS");
+        assert!(!err.to_string().contains('\n'));
     }
 }

@@ -57,4 +57,5 @@ pub mod sim;
 pub mod sse;
 pub mod storage;
 pub mod timestamp;
+pub mod webhook;
 pub mod workflow;

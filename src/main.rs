@@ -12,6 +12,8 @@ use comfyui_gateway::server::Server;
 const SPOOL_RETRY_EVERY: Duration = Duration::from_secs(60);
 /// How long a shutdown waits for running jobs to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for the jobs' last webhooks to reach the disk.
+const WEBHOOK_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     match run() {
@@ -58,6 +60,9 @@ fn run() -> Result<(), String> {
     );
     server.shutdown();
     wait_for_jobs(&app, SHUTDOWN_GRACE);
+    if !app.webhooks.flush(WEBHOOK_FLUSH_GRACE) {
+        log::warn!("some webhooks were not written to DATA_DIR/webhooks in time and are lost");
+    }
     Ok(())
 }
 

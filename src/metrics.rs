@@ -6,6 +6,7 @@
 //! tracked twice.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -74,6 +75,21 @@ pub struct Metrics {
     comfyui_errors: AtomicU64,
     supabase_errors: AtomicU64,
     sse_streams: AtomicU64,
+    /// Webhook deliveries, counted by the delivery threads.
+    pub webhooks: Arc<WebhookCounters>,
+}
+
+/// Webhook counters, shared with the delivery threads.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Deliveries a receiver acknowledged with a 2xx.
+    pub delivered: AtomicU64,
+    /// Failed attempts that were scheduled again.
+    pub retries: AtomicU64,
+    /// Deliveries abandoned: retry window over, or `410 Gone`.
+    pub gave_up: AtomicU64,
+    /// Deliveries not yet delivered nor given up.
+    pub pending: AtomicU64,
 }
 
 /// Values owned elsewhere, read when a scrape happens.
@@ -95,6 +111,7 @@ impl Default for Metrics {
             comfyui_errors: AtomicU64::new(0),
             supabase_errors: AtomicU64::new(0),
             sse_streams: AtomicU64::new(0),
+            webhooks: Arc::default(),
         }
     }
 }
@@ -207,6 +224,35 @@ impl Metrics {
             "gauge",
             self.open_streams(),
         );
+        let webhooks = &self.webhooks;
+        for (name, help, kind, value) in [
+            (
+                "comfyui_gateway_webhook_deliveries_total",
+                "Webhooks delivered (answered with a 2xx).",
+                "counter",
+                &webhooks.delivered,
+            ),
+            (
+                "comfyui_gateway_webhook_retries_total",
+                "Failed webhook attempts that were scheduled again.",
+                "counter",
+                &webhooks.retries,
+            ),
+            (
+                "comfyui_gateway_webhook_give_ups_total",
+                "Webhooks abandoned after WEBHOOK_RETRY_HOURS (or a 410 Gone).",
+                "counter",
+                &webhooks.gave_up,
+            ),
+            (
+                "comfyui_gateway_webhook_pending",
+                "Webhooks waiting to be delivered.",
+                "gauge",
+                &webhooks.pending,
+            ),
+        ] {
+            gauge(&mut out, name, help, kind, value.load(Ordering::Relaxed));
+        }
         out
     }
 }
@@ -253,6 +299,7 @@ mod tests {
         assert!(text.contains("comfyui_gateway_active_jobs 2\n"));
         assert!(text.contains("comfyui_gateway_spooled_images 3\n"));
         assert!(text.contains("comfyui_gateway_sse_streams 1\n"));
+        assert!(text.contains("comfyui_gateway_webhook_give_ups_total 0\n"));
         drop(guard);
         assert_eq!(m.open_streams(), 0);
     }

@@ -25,6 +25,7 @@ use super::{
 use crate::api::{ApiError, ErrorCode, JobRequest};
 use crate::comfyui::{ComfyClient, ExecutionFailure, HistoryEntry};
 use crate::ids::JobId;
+use crate::webhook::JobEvents;
 
 /// How a prompt's execution ended, as the gateway learnt it.
 pub enum Ending {
@@ -213,7 +214,12 @@ impl Engine {
     /// Errors are the contract's plain HTTP errors: `invalid_params`, `unknown_workflow`,
     /// `overloaded` (`MAX_QUEUED_JOBS` waiting already), `comfyui_unavailable` (no backend
     /// answers). Accepted jobs wait for a backend, even one that goes away meanwhile.
-    pub fn submit(&self, request: JobRequest) -> Result<Arc<Job>, ApiError> {
+    /// `events` receives every event of the job (its webhooks), from `queued` on.
+    pub fn submit(
+        &self,
+        request: JobRequest,
+        events: Option<Arc<dyn JobEvents>>,
+    ) -> Result<Arc<Job>, ApiError> {
         let plan = Plan::new(&self.ctx.templates, request.generate)?;
         let waiting = self.queue.len();
         if waiting >= self.ctx.run.max_queued {
@@ -228,6 +234,9 @@ impl Engine {
         self.check_a_backend_answers()?;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let job = Arc::new(Job::new(plan, request.options, seq));
+        if let Some(events) = events {
+            job.set_event_sink(events);
+        }
         self.registry.insert(Arc::clone(&job));
         self.queue.push(job.id().clone(), job.ticket());
         let position = self.queue.position(job.id());

@@ -31,7 +31,7 @@ pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, ErrorCode, JobOptions};
@@ -39,6 +39,7 @@ use crate::comfyui::{PreviewFormat, WsEvent};
 use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
 use crate::timestamp;
+use crate::webhook::JobEvents;
 
 /// Where a job is in its life. Finished states carry what a client needs to know about them.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +152,8 @@ pub struct Job {
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
     saving: Mutex<()>,
+    /// Told of every event (the job's webhooks); set at submission.
+    sink: OnceLock<Arc<dyn JobEvents>>,
 }
 
 impl Job {
@@ -182,6 +185,7 @@ impl Job {
                 warnings: Vec::new(),
             }),
             id,
+            sink: OnceLock::new(),
         }
     }
 
@@ -249,6 +253,18 @@ impl Job {
         }
     }
 
+    /// Sends every later event to `sink` too (once; a second sink is ignored).
+    pub fn set_event_sink(&self, sink: Arc<dyn JobEvents>) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Hands an event to the sink, under the job's lock so the sink sees events in order.
+    fn tell_sink(&self, event: &Event) {
+        if let Some(sink) = self.sink.get() {
+            sink.job_event(event.kind.as_str(), &event.data);
+        }
+    }
+
     /// Emits a non-terminal event (`queued`, `dispatched`, `progress`, `preview`). `data` gets
     /// `job_id` added.
     pub fn publish(&self, kind: EventKind, data: Value) {
@@ -261,7 +277,8 @@ impl Job {
             inner.progress = data.clone();
         }
         let text = self.with_job_id(data);
-        inner.log.push(kind, text);
+        let event = inner.log.push(kind, text);
+        self.tell_sink(&event);
     }
 
     /// Ends the job: records the final state and emits its terminal event, once.
@@ -290,7 +307,8 @@ impl Job {
         }
         inner.preview = None;
         let text = self.with_job_id(data);
-        inner.log.push(kind, text);
+        let event = inner.log.push(kind, text);
+        self.tell_sink(&event);
         true
     }
 
@@ -345,7 +363,8 @@ impl Job {
             last_heard: Instant::now(),
         });
         let text = self.with_job_id(data);
-        inner.log.push(EventKind::Dispatched, text);
+        let event = inner.log.push(EventKind::Dispatched, text);
+        self.tell_sink(&event);
     }
 
     /// Puts a job whose backend failed before starting it back to waiting.
@@ -445,6 +464,12 @@ impl Job {
                     elapsed_ms,
                 };
                 inner.log.push_waiting(tick);
+                if let Some(sink) = self.sink.get() {
+                    sink.job_event(
+                        EventKind::Progress.as_str(),
+                        &tick.to_json(self.id.as_str()),
+                    );
+                }
                 return;
             }
             Some(run) => {
@@ -455,7 +480,8 @@ impl Job {
         };
         inner.progress = snapshot.clone();
         let text = self.with_job_id(snapshot);
-        inner.log.push(EventKind::Progress, text);
+        let event = inner.log.push(EventKind::Progress, text);
+        self.tell_sink(&event);
         if let Some(preview) = inner.preview.take() {
             let data = json!({
                 "node": preview.node,
@@ -498,7 +524,7 @@ impl Job {
             .collect();
         let prompt_id = rows.first().and_then(|row| row.prompt_id.clone());
         let params = rows.first().map_or(json!({}), |row| row.params.clone());
-        inner.state = JobState::Completed(Arc::new(json!({
+        let result = json!({
             "job_id": self.id,
             "prompt_id": prompt_id,
             "workflow": self.workflow,
@@ -506,7 +532,12 @@ impl Job {
             "images": images,
             "params": params,
             "recovered_from": error,
-        })));
+        });
+        // The stream has ended, but webhooks get the `complete` they were owed.
+        if let Some(sink) = self.sink.get() {
+            sink.job_event(EventKind::Complete.as_str(), &result.to_string());
+        }
+        inner.state = JobState::Completed(Arc::new(result));
         true
     }
 
@@ -675,6 +706,7 @@ impl Job {
             options: record.options,
             cancel_requested: AtomicBool::new(false),
             saving: Mutex::new(()),
+            sink: OnceLock::new(),
             inner: Mutex::new(JobInner {
                 state,
                 log,

@@ -81,6 +81,11 @@ impl JobRegistry {
         self.lock().is_empty()
     }
 
+    /// Every job held now.
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        self.lock().values().cloned().collect()
+    }
+
     /// Every unfinished job (for shutdown and metrics).
     pub fn unfinished(&self) -> Vec<Arc<Job>> {
         self.lock()

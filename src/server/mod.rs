@@ -37,8 +37,10 @@ impl Bound {
         self.addr
     }
 
-    /// Starts the job engine (if it is not running yet) and the accept loop on its own thread.
+    /// Starts the job engine (if it is not running yet), the webhook deliveries, and the
+    /// accept loop on its own thread.
     pub fn serve(self, app: Arc<App>) -> io::Result<Server> {
+        app.webhooks.start();
         app.start()?;
         let http = Arc::new(self.http);
         let accepting = Arc::clone(&http);

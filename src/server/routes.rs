@@ -192,7 +192,8 @@ fn workflow(app: &App, request: Request, name: &str) {
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
     let parsed = JobRequest::parse(&body, &app.config.default_workflow)?;
-    engine(app)?.submit(parsed)
+    let events = app.webhooks.sink_for(parsed.options.webhook.clone())?;
+    engine(app)?.submit(parsed, events)
 }
 
 /// The job engine; it runs from the moment the server serves.
