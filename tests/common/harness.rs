@@ -51,6 +51,8 @@ pub struct Options {
     pub sim: SimOptions,
     /// Adjusts the app after it is built (e.g. shorter grace periods).
     pub tweak: fn(&mut App),
+    /// More ComfyUI base URLs, after the harness's own simulator.
+    pub more_backends: Vec<String>,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
                 ..SimOptions::default()
             },
             tweak: |_| {},
+            more_backends: Vec::new(),
         }
     }
 }
@@ -106,7 +109,13 @@ impl Harness {
         let bound = Server::bind("127.0.0.1:0").expect("the gateway binds");
         let mut vars: HashMap<&str, String> = HashMap::from([
             ("LISTEN_ADDR", "127.0.0.1:0".to_string()),
-            ("COMFYUI_URL", sim.url()),
+            (
+                "COMFYUI_URL",
+                std::iter::once(sim.url())
+                    .chain(options.more_backends.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             ("WORKFLOWS_DIR", workflows_dir().display().to_string()),
             ("DATA_DIR", dir.path().display().to_string()),
             ("PROGRESS_INTERVAL_MS", "100".to_string()),
