@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::graph::{Node, as_link};
 use super::render::{self, Frames, Picture};
+use super::state::FileData;
 use super::validate::{to_float, to_int, to_text};
 
 /// One output value of a node (ComfyUI's MODEL, CLIP, LATENT, IMAGE, ... objects).
@@ -123,7 +124,7 @@ fn mismatch(name: &str, got: &NodeValue) -> NodeFailure {
 /// Executes `inputs.node`; `load_input` returns the bytes of an uploaded input file.
 pub(crate) fn compute(
     inputs: &Inputs<'_>,
-    load_input: &dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
+    load_input: &dyn Fn(&str) -> Option<Arc<FileData>>,
 ) -> Result<Computed, NodeFailure> {
     let values = match inputs.node.class.name {
         "CheckpointLoaderSimple" => {
@@ -238,7 +239,7 @@ fn sample(inputs: &Inputs<'_>) -> Result<Frames, NodeFailure> {
 /// LoadImage: the uploaded file's pixels when it is a PNG, else a 512x512 pattern from its bytes.
 fn load_image(
     name: &str,
-    load_input: &dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
+    load_input: &dyn Fn(&str) -> Option<Arc<FileData>>,
 ) -> Result<Vec<NodeValue>, NodeFailure> {
     let bytes = load_input(name).ok_or_else(|| {
         NodeFailure::new(
@@ -246,7 +247,8 @@ fn load_image(
             format!("[Errno 2] No such file or directory: 'input/{name}'"),
         )
     })?;
-    let frames = match render::decode_png(&bytes) {
+    let bytes = bytes.head();
+    let frames = match render::decode_png(bytes) {
         Some(raster) => Frames {
             width: raster.width,
             height: raster.height,
@@ -256,7 +258,7 @@ fn load_image(
             width: 512,
             height: 512,
             pictures: vec![Picture::Pattern {
-                hash: render::stable_hash(&[&bytes]),
+                hash: render::stable_hash(&[bytes]),
             }],
         },
     };
@@ -270,14 +272,14 @@ fn load_image(
 /// Lowercase letters for temp file names, as ComfyUI's PreviewImage uses.
 fn random_letters(n: usize) -> String {
     let mut bytes = vec![0u8; n];
-    crate::ids::fill_random(&mut bytes);
+    super::ids::fill_random(&mut bytes);
     bytes.iter().map(|b| char::from(b'a' + b % 26)).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::graph::Graph;
     use super::*;
-    use crate::sim::graph::Graph;
     use serde_json::json;
 
     fn run(graph: &Value, id: &str, upstream: &HashMap<String, Outputs>) -> Computed {

@@ -18,10 +18,10 @@ use serde_json::{Map, Value, json};
 use super::compute::{self, Computed, Inputs, NodeFailure, NodeValue, Outputs};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
-use super::state::{CachedNode, FileKey, QueueItem, SimState};
+use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
 use super::validate::to_int;
 use super::ws::message;
-use super::{Failure, Shared, SimEvent};
+use super::{Failure, PreviewFormat, Shared, SimEvent, media};
 
 /// Milliseconds since the Unix epoch, ComfyUI's message timestamps.
 fn now_ms() -> u64 {
@@ -222,7 +222,7 @@ impl<'a> Execution<'a> {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let content = st.files.get(&FileKey::input(name));
-                parts.push(content.map_or_else(Vec::new, |bytes| bytes.to_vec()));
+                parts.push(content.map_or_else(Vec::new, |file| file.head().to_vec()));
             }
             let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             signatures.insert(id.clone(), render::stable_hash(&slices));
@@ -390,7 +390,7 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    fn load_input(&self, name: &str) -> Option<Arc<Vec<u8>>> {
+    fn load_input(&self, name: &str) -> Option<Arc<FileData>> {
         let st = self.shared.state();
         (st.generation == self.generation)
             .then(|| st.files.get(&FileKey::input(name)).cloned())
@@ -418,8 +418,9 @@ impl<'a> Execution<'a> {
                 json!({"value": value, "max": max, "prompt_id": self.prompt_id(), "node": node.id});
             let at = self.send("progress", data).unwrap_or_else(Instant::now);
             self.send_progress_state(&node.id, value, max, "running");
-            if let Some(frames) = preview_of.as_ref().filter(|_| self.shared.send_previews) {
-                self.send_preview(frames, f64::from(value) / f64::from(max));
+            if let (Some(frames), Some(format)) = (preview_of.as_ref(), self.shared.previews()) {
+                let developed = f64::from(value) / f64::from(max);
+                self.send_preview(format, &node.id, value, frames, developed);
             }
             self.shared.emit(SimEvent::Step {
                 prompt_id: self.item.prompt_id.clone(),
@@ -444,9 +445,18 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    /// A binary `PREVIEW_IMAGE` frame: type 1, format 2 (PNG), then a small PNG of the first
-    /// image developing from grey as the steps go by.
-    fn send_preview(&self, frames: &Frames, developed: f64) {
+    /// A binary preview of the first image developing from grey as the steps go by: a type 4
+    /// frame (`PREVIEW_IMAGE_WITH_METADATA`: metadata length, JSON metadata naming prompt and
+    /// node, image) for a client that announced `supports_preview_metadata`, else type 1
+    /// (`PREVIEW_IMAGE`: image format 1 JPEG or 2 PNG, image).
+    fn send_preview(
+        &self,
+        format: PreviewFormat,
+        node: &str,
+        step: u32,
+        frames: &Frames,
+        developed: f64,
+    ) {
         let Some(client) = self.client.as_deref() else {
             return;
         };
@@ -459,15 +469,50 @@ impl<'a> Execution<'a> {
             top: Box::new(picture.clone()),
             amount: developed,
         };
-        match render::encode_png(w, h, &developing.render(w, h), &[]) {
-            Ok(png) => {
-                let mut frame = Vec::with_capacity(png.len() + 8);
-                frame.extend_from_slice(&1u32.to_be_bytes());
-                frame.extend_from_slice(&2u32.to_be_bytes());
-                frame.extend_from_slice(&png);
-                self.shared.hub.send_binary(client, frame);
+        let rgb = developing.render(w, h);
+        let (image, format_code, mime) = match format {
+            PreviewFormat::Png => match render::encode_png(w, h, &rgb, &[]) {
+                Ok(png) => (png, 2u32, "image/png"),
+                Err(e) => {
+                    log::warn!("comfyui-sim: encoding a preview failed: {e}");
+                    return;
+                }
+            },
+            PreviewFormat::Jpeg => {
+                let mean = rgb.iter().map(|&c| u64::from(c)).sum::<u64>() / rgb.len().max(1) as u64;
+                let size = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                (
+                    media::grey_jpeg(size(w), size(h), mean as u8),
+                    1,
+                    "image/jpeg",
+                )
             }
-            Err(e) => log::warn!("comfyui-sim: encoding a preview failed: {e}"),
+        };
+        let with_metadata = self.shared.hub.wants_preview_metadata(client);
+        let mut frame = Vec::with_capacity(image.len() + 256);
+        if with_metadata {
+            let metadata = json!({
+                "node_id": node, "prompt_id": self.prompt_id(), "display_node_id": node,
+                "parent_node_id": null, "real_node_id": node, "image_type": mime,
+            })
+            .to_string();
+            frame.extend_from_slice(&4u32.to_be_bytes());
+            frame.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
+            frame.extend_from_slice(metadata.as_bytes());
+        } else {
+            frame.extend_from_slice(&1u32.to_be_bytes());
+            frame.extend_from_slice(&format_code.to_be_bytes());
+        }
+        frame.extend_from_slice(&image);
+        let bytes = frame.len();
+        if self.shared.hub.send_preview(client, frame).is_some() {
+            self.shared.emit(SimEvent::PreviewSent {
+                prompt_id: self.item.prompt_id.clone(),
+                node: node.to_string(),
+                step,
+                with_metadata,
+                bytes,
+            });
         }
     }
 
@@ -518,8 +563,7 @@ impl<'a> Execution<'a> {
         let mut images = Vec::new();
         for (counter, png) in (first..).zip(pngs) {
             let name = format!("{filename}_{counter:05}_.png");
-            st.files
-                .insert(FileKey::new(kind, subfolder, &name), Arc::new(png));
+            st.store_file(FileKey::new(kind, subfolder, &name), FileData::Bytes(png));
             images.push(json!({"filename": name, "subfolder": subfolder, "type": kind}));
         }
         Ok(json!({ "images": images }))

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
-use super::{ComfySim, Failure, SimEvent, SimOptions};
+use super::{ComfySim, Failure, PreviewFormat, SimEvent, SimOptions};
 
 /// Long enough for any step of these tests on a loaded machine; only reached on failure.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -152,6 +152,30 @@ fn next_text(ws: &mut Socket) -> Value {
     }
 }
 
+/// Every text message already received, without waiting for more.
+fn drain(ws: &mut Socket) -> Vec<Value> {
+    ws.get_mut().set_nonblocking(true).expect("non-blocking");
+    let mut seen = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => seen.push(serde_json::from_str(&t).expect("JSON message")),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("the socket broke: {e}"),
+        }
+    }
+    ws.get_mut().set_nonblocking(false).expect("blocking again");
+    seen
+}
+
+/// A one-pixel image saved: the cheapest prompt, different for each `color`.
+fn tiny_graph(color: u32) -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1, "height": 1, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}}
+    })
+}
+
 /// Every text message up to and including `executing {node: null}` for `prompt_id`.
 fn read_prompt(ws: &mut Socket, prompt_id: &str) -> Vec<Value> {
     let mut seen = Vec::new();
@@ -240,7 +264,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     assert_eq!(answer["number"], 0);
     assert_eq!(answer["node_errors"], json!({}));
     let prompt_id = answer["prompt_id"].as_str().expect("prompt_id").to_string();
-    assert!(crate::ids::is_uuid(&prompt_id), "{prompt_id}");
+    assert!(super::ids::is_lowercase_uuid(&prompt_id), "{prompt_id}");
 
     let messages = read_prompt(&mut ws, &prompt_id);
     assert_eq!(
@@ -394,12 +418,16 @@ fn refused_prompts_carry_comfyui_error_bodies() {
     unknown["3"]["class_type"] = json!("KSamplerTurbo");
     let (status, body) = http.post_json("/prompt", &json!({"prompt": unknown}));
     assert_eq!(status, 400);
-    assert_eq!(body["error"]["type"], "invalid_prompt");
+    assert_eq!(body["error"]["type"], "missing_node_type");
     assert_eq!(
         body["error"]["message"],
-        "Cannot execute because node KSamplerTurbo does not exist."
+        "Node 'KSamplerTurbo' not found. The custom node may not be installed."
     );
     assert_eq!(body["error"]["details"], "Node ID '#3'");
+    assert_eq!(
+        body["error"]["extra_info"],
+        json!({"node_id": "3", "class_type": "KSamplerTurbo", "node_title": "KSamplerTurbo"})
+    );
     assert_eq!(body["node_errors"], json!({}));
 
     let (status, body) = http.post_json("/prompt", &json!({"client_id": "x"}));
@@ -449,9 +477,14 @@ fn refused_prompts_carry_comfyui_error_bodies() {
             .as_object()
             .is_some_and(|m| !m.is_empty())
     );
-    let (status, _) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": "mine-1"}));
+    let (status, body) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": "mine-1"}));
+    assert_eq!(status, 400, "a prompt_id of the client's must be a UUID");
+    assert_eq!(body["error"]["type"], "invalid_prompt");
+    let mine = "0b5e2a1c-7d4f-4e8a-9c3b-2f1e0d9c8b7a";
+    let (status, body) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": mine}));
     assert_eq!(status, 200, "only the next prompt is refused");
-    assert_eq!(finished(&events, "mine-1"), "success");
+    assert_eq!(body["prompt_id"], mine);
+    assert_eq!(finished(&events, mine), "success");
 }
 
 #[test]
@@ -647,7 +680,7 @@ fn execution_errors_name_the_node_and_reach_history() {
 }
 
 #[test]
-fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
+fn a_reconnecting_client_takes_its_id_over_and_learns_the_current_node() {
     let sim = start();
     let http = Http::new(&sim);
     let events = sim.events();
@@ -658,16 +691,11 @@ fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
 
     let mut new = connect(&sim, "r");
     let executing = next_text(&mut new);
-    assert_eq!(executing["type"], "executing");
-    assert_eq!(executing["data"]["node"], "3");
-    // The old socket ends without a close frame once the reconnect replaced it.
-    loop {
-        match old.read() {
-            Ok(Message::Close(_)) => panic!("the old socket got a close frame"),
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
+    assert_eq!(
+        executing,
+        json!({"type": "executing", "data": {"node": "3"}}),
+        "ComfyUI names only the node on reconnect, no prompt_id"
+    );
     let progress = loop {
         let msg = next_text(&mut new);
         if msg["type"] == "progress" {
@@ -679,17 +707,139 @@ fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
     let (status, _) = http.post_json("/interrupt", &json!({}));
     assert_eq!(status, 200);
     assert_eq!(finished(&events, &prompt_id), "interrupted");
+    // The old socket stays open, unregistered: nothing after the takeover reaches it.
+    let late = drain(&mut old);
+    assert!(
+        late.iter().all(|m| m["type"] != "execution_interrupted"),
+        "{late:?}"
+    );
+    let stats = sim.ws_stats();
+    assert_eq!((stats.accepted, stats.open, stats.registered), (3, 3, 2));
     // Only status broadcasts reached the other client while that prompt ran.
-    let own = http.queue(&json!({
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 1, "height": 1, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "w"}}
-    }), "watcher");
+    let own = http.queue(&tiny_graph(0), "watcher");
     let seen = read_prompt(&mut watcher, &own);
     assert!(
         seen.iter()
             .all(|m| m["type"] == "status" || m["data"]["prompt_id"] == own),
         "{seen:?}"
     );
+}
+
+#[test]
+fn closing_an_old_socket_unregisters_the_newer_one_with_the_same_id() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut old = connect(&sim, "same");
+    let mut new = connect(&sim, "same");
+    old.close(None).expect("a close frame");
+    while old.read().is_ok() {} // the simulator answers the close, then the socket ends
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::WsClosed { .. })),
+        SimEvent::WsClosed {
+            client_id: "same".into(),
+            removed_newer: true
+        }
+    );
+    let stats = sim.ws_stats();
+    assert_eq!((stats.open, stats.registered), (1, 0));
+
+    let prompt_id = http.queue(&tiny_graph(1), "same");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    assert_eq!(
+        drain(&mut new),
+        Vec::<Value>::new(),
+        "the newer socket lost its registration: no execution messages, no status"
+    );
+
+    // A socket under a fresh id is registered as usual and sees its prompt.
+    let mut fresh = connect(&sim, "fresh");
+    let prompt_id = http.queue(&tiny_graph(2), "fresh");
+    let seen = read_prompt(&mut fresh, &prompt_id);
+    assert!(seen.iter().any(|m| m["type"] == "execution_success"));
+    // A client that closes its only socket removes just its own registration.
+    fresh.close(None).expect("a close frame");
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::WsClosed { .. })),
+        SimEvent::WsClosed {
+            client_id: "fresh".into(),
+            removed_newer: false
+        }
+    );
+}
+
+#[test]
+fn status_goes_to_every_socket_on_each_queue_change_and_is_counted() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut sockets: Vec<Socket> = (0..3).map(|i| connect(&sim, &format!("s{i}"))).collect();
+    let greeted = sim.ws_stats();
+    assert_eq!((greeted.accepted, greeted.open), (3, 3));
+    assert_eq!(greeted.status_sent, 3, "one greeting each");
+
+    sim.pause();
+    let a = http.queue(&tiny_graph(1), "s0");
+    let b = http.queue(&tiny_graph(2), "s0");
+    sim.resume();
+    assert_eq!(finished(&events, &a), "success");
+    assert_eq!(finished(&events, &b), "success");
+    // Queued twice, then each prompt started and finished: six queue changes, to 3 sockets.
+    assert_eq!(sim.ws_stats().status_sent, 3 + 6 * 3);
+    for socket in &mut sockets[1..] {
+        let remaining: Vec<u64> = (0..6)
+            .map(|_| {
+                let msg = next_text(socket);
+                assert_eq!(msg["type"], "status", "{msg}");
+                assert!(msg["data"].get("sid").is_none(), "broadcasts name no sid");
+                msg["data"]["status"]["exec_info"]["queue_remaining"]
+                    .as_u64()
+                    .expect("a count")
+            })
+            .collect();
+        assert_eq!(remaining, [1, 2, 2, 1, 1, 0]);
+        assert_eq!(drain(socket), Vec::<Value>::new(), "nothing but status");
+    }
+}
+
+#[test]
+fn a_thousand_prompts_queued_at_once_all_run() {
+    const PROMPTS: usize = 1000;
+    let sim = start_with(SimOptions {
+        step_delay: Duration::ZERO,
+        ..SimOptions::default()
+    });
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "batch");
+    // The client reads its socket all along, as a real one would.
+    let reader = std::thread::spawn(move || {
+        let mut ends = 0;
+        while ends < PROMPTS {
+            let msg = next_text(&mut ws);
+            if msg["type"] == "executing" && msg["data"]["node"].is_null() {
+                ends += 1;
+            }
+        }
+        ends
+    });
+    sim.pause();
+    let ids: Vec<String> = (0..PROMPTS)
+        .map(|i| http.queue(&tiny_graph(i as u32), "batch"))
+        .collect();
+    assert_eq!(
+        http.get_json("/prompt")["exec_info"]["queue_remaining"],
+        PROMPTS
+    );
+    sim.resume();
+    for id in &ids {
+        assert_eq!(finished(&events, id), "success");
+    }
+    assert_eq!(reader.join().expect("the reader ends"), PROMPTS);
+    let history = http.get_json(&format!("/history?max_items={PROMPTS}"));
+    assert_eq!(history.as_object().map(|m| m.len()), Some(PROMPTS));
+    // One socket: a greeting, then three queue changes per prompt.
+    assert_eq!(sim.ws_stats().status_sent, 1 + 3 * PROMPTS as u64);
 }
 
 #[test]
@@ -710,6 +860,74 @@ fn previews_arrive_as_binary_png_frames_when_enabled() {
     assert_eq!(&preview[..8], &[0, 0, 0, 1, 0, 0, 0, 2]);
     let (w, h, _, _) = inspect_png(&preview[8..]);
     assert_eq!((w, h), (8, 8));
+}
+
+#[test]
+fn a_client_announcing_preview_metadata_gets_type_4_frames_others_type_1() {
+    let sim = start_with(SimOptions {
+        step_delay: Duration::from_millis(1),
+        send_previews: true,
+        preview_format: PreviewFormat::Jpeg,
+        ..SimOptions::default()
+    });
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut rich = connect(&sim, "rich");
+    let flags = json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}});
+    rich.send(Message::text(flags.to_string()))
+        .expect("flags sent");
+    let answer = next_text(&mut rich);
+    assert_eq!(answer["type"], "feature_flags");
+    assert_eq!(answer["data"]["supports_preview_metadata"], true);
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::FeatureFlags { .. })),
+        SimEvent::FeatureFlags {
+            client_id: "rich".into(),
+            flags: json!({"supports_preview_metadata": true})
+        }
+    );
+
+    let prompt_id = http.queue(&txt2img(5, "preview", 64, 2), "rich");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut rich) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..4], &[0, 0, 0, 4]);
+    let length = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    let metadata: Value = serde_json::from_slice(&frame[8..8 + length]).expect("JSON metadata");
+    assert_eq!(
+        metadata,
+        json!({"node_id": "3", "prompt_id": prompt_id, "display_node_id": "3",
+               "parent_node_id": null, "real_node_id": "3", "image_type": "image/jpeg"})
+    );
+    assert_eq!(&frame[8 + length..8 + length + 3], &[0xFF, 0xD8, 0xFF]);
+    assert!(matches!(
+        wait_for(&events, |e| matches!(e, SimEvent::PreviewSent { .. })),
+        SimEvent::PreviewSent {
+            with_metadata: true,
+            step: 1,
+            ..
+        }
+    ));
+    assert_eq!(finished(&events, &prompt_id), "success");
+
+    let mut plain = connect(&sim, "plain");
+    let second = http.queue(&txt2img(6, "preview", 64, 2), "plain");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut plain) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..8], &[0, 0, 0, 1, 0, 0, 0, 1], "type 1, JPEG");
+    assert_eq!(&frame[8..11], &[0xFF, 0xD8, 0xFF]);
+    assert_eq!(finished(&events, &second), "success");
+
+    sim.set_previews(None);
+    let quiet = http.queue(&txt2img(7, "no preview", 64, 2), "plain");
+    let seen = read_prompt(&mut plain, &quiet);
+    assert!(seen.iter().any(|m| m["type"] == "progress"));
+    assert_eq!(sim.ws_stats().previews_sent, 4, "two steps each, then none");
 }
 
 #[test]

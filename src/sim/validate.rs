@@ -21,7 +21,9 @@ pub(crate) fn error_body(kind: &str, message: &str, details: &str, node_errors: 
 
 /// The 400 body for a graph that cannot be read at all.
 pub(crate) fn structure_error_body(err: &StructureError) -> Value {
-    error_body("invalid_prompt", &err.message, &err.details, json!({}))
+    let mut body = error_body(err.kind, &err.message, &err.details, json!({}));
+    body["error"]["extra_info"] = err.extra_info.clone();
+    body
 }
 
 /// What validation decided for a readable graph.
