@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::graph::{Node, as_link};
+use super::media;
 use super::render::{self, Frames, Picture};
 use super::state::FileData;
 use super::validate::{to_float, to_int, to_text};
@@ -14,13 +15,39 @@ use super::validate::{to_float, to_int, to_text};
 /// One output value of a node (ComfyUI's MODEL, CLIP, LATENT, IMAGE, ... objects).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum NodeValue {
-    Model { ckpt: String },
-    Clip { ckpt: String },
-    Vae { ckpt: String },
-    Conditioning { text: String },
+    Model {
+        ckpt: String,
+    },
+    Clip {
+        ckpt: String,
+    },
+    Vae {
+        ckpt: String,
+    },
+    Conditioning {
+        text: String,
+    },
     Latent(Frames),
     Image(Frames),
-    Mask { width: u32, height: u32 },
+    Mask {
+        width: u32,
+        height: u32,
+    },
+    /// Frames at a frame rate (ComfyUI's VIDEO).
+    Video {
+        frames: Frames,
+        fps: f64,
+    },
+    /// An audio latent: its length, and a hash of what the sampler made of it.
+    AudioLatent {
+        seconds: f64,
+        hash: u64,
+    },
+    /// Decoded audio (ComfyUI's AUDIO).
+    Audio {
+        seconds: f64,
+        hash: u64,
+    },
 }
 
 /// The outputs of an executed node, shared with the cache.
@@ -37,6 +64,38 @@ pub(crate) enum Computed {
         prefix: String,
         frames: Frames,
     },
+    /// An output node's video or audio file, ready to be stored.
+    Media(MediaSave),
+}
+
+/// One media file a save node writes, and how its UI output names it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MediaSave {
+    /// The UI output key: `images` (with `animated`), `gifs` or `audio`.
+    pub ui_key: &'static str,
+    /// `output` or `temp`.
+    pub folder: &'static str,
+    /// `filename_prefix`, maybe with subfolders.
+    pub prefix: String,
+    /// After the counter: `_` for ComfyUI's own savers (`x_00001_.mp4`), none for
+    /// VideoHelperSuite (`x_00001.mp4`).
+    pub counter_suffix: &'static str,
+    pub extension: &'static str,
+    /// Adds `"animated": [true]` next to `images`, as SaveVideo and SaveWEBM report.
+    pub animated: bool,
+    /// VideoHelperSuite's extra entry fields: `format` and `frame_rate`, plus the first frame
+    /// for the workflow PNG it saves next to the video.
+    pub vhs: Option<VhsExtras>,
+    pub data: FileData,
+}
+
+/// What VideoHelperSuite adds to its `gifs` entries.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VhsExtras {
+    pub format: String,
+    pub frame_rate: f64,
+    /// The first frame, saved as `{prefix}_{counter}.png` with the workflow in it.
+    pub first_frame: Frames,
 }
 
 /// A node failure as ComfyUI reports it: a Python exception type and message.
@@ -95,6 +154,39 @@ impl Inputs<'_> {
         to_float(self.raw(name)?).map_err(|m| NodeFailure::new("ValueError", m))
     }
 
+    /// An optional integer input, `default` when left out.
+    fn optional_int(&self, name: &str, default: i128) -> Result<i128, NodeFailure> {
+        match self.node.inputs.get(name) {
+            None => Ok(default),
+            Some(_) => self.int(name),
+        }
+    }
+
+    /// The simulator's `megabytes` input: the total file size asked for, if any.
+    fn padded_size(&self) -> Result<Option<u64>, NodeFailure> {
+        let mb = self.optional_int("megabytes", 0)?;
+        Ok((mb > 0).then(|| mb.clamp(0, 4000) as u64 * 1024 * 1024))
+    }
+
+    /// Python's `bool()` of a widget value.
+    fn boolean(&self, name: &str) -> Result<bool, NodeFailure> {
+        Ok(match self.raw(name)? {
+            Value::Bool(b) => *b,
+            Value::Null => false,
+            Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        })
+    }
+
+    fn audio(&self, name: &str) -> Result<(f64, u64), NodeFailure> {
+        match self.link(name)? {
+            NodeValue::Audio { seconds, hash } => Ok((*seconds, *hash)),
+            other => Err(mismatch(name, other)),
+        }
+    }
+
     fn text(&self, name: &str) -> Result<String, NodeFailure> {
         to_text(self.raw(name)?).map_err(|m| NodeFailure::new("TypeError", m))
     }
@@ -149,7 +241,33 @@ pub(crate) fn compute(
                 pictures: vec![Picture::Blank; batch],
             })]
         }
-        "KSampler" => vec![NodeValue::Latent(sample(inputs)?)],
+        "KSampler" => match inputs.link("latent_image")? {
+            NodeValue::AudioLatent { seconds, .. } => {
+                let seconds = *seconds;
+                let hash = sampled_hash(inputs, 0)?;
+                vec![NodeValue::AudioLatent { seconds, hash }]
+            }
+            _ => vec![NodeValue::Latent(sample(inputs)?)],
+        },
+        "EmptyLatentAudio" => vec![NodeValue::AudioLatent {
+            seconds: inputs.float("seconds")?,
+            hash: 0,
+        }],
+        "VAEDecodeAudio" => match inputs.link("samples")? {
+            NodeValue::AudioLatent { seconds, hash } => vec![NodeValue::Audio {
+                seconds: *seconds,
+                hash: *hash,
+            }],
+            other => return Err(mismatch("samples", other)),
+        },
+        "CreateVideo" => vec![NodeValue::Video {
+            frames: inputs.frames("images")?,
+            fps: inputs.float("fps")?,
+        }],
+        "SaveVideo" | "SaveWEBM" | "VHS_VideoCombine" => return save_video(inputs),
+        "SaveAudio" | "SaveAudioMP3" | "SaveAudioOpus" | "SaveAudioWAV" => {
+            return save_audio(inputs);
+        }
         "VAEDecode" => vec![NodeValue::Image(inputs.frames("samples")?)],
         "VAEEncode" => {
             let mut frames = inputs.frames("pixels")?;
@@ -200,39 +318,137 @@ pub(crate) fn compute(
     Ok(Computed::Values(values))
 }
 
-/// KSampler: each batch item becomes a pattern coloured by seed, prompts and batch index;
-/// with `denoise` below 1 an input image shows through (img2img).
-fn sample(inputs: &Inputs<'_>) -> Result<Frames, NodeFailure> {
+/// The video savers: SaveVideo (an MP4 from a VIDEO), SaveWEBM (images at a frame rate),
+/// VideoHelperSuite's VHS_VideoCombine (GIF, WebM or MP4 by `format`).
+fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
+    let total = inputs.padded_size()?;
+    let prefix = inputs.text("filename_prefix")?;
+    let core = |extension, data| MediaSave {
+        ui_key: "images",
+        folder: "output",
+        prefix: prefix.clone(),
+        counter_suffix: "_",
+        extension,
+        animated: true,
+        vhs: None,
+        data,
+    };
+    let save = match inputs.node.class.name {
+        "SaveVideo" => {
+            let (frames, fps) = match inputs.link("video")? {
+                NodeValue::Video { frames, fps } => (frames, *fps),
+                other => return Err(mismatch("video", other)),
+            };
+            let data = media::mp4(
+                frames.width,
+                frames.height,
+                frames.pictures.len(),
+                fps,
+                false,
+                total,
+            );
+            core("mp4", data)
+        }
+        "SaveWEBM" => {
+            let frames = inputs.frames("images")?;
+            let data = media::webm(frames.width, frames.height, frames.pictures.len(), total);
+            core("webm", data)
+        }
+        _ => {
+            let frames = inputs.frames("images")?;
+            let frame_rate = inputs.float("frame_rate")?;
+            let format = inputs.text("format")?;
+            let (w, h, n) = (frames.width, frames.height, frames.pictures.len());
+            let (extension, data) = match format.as_str() {
+                "image/gif" => ("gif", media::gif(&frames, frame_rate, total)),
+                "video/webm" => ("webm", media::webm(w, h, n, total)),
+                "video/h265-mp4" => ("mp4", media::mp4(w, h, n, frame_rate, true, total)),
+                _ => ("mp4", media::mp4(w, h, n, frame_rate, false, total)),
+            };
+            let first_frame = Frames {
+                pictures: frames.pictures.iter().take(1).cloned().collect(),
+                ..frames
+            };
+            MediaSave {
+                ui_key: "gifs",
+                folder: if inputs.boolean("save_output")? {
+                    "output"
+                } else {
+                    "temp"
+                },
+                prefix,
+                counter_suffix: "",
+                extension,
+                animated: false,
+                vhs: Some(VhsExtras {
+                    format,
+                    frame_rate,
+                    first_frame,
+                }),
+                data,
+            }
+        }
+    };
+    Ok(Computed::Media(save))
+}
+
+/// The audio savers: FLAC, MP3, Opus, and the simulator's WAV.
+fn save_audio(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
+    let (seconds, hash) = inputs.audio("audio")?;
+    let total = inputs.padded_size()?;
+    let (extension, data) = match inputs.node.class.name {
+        "SaveAudioMP3" => ("mp3", media::mp3(seconds, total)),
+        "SaveAudioOpus" => ("opus", media::opus(seconds, hash, total)),
+        "SaveAudioWAV" => ("wav", media::wav(seconds, hash, total)),
+        _ => ("flac", media::flac(seconds, hash, total)),
+    };
+    Ok(Computed::Media(MediaSave {
+        ui_key: "audio",
+        folder: "output",
+        prefix: inputs.text("filename_prefix")?,
+        counter_suffix: "_",
+        extension,
+        animated: false,
+        vhs: None,
+        data,
+    }))
+}
+
+/// What a sampler makes of batch item `index`: a hash of seed, prompts and index.
+fn sampled_hash(inputs: &Inputs<'_>, index: u64) -> Result<u64, NodeFailure> {
     let seed = u64::try_from(inputs.int("seed")?)
         .map_err(|_| NodeFailure::new("ValueError", "seed must be between 0 and 2^64-1"))?;
     let positive = inputs.conditioning("positive")?;
     let negative = inputs.conditioning("negative")?;
+    Ok(render::stable_hash(&[
+        &seed.to_le_bytes(),
+        positive.as_bytes(),
+        negative.as_bytes(),
+        &index.to_le_bytes(),
+    ]))
+}
+
+/// KSampler: each batch item becomes a pattern coloured by seed, prompts and batch index;
+/// with `denoise` below 1 an input image shows through (img2img).
+fn sample(inputs: &Inputs<'_>) -> Result<Frames, NodeFailure> {
     let denoise = inputs.float("denoise")?;
     let mut frames = inputs.frames("latent_image")?;
-    frames.pictures = frames
-        .pictures
-        .into_iter()
-        .enumerate()
-        .map(|(i, base)| {
-            let index = (i as u64).to_le_bytes();
-            let hash = render::stable_hash(&[
-                &seed.to_le_bytes(),
-                positive.as_bytes(),
-                negative.as_bytes(),
-                &index,
-            ]);
-            let top = Picture::Pattern { hash };
-            if base == Picture::Blank || denoise >= 1.0 {
-                top
-            } else {
-                Picture::Blend {
-                    base: Box::new(base),
-                    top: Box::new(top),
-                    amount: denoise,
-                }
+    let mut pictures = Vec::with_capacity(frames.pictures.len());
+    for (i, base) in frames.pictures.into_iter().enumerate() {
+        let top = Picture::Pattern {
+            hash: sampled_hash(inputs, i as u64)?,
+        };
+        pictures.push(if base == Picture::Blank || denoise >= 1.0 {
+            top
+        } else {
+            Picture::Blend {
+                base: Box::new(base),
+                top: Box::new(top),
+                amount: denoise,
             }
-        })
-        .collect();
+        });
+    }
+    frames.pictures = pictures;
     Ok(frames)
 }
 

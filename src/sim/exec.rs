@@ -3,10 +3,11 @@
 //!
 //! Message order per prompt (status broadcasts interleave):
 //! `execution_start`, `execution_cached`, then per node `executing`, `progress_state`,
-//! `progress` (samplers, once a step), `executed` (output nodes; cached output nodes get only
-//! this), then `execution_success` | `execution_error` | `execution_interrupted`, `status`, and
-//! `executing {node: null}`. History is written before the final message goes out, so a client
-//! reacting to it always finds the entry.
+//! `progress` (samplers, once a step, then a binary preview when previews are on), `executed`
+//! (output nodes; cached output nodes get only this), then `execution_success` |
+//! `execution_error` | `execution_interrupted` and `executing {node: null}`; only then is the
+//! history entry written and `status` broadcast, as in today's ComfyUI: a client that reads
+//! `/history` on the final message may have to ask again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -15,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::compute::{self, Computed, Inputs, NodeFailure, NodeValue, Outputs};
+use super::compute::{self, Computed, Inputs, MediaSave, NodeFailure, NodeValue, Outputs};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
 use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
@@ -296,6 +297,33 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
+    /// The state once history may be written: after the history delay, and not while a test
+    /// holds history back.
+    fn history_released(&self) -> Result<MutexGuard<'a, SimState>, Halt> {
+        let deadline = Instant::now() + self.shared.history_delay();
+        let mut st = self.live_state()?;
+        loop {
+            if st.generation != self.generation {
+                return Err(Halt::Crashed);
+            }
+            let now = Instant::now();
+            if !st.history_held && now >= deadline {
+                return Ok(st);
+            }
+            let wait = if now < deadline {
+                deadline - now
+            } else {
+                std::time::Duration::from_secs(1)
+            };
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, wait)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+    }
+
     /// Waits one sampler step, waking early for an interrupt or a crash.
     fn wait_step(&self, node: &str) -> Result<(), Halt> {
         let deadline = Instant::now() + self.shared.step_delay();
@@ -373,6 +401,7 @@ impl<'a> Execution<'a> {
                 let ui = self.save_images(id, kind, &prefix, &frames)?;
                 (Vec::new(), Some(ui))
             }
+            Computed::Media(save) => (Vec::new(), Some(self.save_media(id, save)?)),
         };
         let outputs = Arc::new(outputs);
         if let Some(ui) = &ui {
@@ -410,7 +439,7 @@ impl<'a> Execution<'a> {
                 Some(NodeValue::Latent(frames)) => Some(frames.clone()),
                 _ => None,
             },
-            Computed::Save { .. } => None,
+            Computed::Save { .. } | Computed::Media(_) => None,
         };
         for value in 1..=max {
             self.wait_step(&node.id)?;
@@ -569,6 +598,58 @@ impl<'a> Execution<'a> {
         Ok(json!({ "images": images }))
     }
 
+    /// Stores a video or audio file as `{prefix}_{counter:05}{suffix}.{ext}` (and, for
+    /// VideoHelperSuite, its workflow PNG), returning the UI output that names it.
+    fn save_media(&self, id: &str, save: MediaSave) -> Result<Value, Halt> {
+        let (subfolder, filename) = save.prefix.rsplit_once('/').unwrap_or(("", &save.prefix));
+        let workflow_png = match &save.vhs {
+            Some(vhs) => {
+                let frames = &vhs.first_frame;
+                let picture = frames.pictures.first().cloned().unwrap_or(Picture::Blank);
+                let rgb = picture.render(frames.width, frames.height);
+                let png = render::encode_png(frames.width, frames.height, &rgb, &self.png_texts())
+                    .map_err(|e| Halt::Failed {
+                        node: id.into(),
+                        failure: NodeFailure {
+                            exception_type: "OSError".into(),
+                            message: format!("cannot write PNG: {e}"),
+                        },
+                    })?;
+                Some(png)
+            }
+            None => None,
+        };
+        let mut st = self.live_state()?;
+        let counter = st.next_counter(save.folder, subfolder, filename);
+        let name = format!(
+            "{filename}_{counter:05}{}.{}",
+            save.counter_suffix, save.extension
+        );
+        let mut entry = json!({"filename": name, "subfolder": subfolder, "type": save.folder});
+        if let (Some(vhs), Some(png)) = (&save.vhs, workflow_png) {
+            let png_name = format!("{filename}_{counter:05}.png");
+            st.store_file(
+                FileKey::new(save.folder, subfolder, &png_name),
+                FileData::Bytes(png),
+            );
+            let folder_path = if subfolder.is_empty() {
+                save.folder.to_string()
+            } else {
+                format!("{}/{subfolder}", save.folder)
+            };
+            entry["format"] = json!(vhs.format);
+            entry["frame_rate"] = json!(vhs.frame_rate);
+            entry["workflow"] = json!(png_name);
+            entry["fullpath"] = json!(format!("/comfyui/{folder_path}/{name}"));
+        }
+        st.store_file(FileKey::new(save.folder, subfolder, &name), save.data);
+        let mut ui = json!({ save.ui_key: [entry] });
+        if save.animated {
+            ui["animated"] = json!([true]);
+        }
+        Ok(ui)
+    }
+
     /// `tEXt` chunks: `prompt` (the API graph), `workflow` (the UI graph the client passed in
     /// `extra_data.extra_pnginfo`, else a small stand-in), and any other `extra_pnginfo` keys.
     fn png_texts(&self) -> Vec<(String, String)> {
@@ -650,7 +731,9 @@ impl<'a> Execution<'a> {
         self.finish("execution_interrupted", data, "interrupted");
     }
 
-    /// Records history, then sends the final message, `status` and `executing {node: null}`.
+    /// Sends the final message and `executing {node: null}`, then (after any history delay or
+    /// hold) writes the history entry, frees the queue and broadcasts `status`: like ComfyUI,
+    /// whose clients may ask `/history` before the entry is there.
     fn finish(&mut self, kind: &str, data: Value, outcome: &str) {
         self.messages.push(json!([kind, data]));
         let success = outcome == "success";
@@ -676,15 +759,24 @@ impl<'a> Execution<'a> {
             let Ok(mut st) = self.live_state() else {
                 return;
             };
-            st.add_history(self.item.prompt_id.clone(), entry);
-            st.running = None;
+            if let Some(running) = st.running.as_mut() {
+                running.node = None;
+            }
         }
         self.send(kind, data);
-        self.shared.broadcast_status();
         self.send(
             "executing",
             json!({"node": null, "prompt_id": self.prompt_id()}),
         );
+        {
+            let Ok(mut st) = self.history_released() else {
+                return;
+            };
+            st.add_history(self.item.prompt_id.clone(), entry);
+            st.running = None;
+        }
+        self.shared.wake.notify_all();
+        self.shared.broadcast_status();
         self.shared.emit(SimEvent::Finished {
             prompt_id: self.item.prompt_id.clone(),
             outcome: outcome.into(),

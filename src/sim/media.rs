@@ -1,6 +1,3 @@
-// The savers that use most of this arrive with their node classes in the next commit.
-#![cfg_attr(not(test), allow(dead_code))]
-
 //! Small but valid-looking media files for the simulated save nodes: real container headers
 //! (an MP4 `ftyp`/`moov`/`mdat`, a WebM EBML header, GIF89a with real LZW-coded pixels,
 //! RIFF/WAVE, `fLaC` with its STREAMINFO, MP3 frames, Ogg Opus pages) so that content sniffing

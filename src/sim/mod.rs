@@ -80,6 +80,9 @@ pub struct SimOptions {
     pub send_previews: bool,
     /// The image format of previews.
     pub preview_format: PreviewFormat,
+    /// How long after a prompt's final messages its history entry is written (ComfyUI writes
+    /// it after sending them; zero still leaves a short window).
+    pub history_delay: Duration,
 }
 
 /// The image format of sampler previews, as ComfyUI's `--preview-method` would produce them.
@@ -101,6 +104,7 @@ impl Default for SimOptions {
             step_delay: Duration::from_millis(20),
             send_previews: false,
             preview_format: PreviewFormat::Png,
+            history_delay: Duration::ZERO,
         }
     }
 }
@@ -159,8 +163,9 @@ pub enum SimEvent {
         max: u32,
         at: Instant,
     },
-    /// A prompt ended and its final `executing {node: null}` was written; `outcome` is
-    /// `"success"`, `"error"` or `"interrupted"`. Not sent for prompts lost in a crash.
+    /// A prompt ended: its final messages were written, then its history entry, and `status`
+    /// was broadcast; `outcome` is `"success"`, `"error"` or `"interrupted"`. Not sent for
+    /// prompts lost in a crash.
     Finished { prompt_id: String, outcome: String },
     /// A sampler step's binary preview frame was written: type 4 (`with_metadata`) or type 1.
     PreviewSent {
@@ -239,6 +244,7 @@ impl ComfySim {
         let shared = Arc::new(Shared {
             addr,
             previews: Mutex::new(opts.send_previews.then_some(opts.preview_format)),
+            history_delay: opts.history_delay,
             step_delay: Mutex::new(opts.step_delay),
             state: Mutex::new(SimState::new()),
             wake: Condvar::new(),
@@ -316,6 +322,14 @@ impl ComfySim {
     /// A prompt already running continues.
     pub fn pause(&self) {
         self.shared.state().paused = true;
+    }
+
+    /// Holds back (`true`) or lets through (`false`) the history entries of prompts that have
+    /// sent their final messages: meanwhile `/history/{id}` answers `{}`, `/queue` still shows
+    /// the prompt running and the next one waits, and [`SimEvent::Finished`] is not sent yet.
+    pub fn hold_history(&self, held: bool) {
+        self.shared.state().history_held = held;
+        self.shared.wake.notify_all();
     }
 
     /// Lets queued prompts run again.
@@ -432,6 +446,7 @@ pub(crate) struct Shared {
     addr: SocketAddr,
     /// The preview format while previews are on.
     previews: Mutex<Option<PreviewFormat>>,
+    history_delay: Duration,
     step_delay: Mutex<Duration>,
     state: Mutex<SimState>,
     /// Signalled on every change the worker may wait for: queue, pause, interrupt, crash.
@@ -455,6 +470,10 @@ impl Shared {
 
     fn record(&self, request: RecordedRequest) {
         lock(&self.requests).push(request);
+    }
+
+    fn history_delay(&self) -> Duration {
+        self.history_delay
     }
 
     fn previews(&self) -> Option<PreviewFormat> {

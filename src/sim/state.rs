@@ -156,6 +156,8 @@ pub(crate) struct SimState {
     pub exec_failure: Option<Failure>,
     /// Test control: refuse the next `/prompt` with node errors.
     pub reject_next: bool,
+    /// Test control: finished prompts wait before their history entry is written.
+    pub history_held: bool,
     /// Waiting prompts by number: the order ComfyUI runs them in.
     pub pending: BTreeMap<i64, QueueItem>,
     pub running: Option<Running>,
@@ -182,6 +184,7 @@ impl SimState {
             interrupt: false,
             exec_failure: None,
             reject_next: false,
+            history_held: false,
             pending: BTreeMap::new(),
             running: None,
             cache: HashMap::new(),

@@ -256,6 +256,7 @@ fn inspect_png(bytes: &[u8]) -> (u32, u32, Vec<(String, String)>, Vec<u8>) {
 fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     let sim = start();
     let http = Http::new(&sim);
+    let events = sim.events();
     let mut ws = connect(&sim, "alice");
     let graph = txt2img(u64::MAX, "a lighthouse at dusk", 64, 2);
     let (status, answer) =
@@ -302,6 +303,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     );
     assert!(messages.iter().any(|m| m["type"] == "progress_state"));
 
+    assert_eq!(finished(&events, &prompt_id), "success");
     let history = http.get_json(&format!("/history/{prompt_id}"));
     let entry = &history[&prompt_id];
     assert_eq!(entry["prompt"][1], prompt_id);
@@ -356,6 +358,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
 fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() {
     let sim = start();
     let http = Http::new(&sim);
+    let events = sim.events();
     let mut ws = connect(&sim, "c");
     let graph = txt2img(7, "cached", 32, 1);
     let first = http.queue(&graph, "c");
@@ -363,6 +366,7 @@ fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() 
 
     let again = http.queue(&graph, "c");
     let messages = read_prompt(&mut ws, &again);
+    assert_eq!(finished(&events, &again), "success");
     assert_eq!(
         outline(&messages),
         [
@@ -394,6 +398,7 @@ fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() 
         .find(|m| m["type"] == "execution_cached")
         .expect("cached");
     assert_eq!(cached["data"]["nodes"], json!(["4", "5", "6", "7"]));
+    assert_eq!(finished(&events, &other_seed), "success");
     let history = http.get_json(&format!("/history/{other_seed}"));
     assert_eq!(
         history[&other_seed]["outputs"]["9"]["images"][0]["filename"],
@@ -821,7 +826,7 @@ fn a_thousand_prompts_queued_at_once_all_run() {
                 ends += 1;
             }
         }
-        ends
+        (ends, ws) // still open: status after the last prompt goes to it too
     });
     sim.pause();
     let ids: Vec<String> = (0..PROMPTS)
@@ -835,7 +840,8 @@ fn a_thousand_prompts_queued_at_once_all_run() {
     for id in &ids {
         assert_eq!(finished(&events, id), "success");
     }
-    assert_eq!(reader.join().expect("the reader ends"), PROMPTS);
+    let (ends, _ws) = reader.join().expect("the reader ends");
+    assert_eq!(ends, PROMPTS);
     let history = http.get_json(&format!("/history?max_items={PROMPTS}"));
     assert_eq!(history.as_object().map(|m| m.len()), Some(PROMPTS));
     // One socket: a greeting, then three queue changes per prompt.
@@ -1029,4 +1035,231 @@ fn dropping_the_simulator_frees_its_port_even_with_a_socket_open() {
     assert!(ws.read().is_err(), "the socket ended");
     let refused = TcpStream::connect(addr).expect_err("nothing listens after shutdown");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+}
+
+/// The bytes and content type `/view` serves for one output entry.
+fn view_entry(http: &Http, entry: &Value) -> (String, Vec<u8>) {
+    let path = format!(
+        "/view?filename={}&subfolder={}&type={}",
+        entry["filename"].as_str().expect("filename"),
+        entry["subfolder"].as_str().expect("subfolder"),
+        entry["type"].as_str().expect("type"),
+    );
+    let (status, content_type, bytes) = http.get(&path);
+    assert_eq!(status, 200, "{path}");
+    (content_type, bytes)
+}
+
+#[test]
+fn video_audio_and_gif_outputs_are_reported_and_served_like_comfyui() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 3, "color": 0x336699}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8}},
+        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "video/ComfyUI",
+              "format": "auto", "codec": "auto"}},
+        "4": {"class_type": "SaveWEBM", "inputs": {"images": ["1", 0], "filename_prefix": "ComfyUI",
+              "codec": "vp9", "fps": 24, "crf": 32}},
+        "5": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["1", 0], "frame_rate": 8,
+              "loop_count": 0, "filename_prefix": "AnimateDiff", "format": "image/gif",
+              "pingpong": false, "save_output": true}},
+        "6": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["1", 0], "frame_rate": 12,
+              "loop_count": 0, "filename_prefix": "clip", "format": "video/h264-mp4",
+              "pingpong": false, "save_output": false}},
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"text": "rain on a tin roof", "clip": ["10", 1]}},
+        "12": {"class_type": "EmptyLatentAudio", "inputs": {"seconds": 1.5, "batch_size": 1}},
+        "13": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["11", 0],
+              "negative": ["11", 0], "latent_image": ["12", 0], "seed": 4, "steps": 2, "cfg": 7,
+              "sampler_name": "euler", "scheduler": "normal", "denoise": 1}},
+        "14": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["13", 0], "vae": ["10", 2]}},
+        "15": {"class_type": "SaveAudio", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}},
+        "16": {"class_type": "SaveAudioMP3", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "V0"}},
+        "17": {"class_type": "SaveAudioOpus", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "128k"}},
+        "18": {"class_type": "SaveAudioWAV", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}}
+    });
+    let prompt_id = http.queue(&graph, "nobody");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let outputs = &history[&prompt_id]["outputs"];
+
+    assert_eq!(
+        outputs["3"],
+        json!({"images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video", "type": "output"}],
+               "animated": [true]})
+    );
+    let (content_type, mp4) = view_entry(&http, &outputs["3"]["images"][0]);
+    assert_eq!(content_type, "video/mp4");
+    assert_eq!(&mp4[4..12], b"ftypisom");
+    assert_eq!(outputs["4"]["animated"], json!([true]));
+    let (content_type, webm) = view_entry(&http, &outputs["4"]["images"][0]);
+    assert_eq!(
+        (content_type.as_str(), &webm[..4]),
+        ("video/webm", &[0x1A, 0x45, 0xDF, 0xA3][..])
+    );
+
+    let gif = &outputs["5"]["gifs"][0];
+    assert_eq!(
+        *gif,
+        json!({"filename": "AnimateDiff_00001.gif", "subfolder": "", "type": "output",
+               "format": "image/gif", "frame_rate": 8.0, "workflow": "AnimateDiff_00001.png",
+               "fullpath": "/comfyui/output/AnimateDiff_00001.gif"})
+    );
+    let (content_type, gif_bytes) = view_entry(&http, gif);
+    assert_eq!(
+        (content_type.as_str(), &gif_bytes[..6]),
+        ("image/gif", &b"GIF89a"[..])
+    );
+    let (_, workflow) = view_entry(
+        &http,
+        &json!({"filename": "AnimateDiff_00001.png", "subfolder": "", "type": "output"}),
+    );
+    let (_, _, texts, _) = inspect_png(&workflow);
+    assert!(
+        texts.iter().any(|(k, _)| k == "workflow"),
+        "VideoHelperSuite's PNG carries the workflow"
+    );
+    let temp = &outputs["6"]["gifs"][0];
+    assert_eq!(
+        (temp["filename"].as_str(), temp["type"].as_str()),
+        (Some("clip_00001.mp4"), Some("temp"))
+    );
+    assert_eq!(view_entry(&http, temp).0, "video/mp4");
+
+    let audio: Vec<(String, Vec<u8>)> = ["15", "16", "17", "18"]
+        .iter()
+        .map(|id| {
+            let entry = &outputs[*id]["audio"][0];
+            assert_eq!(
+                (entry["subfolder"].as_str(), entry["type"].as_str()),
+                (Some("audio"), Some("output"))
+            );
+            view_entry(&http, entry)
+        })
+        .collect();
+    assert_eq!(audio[0].0, "audio/flac");
+    assert_eq!(&audio[0].1[..4], b"fLaC");
+    assert_eq!(audio[1].0, "audio/mpeg");
+    assert_eq!(&audio[1].1[..3], b"ID3");
+    assert_eq!(audio[2].0, "audio/opus");
+    assert_eq!(&audio[2].1[..4], b"OggS");
+    assert_eq!(audio[3].0, "audio/x-wav");
+    assert_eq!(
+        (&audio[3].1[..4], &audio[3].1[8..12]),
+        (&b"RIFF"[..], &b"WAVE"[..])
+    );
+    let names: Vec<&str> = ["15", "16", "17", "18"]
+        .iter()
+        .filter_map(|id| outputs[*id]["audio"][0]["filename"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ComfyUI_00001_.flac",
+            "ComfyUI_00002_.mp3",
+            "ComfyUI_00003_.opus",
+            "ComfyUI_00004_.wav"
+        ],
+        "one counter per folder and prefix, whatever the extension"
+    );
+}
+
+#[test]
+fn a_large_video_is_streamed_at_the_size_asked_for() {
+    const MEGABYTES: u64 = 24;
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 2, "color": 0}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24}},
+        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "big",
+              "format": "mp4", "codec": "h264", "megabytes": MEGABYTES}}
+    });
+    let prompt_id = http.queue(&graph, "nobody");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let mut response = http
+        .agent
+        .get(format!(
+            "{}/view?filename=big_00001_.mp4&type=output",
+            http.base
+        ))
+        .call()
+        .expect("GET answered");
+    let length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(length, Some((MEGABYTES * 1024 * 1024).to_string()));
+    let mut reader = response.body_mut().as_reader();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut reader, &mut head).expect("the header");
+    assert_eq!(&head[4..], b"ftypisom");
+    let rest = std::io::copy(&mut reader, &mut std::io::sink()).expect("the whole body");
+    assert_eq!(rest + 12, MEGABYTES * 1024 * 1024);
+}
+
+#[test]
+fn a_graph_with_one_broken_output_runs_the_others_and_names_it() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut graph = txt2img(3, "partial", 16, 1);
+    graph["20"] = json!({"class_type": "SaveVideo", "inputs": {"filename_prefix": "video/x",
+        "format": "auto", "codec": "auto"}});
+    let (status, answer) = http.post_json("/prompt", &json!({"prompt": graph, "client_id": "p"}));
+    assert_eq!(status, 200, "{answer}");
+    let prompt_id = answer["prompt_id"]
+        .as_str()
+        .expect("a prompt id")
+        .to_string();
+    assert_eq!(answer["number"], 0);
+    assert_eq!(
+        answer["node_errors"],
+        json!({"20": {"errors": [{"type": "required_input_missing", "message": "Required input is missing",
+                                  "details": "video", "extra_info": {"input_name": "video"}}],
+                      "dependent_outputs": ["20"], "class_type": "SaveVideo"}})
+    );
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let entry = &history[&prompt_id];
+    assert_eq!(
+        entry["prompt"][4],
+        json!(["9"]),
+        "only the valid output runs"
+    );
+    let ran: Vec<&String> = entry["outputs"]
+        .as_object()
+        .expect("outputs")
+        .keys()
+        .collect();
+    assert_eq!(ran, ["9"]);
+}
+
+#[test]
+fn execution_success_is_sent_before_history_is_written() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "h");
+    sim.hold_history(true);
+    let prompt_id = http.queue(&tiny_graph(9), "h");
+    let messages = read_prompt(&mut ws, &prompt_id);
+    assert!(messages.iter().any(|m| m["type"] == "execution_success"));
+    assert_eq!(
+        http.get_json(&format!("/history/{prompt_id}")),
+        json!({}),
+        "the final messages went out before the history entry was written"
+    );
+    assert_eq!(http.get_json("/queue")["queue_running"][0][1], prompt_id);
+    sim.hold_history(false);
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    assert_eq!(history[&prompt_id]["status"]["status_str"], "success");
+    // ...and status told everyone the queue is empty only then.
+    let status = next_text(&mut ws);
+    assert_eq!(status["data"]["status"]["exec_info"]["queue_remaining"], 0);
 }
