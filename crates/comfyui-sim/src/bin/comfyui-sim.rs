@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use comfyui_gateway::sim::{ComfySim, PreviewFormat, SimEvent, SimOptions};
+use comfyui_sim::{ComfySim, PreviewFormat, SimEvent, SimOptions};
 
 /// How long a crashed simulator stays down before it restarts (empty, like a restarted ComfyUI).
 const RESTART_AFTER: Duration = Duration::from_secs(3);

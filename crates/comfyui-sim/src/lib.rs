@@ -11,7 +11,7 @@
 //! queue, [`ComfySim::crash`] and [`ComfySim::restart`] imitate the process dying and coming back.
 //!
 //! ```no_run
-//! use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+//! use comfyui_sim::{ComfySim, SimEvent, SimOptions};
 //!
 //! let sim = ComfySim::start(SimOptions::default()).expect("port 0 is always free");
 //! let events = sim.events();
