@@ -8,13 +8,14 @@
 //!                      {"failure": "close_socket_at", "step": 5}   websockets drop, the prompt goes on
 //!                      {"failure": "validation_error"}             the next /prompt is refused
 //! POST /sim/step_ms    {"ms": 500}                                 slower (or faster) sampler steps
+//! POST /sim/previews   {"format": "jpeg"}                          sampler previews on ("png", "jpeg") or off (null)
 //! ```
 
 use serde_json::{Value, json};
 use std::time::Duration;
 
 use super::http::Reply;
-use super::{Failure, Shared, lock};
+use super::{Failure, PreviewFormat, Shared, lock};
 
 /// Answers a `/sim/...` request, or `None` when the path is not one of them.
 pub(super) fn route(shared: &Shared, path: &str, body: &[u8]) -> Option<Reply> {
@@ -39,9 +40,26 @@ pub(super) fn route(shared: &Shared, path: &str, body: &[u8]) -> Option<Reply> {
             }
             None => Reply::json(400, &json!({ "error": "expected {\"ms\": N}" })),
         },
+        "/sim/previews" => match request["format"].as_str() {
+            Some("png") => set_previews(shared, Some(PreviewFormat::Png)),
+            Some("jpeg") => set_previews(shared, Some(PreviewFormat::Jpeg)),
+            None if request["format"].is_null() => set_previews(shared, None),
+            _ => Reply::json(
+                400,
+                &json!({ "error": "expected {\"format\": \"png\" | \"jpeg\" | null}" }),
+            ),
+        },
         _ => return None,
     };
     Some(reply)
+}
+
+fn set_previews(shared: &Shared, format: Option<PreviewFormat>) -> Reply {
+    *lock(&shared.previews) = format;
+    Reply::json(
+        200,
+        &json!({ "previews": format.map(|f| format!("{f:?}")) }),
+    )
 }
 
 /// Reads a [`Failure`] from its JSON form (see the module docs).

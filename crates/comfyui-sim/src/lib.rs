@@ -83,6 +83,9 @@ pub struct SimOptions {
     /// How long after a prompt's final messages its history entry is written (ComfyUI writes
     /// it after sending them; zero still leaves a short window).
     pub history_delay: Duration,
+    /// Whether every HTTP request is kept for [`ComfySim::requests`] (bodies included). Turn it
+    /// off for long runs whose memory is measured in the same process.
+    pub record_requests: bool,
 }
 
 /// The image format of sampler previews, as ComfyUI's `--preview-method` would produce them.
@@ -105,6 +108,7 @@ impl Default for SimOptions {
             send_previews: false,
             preview_format: PreviewFormat::Png,
             history_delay: Duration::ZERO,
+            record_requests: true,
         }
     }
 }
@@ -245,6 +249,7 @@ impl ComfySim {
             addr,
             previews: Mutex::new(opts.send_previews.then_some(opts.preview_format)),
             history_delay: opts.history_delay,
+            record_requests: opts.record_requests,
             step_delay: Mutex::new(opts.step_delay),
             state: Mutex::new(SimState::new()),
             wake: Condvar::new(),
@@ -293,7 +298,8 @@ impl ComfySim {
         self.shared.hub.stats()
     }
 
-    /// Every HTTP request received so far (across crashes), oldest first.
+    /// Every HTTP request received so far (across crashes), oldest first; empty when
+    /// [`SimOptions::record_requests`] is off.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
     }
@@ -447,6 +453,7 @@ pub(crate) struct Shared {
     /// The preview format while previews are on.
     previews: Mutex<Option<PreviewFormat>>,
     history_delay: Duration,
+    record_requests: bool,
     step_delay: Mutex<Duration>,
     state: Mutex<SimState>,
     /// Signalled on every change the worker may wait for: queue, pause, interrupt, crash.
@@ -469,7 +476,9 @@ impl Shared {
     }
 
     fn record(&self, request: RecordedRequest) {
-        lock(&self.requests).push(request);
+        if self.record_requests {
+            lock(&self.requests).push(request);
+        }
     }
 
     fn history_delay(&self) -> Duration {

@@ -1263,3 +1263,30 @@ fn execution_success_is_sent_before_history_is_written() {
     let status = next_text(&mut ws);
     assert_eq!(status["data"]["status"]["exec_info"]["queue_remaining"], 0);
 }
+
+#[test]
+fn previews_can_be_switched_over_http_for_demos() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "demo");
+    let (status, answer) = http.post_json("/sim/previews", &json!({"format": "jpeg"}));
+    assert_eq!((status, answer["previews"].as_str()), (200, Some("Jpeg")));
+    let first = http.queue(&txt2img(1, "demo", 32, 1), "demo");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut ws) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..8], &[0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(finished(&events, &first), "success");
+    let (status, _) = http.post_json("/sim/previews", &json!({"format": null}));
+    assert_eq!(status, 200);
+    assert_eq!(
+        http.post_json("/sim/previews", &json!({"format": "bmp"})).0,
+        400
+    );
+    let second = http.queue(&txt2img(2, "demo", 32, 1), "demo");
+    assert_eq!(finished(&events, &second), "success");
+    assert_eq!(sim.ws_stats().previews_sent, 1);
+}
