@@ -86,7 +86,18 @@ pub(crate) struct MediaSave {
     /// VideoHelperSuite's extra entry fields: `format` and `frame_rate`, plus the first frame
     /// for the workflow PNG it saves next to the video.
     pub vhs: Option<VhsExtras>,
-    pub data: FileData,
+    pub data: MediaData,
+}
+
+/// A media file's bytes, or what the executor still has to encode (it adds the PNG metadata).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum MediaData {
+    Ready(FileData),
+    /// SaveAnimatedPNG's frames, to become an APNG with the `prompt` and `workflow` chunks.
+    AnimatedPng {
+        frames: Frames,
+        fps: f64,
+    },
 }
 
 /// What VideoHelperSuite adds to its `gifs` entries.
@@ -265,6 +276,21 @@ pub(crate) fn compute(
             fps: inputs.float("fps")?,
         }],
         "SaveVideo" | "SaveWEBM" | "VHS_VideoCombine" => return save_video(inputs),
+        "SaveAnimatedPNG" => {
+            return Ok(Computed::Media(MediaSave {
+                ui_key: "images",
+                folder: "output",
+                prefix: inputs.text("filename_prefix")?,
+                counter_suffix: "_",
+                extension: "png",
+                animated: true,
+                vhs: None,
+                data: MediaData::AnimatedPng {
+                    frames: inputs.frames("images")?,
+                    fps: inputs.float("fps")?,
+                },
+            }));
+        }
         "SaveAudio" | "SaveAudioMP3" | "SaveAudioOpus" | "SaveAudioWAV" => {
             return save_audio(inputs);
         }
@@ -331,7 +357,7 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
         extension,
         animated: true,
         vhs: None,
-        data,
+        data: MediaData::Ready(data),
     };
     let save = match inputs.node.class.name {
         "SaveVideo" => {
@@ -385,7 +411,7 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
                     frame_rate,
                     first_frame,
                 }),
-                data,
+                data: MediaData::Ready(data),
             }
         }
     };
@@ -410,7 +436,7 @@ fn save_audio(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
         extension,
         animated: false,
         vhs: None,
-        data,
+        data: MediaData::Ready(data),
     }))
 }
 

@@ -16,7 +16,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::compute::{self, Computed, Inputs, MediaSave, NodeFailure, NodeValue, Outputs};
+use super::compute::{
+    self, Computed, Inputs, MediaData, MediaSave, NodeFailure, NodeValue, Outputs,
+};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
 use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
@@ -619,6 +621,26 @@ impl<'a> Execution<'a> {
             }
             None => None,
         };
+        let data = match save.data {
+            MediaData::Ready(data) => data,
+            MediaData::AnimatedPng { frames, fps } => {
+                let rendered: Vec<Vec<u8>> = frames
+                    .pictures
+                    .iter()
+                    .map(|p| p.render(frames.width, frames.height))
+                    .collect();
+                let texts = self.png_texts();
+                let apng = render::encode_apng(frames.width, frames.height, &rendered, fps, &texts)
+                    .map_err(|e| Halt::Failed {
+                        node: id.into(),
+                        failure: NodeFailure {
+                            exception_type: "OSError".into(),
+                            message: format!("cannot write APNG: {e}"),
+                        },
+                    })?;
+                FileData::Bytes(apng)
+            }
+        };
         let mut st = self.live_state()?;
         let counter = st.next_counter(save.folder, subfolder, filename);
         let name = format!(
@@ -642,7 +664,7 @@ impl<'a> Execution<'a> {
             entry["workflow"] = json!(png_name);
             entry["fullpath"] = json!(format!("/comfyui/{folder_path}/{name}"));
         }
-        st.store_file(FileKey::new(save.folder, subfolder, &name), save.data);
+        st.store_file(FileKey::new(save.folder, subfolder, &name), data);
         let mut ui = json!({ save.ui_key: [entry] });
         if save.animated {
             ui["animated"] = json!([true]);

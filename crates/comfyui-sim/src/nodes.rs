@@ -376,6 +376,20 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         output_node: true,
     },
     NodeClass {
+        name: "SaveAnimatedPNG",
+        display_name: "SaveAnimatedPNG",
+        category: "image/animation",
+        description: "Saves the images as an animated PNG (reported under images, animated).",
+        inputs: &[
+            link("images", "IMAGE"),
+            text("filename_prefix", false, "ComfyUI"),
+            float("fps", 0.01, 1000.0, 6.0, 0.01),
+            int("compress_level", 0, 9, 4, 1),
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
         name: "VHS_VideoCombine",
         display_name: "Video Combine 🎥🅥🅗🅢",
         category: "Video Helper Suite 🎥🅥🅗🅢",
@@ -488,6 +502,7 @@ impl NodeClass {
     fn python_module(&self) -> &'static str {
         match self.name {
             "CreateVideo" | "SaveVideo" | "SaveWEBM" => "comfy_extras.nodes_video",
+            "SaveAnimatedPNG" => "comfy_extras.nodes_images",
             "EmptyLatentAudio" | "VAEDecodeAudio" | "SaveAudio" | "SaveAudioMP3"
             | "SaveAudioOpus" => "comfy_extras.nodes_audio",
             "VHS_VideoCombine" => "custom_nodes.ComfyUI-VideoHelperSuite",
@@ -662,6 +677,7 @@ mod tests {
                 "PreviewImage",
                 "SaveVideo",
                 "SaveWEBM",
+                "SaveAnimatedPNG",
                 "VHS_VideoCombine",
                 "SaveAudio",
                 "SaveAudioMP3",

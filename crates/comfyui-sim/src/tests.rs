@@ -1078,7 +1078,9 @@ fn video_audio_and_gif_outputs_are_reported_and_served_like_comfyui() {
         "15": {"class_type": "SaveAudio", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}},
         "16": {"class_type": "SaveAudioMP3", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "V0"}},
         "17": {"class_type": "SaveAudioOpus", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "128k"}},
-        "18": {"class_type": "SaveAudioWAV", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}}
+        "18": {"class_type": "SaveAudioWAV", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}},
+        "19": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["1", 0], "filename_prefix": "anim",
+              "fps": 6, "compress_level": 4}}
     });
     let prompt_id = http.queue(&graph, "nobody");
     assert_eq!(finished(&events, &prompt_id), "success");
@@ -1099,6 +1101,19 @@ fn video_audio_and_gif_outputs_are_reported_and_served_like_comfyui() {
         (content_type.as_str(), &webm[..4]),
         ("video/webm", &[0x1A, 0x45, 0xDF, 0xA3][..])
     );
+
+    assert_eq!(
+        outputs["19"],
+        json!({"images": [{"filename": "anim_00001_.png", "subfolder": "", "type": "output"}],
+               "animated": [true]})
+    );
+    let (content_type, apng) = view_entry(&http, &outputs["19"]["images"][0]);
+    assert_eq!(content_type, "image/png");
+    let reader = png::Decoder::new(Cursor::new(&apng))
+        .read_info()
+        .expect("a PNG");
+    let animation = reader.info().animation_control().expect("an APNG");
+    assert_eq!(animation.num_frames, 3);
 
     let gif = &outputs["5"]["gifs"][0];
     assert_eq!(
