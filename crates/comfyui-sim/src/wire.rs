@@ -104,13 +104,27 @@ pub(crate) fn read_request(mut stream: TcpStream, max_body: u64) -> Result<Reque
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     let length = request.header("content-length").map(str::parse::<u64>);
+    match length {
+        Some(Err(_)) if !chunked => return Err(ReadError::Refused(400, request.stream)),
+        Some(Ok(n)) if !chunked && n > max_body => {
+            return Err(ReadError::Refused(413, request.stream));
+        }
+        _ => {}
+    }
+    let expects_continue = request
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue && rest.is_empty() {
+        // curl waits a second for this before sending a large body.
+        if let Err(e) = request.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n") {
+            return Err(ReadError::Gone(e));
+        }
+    }
     let body = if chunked {
         read_chunked(&rest, &request.stream, max_body)
     } else {
         match length {
-            None => Ok(Vec::new()),
-            Some(Err(_)) => return Err(ReadError::Refused(400, request.stream)),
-            Some(Ok(n)) if n > max_body => return Err(ReadError::Refused(413, request.stream)),
+            None | Some(Err(_)) => Ok(Vec::new()),
             Some(Ok(n)) => {
                 let mut body = Vec::with_capacity(n as usize);
                 Cursor::new(rest)
@@ -273,5 +287,25 @@ mod tests {
             Err(ReadError::Refused(400, _))
         ));
         assert!(matches!(parse(b"GET / HTT"), Err(ReadError::Gone(_))));
+    }
+
+    #[test]
+    fn answers_expect_100_continue_before_the_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        client
+            .write_all(b"POST /p HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            .expect("head");
+        let (server, _) = listener.accept().expect("accept");
+        let reading = std::thread::spawn(move || read_request(server, 1024).map(|r| r.body));
+        let mut interim = [0u8; 25];
+        client.read_exact(&mut interim).expect("100 Continue");
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        client.write_all(b"ok").expect("body");
+        let body = reading
+            .join()
+            .expect("no panic")
+            .map_err(|e| format!("{e:?}"));
+        assert_eq!(body, Ok(b"ok".to_vec()));
     }
 }
