@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! POST /sim/fail_next  {"failure": "execution_error", "node_id": "3", "message": "CUDA out of memory"}
+//!                      {"failure": "execution_blocked", "node_id": "9", "message": "NSFW"}  a branch is blocked, the prompt goes on
 //!                      {"failure": "crash_at", "step": 5}          the process "dies" at that step
 //!                      {"failure": "close_socket_at", "step": 5}   websockets drop, the prompt goes on
 //!                      {"failure": "validation_error"}             the next /prompt is refused
@@ -82,12 +83,19 @@ fn failure_from_json(request: &Value) -> Result<Failure, String> {
                 .unwrap_or("simulated failure")
                 .to_string(),
         }),
+        Some("execution_blocked") => Ok(Failure::ExecutionBlocked {
+            node_id: request["node_id"].as_str().map(str::to_string),
+            message: request["message"]
+                .as_str()
+                .unwrap_or("blocked by the simulator")
+                .to_string(),
+        }),
         Some("crash_at") => Ok(Failure::CrashAt { step: step()? }),
         Some("close_socket_at") => Ok(Failure::CloseSocketAt { step: step()? }),
         Some("validation_error") => Ok(Failure::ValidationError),
         _ => Err(
-            "\"failure\" must be execution_error, crash_at, close_socket_at or \
-                  validation_error"
+            "\"failure\" must be execution_error, execution_blocked, crash_at, \
+                  close_socket_at or validation_error"
                 .to_string(),
         ),
     }
@@ -104,6 +112,14 @@ mod tests {
         let parsed = failure_from_json(&json!({"failure": "execution_error", "node_id": "3"}));
         assert!(
             matches!(parsed, Ok(Failure::ExecutionError { node_id: Some(ref n), .. }) if n == "3")
+        );
+        let parsed = failure_from_json(&json!({"failure": "execution_blocked", "message": "no"}));
+        assert_eq!(
+            parsed,
+            Ok(Failure::ExecutionBlocked {
+                node_id: None,
+                message: "no".into()
+            })
         );
         assert!(failure_from_json(&json!({"failure": "crash_at"})).is_err());
         assert!(failure_from_json(&json!({"failure": "meteor"})).is_err());

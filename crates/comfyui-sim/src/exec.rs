@@ -180,8 +180,24 @@ impl<'a> Execution<'a> {
             json!({"nodes": cached_ids, "prompt_id": self.prompt_id(), "timestamp": now_ms()});
         self.send_recorded("execution_cached", data);
         let fail_at = self.failure_target(order, &cached);
+        let block_at = self.block_target(order, &cached);
+        let mut blocked: HashSet<String> = HashSet::new();
         for id in order {
             self.check(id)?;
+            if block_at.as_deref() == Some(id.as_str()) {
+                self.block(id);
+                blocked.insert(id.clone());
+                continue;
+            }
+            if self
+                .graph
+                .upstream(id)
+                .iter()
+                .any(|up| blocked.contains(up))
+            {
+                blocked.insert(id.clone()); // its input is the blocker: it does not run
+                continue;
+            }
             if let Some(hit) = cached.remove(id) {
                 if let Some(ui) = hit.ui {
                     self.send_executed(id, &ui);
@@ -250,6 +266,57 @@ impl<'a> Execution<'a> {
                 Some((id.clone(), hit.clone()))
             })
             .collect())
+    }
+
+    /// The node an injected `ExecutionBlocked` blocks: the one named, else the first output
+    /// node that is not cached.
+    fn block_target(
+        &self,
+        order: &[String],
+        cached: &HashMap<String, CachedNode>,
+    ) -> Option<String> {
+        let Some(Failure::ExecutionBlocked { node_id, .. }) = &self.failure else {
+            return None;
+        };
+        if node_id.is_some() {
+            return node_id.clone();
+        }
+        order
+            .iter()
+            .find(|id| {
+                !cached.contains_key(*id)
+                    && self
+                        .graph
+                        .nodes
+                        .get(*id)
+                        .is_some_and(|n| n.class.output_node)
+            })
+            .cloned()
+    }
+
+    /// A node that returns ComfyUI's `ExecutionBlocker` with a message: `executing`, then an
+    /// `execution_error` of type `ExecutionBlocked` that ends nothing and is not recorded in
+    /// history.
+    fn block(&mut self, id: &str) {
+        let Some(Failure::ExecutionBlocked { message, .. }) = &self.failure else {
+            return;
+        };
+        let message = message.clone();
+        let node_type = self.graph.nodes.get(id).map_or("", |n| n.class.name);
+        let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
+        self.send("executing", data);
+        let error = json!({
+            "prompt_id": self.prompt_id(),
+            "node_id": id,
+            "node_type": node_type,
+            "executed": self.executed,
+            "exception_message": format!("Execution Blocked: {message}"),
+            "exception_type": "ExecutionBlocked",
+            "traceback": [],
+            "current_inputs": [],
+            "current_outputs": [],
+        });
+        self.send("execution_error", error);
     }
 
     /// The node an injected `ExecutionError` fails at.

@@ -124,6 +124,16 @@ pub enum Failure {
         exception_type: String,
         message: String,
     },
+    /// A node of the next prompt blocks its branch, as a node returning ComfyUI's
+    /// `ExecutionBlocker(message)` does: `node_id` (`None`: the first output node that is not
+    /// cached) sends `executing`, then an `execution_error` with `exception_type`
+    /// `"ExecutionBlocked"` and `exception_message` `"Execution Blocked: {message}"`; it and the
+    /// nodes that need it produce nothing, the other branches run, and the prompt still ends
+    /// with `execution_success`. The error is not written to history.
+    ExecutionBlocked {
+        node_id: Option<String>,
+        message: String,
+    },
     /// The simulator [crashes](ComfySim::crash) right after the sampler of the next prompt sent
     /// the progress of this step. Like `CloseSocketAt`, it is used up by the next prompt even if
     /// that prompt has no sampler or fewer steps.

@@ -1305,3 +1305,55 @@ fn previews_can_be_switched_over_http_for_demos() {
     assert_eq!(finished(&events, &second), "success");
     assert_eq!(sim.ws_stats().previews_sent, 1);
 }
+
+#[test]
+fn a_blocked_branch_reports_an_execution_error_and_the_prompt_still_succeeds() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "b");
+    sim.fail_next(Failure::ExecutionBlocked {
+        node_id: Some("10".into()),
+        message: "NSFW content".into(),
+    });
+    let mut graph = txt2img(11, "blocked", 16, 1);
+    graph["10"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}});
+    let prompt_id = http.queue(&graph, "b");
+    let messages = read_prompt(&mut ws, &prompt_id);
+    let error = messages
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .expect("the blocked branch's error");
+    assert_eq!(error["data"]["node_id"], "10");
+    assert_eq!(error["data"]["exception_type"], "ExecutionBlocked");
+    assert_eq!(
+        error["data"]["exception_message"],
+        "Execution Blocked: NSFW content"
+    );
+    assert!(
+        outline(&messages).ends_with(&[
+            "execution_error".to_string(),
+            "execution_success".to_string(),
+            "executing null".to_string()
+        ]),
+        "{:?}",
+        outline(&messages)
+    );
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let entry = &history[&prompt_id];
+    assert_eq!(entry["status"]["status_str"], "success");
+    let kinds: Vec<&str> = entry["status"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m[0].as_str())
+        .collect();
+    assert!(!kinds.contains(&"execution_error"), "{kinds:?}");
+    let ran: Vec<&String> = entry["outputs"]
+        .as_object()
+        .expect("outputs")
+        .keys()
+        .collect();
+    assert_eq!(ran, ["9"], "the blocked output made nothing");
+}
