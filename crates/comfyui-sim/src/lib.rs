@@ -1,10 +1,14 @@
-//! A faithful, in-process stand-in for ComfyUI's server, for tests and demos.
+//! A faithful, in-process stand-in for ComfyUI's server, for tests, benchmarks and demos (the
+//! `comfyui-sim` binary runs it as a process).
 //!
 //! [`ComfySim`] listens on one port for ComfyUI's HTTP API (`/prompt`, `/history`, `/view`,
 //! `/queue`, `/interrupt`, `/upload/image`, `/system_stats`, `/object_info`) and its websocket
 //! (`/ws?clientId=...`). A single worker thread executes queued prompts one at a time, FIFO,
 //! sending the same messages in the same order as ComfyUI, caching node results like ComfyUI,
-//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves.
+//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves,
+//! plus videos (SaveVideo, SaveWEBM, SaveAnimatedPNG, VideoHelperSuite's VHS_VideoCombine) and
+//! audio (SaveAudio, SaveAudioMP3, SaveAudioOpus, SaveAudioWAV) with real container headers,
+//! reported under the output keys ComfyUI uses (`images` with `animated`, `gifs`, `audio`).
 //!
 //! Tests steer it and watch it without sleeping: [`ComfySim::events`] reports what happened after
 //! the bytes were written, [`ComfySim::fail_next`] injects failures, [`ComfySim::pause`] holds the
