@@ -5,17 +5,21 @@ SIM_LISTEN ?= 127.0.0.1:8188
 SIM_STEP_MS ?= 150
 export LISTEN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run demo test bench fmt lint build browser-deps
+.PHONY: run demo test bench fmt lint build sim browser-deps
 
 build:
 	$(CARGO) build --release --bins
+
+## sim: the ComfyUI simulator's binary (its own crate, crates/comfyui-sim)
+sim:
+	$(CARGO) build --release -p comfyui-sim
 
 ## run: the gateway against COMFYUI_URL (default http://127.0.0.1:8188)
 run:
 	$(CARGO) run --release --bin comfyui-gateway
 
 ## demo: the gateway against the bundled ComfyUI simulator; Ctrl-C stops both
-demo: build
+demo: build sim
 	@target/release/comfyui-sim --listen $(SIM_LISTEN) --step-ms $(SIM_STEP_MS) & sim=$$!; \
 	trap 'kill $$sim 2>/dev/null' EXIT; \
 	echo "comfyui-gateway demo: open http://$(LISTEN_ADDR)/ (ComfyUI simulator on $(SIM_LISTEN))"; \
@@ -24,8 +28,8 @@ demo: build
 
 ## test: the whole suite (what .ci/run calls)
 test: browser-deps
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 # The browser test's npm package (playwright-core; it never downloads a browser). Chromium itself
 # comes from the system: `apt-get install chromium` (.ci/run does it).
@@ -44,4 +48,4 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -30,8 +30,8 @@ use comfyui_gateway::comfyui::Monitor;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::image::{self, PngMetadata};
 use comfyui_gateway::server::Server;
-use comfyui_gateway::sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 use comfyui_gateway::workflow::Templates;
+use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 

@@ -10,11 +10,13 @@
 //!
 //! # The whole flow, in-process
 //!
-//! The same pieces `main` uses, wired to the bundled ComfyUI simulator:
+//! The same pieces `main` uses, wired to the ComfyUI simulator (the `comfyui-sim` crate of this
+//! workspace, a dev-dependency):
 //!
 //! ```
 //! use std::sync::Arc;
-//! use comfyui_gateway::{app::App, config::Config, server::Server, sim::{ComfySim, SimOptions}};
+//! use comfyui_gateway::{app::App, config::Config, server::Server};
+//! use comfyui_sim::{ComfySim, SimOptions};
 //!
 //! let comfyui = ComfySim::start(SimOptions::default())?;
 //! let data = std::env::temp_dir().join(format!("gateway-doc-{}", comfyui_gateway::ids::new_uuid()));
@@ -53,7 +55,6 @@ pub mod job;
 pub mod metrics;
 pub mod percent;
 pub mod server;
-pub mod sim;
 pub mod sse;
 pub mod storage;
 pub mod timestamp;

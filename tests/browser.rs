@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use comfyui_gateway::sim::Failure;
+use comfyui_sim::Failure;
 use common::harness::{Harness, Options, agent};
 
 /// Debian's Chromium: playwright-core drives it and never downloads a browser of its own.

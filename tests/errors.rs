@@ -2,7 +2,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::{Failure, SimEvent};
+use comfyui_sim::{Failure, SimEvent};
 use common::harness::{Harness, Options, agent, small_txt2img};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::SimEvent;
+use comfyui_sim::SimEvent;
 use common::harness::{Harness, Options, agent, small_txt2img};
 use serde_json::{Value, json};
 

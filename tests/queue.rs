@@ -3,7 +3,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+use comfyui_sim::{ComfySim, SimEvent, SimOptions};
 use common::harness::{Harness, Options};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,7 +64,13 @@ fn higher_priority_runs_first_and_arrival_order_holds_within_a_priority() {
             break;
         }
     }
-    let plan = [("low", 0, 1), ("high", 5, 2), ("low", 0, 3), ("urgent", 9, 4), ("neg", -1, 5)];
+    let plan = [
+        ("low", 0, 1),
+        ("high", 5, 2),
+        ("low", 0, 3),
+        ("urgent", 9, 4),
+        ("neg", -1, 5),
+    ];
     let mut jobs = BTreeMap::new();
     for (label, priority, n) in plan {
         let mut body = invert(n);
@@ -142,7 +148,10 @@ fn jobs_spread_over_two_backends_and_the_rest_finish_when_one_dies() {
             (_, data) => lost.push(data),
         }
     }
-    assert!(by_backend.len() == 2, "both backends ran jobs: {by_backend:?}");
+    assert!(
+        by_backend.len() == 2,
+        "both backends ran jobs: {by_backend:?}"
+    );
     // Only prompts the dying backend had run (whose outputs went down with it) can be lost;
     // the ones it held in its queue went back to the gateway's queue and ran on the other.
     for data in &lost {
@@ -177,7 +186,14 @@ fn a_reconnected_websocket_gets_a_fresh_client_id_and_no_job_is_left_behind() {
         .filter(|r| r.path.starts_with("/ws"))
         .filter_map(|r| r.path.split("clientId=").nth(1).map(str::to_string))
         .collect();
-    assert!(client_ids.len() >= 2, "the gateway reconnected: {client_ids:?}");
+    assert!(
+        client_ids.len() >= 2,
+        "the gateway reconnected: {client_ids:?}"
+    );
     let distinct: BTreeSet<&String> = client_ids.iter().collect();
-    assert_eq!(distinct.len(), client_ids.len(), "a fresh client id each time");
+    assert_eq!(
+        distinct.len(),
+        client_ids.len(),
+        "a fresh client id each time"
+    );
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+use comfyui_sim::{ComfySim, SimEvent, SimOptions};
 use common::harness::{TestDir, agent, small_txt2img, workflows_dir};
 use serde_json::{Value, json};
 use std::process::{Child, Command};

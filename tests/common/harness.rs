@@ -10,7 +10,7 @@ use std::time::Duration;
 use comfyui_gateway::app::App;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::server::Server;
-use comfyui_gateway::sim::{ComfySim, SimOptions};
+use comfyui_sim::{ComfySim, SimOptions};
 
 use super::fake_supabase::{FakeSupabase, storage_for};
 use super::sse_client::SseStream;

@@ -21,7 +21,9 @@ pub(crate) fn error_body(kind: &str, message: &str, details: &str, node_errors: 
 
 /// The 400 body for a graph that cannot be read at all.
 pub(crate) fn structure_error_body(err: &StructureError) -> Value {
-    error_body("invalid_prompt", &err.message, &err.details, json!({}))
+    let mut body = error_body(err.kind, &err.message, &err.details, json!({}));
+    body["error"]["extra_info"] = err.extra_info.clone();
+    body
 }
 
 /// What validation decided for a readable graph.
@@ -185,6 +187,9 @@ impl Validator<'_> {
         let mut errors = Vec::new();
         for input in node.class.inputs {
             let Some(value) = node.inputs.get(input.name) else {
+                if input.optional {
+                    continue;
+                }
                 errors.push(json!({
                     "type": "required_input_missing",
                     "message": "Required input is missing",
@@ -292,6 +297,8 @@ fn check_widget(input: &InputDef, value: &Value, files: &[String]) -> Option<Val
             Ok(v) if v > *max => range(false, py_float(v), py_float(*max)),
             Ok(_) => None,
         },
+        // Python's `bool()` takes anything.
+        InputKind::Bool { .. } => None,
         InputKind::Text { .. } => match to_text(value) {
             Err(why) => convert_failed("STRING", why),
             Ok(_) => None,

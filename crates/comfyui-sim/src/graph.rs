@@ -23,11 +23,25 @@ pub(crate) struct Graph {
     pub nodes: BTreeMap<String, Node>,
 }
 
-/// Why a graph could not even be read: becomes a 400 `invalid_prompt` answer.
+/// Why a graph could not even be read: becomes a 400 answer with this error.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StructureError {
+    /// `invalid_prompt`, or `missing_node_type` for an unknown class.
+    pub kind: &'static str,
     pub message: String,
     pub details: String,
+    pub extra_info: Value,
+}
+
+impl StructureError {
+    fn invalid(message: impl Into<String>, details: String) -> StructureError {
+        StructureError {
+            kind: "invalid_prompt",
+            message: message.into(),
+            details,
+            extra_info: Value::Object(Map::new()),
+        }
+    }
 }
 
 /// Orders node ids the way people read them: numerically when both are numbers ("9" < "10").
@@ -60,10 +74,10 @@ impl Graph {
     /// Reads the graph, requiring a `class_type` naming a known class on every node.
     pub(crate) fn parse(graph: &Value) -> Result<Graph, StructureError> {
         let Some(map) = graph.as_object() else {
-            return Err(StructureError {
-                message: "Cannot execute because the prompt is not a JSON object.".into(),
-                details: String::new(),
-            });
+            return Err(StructureError::invalid(
+                "Cannot execute because the prompt is not a JSON object.",
+                String::new(),
+            ));
         };
         let mut ids: Vec<String> = map.keys().cloned().collect();
         sort_ids(&mut ids);
@@ -71,16 +85,26 @@ impl Graph {
         for id in ids {
             let node = &map[&id];
             let Some(class_type) = node.get("class_type").and_then(Value::as_str) else {
-                return Err(StructureError {
-                    message: "Cannot execute because a node is missing the class_type property."
-                        .into(),
-                    details: format!("Node ID '#{id}'"),
-                });
+                return Err(StructureError::invalid(
+                    "Cannot execute because a node is missing the class_type property.",
+                    format!("Node ID '#{id}'"),
+                ));
             };
             let Some(class) = nodes::find(class_type) else {
+                // Today's ComfyUI names the node by its title when the UI gave it one.
+                let title = node
+                    .pointer("/_meta/title")
+                    .and_then(Value::as_str)
+                    .unwrap_or(class_type);
                 return Err(StructureError {
-                    message: format!("Cannot execute because node {class_type} does not exist."),
+                    kind: "missing_node_type",
+                    message: format!(
+                        "Node '{title}' not found. The custom node may not be installed."
+                    ),
                     details: format!("Node ID '#{id}'"),
+                    extra_info: serde_json::json!({
+                        "node_id": id, "class_type": class_type, "node_title": title,
+                    }),
                 });
             };
             let inputs = node
@@ -188,11 +212,20 @@ mod tests {
     fn unknown_class_is_named_with_its_node() {
         let err = Graph::parse(&json!({"3": {"class_type": "Foo", "inputs": {}}}))
             .expect_err("Foo is unknown");
+        assert_eq!(err.kind, "missing_node_type");
         assert_eq!(
             err.message,
-            "Cannot execute because node Foo does not exist."
+            "Node 'Foo' not found. The custom node may not be installed."
         );
         assert_eq!(err.details, "Node ID '#3'");
+        let titled =
+            json!({"3": {"class_type": "Foo", "inputs": {}, "_meta": {"title": "My Foo"}}});
+        let err = Graph::parse(&titled).expect_err("Foo is unknown");
+        assert_eq!(
+            err.message,
+            "Node 'My Foo' not found. The custom node may not be installed."
+        );
+        assert_eq!(err.extra_info["class_type"], "Foo");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
-use super::{ComfySim, Failure, SimEvent, SimOptions};
+use super::{ComfySim, Failure, PreviewFormat, SimEvent, SimOptions};
 
 /// Long enough for any step of these tests on a loaded machine; only reached on failure.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -152,6 +152,30 @@ fn next_text(ws: &mut Socket) -> Value {
     }
 }
 
+/// Every text message already received, without waiting for more.
+fn drain(ws: &mut Socket) -> Vec<Value> {
+    ws.get_mut().set_nonblocking(true).expect("non-blocking");
+    let mut seen = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => seen.push(serde_json::from_str(&t).expect("JSON message")),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("the socket broke: {e}"),
+        }
+    }
+    ws.get_mut().set_nonblocking(false).expect("blocking again");
+    seen
+}
+
+/// A one-pixel image saved: the cheapest prompt, different for each `color`.
+fn tiny_graph(color: u32) -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 1, "height": 1, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}}
+    })
+}
+
 /// Every text message up to and including `executing {node: null}` for `prompt_id`.
 fn read_prompt(ws: &mut Socket, prompt_id: &str) -> Vec<Value> {
     let mut seen = Vec::new();
@@ -232,6 +256,7 @@ fn inspect_png(bytes: &[u8]) -> (u32, u32, Vec<(String, String)>, Vec<u8>) {
 fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     let sim = start();
     let http = Http::new(&sim);
+    let events = sim.events();
     let mut ws = connect(&sim, "alice");
     let graph = txt2img(u64::MAX, "a lighthouse at dusk", 64, 2);
     let (status, answer) =
@@ -240,7 +265,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     assert_eq!(answer["number"], 0);
     assert_eq!(answer["node_errors"], json!({}));
     let prompt_id = answer["prompt_id"].as_str().expect("prompt_id").to_string();
-    assert!(crate::ids::is_uuid(&prompt_id), "{prompt_id}");
+    assert!(super::ids::is_lowercase_uuid(&prompt_id), "{prompt_id}");
 
     let messages = read_prompt(&mut ws, &prompt_id);
     assert_eq!(
@@ -278,6 +303,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
     );
     assert!(messages.iter().any(|m| m["type"] == "progress_state"));
 
+    assert_eq!(finished(&events, &prompt_id), "success");
     let history = http.get_json(&format!("/history/{prompt_id}"));
     let entry = &history[&prompt_id];
     assert_eq!(entry["prompt"][1], prompt_id);
@@ -332,6 +358,7 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
 fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() {
     let sim = start();
     let http = Http::new(&sim);
+    let events = sim.events();
     let mut ws = connect(&sim, "c");
     let graph = txt2img(7, "cached", 32, 1);
     let first = http.queue(&graph, "c");
@@ -339,6 +366,7 @@ fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() 
 
     let again = http.queue(&graph, "c");
     let messages = read_prompt(&mut ws, &again);
+    assert_eq!(finished(&events, &again), "success");
     assert_eq!(
         outline(&messages),
         [
@@ -370,6 +398,7 @@ fn an_identical_prompt_is_served_from_cache_and_a_new_seed_reruns_the_sampler() 
         .find(|m| m["type"] == "execution_cached")
         .expect("cached");
     assert_eq!(cached["data"]["nodes"], json!(["4", "5", "6", "7"]));
+    assert_eq!(finished(&events, &other_seed), "success");
     let history = http.get_json(&format!("/history/{other_seed}"));
     assert_eq!(
         history[&other_seed]["outputs"]["9"]["images"][0]["filename"],
@@ -394,12 +423,16 @@ fn refused_prompts_carry_comfyui_error_bodies() {
     unknown["3"]["class_type"] = json!("KSamplerTurbo");
     let (status, body) = http.post_json("/prompt", &json!({"prompt": unknown}));
     assert_eq!(status, 400);
-    assert_eq!(body["error"]["type"], "invalid_prompt");
+    assert_eq!(body["error"]["type"], "missing_node_type");
     assert_eq!(
         body["error"]["message"],
-        "Cannot execute because node KSamplerTurbo does not exist."
+        "Node 'KSamplerTurbo' not found. The custom node may not be installed."
     );
     assert_eq!(body["error"]["details"], "Node ID '#3'");
+    assert_eq!(
+        body["error"]["extra_info"],
+        json!({"node_id": "3", "class_type": "KSamplerTurbo", "node_title": "KSamplerTurbo"})
+    );
     assert_eq!(body["node_errors"], json!({}));
 
     let (status, body) = http.post_json("/prompt", &json!({"client_id": "x"}));
@@ -449,9 +482,14 @@ fn refused_prompts_carry_comfyui_error_bodies() {
             .as_object()
             .is_some_and(|m| !m.is_empty())
     );
-    let (status, _) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": "mine-1"}));
+    let (status, body) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": "mine-1"}));
+    assert_eq!(status, 400, "a prompt_id of the client's must be a UUID");
+    assert_eq!(body["error"]["type"], "invalid_prompt");
+    let mine = "0b5e2a1c-7d4f-4e8a-9c3b-2f1e0d9c8b7a";
+    let (status, body) = http.post_json("/prompt", &json!({"prompt": good, "prompt_id": mine}));
     assert_eq!(status, 200, "only the next prompt is refused");
-    assert_eq!(finished(&events, "mine-1"), "success");
+    assert_eq!(body["prompt_id"], mine);
+    assert_eq!(finished(&events, mine), "success");
 }
 
 #[test]
@@ -647,7 +685,7 @@ fn execution_errors_name_the_node_and_reach_history() {
 }
 
 #[test]
-fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
+fn a_reconnecting_client_takes_its_id_over_and_learns_the_current_node() {
     let sim = start();
     let http = Http::new(&sim);
     let events = sim.events();
@@ -658,16 +696,11 @@ fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
 
     let mut new = connect(&sim, "r");
     let executing = next_text(&mut new);
-    assert_eq!(executing["type"], "executing");
-    assert_eq!(executing["data"]["node"], "3");
-    // The old socket ends without a close frame once the reconnect replaced it.
-    loop {
-        match old.read() {
-            Ok(Message::Close(_)) => panic!("the old socket got a close frame"),
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
+    assert_eq!(
+        executing,
+        json!({"type": "executing", "data": {"node": "3"}}),
+        "ComfyUI names only the node on reconnect, no prompt_id"
+    );
     let progress = loop {
         let msg = next_text(&mut new);
         if msg["type"] == "progress" {
@@ -679,17 +712,140 @@ fn a_reconnecting_client_replaces_its_socket_and_learns_the_current_node() {
     let (status, _) = http.post_json("/interrupt", &json!({}));
     assert_eq!(status, 200);
     assert_eq!(finished(&events, &prompt_id), "interrupted");
+    // The old socket stays open, unregistered: nothing after the takeover reaches it.
+    let late = drain(&mut old);
+    assert!(
+        late.iter().all(|m| m["type"] != "execution_interrupted"),
+        "{late:?}"
+    );
+    let stats = sim.ws_stats();
+    assert_eq!((stats.accepted, stats.open, stats.registered), (3, 3, 2));
     // Only status broadcasts reached the other client while that prompt ran.
-    let own = http.queue(&json!({
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 1, "height": 1, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "w"}}
-    }), "watcher");
+    let own = http.queue(&tiny_graph(0), "watcher");
     let seen = read_prompt(&mut watcher, &own);
     assert!(
         seen.iter()
             .all(|m| m["type"] == "status" || m["data"]["prompt_id"] == own),
         "{seen:?}"
     );
+}
+
+#[test]
+fn closing_an_old_socket_unregisters_the_newer_one_with_the_same_id() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut old = connect(&sim, "same");
+    let mut new = connect(&sim, "same");
+    old.close(None).expect("a close frame");
+    while old.read().is_ok() {} // the simulator answers the close, then the socket ends
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::WsClosed { .. })),
+        SimEvent::WsClosed {
+            client_id: "same".into(),
+            removed_newer: true
+        }
+    );
+    let stats = sim.ws_stats();
+    assert_eq!((stats.open, stats.registered), (1, 0));
+
+    let prompt_id = http.queue(&tiny_graph(1), "same");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    assert_eq!(
+        drain(&mut new),
+        Vec::<Value>::new(),
+        "the newer socket lost its registration: no execution messages, no status"
+    );
+
+    // A socket under a fresh id is registered as usual and sees its prompt.
+    let mut fresh = connect(&sim, "fresh");
+    let prompt_id = http.queue(&tiny_graph(2), "fresh");
+    let seen = read_prompt(&mut fresh, &prompt_id);
+    assert!(seen.iter().any(|m| m["type"] == "execution_success"));
+    // A client that closes its only socket removes just its own registration.
+    fresh.close(None).expect("a close frame");
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::WsClosed { .. })),
+        SimEvent::WsClosed {
+            client_id: "fresh".into(),
+            removed_newer: false
+        }
+    );
+}
+
+#[test]
+fn status_goes_to_every_socket_on_each_queue_change_and_is_counted() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut sockets: Vec<Socket> = (0..3).map(|i| connect(&sim, &format!("s{i}"))).collect();
+    let greeted = sim.ws_stats();
+    assert_eq!((greeted.accepted, greeted.open), (3, 3));
+    assert_eq!(greeted.status_sent, 3, "one greeting each");
+
+    sim.pause();
+    let a = http.queue(&tiny_graph(1), "s0");
+    let b = http.queue(&tiny_graph(2), "s0");
+    sim.resume();
+    assert_eq!(finished(&events, &a), "success");
+    assert_eq!(finished(&events, &b), "success");
+    // Queued twice, then each prompt started and finished: six queue changes, to 3 sockets.
+    assert_eq!(sim.ws_stats().status_sent, 3 + 6 * 3);
+    for socket in &mut sockets[1..] {
+        let remaining: Vec<u64> = (0..6)
+            .map(|_| {
+                let msg = next_text(socket);
+                assert_eq!(msg["type"], "status", "{msg}");
+                assert!(msg["data"].get("sid").is_none(), "broadcasts name no sid");
+                msg["data"]["status"]["exec_info"]["queue_remaining"]
+                    .as_u64()
+                    .expect("a count")
+            })
+            .collect();
+        assert_eq!(remaining, [1, 2, 2, 1, 1, 0]);
+        assert_eq!(drain(socket), Vec::<Value>::new(), "nothing but status");
+    }
+}
+
+#[test]
+fn a_thousand_prompts_queued_at_once_all_run() {
+    const PROMPTS: usize = 1000;
+    let sim = start_with(SimOptions {
+        step_delay: Duration::ZERO,
+        ..SimOptions::default()
+    });
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "batch");
+    // The client reads its socket all along, as a real one would.
+    let reader = std::thread::spawn(move || {
+        let mut ends = 0;
+        while ends < PROMPTS {
+            let msg = next_text(&mut ws);
+            if msg["type"] == "executing" && msg["data"]["node"].is_null() {
+                ends += 1;
+            }
+        }
+        (ends, ws) // still open: status after the last prompt goes to it too
+    });
+    sim.pause();
+    let ids: Vec<String> = (0..PROMPTS)
+        .map(|i| http.queue(&tiny_graph(i as u32), "batch"))
+        .collect();
+    assert_eq!(
+        http.get_json("/prompt")["exec_info"]["queue_remaining"],
+        PROMPTS
+    );
+    sim.resume();
+    for id in &ids {
+        assert_eq!(finished(&events, id), "success");
+    }
+    let (ends, _ws) = reader.join().expect("the reader ends");
+    assert_eq!(ends, PROMPTS);
+    let history = http.get_json(&format!("/history?max_items={PROMPTS}"));
+    assert_eq!(history.as_object().map(|m| m.len()), Some(PROMPTS));
+    // One socket: a greeting, then three queue changes per prompt.
+    assert_eq!(sim.ws_stats().status_sent, 1 + 3 * PROMPTS as u64);
 }
 
 #[test]
@@ -710,6 +866,74 @@ fn previews_arrive_as_binary_png_frames_when_enabled() {
     assert_eq!(&preview[..8], &[0, 0, 0, 1, 0, 0, 0, 2]);
     let (w, h, _, _) = inspect_png(&preview[8..]);
     assert_eq!((w, h), (8, 8));
+}
+
+#[test]
+fn a_client_announcing_preview_metadata_gets_type_4_frames_others_type_1() {
+    let sim = start_with(SimOptions {
+        step_delay: Duration::from_millis(1),
+        send_previews: true,
+        preview_format: PreviewFormat::Jpeg,
+        ..SimOptions::default()
+    });
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut rich = connect(&sim, "rich");
+    let flags = json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}});
+    rich.send(Message::text(flags.to_string()))
+        .expect("flags sent");
+    let answer = next_text(&mut rich);
+    assert_eq!(answer["type"], "feature_flags");
+    assert_eq!(answer["data"]["supports_preview_metadata"], true);
+    assert_eq!(
+        wait_for(&events, |e| matches!(e, SimEvent::FeatureFlags { .. })),
+        SimEvent::FeatureFlags {
+            client_id: "rich".into(),
+            flags: json!({"supports_preview_metadata": true})
+        }
+    );
+
+    let prompt_id = http.queue(&txt2img(5, "preview", 64, 2), "rich");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut rich) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..4], &[0, 0, 0, 4]);
+    let length = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    let metadata: Value = serde_json::from_slice(&frame[8..8 + length]).expect("JSON metadata");
+    assert_eq!(
+        metadata,
+        json!({"node_id": "3", "prompt_id": prompt_id, "display_node_id": "3",
+               "parent_node_id": null, "real_node_id": "3", "image_type": "image/jpeg"})
+    );
+    assert_eq!(&frame[8 + length..8 + length + 3], &[0xFF, 0xD8, 0xFF]);
+    assert!(matches!(
+        wait_for(&events, |e| matches!(e, SimEvent::PreviewSent { .. })),
+        SimEvent::PreviewSent {
+            with_metadata: true,
+            step: 1,
+            ..
+        }
+    ));
+    assert_eq!(finished(&events, &prompt_id), "success");
+
+    let mut plain = connect(&sim, "plain");
+    let second = http.queue(&txt2img(6, "preview", 64, 2), "plain");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut plain) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..8], &[0, 0, 0, 1, 0, 0, 0, 1], "type 1, JPEG");
+    assert_eq!(&frame[8..11], &[0xFF, 0xD8, 0xFF]);
+    assert_eq!(finished(&events, &second), "success");
+
+    sim.set_previews(None);
+    let quiet = http.queue(&txt2img(7, "no preview", 64, 2), "plain");
+    let seen = read_prompt(&mut plain, &quiet);
+    assert!(seen.iter().any(|m| m["type"] == "progress"));
+    assert_eq!(sim.ws_stats().previews_sent, 4, "two steps each, then none");
 }
 
 #[test]
@@ -811,4 +1035,325 @@ fn dropping_the_simulator_frees_its_port_even_with_a_socket_open() {
     assert!(ws.read().is_err(), "the socket ended");
     let refused = TcpStream::connect(addr).expect_err("nothing listens after shutdown");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+}
+
+/// The bytes and content type `/view` serves for one output entry.
+fn view_entry(http: &Http, entry: &Value) -> (String, Vec<u8>) {
+    let path = format!(
+        "/view?filename={}&subfolder={}&type={}",
+        entry["filename"].as_str().expect("filename"),
+        entry["subfolder"].as_str().expect("subfolder"),
+        entry["type"].as_str().expect("type"),
+    );
+    let (status, content_type, bytes) = http.get(&path);
+    assert_eq!(status, 200, "{path}");
+    (content_type, bytes)
+}
+
+#[test]
+fn video_audio_and_gif_outputs_are_reported_and_served_like_comfyui() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 3, "color": 0x336699}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8}},
+        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "video/ComfyUI",
+              "format": "auto", "codec": "auto"}},
+        "4": {"class_type": "SaveWEBM", "inputs": {"images": ["1", 0], "filename_prefix": "ComfyUI",
+              "codec": "vp9", "fps": 24, "crf": 32}},
+        "5": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["1", 0], "frame_rate": 8,
+              "loop_count": 0, "filename_prefix": "AnimateDiff", "format": "image/gif",
+              "pingpong": false, "save_output": true}},
+        "6": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["1", 0], "frame_rate": 12,
+              "loop_count": 0, "filename_prefix": "clip", "format": "video/h264-mp4",
+              "pingpong": false, "save_output": false}},
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"text": "rain on a tin roof", "clip": ["10", 1]}},
+        "12": {"class_type": "EmptyLatentAudio", "inputs": {"seconds": 1.5, "batch_size": 1}},
+        "13": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["11", 0],
+              "negative": ["11", 0], "latent_image": ["12", 0], "seed": 4, "steps": 2, "cfg": 7,
+              "sampler_name": "euler", "scheduler": "normal", "denoise": 1}},
+        "14": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["13", 0], "vae": ["10", 2]}},
+        "15": {"class_type": "SaveAudio", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}},
+        "16": {"class_type": "SaveAudioMP3", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "V0"}},
+        "17": {"class_type": "SaveAudioOpus", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI", "quality": "128k"}},
+        "18": {"class_type": "SaveAudioWAV", "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}},
+        "19": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["1", 0], "filename_prefix": "anim",
+              "fps": 6, "compress_level": 4}}
+    });
+    let prompt_id = http.queue(&graph, "nobody");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let outputs = &history[&prompt_id]["outputs"];
+
+    assert_eq!(
+        outputs["3"],
+        json!({"images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video", "type": "output"}],
+               "animated": [true]})
+    );
+    let (content_type, mp4) = view_entry(&http, &outputs["3"]["images"][0]);
+    assert_eq!(content_type, "video/mp4");
+    assert_eq!(&mp4[4..12], b"ftypisom");
+    assert_eq!(outputs["4"]["animated"], json!([true]));
+    let (content_type, webm) = view_entry(&http, &outputs["4"]["images"][0]);
+    assert_eq!(
+        (content_type.as_str(), &webm[..4]),
+        ("video/webm", &[0x1A, 0x45, 0xDF, 0xA3][..])
+    );
+
+    assert_eq!(
+        outputs["19"],
+        json!({"images": [{"filename": "anim_00001_.png", "subfolder": "", "type": "output"}],
+               "animated": [true]})
+    );
+    let (content_type, apng) = view_entry(&http, &outputs["19"]["images"][0]);
+    assert_eq!(content_type, "image/png");
+    let reader = png::Decoder::new(Cursor::new(&apng))
+        .read_info()
+        .expect("a PNG");
+    let animation = reader.info().animation_control().expect("an APNG");
+    assert_eq!(animation.num_frames, 3);
+
+    let gif = &outputs["5"]["gifs"][0];
+    assert_eq!(
+        *gif,
+        json!({"filename": "AnimateDiff_00001.gif", "subfolder": "", "type": "output",
+               "format": "image/gif", "frame_rate": 8.0, "workflow": "AnimateDiff_00001.png",
+               "fullpath": "/comfyui/output/AnimateDiff_00001.gif"})
+    );
+    let (content_type, gif_bytes) = view_entry(&http, gif);
+    assert_eq!(
+        (content_type.as_str(), &gif_bytes[..6]),
+        ("image/gif", &b"GIF89a"[..])
+    );
+    let (_, workflow) = view_entry(
+        &http,
+        &json!({"filename": "AnimateDiff_00001.png", "subfolder": "", "type": "output"}),
+    );
+    let (_, _, texts, _) = inspect_png(&workflow);
+    assert!(
+        texts.iter().any(|(k, _)| k == "workflow"),
+        "VideoHelperSuite's PNG carries the workflow"
+    );
+    let temp = &outputs["6"]["gifs"][0];
+    assert_eq!(
+        (temp["filename"].as_str(), temp["type"].as_str()),
+        (Some("clip_00001.mp4"), Some("temp"))
+    );
+    assert_eq!(view_entry(&http, temp).0, "video/mp4");
+
+    let audio: Vec<(String, Vec<u8>)> = ["15", "16", "17", "18"]
+        .iter()
+        .map(|id| {
+            let entry = &outputs[*id]["audio"][0];
+            assert_eq!(
+                (entry["subfolder"].as_str(), entry["type"].as_str()),
+                (Some("audio"), Some("output"))
+            );
+            view_entry(&http, entry)
+        })
+        .collect();
+    assert_eq!(audio[0].0, "audio/flac");
+    assert_eq!(&audio[0].1[..4], b"fLaC");
+    assert_eq!(audio[1].0, "audio/mpeg");
+    assert_eq!(&audio[1].1[..3], b"ID3");
+    assert_eq!(audio[2].0, "audio/opus");
+    assert_eq!(&audio[2].1[..4], b"OggS");
+    assert_eq!(audio[3].0, "audio/x-wav");
+    assert_eq!(
+        (&audio[3].1[..4], &audio[3].1[8..12]),
+        (&b"RIFF"[..], &b"WAVE"[..])
+    );
+    let names: Vec<&str> = ["15", "16", "17", "18"]
+        .iter()
+        .filter_map(|id| outputs[*id]["audio"][0]["filename"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ComfyUI_00001_.flac",
+            "ComfyUI_00002_.mp3",
+            "ComfyUI_00003_.opus",
+            "ComfyUI_00004_.wav"
+        ],
+        "one counter per folder and prefix, whatever the extension"
+    );
+}
+
+#[test]
+fn a_large_video_is_streamed_at_the_size_asked_for() {
+    const MEGABYTES: u64 = 24;
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 2, "color": 0}},
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24}},
+        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "big",
+              "format": "mp4", "codec": "h264", "megabytes": MEGABYTES}}
+    });
+    let prompt_id = http.queue(&graph, "nobody");
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let mut response = http
+        .agent
+        .get(format!(
+            "{}/view?filename=big_00001_.mp4&type=output",
+            http.base
+        ))
+        .call()
+        .expect("GET answered");
+    let length = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert_eq!(length, Some((MEGABYTES * 1024 * 1024).to_string()));
+    let mut reader = response.body_mut().as_reader();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut reader, &mut head).expect("the header");
+    assert_eq!(&head[4..], b"ftypisom");
+    let rest = std::io::copy(&mut reader, &mut std::io::sink()).expect("the whole body");
+    assert_eq!(rest + 12, MEGABYTES * 1024 * 1024);
+}
+
+#[test]
+fn a_graph_with_one_broken_output_runs_the_others_and_names_it() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut graph = txt2img(3, "partial", 16, 1);
+    graph["20"] = json!({"class_type": "SaveVideo", "inputs": {"filename_prefix": "video/x",
+        "format": "auto", "codec": "auto"}});
+    let (status, answer) = http.post_json("/prompt", &json!({"prompt": graph, "client_id": "p"}));
+    assert_eq!(status, 200, "{answer}");
+    let prompt_id = answer["prompt_id"]
+        .as_str()
+        .expect("a prompt id")
+        .to_string();
+    assert_eq!(answer["number"], 0);
+    assert_eq!(
+        answer["node_errors"],
+        json!({"20": {"errors": [{"type": "required_input_missing", "message": "Required input is missing",
+                                  "details": "video", "extra_info": {"input_name": "video"}}],
+                      "dependent_outputs": ["20"], "class_type": "SaveVideo"}})
+    );
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let entry = &history[&prompt_id];
+    assert_eq!(
+        entry["prompt"][4],
+        json!(["9"]),
+        "only the valid output runs"
+    );
+    let ran: Vec<&String> = entry["outputs"]
+        .as_object()
+        .expect("outputs")
+        .keys()
+        .collect();
+    assert_eq!(ran, ["9"]);
+}
+
+#[test]
+fn execution_success_is_sent_before_history_is_written() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "h");
+    sim.hold_history(true);
+    let prompt_id = http.queue(&tiny_graph(9), "h");
+    let messages = read_prompt(&mut ws, &prompt_id);
+    assert!(messages.iter().any(|m| m["type"] == "execution_success"));
+    assert_eq!(
+        http.get_json(&format!("/history/{prompt_id}")),
+        json!({}),
+        "the final messages went out before the history entry was written"
+    );
+    assert_eq!(http.get_json("/queue")["queue_running"][0][1], prompt_id);
+    sim.hold_history(false);
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    assert_eq!(history[&prompt_id]["status"]["status_str"], "success");
+    // ...and status told everyone the queue is empty only then.
+    let status = next_text(&mut ws);
+    assert_eq!(status["data"]["status"]["exec_info"]["queue_remaining"], 0);
+}
+
+#[test]
+fn previews_can_be_switched_over_http_for_demos() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "demo");
+    let (status, answer) = http.post_json("/sim/previews", &json!({"format": "jpeg"}));
+    assert_eq!((status, answer["previews"].as_str()), (200, Some("Jpeg")));
+    let first = http.queue(&txt2img(1, "demo", 32, 1), "demo");
+    let frame = loop {
+        if let Frame::Binary(bytes) = next_frame(&mut ws) {
+            break bytes;
+        }
+    };
+    assert_eq!(&frame[..8], &[0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(finished(&events, &first), "success");
+    let (status, _) = http.post_json("/sim/previews", &json!({"format": null}));
+    assert_eq!(status, 200);
+    assert_eq!(
+        http.post_json("/sim/previews", &json!({"format": "bmp"})).0,
+        400
+    );
+    let second = http.queue(&txt2img(2, "demo", 32, 1), "demo");
+    assert_eq!(finished(&events, &second), "success");
+    assert_eq!(sim.ws_stats().previews_sent, 1);
+}
+
+#[test]
+fn a_blocked_branch_reports_an_execution_error_and_the_prompt_still_succeeds() {
+    let sim = start();
+    let http = Http::new(&sim);
+    let events = sim.events();
+    let mut ws = connect(&sim, "b");
+    sim.fail_next(Failure::ExecutionBlocked {
+        node_id: Some("10".into()),
+        message: "NSFW content".into(),
+    });
+    let mut graph = txt2img(11, "blocked", 16, 1);
+    graph["10"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}});
+    let prompt_id = http.queue(&graph, "b");
+    let messages = read_prompt(&mut ws, &prompt_id);
+    let error = messages
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .expect("the blocked branch's error");
+    assert_eq!(error["data"]["node_id"], "10");
+    assert_eq!(error["data"]["exception_type"], "ExecutionBlocked");
+    assert_eq!(
+        error["data"]["exception_message"],
+        "Execution Blocked: NSFW content"
+    );
+    assert!(
+        outline(&messages).ends_with(&[
+            "execution_error".to_string(),
+            "execution_success".to_string(),
+            "executing null".to_string()
+        ]),
+        "{:?}",
+        outline(&messages)
+    );
+    assert_eq!(finished(&events, &prompt_id), "success");
+    let history = http.get_json(&format!("/history/{prompt_id}"));
+    let entry = &history[&prompt_id];
+    assert_eq!(entry["status"]["status_str"], "success");
+    let kinds: Vec<&str> = entry["status"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m[0].as_str())
+        .collect();
+    assert!(!kinds.contains(&"execution_error"), "{kinds:?}");
+    let ran: Vec<&String> = entry["outputs"]
+        .as_object()
+        .expect("outputs")
+        .keys()
+        .collect();
+    assert_eq!(ran, ["9"], "the blocked output made nothing");
 }

@@ -1,11 +1,11 @@
-//! The HTTP side: tiny_http's listener, a dispatcher thread, one thread per request, routing,
-//! and ComfyUI's endpoints.
+//! The HTTP side: the accept loop, one thread per connection, routing, and ComfyUI's
+//! endpoints.
 //!
-//! Answers are written by hand (tiny_http refuses a `Connection` header) so each carries
-//! `Connection: close`: with no keep-alive connections, nothing can answer from the memory of a
+//! Every answer carries `Connection: close` and each connection serves one request (or becomes
+//! a websocket): with no keep-alive connections, nothing can answer from the memory of a
 //! simulated process that has since crashed.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,18 +16,21 @@ use serde_json::{Value, json};
 
 use super::graph::Graph;
 use super::nodes;
-use super::state::FileKey;
+use super::state::{FileData, FileKey};
 use super::validate::{self, Verdict};
+use super::wire::{self, ReadError};
 use super::{RecordedRequest, Shared, SimEvent, control, ws};
 
 /// Uploads larger than this are refused rather than buffered.
 const MAX_BODY: u64 = 64 * 1024 * 1024;
 
-/// A serving listener: tiny_http's server plus the dispatcher thread feeding request threads.
+/// How long a client may take to send its request.
+const REQUEST_WAIT: Duration = Duration::from_secs(30);
+
+/// A serving listener: the thread accepting connections.
 pub(crate) struct Listener {
-    server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
-    dispatcher: JoinHandle<()>,
+    acceptor: JoinHandle<()>,
     addr: SocketAddr,
 }
 
@@ -39,21 +42,16 @@ impl Listener {
         generation: u64,
     ) -> io::Result<Listener> {
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(format!("starting the HTTP server on {addr}: {e}")))?;
-        let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
-        let dispatcher = thread::Builder::new()
-            .name("comfyui-sim-http".into())
+        let acceptor = thread::Builder::new()
+            .name("comfyui-sim-accept".into())
             .spawn({
-                let (shared, server, stop) =
-                    (Arc::clone(shared), Arc::clone(&server), Arc::clone(&stop));
-                move || dispatch(&shared, &server, &stop, generation)
+                let (shared, stop) = (Arc::clone(shared), Arc::clone(&stop));
+                move || accept_loop(&shared, &listener, &stop, generation)
             })?;
         Ok(Listener {
-            server,
             stop,
-            dispatcher,
+            acceptor,
             addr,
         })
     }
@@ -61,28 +59,42 @@ impl Listener {
     /// Stops serving and returns once the port refuses connections.
     pub(crate) fn stop(self) {
         let Listener {
-            server,
             stop,
-            dispatcher,
+            acceptor,
             addr,
         } = self;
         stop.store(true, Ordering::SeqCst);
-        server.unblock();
-        if dispatcher.join().is_err() {
-            log::error!("comfyui-sim HTTP dispatcher panicked");
+        // The accept loop notices the flag with the next connection: make one.
+        let target = loopback(addr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !acceptor.is_finished() && Instant::now() < deadline {
+            if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            thread::sleep(Duration::from_millis(1));
         }
-        // The last reference: tiny_http closes its listening socket from its accept thread.
-        drop(server);
+        if !acceptor.is_finished() {
+            log::warn!("comfyui-sim: the accept loop on {addr} did not stop");
+            return;
+        }
+        if acceptor.join().is_err() {
+            log::error!("comfyui-sim accept loop panicked");
+        }
         wait_until_refused(addr);
     }
 }
 
+/// `addr`, with an unspecified IP replaced by loopback, to connect to.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
 /// Polls until connecting to `addr` fails, so callers can rely on "refused" right away.
 fn wait_until_refused(addr: SocketAddr) {
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let target = loopback(addr);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
@@ -96,30 +108,30 @@ fn wait_until_refused(addr: SocketAddr) {
     log::warn!("comfyui-sim: {addr} still accepts connections after stopping");
 }
 
-fn dispatch(shared: &Arc<Shared>, server: &tiny_http::Server, stop: &AtomicBool, generation: u64) {
-    loop {
-        let request = match server.recv() {
-            Ok(request) => request,
-            Err(_) if stop.load(Ordering::SeqCst) => break,
+/// Accepts connections until told to stop, each served on its own thread; the listening
+/// socket closes when this returns.
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, stop: &AtomicBool, generation: u64) {
+    for incoming in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(stream) => stream,
             Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // keep serving once it passes.
                 log::warn!("comfyui-sim: accepting a connection failed: {e}");
+                thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
-        if stop.load(Ordering::SeqCst) {
-            write_reply(request, &Reply::unavailable());
-            continue;
-        }
         let shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
-            .name("comfyui-sim-request".into())
-            .spawn(move || handle(&shared, request, generation));
+            .name("comfyui-sim-conn".into())
+            .spawn(move || handle(&shared, stream, generation));
         if let Err(e) = spawned {
-            log::error!("comfyui-sim: cannot start a request thread: {e}");
+            log::error!("comfyui-sim: cannot start a connection thread: {e}");
         }
-    }
-    while let Ok(Some(request)) = server.try_recv() {
-        write_reply(request, &Reply::unavailable());
     }
 }
 
@@ -130,6 +142,8 @@ pub(crate) struct Reply {
     pub content_type: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// A stored file to stream instead of `body`.
+    pub file: Option<Arc<FileData>>,
 }
 
 impl Reply {
@@ -139,6 +153,7 @@ impl Reply {
             content_type: content_type.into(),
             headers: Vec::new(),
             body,
+            file: None,
         }
     }
 
@@ -182,45 +197,22 @@ impl Reply {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
 /// Writes `reply` with `Connection: close`; a client that went away is only logged.
-pub(crate) fn write_reply(request: tiny_http::Request, reply: &Reply) {
-    let head_only = *request.method() == tiny_http::Method::Head;
-    let mut out = request.into_writer();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nServer: comfyui-sim\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+fn write_reply(stream: &mut TcpStream, head_only: bool, reply: &Reply) {
+    let result = wire::write_answer(
+        stream,
         reply.status,
-        reason(reply.status),
-        reply.content_type,
-        reply.body.len()
+        &reply.content_type,
+        &reply.headers,
+        &reply.body,
+        reply.file.as_deref(),
+        head_only,
     );
-    for (name, value) in &reply.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let result = out
-        .write_all(head.as_bytes())
-        .and_then(|()| {
-            if head_only {
-                Ok(())
-            } else {
-                out.write_all(&reply.body)
-            }
-        })
-        .and_then(|()| out.flush());
-    if let Err(e) = result {
-        log::debug!("comfyui-sim: writing a {} answer failed: {e}", reply.status);
+    match result {
+        Ok(()) => {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+        Err(e) => log::debug!("comfyui-sim: writing a {} answer failed: {e}", reply.status),
     }
 }
 
@@ -233,51 +225,41 @@ struct Incoming<'a> {
     body: &'a [u8],
 }
 
-fn handle(shared: &Arc<Shared>, mut request: tiny_http::Request, generation: u64) {
-    let method = request.method().as_str().to_ascii_uppercase();
-    let url = request.url().to_string();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_string(),
-                h.value.as_str().to_string(),
-            )
-        })
-        .collect();
+fn handle(shared: &Arc<Shared>, stream: TcpStream, generation: u64) {
+    if let Err(e) = stream.set_read_timeout(Some(REQUEST_WAIT)) {
+        log::debug!("comfyui-sim: cannot set a read timeout: {e}");
+        return;
+    }
+    let request = match wire::read_request(stream, MAX_BODY) {
+        Ok(request) => request,
+        Err(ReadError::Gone(e)) => {
+            log::debug!("comfyui-sim: reading a request failed: {e}");
+            return;
+        }
+        Err(ReadError::Refused(status, mut stream)) => {
+            write_reply(&mut stream, false, &Reply::text(status, "Bad request"));
+            return;
+        }
+    };
+    let method = request.method.to_ascii_uppercase();
+    let url = request.target.clone();
     let (raw_path, query) = url.split_once('?').unwrap_or((&url, ""));
     // Newer ComfyUI serves every route under `/api` too.
     let path = match raw_path.strip_prefix("/api") {
         Some(rest) if rest.starts_with('/') => rest,
         _ => raw_path,
     };
-    let upgrade = path == "/ws"
-        && headers
-            .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("upgrade") && v.eq_ignore_ascii_case("websocket"));
-    let mut body = Vec::new();
-    if !upgrade
-        && let Err(e) = request
-            .as_reader()
-            .take(MAX_BODY + 1)
-            .read_to_end(&mut body)
-    {
-        log::debug!("comfyui-sim: reading the body of {method} {url} failed: {e}");
-        return;
-    }
+    let upgrade = path == "/ws" && request.is_upgrade();
     shared.record(RecordedRequest {
         method: method.clone(),
         path: url.clone(),
-        headers: headers.clone(),
-        body: body.clone(),
+        headers: request.headers.clone(),
+        body: request.body.clone(),
     });
-    if shared.state().generation != generation {
-        write_reply(request, &Reply::unavailable());
-        return;
-    }
-    if upgrade && shared.state().refuse_websockets {
-        write_reply(request, &Reply::unavailable());
+    let head_only = method == "HEAD";
+    if shared.state().generation != generation || (upgrade && shared.state().refuse_websockets) {
+        let mut stream = request.stream;
+        write_reply(&mut stream, head_only, &Reply::unavailable());
         return;
     }
     if upgrade {
@@ -288,21 +270,18 @@ fn handle(shared: &Arc<Shared>, mut request: tiny_http::Request, generation: u64
         method: &method,
         path,
         query,
-        headers: &headers,
-        body: &body,
+        headers: &request.headers,
+        body: &request.body,
     };
-    let (reply, events) = if body.len() as u64 > MAX_BODY {
-        (Reply::text(413, "413: Payload Too Large"), Vec::new())
-    } else {
-        route(shared, &incoming)
-    };
+    let (reply, events) = route(shared, &incoming);
     // Work that raced with a crash must not answer from the dead process's memory.
     let reply = if shared.state().generation == generation {
         reply
     } else {
         Reply::unavailable()
     };
-    write_reply(request, &reply);
+    let mut stream = request.stream;
+    write_reply(&mut stream, head_only, &reply);
     for event in events {
         shared.emit(event);
     }
@@ -351,7 +330,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
         }
         "/ws" if get => plain(Reply::text(400, "Expected a websocket upgrade")),
         p if get && p.starts_with("/history/") => {
-            let id = crate::percent::decode(&p["/history/".len()..], false);
+            let id = super::ids::percent_decode(&p["/history/".len()..], false);
             let st = shared.state();
             let text = match st.history_entry(&id) {
                 Some(entry) => format!("{{{}:{}}}", Value::from(id.as_str()), entry),
@@ -360,7 +339,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
             plain(Reply::json_text(200, text))
         }
         p if get && p.starts_with("/object_info/") => {
-            let name = crate::percent::decode(&p["/object_info/".len()..], false);
+            let name = super::ids::percent_decode(&p["/object_info/".len()..], false);
             let files = shared.state().input_names();
             let body = match nodes::find(&name) {
                 Some(class) => json!({ name: class.object_info(&files) }),
@@ -427,11 +406,19 @@ fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
         } => (outputs, node_errors),
         Verdict::Rejected(body) => return bad_request(&body),
     };
-    let prompt_id = request
-        .get("prompt_id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map_or_else(crate::ids::new_uuid, str::to_string);
+    let prompt_id = match request.get("prompt_id") {
+        None | Some(Value::Null) => super::ids::new_uuid(),
+        Some(Value::String(id)) if super::ids::is_lowercase_uuid(id) => id.clone(),
+        Some(other) => {
+            let message = format!("Invalid prompt_id {other}: it must be a lowercase UUID");
+            return bad_request(&validate::error_body(
+                "invalid_prompt",
+                &message,
+                "",
+                json!({}),
+            ));
+        }
+    };
     let mut extra_data = match request.get("extra_data") {
         Some(Value::Object(map)) => Value::Object(map.clone()),
         _ => json!({}),
@@ -567,10 +554,11 @@ fn view(shared: &Shared, query: &str) -> Reply {
         return Reply::text(400, "400: Bad Request");
     }
     let key = FileKey::new(&kind, subfolder.trim_matches('/'), &filename);
-    let Some(bytes) = shared.state().files.get(&key).cloned() else {
+    let Some(file) = shared.state().files.get(&key).cloned() else {
         return Reply::not_found();
     };
-    let mut reply = Reply::new(200, content_type_for(&filename), bytes.to_vec());
+    let mut reply = Reply::new(200, content_type_for(&filename), Vec::new());
+    reply.file = Some(file);
     reply.headers.push((
         "Content-Disposition".into(),
         format!("filename=\"{}\"", filename.replace('"', "")),
@@ -585,6 +573,16 @@ fn content_type_for(filename: &str) -> &'static str {
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("webp") => "image/webp",
         Some("gif") => "image/gif",
+        Some("mp4") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("mov") => "video/quicktime",
+        Some("flac") => "audio/flac",
+        Some("mp3") => "audio/mpeg",
+        Some("wav") => "audio/x-wav",
+        Some("opus") => "audio/opus",
+        Some("ogg") => "audio/ogg",
+        Some("glb") => "model/gltf-binary",
+        Some("json") => "application/json",
         _ => "application/octet-stream",
     }
 }
@@ -634,12 +632,12 @@ fn upload_image(shared: &Shared, headers: &[(String, String)], body: &[u8]) -> R
             free_name(&filename, |candidate| {
                 st.files
                     .get(&FileKey::new(kind, subfolder, candidate))
-                    .map(|existing| existing.as_slice() == image.data.as_slice())
+                    .map(|existing| existing.head() == image.data.as_slice())
             })
         };
-        st.files.insert(
+        st.store_file(
             FileKey::new(kind, subfolder, &name),
-            Arc::new(image.data.clone()),
+            FileData::Bytes(image.data.clone()),
         );
         name
     };
@@ -796,7 +794,7 @@ fn system_stats() -> Value {
 fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (crate::percent::decode(k, true) == name).then(|| crate::percent::decode(v, true))
+        (super::ids::percent_decode(k, true) == name).then(|| super::ids::percent_decode(v, true))
     })
 }
 

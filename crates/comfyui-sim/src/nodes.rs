@@ -58,6 +58,8 @@ pub(crate) struct NodeClass {
 pub(crate) struct InputDef {
     pub name: &'static str,
     pub kind: InputKind,
+    /// Listed under `optional` in `/object_info`; may be left out of a graph.
+    pub optional: bool,
 }
 
 /// What an input accepts.
@@ -77,6 +79,8 @@ pub(crate) enum InputKind {
         default: f64,
         step: f64,
     },
+    /// A widget boolean (Python's `bool()` accepts anything).
+    Bool { default: bool },
     /// A widget string.
     Text {
         multiline: bool,
@@ -96,6 +100,8 @@ pub(crate) enum ChoiceList {
     Schedulers,
     /// Files in the input folder: what `/upload/image` stored.
     InputImages,
+    /// A fixed list, the first value being the default.
+    Fixed(&'static [&'static str]),
 }
 
 impl ChoiceList {
@@ -107,6 +113,7 @@ impl ChoiceList {
             ChoiceList::Samplers => fixed(SAMPLERS),
             ChoiceList::Schedulers => fixed(SCHEDULERS),
             ChoiceList::InputImages => input_files.to_vec(),
+            ChoiceList::Fixed(list) => fixed(list),
         }
     }
 }
@@ -117,6 +124,7 @@ impl InputKind {
         match self {
             InputKind::Int { .. } => "INT",
             InputKind::Float { .. } => "FLOAT",
+            InputKind::Bool { .. } => "BOOLEAN",
             InputKind::Text { .. } => "STRING",
             InputKind::Choice(_) => "COMBO",
             InputKind::Link(t) => t,
@@ -133,6 +141,7 @@ const fn int(name: &'static str, min: i128, max: i128, default: i128, step: i128
             default,
             step,
         },
+        optional: false,
     }
 }
 
@@ -145,6 +154,7 @@ const fn float(name: &'static str, min: f64, max: f64, default: f64, step: f64) 
             default,
             step,
         },
+        optional: false,
     }
 }
 
@@ -152,6 +162,7 @@ const fn link(name: &'static str, type_name: &'static str) -> InputDef {
     InputDef {
         name,
         kind: InputKind::Link(type_name),
+        optional: false,
     }
 }
 
@@ -159,6 +170,7 @@ const fn choice(name: &'static str, list: ChoiceList) -> InputDef {
     InputDef {
         name,
         kind: InputKind::Choice(list),
+        optional: false,
     }
 }
 
@@ -166,8 +178,38 @@ const fn text(name: &'static str, multiline: bool, default: &'static str) -> Inp
     InputDef {
         name,
         kind: InputKind::Text { multiline, default },
+        optional: false,
     }
 }
+
+const fn boolean(name: &'static str, default: bool) -> InputDef {
+    InputDef {
+        name,
+        kind: InputKind::Bool { default },
+        optional: false,
+    }
+}
+
+/// The simulator's own optional input on its media savers: pad the file to this many MiB (a
+/// big video for a memory benchmark), served as it is written, never held whole.
+const MEGABYTES: InputDef = InputDef {
+    name: "megabytes",
+    kind: InputKind::Int {
+        min: 0,
+        max: 4000,
+        default: 0,
+        step: 1,
+    },
+    optional: true,
+};
+
+/// VideoHelperSuite's `format` choices the simulator writes.
+pub(crate) const VHS_FORMATS: &[&str] = &[
+    "image/gif",
+    "video/webm",
+    "video/h264-mp4",
+    "video/h265-mp4",
+];
 
 /// Every node class the simulator implements.
 pub(crate) static CLASSES: &[NodeClass] = &[
@@ -293,6 +335,156 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         outputs: &[("IMAGE", "IMAGE")],
         output_node: false,
     },
+    NodeClass {
+        name: "CreateVideo",
+        display_name: "Create Video",
+        category: "image/video",
+        description: "Creates a video from images.",
+        inputs: &[link("images", "IMAGE"), float("fps", 1.0, 120.0, 30.0, 1.0)],
+        outputs: &[("VIDEO", "VIDEO")],
+        output_node: false,
+    },
+    NodeClass {
+        name: "SaveVideo",
+        display_name: "Save Video",
+        category: "image/video",
+        description: "Saves the input video to the output directory (reported under images, animated).",
+        inputs: &[
+            link("video", "VIDEO"),
+            text("filename_prefix", false, "video/ComfyUI"),
+            choice("format", ChoiceList::Fixed(&["auto", "mp4"])),
+            choice("codec", ChoiceList::Fixed(&["auto", "h264"])),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "SaveWEBM",
+        display_name: "SaveWEBM",
+        category: "image/video",
+        description: "Saves the images as a WebM video (reported under images, animated).",
+        inputs: &[
+            link("images", "IMAGE"),
+            text("filename_prefix", false, "ComfyUI"),
+            choice("codec", ChoiceList::Fixed(&["vp9", "av1"])),
+            float("fps", 0.01, 1000.0, 24.0, 0.01),
+            float("crf", 0.0, 63.0, 32.0, 1.0),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "SaveAnimatedPNG",
+        display_name: "SaveAnimatedPNG",
+        category: "image/animation",
+        description: "Saves the images as an animated PNG (reported under images, animated).",
+        inputs: &[
+            link("images", "IMAGE"),
+            text("filename_prefix", false, "ComfyUI"),
+            float("fps", 0.01, 1000.0, 6.0, 0.01),
+            int("compress_level", 0, 9, 4, 1),
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "VHS_VideoCombine",
+        display_name: "Video Combine 🎥🅥🅗🅢",
+        category: "Video Helper Suite 🎥🅥🅗🅢",
+        description: "Combines images into a GIF or video (VideoHelperSuite; reported under gifs).",
+        inputs: &[
+            link("images", "IMAGE"),
+            float("frame_rate", 1.0, 1000.0, 8.0, 1.0),
+            int("loop_count", 0, 100, 0, 1),
+            text("filename_prefix", false, "AnimateDiff"),
+            choice("format", ChoiceList::Fixed(VHS_FORMATS)),
+            boolean("pingpong", false),
+            boolean("save_output", true),
+            MEGABYTES,
+        ],
+        outputs: &[("VHS_FILENAMES", "Filenames")],
+        output_node: true,
+    },
+    NodeClass {
+        name: "EmptyLatentAudio",
+        display_name: "Empty Latent Audio",
+        category: "latent/audio",
+        description: "Creates an empty audio latent of the given length.",
+        inputs: &[
+            float("seconds", 1.0, 1000.0, 47.6, 0.1),
+            int("batch_size", 1, 4096, 1, 1),
+        ],
+        outputs: &[("LATENT", "LATENT")],
+        output_node: false,
+    },
+    NodeClass {
+        name: "VAEDecodeAudio",
+        display_name: "VAE Decode Audio",
+        category: "latent/audio",
+        description: "Decodes an audio latent into audio.",
+        inputs: &[link("samples", "LATENT"), link("vae", "VAE")],
+        outputs: &[("AUDIO", "AUDIO")],
+        output_node: false,
+    },
+    NodeClass {
+        name: "SaveAudio",
+        display_name: "Save Audio (FLAC)",
+        category: "audio",
+        description: "Saves the audio as FLAC (reported under audio).",
+        inputs: &[
+            link("audio", "AUDIO"),
+            text("filename_prefix", false, "audio/ComfyUI"),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "SaveAudioMP3",
+        display_name: "Save Audio (MP3)",
+        category: "audio",
+        description: "Saves the audio as MP3 (reported under audio).",
+        inputs: &[
+            link("audio", "AUDIO"),
+            text("filename_prefix", false, "audio/ComfyUI"),
+            choice("quality", ChoiceList::Fixed(&["V0", "128k", "320k"])),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "SaveAudioOpus",
+        display_name: "Save Audio (Opus)",
+        category: "audio",
+        description: "Saves the audio as Opus in Ogg (reported under audio).",
+        inputs: &[
+            link("audio", "AUDIO"),
+            text("filename_prefix", false, "audio/ComfyUI"),
+            choice(
+                "quality",
+                ChoiceList::Fixed(&["128k", "64k", "96k", "192k", "320k"]),
+            ),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
+        name: "SaveAudioWAV",
+        display_name: "Save Audio (WAV)",
+        category: "audio",
+        description: "Simulator only: saves the audio as WAV, as several custom node packs do (reported under audio).",
+        inputs: &[
+            link("audio", "AUDIO"),
+            text("filename_prefix", false, "audio/ComfyUI"),
+            MEGABYTES,
+        ],
+        outputs: &[],
+        output_node: true,
+    },
 ];
 
 /// The class named `name`, if the simulator has it.
@@ -306,27 +498,57 @@ impl NodeClass {
         self.inputs.iter().any(|i| i.name == "steps")
     }
 
+    /// The Python module ComfyUI would report the class from.
+    fn python_module(&self) -> &'static str {
+        match self.name {
+            "CreateVideo" | "SaveVideo" | "SaveWEBM" => "comfy_extras.nodes_video",
+            "SaveAnimatedPNG" => "comfy_extras.nodes_images",
+            "EmptyLatentAudio" | "VAEDecodeAudio" | "SaveAudio" | "SaveAudioMP3"
+            | "SaveAudioOpus" => "comfy_extras.nodes_audio",
+            "VHS_VideoCombine" => "custom_nodes.ComfyUI-VideoHelperSuite",
+            "SaveAudioWAV" => "custom_nodes.comfyui-sim",
+            _ => "nodes",
+        }
+    }
+
     /// The `/object_info` description of this class.
     pub(crate) fn object_info(&self, input_files: &[String]) -> Value {
         let mut required = serde_json::Map::new();
+        let mut optional = serde_json::Map::new();
         for input in self.inputs {
-            required.insert(input.name.to_string(), input.config(input_files));
+            let section = if input.optional {
+                &mut optional
+            } else {
+                &mut required
+            };
+            section.insert(input.name.to_string(), input.config(input_files));
         }
         let mut inputs = json!({ "required": required });
-        if self.output_node && self.name == "SaveImage" {
+        let mut order = json!({
+            "required": self.inputs.iter().filter(|i| !i.optional).map(|i| i.name).collect::<Vec<_>>()
+        });
+        if !optional.is_empty() {
+            inputs["optional"] = Value::Object(optional);
+            order["optional"] = self
+                .inputs
+                .iter()
+                .filter(|i| i.optional)
+                .map(|i| i.name)
+                .collect();
+        }
+        if self.output_node && self.name != "PreviewImage" {
             inputs["hidden"] = json!({"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"});
         }
-        let order: Vec<&str> = self.inputs.iter().map(|i| i.name).collect();
         json!({
             "input": inputs,
-            "input_order": { "required": order },
+            "input_order": order,
             "output": self.outputs.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
             "output_is_list": self.outputs.iter().map(|_| false).collect::<Vec<_>>(),
             "output_name": self.outputs.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
             "name": self.name,
             "display_name": self.display_name,
             "description": self.description,
-            "python_module": "nodes",
+            "python_module": self.python_module(),
             "category": self.category,
             "output_node": self.output_node,
             "deprecated": false,
@@ -367,6 +589,7 @@ impl InputDef {
             } => {
                 json!(["FLOAT", {"default": default, "min": min, "max": max, "step": step, "round": 0.01}])
             }
+            InputKind::Bool { default } => json!(["BOOLEAN", {"default": default}]),
             InputKind::Text { multiline, default } => {
                 if *multiline {
                     json!(["STRING", {"multiline": true, "dynamicPrompts": true}])
@@ -441,12 +664,26 @@ mod tests {
     }
 
     #[test]
-    fn only_save_and_preview_are_output_nodes() {
+    fn only_the_savers_are_output_nodes() {
         let outputs: Vec<&str> = CLASSES
             .iter()
             .filter(|c| c.output_node)
             .map(|c| c.name)
             .collect();
-        assert_eq!(outputs, ["SaveImage", "PreviewImage"]);
+        assert_eq!(
+            outputs,
+            [
+                "SaveImage",
+                "PreviewImage",
+                "SaveVideo",
+                "SaveWEBM",
+                "SaveAnimatedPNG",
+                "VHS_VideoCombine",
+                "SaveAudio",
+                "SaveAudioMP3",
+                "SaveAudioOpus",
+                "SaveAudioWAV"
+            ]
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! One `SimState` sits behind a mutex in the simulator; every method here is quick and does no
 //! I/O, so the lock is never held across a socket write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -84,6 +85,51 @@ impl FileKey {
     }
 }
 
+/// A stored file's bytes: held whole, or (for the big files a memory benchmark asks for) a
+/// head followed by deterministic filler that is produced while it is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileData {
+    /// Every byte, in memory.
+    Bytes(Vec<u8>),
+    /// `head`, then filler up to `len` bytes in all.
+    Padded { head: Vec<u8>, len: u64 },
+}
+
+impl FileData {
+    /// The size in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            FileData::Bytes(bytes) => bytes.len() as u64,
+            FileData::Padded { head, len } => (*len).max(head.len() as u64),
+        }
+    }
+
+    /// The bytes held in memory: all of them, or a padded file's head.
+    pub(crate) fn head(&self) -> &[u8] {
+        match self {
+            FileData::Bytes(bytes) | FileData::Padded { head: bytes, .. } => bytes,
+        }
+    }
+
+    /// Writes the whole file to `out`, filler included, 64 KiB at a time.
+    pub(crate) fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(self.head())?;
+        let FileData::Padded { head, len } = self else {
+            return Ok(());
+        };
+        let block: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+            .collect();
+        let mut left = len.saturating_sub(head.len() as u64);
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            out.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
 /// A cached node result: its outputs and, for output nodes, the UI output (`{"images": [...]}`).
 #[derive(Debug, Clone)]
 pub(crate) struct CachedNode {
@@ -110,13 +156,20 @@ pub(crate) struct SimState {
     pub exec_failure: Option<Failure>,
     /// Test control: refuse the next `/prompt` with node errors.
     pub reject_next: bool,
-    pub pending: Vec<QueueItem>,
+    /// Test control: finished prompts wait before their history entry is written.
+    pub history_held: bool,
+    /// Waiting prompts by number: the order ComfyUI runs them in.
+    pub pending: BTreeMap<i64, QueueItem>,
     pub running: Option<Running>,
     /// Node results by signature (class, inputs and upstream signatures).
     pub cache: HashMap<u64, CachedNode>,
-    pub files: HashMap<FileKey, Arc<Vec<u8>>>,
+    pub files: HashMap<FileKey, Arc<FileData>>,
+    /// The highest `{prefix}_{counter}` per (type, subfolder, prefix), for the next save.
+    counters: HashMap<(String, String, String), u32>,
     next_number: i64,
-    history: Vec<(String, Value)>,
+    /// Finished prompts, oldest first, and their entries.
+    history_order: VecDeque<String>,
+    history: HashMap<String, Value>,
 }
 
 impl SimState {
@@ -131,12 +184,15 @@ impl SimState {
             interrupt: false,
             exec_failure: None,
             reject_next: false,
-            pending: Vec::new(),
+            history_held: false,
+            pending: BTreeMap::new(),
             running: None,
             cache: HashMap::new(),
             files: HashMap::new(),
+            counters: HashMap::new(),
             next_number: 0,
-            history: Vec::new(),
+            history_order: VecDeque::new(),
+            history: HashMap::new(),
         }
     }
 
@@ -149,8 +205,9 @@ impl SimState {
         self.running = None;
         self.cache.clear();
         self.files.clear();
+        self.counters.clear();
         self.next_number = 0;
-        self.history.clear();
+        self.clear_history();
     }
 
     /// `exec_info.queue_remaining`: pending plus running prompts.
@@ -180,8 +237,7 @@ impl SimState {
             extra_data,
             outputs,
         };
-        let at = self.pending.partition_point(|p| p.number <= number);
-        self.pending.insert(at, item);
+        self.pending.insert(number, item);
         number
     }
 
@@ -190,7 +246,7 @@ impl SimState {
         if !self.alive || self.paused || self.running.is_some() || self.pending.is_empty() {
             return None;
         }
-        let item = self.pending.remove(0);
+        let (_, item) = self.pending.pop_first()?;
         self.interrupt = false;
         self.running = Some(Running {
             item: item.clone(),
@@ -202,7 +258,7 @@ impl SimState {
     /// Removes the pending prompts among `ids`; returns the ids actually removed.
     pub(crate) fn delete_pending(&mut self, ids: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
-        self.pending.retain(|item| {
+        self.pending.retain(|_, item| {
             let hit = ids.contains(&item.prompt_id);
             if hit {
                 removed.push(item.prompt_id.clone());
@@ -214,52 +270,73 @@ impl SimState {
 
     /// Removes every pending prompt; returns their ids.
     pub(crate) fn clear_pending(&mut self) -> Vec<String> {
-        self.pending.drain(..).map(|item| item.prompt_id).collect()
+        std::mem::take(&mut self.pending)
+            .into_values()
+            .map(|item| item.prompt_id)
+            .collect()
     }
 
     /// `GET /queue`.
     pub(crate) fn queue_json(&self) -> Value {
         let running: Vec<Value> = self.running.iter().map(|r| r.item.to_json()).collect();
-        let pending: Vec<Value> = self.pending.iter().map(QueueItem::to_json).collect();
+        let pending: Vec<Value> = self.pending.values().map(QueueItem::to_json).collect();
         json!({"queue_running": running, "queue_pending": pending})
     }
 
     /// Records a finished prompt, dropping the oldest entry beyond ComfyUI's limit.
     pub(crate) fn add_history(&mut self, prompt_id: String, entry: Value) {
-        self.history.retain(|(id, _)| *id != prompt_id);
-        self.history.push((prompt_id, entry));
-        if self.history.len() > MAX_HISTORY {
-            self.history.remove(0);
+        if self.history.insert(prompt_id.clone(), entry).is_some() {
+            self.history_order.retain(|id| *id != prompt_id);
+        }
+        self.history_order.push_back(prompt_id);
+        while self.history_order.len() > MAX_HISTORY {
+            if let Some(oldest) = self.history_order.pop_front() {
+                self.history.remove(&oldest);
+            }
         }
     }
 
     /// The history entry of one prompt.
     pub(crate) fn history_entry(&self, prompt_id: &str) -> Option<&Value> {
-        self.history
-            .iter()
-            .find(|(id, _)| id == prompt_id)
-            .map(|(_, e)| e)
+        self.history.get(prompt_id)
     }
 
     /// `GET /history`: the newest `max_items` entries (all when `None`), oldest first, as JSON
     /// text so the order survives (a `serde_json::Map` would sort the ids).
     pub(crate) fn history_json(&self, max_items: Option<usize>) -> String {
-        let skip = max_items.map_or(0, |n| self.history.len().saturating_sub(n));
-        let fields: Vec<String> = self.history[skip..]
+        let skip = max_items.map_or(0, |n| self.history_order.len().saturating_sub(n));
+        let fields: Vec<String> = self
+            .history_order
             .iter()
-            .map(|(id, entry)| format!("{}:{}", Value::from(id.as_str()), entry))
+            .skip(skip)
+            .filter_map(|id| {
+                let entry = self.history.get(id)?;
+                Some(format!("{}:{}", Value::from(id.as_str()), entry))
+            })
             .collect();
         format!("{{{}}}", fields.join(","))
     }
 
     /// `POST /history` `{"delete": [...]}`.
     pub(crate) fn delete_history(&mut self, ids: &[String]) {
-        self.history.retain(|(id, _)| !ids.contains(id));
+        self.history_order.retain(|id| !ids.contains(id));
+        self.history.retain(|id, _| !ids.contains(id));
     }
 
     /// `POST /history` `{"clear": true}`.
     pub(crate) fn clear_history(&mut self) {
+        self.history_order.clear();
         self.history.clear();
+    }
+
+    /// Stores a file, remembering its counter if its name is `{prefix}_{counter}...`.
+    pub(crate) fn store_file(&mut self, key: FileKey, data: FileData) {
+        if let Some((prefix, counter)) = name_counter(&key.name) {
+            let slot = (key.kind.clone(), key.subfolder.clone(), prefix.to_string());
+            let highest = self.counters.entry(slot).or_insert(0);
+            *highest = (*highest).max(counter);
+        }
+        self.files.insert(key, Arc::new(data));
     }
 
     /// Names `LoadImage` accepts: uploaded inputs as `name` or `subfolder/name`, sorted.
@@ -280,23 +357,29 @@ impl SimState {
         names
     }
 
-    /// The next free counter for `{filename}_{counter:05}_.png` in one folder, like
-    /// ComfyUI's `get_save_image_path` (highest existing counter plus one).
+    /// The next free counter for `{filename}_{counter:05}_.ext` in one folder, like
+    /// ComfyUI's `get_save_image_path` (highest existing counter plus one, whatever the
+    /// extension).
     pub(crate) fn next_counter(&self, kind: &str, subfolder: &str, filename: &str) -> u32 {
-        let head = format!("{filename}_");
-        self.files
-            .keys()
-            .filter(|k| k.kind == kind && k.subfolder == subfolder)
-            .filter_map(|k| {
-                k.name
-                    .strip_prefix(&head)?
-                    .strip_suffix("_.png")?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .max()
-            .map_or(1, |n| n + 1)
+        let slot = (
+            kind.to_string(),
+            subfolder.to_string(),
+            filename.to_string(),
+        );
+        self.counters.get(&slot).map_or(1, |n| n + 1)
     }
+}
+
+/// The prefix and counter of a saved file's name: `ComfyUI_00012_.png` and `clip_00003.mp4`
+/// give `("ComfyUI", 12)` and `("clip", 3)`.
+fn name_counter(name: &str) -> Option<(&str, u32)> {
+    let stem = name.split('.').next()?;
+    let stem = stem.strip_suffix('_').unwrap_or(stem);
+    let (prefix, digits) = stem.rsplit_once('_')?;
+    if digits.len() < 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((prefix, digits.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -310,7 +393,7 @@ mod tests {
         let b = st.enqueue("b".into(), json!({}), json!({}), vec![], false);
         let c = st.enqueue("c".into(), json!({}), json!({}), vec![], true);
         assert_eq!((a, b, c), (0, 1, -2));
-        let order: Vec<&str> = st.pending.iter().map(|p| p.prompt_id.as_str()).collect();
+        let order: Vec<&str> = st.pending.values().map(|p| p.prompt_id.as_str()).collect();
         assert_eq!(order, ["c", "a", "b"]);
     }
 
@@ -330,11 +413,15 @@ mod tests {
     fn counters_continue_after_the_highest_file() {
         let mut st = SimState::new();
         assert_eq!(st.next_counter("output", "", "ComfyUI"), 1);
-        st.files.insert(
+        st.store_file(
             FileKey::new("output", "", "ComfyUI_00012_.png"),
-            Arc::new(vec![]),
+            FileData::Bytes(vec![]),
         );
-        assert_eq!(st.next_counter("output", "", "ComfyUI"), 13);
+        st.store_file(
+            FileKey::new("output", "", "ComfyUI_00013.mp4"),
+            FileData::Bytes(vec![]),
+        );
+        assert_eq!(st.next_counter("output", "", "ComfyUI"), 14);
         assert_eq!(st.next_counter("output", "", "Other"), 1);
     }
 }

@@ -1,17 +1,21 @@
-//! A faithful, in-process stand-in for ComfyUI's server, for tests and demos.
+//! A faithful, in-process stand-in for ComfyUI's server, for tests, benchmarks and demos (the
+//! `comfyui-sim` binary runs it as a process).
 //!
 //! [`ComfySim`] listens on one port for ComfyUI's HTTP API (`/prompt`, `/history`, `/view`,
 //! `/queue`, `/interrupt`, `/upload/image`, `/system_stats`, `/object_info`) and its websocket
 //! (`/ws?clientId=...`). A single worker thread executes queued prompts one at a time, FIFO,
 //! sending the same messages in the same order as ComfyUI, caching node results like ComfyUI,
-//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves.
+//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves,
+//! plus videos (SaveVideo, SaveWEBM, SaveAnimatedPNG, VideoHelperSuite's VHS_VideoCombine) and
+//! audio (SaveAudio, SaveAudioMP3, SaveAudioOpus, SaveAudioWAV) with real container headers,
+//! reported under the output keys ComfyUI uses (`images` with `animated`, `gifs`, `audio`).
 //!
 //! Tests steer it and watch it without sleeping: [`ComfySim::events`] reports what happened after
 //! the bytes were written, [`ComfySim::fail_next`] injects failures, [`ComfySim::pause`] holds the
 //! queue, [`ComfySim::crash`] and [`ComfySim::restart`] imitate the process dying and coming back.
 //!
 //! ```no_run
-//! use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+//! use comfyui_sim::{ComfySim, SimEvent, SimOptions};
 //!
 //! let sim = ComfySim::start(SimOptions::default()).expect("port 0 is always free");
 //! let events = sim.events();
@@ -28,23 +32,29 @@
 //! one from the previous prompt is reused (reported in `execution_cached`); entries the new
 //! prompt cannot use are dropped, so only the last prompt's results are remembered.
 //!
-//! Threads: one HTTP dispatcher (plus tiny_http's accept thread and a thread per request), one
-//! writer thread per websocket, one worker. Every HTTP answer carries `Connection: close`, so no
-//! keep-alive connection can outlive a crash and answer from a dead process's memory.
+//! Threads: an accept loop and one thread per connection (which, for a websocket, goes on
+//! reading the client's frames), one writer thread per websocket, one worker. Every HTTP answer
+//! carries `Connection: close`, so no keep-alive connection can outlive a crash and answer from
+//! a dead process's memory.
 //!
-//! Websockets are write-only: the simulator never reads client frames (tiny_http's upgraded
-//! stream cannot be read and written from two threads, nor given a timeout), so it does not
-//! answer pings or close frames; a client should simply drop its socket when done.
+//! Websockets follow ComfyUI's `server.py`: one registered socket per client id (a reconnect
+//! takes the id over; when a socket ends, whatever socket then holds its id is unregistered),
+//! `status` broadcast to every registered socket on each queue change, execution messages only
+//! to the socket of the prompt's client id, and a client's first `feature_flags` message read.
+//! [`ComfySim::ws_stats`] counts what that costs.
 
 mod compute;
 mod control;
 mod exec;
 mod graph;
 mod http;
+mod ids;
+mod media;
 mod nodes;
 mod render;
 mod state;
 mod validate;
+mod wire;
 mod ws;
 
 #[cfg(test)]
@@ -57,6 +67,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use serde_json::Value;
 
 use state::SimState;
 
@@ -67,8 +78,29 @@ pub struct SimOptions {
     pub listen: String,
     /// How long each sampler step takes.
     pub step_delay: Duration,
-    /// Whether samplers send binary preview frames (type 1, PNG) after each step.
+    /// Whether samplers send a binary preview frame after each step's `progress`: type 4
+    /// (with metadata) to a client that announced `supports_preview_metadata` in a
+    /// `feature_flags` message, else type 1. See [`ComfySim::set_previews`].
     pub send_previews: bool,
+    /// The image format of previews.
+    pub preview_format: PreviewFormat,
+    /// How long after a prompt's final messages its history entry is written (ComfyUI writes
+    /// it after sending them; zero still leaves a short window).
+    pub history_delay: Duration,
+    /// Whether every HTTP request is kept for [`ComfySim::requests`] (bodies included). Turn it
+    /// off for long runs whose memory is measured in the same process.
+    pub record_requests: bool,
+}
+
+/// The image format of sampler previews, as ComfyUI's `--preview-method` would produce them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreviewFormat {
+    /// A small PNG of the image developing from grey (format code 2 in type 1 frames).
+    #[default]
+    Png,
+    /// A flat grey baseline JPEG of the image's mean brightness (format code 1), ComfyUI's
+    /// usual preview format.
+    Jpeg,
 }
 
 impl Default for SimOptions {
@@ -78,6 +110,9 @@ impl Default for SimOptions {
             listen: "127.0.0.1:0".into(),
             step_delay: Duration::from_millis(20),
             send_previews: false,
+            preview_format: PreviewFormat::Png,
+            history_delay: Duration::ZERO,
+            record_requests: true,
         }
     }
 }
@@ -91,6 +126,16 @@ pub enum Failure {
     ExecutionError {
         node_id: Option<String>,
         exception_type: String,
+        message: String,
+    },
+    /// A node of the next prompt blocks its branch, as a node returning ComfyUI's
+    /// `ExecutionBlocker(message)` does: `node_id` (`None`: the first output node that is not
+    /// cached) sends `executing`, then an `execution_error` with `exception_type`
+    /// `"ExecutionBlocked"` and `exception_message` `"Execution Blocked: {message}"`; it and the
+    /// nodes that need it produce nothing, the other branches run, and the prompt still ends
+    /// with `execution_success`. The error is not written to history.
+    ExecutionBlocked {
+        node_id: Option<String>,
         message: String,
     },
     /// The simulator [crashes](ComfySim::crash) right after the sampler of the next prompt sent
@@ -107,8 +152,21 @@ pub enum Failure {
 /// Something the simulator did, reported after the bytes that show it were written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SimEvent {
-    /// A websocket was accepted and its first `status` message written.
+    /// A websocket was accepted, registered under its client id (taking the registration from
+    /// any older socket with that id) and its first `status` message written.
     WsConnected { client_id: String },
+    /// A websocket ended from the client's side (close frame, EOF or error) and, as ComfyUI's
+    /// server does, the registration of `client_id` was removed, whichever socket held it:
+    /// `removed_newer` is true when that was a newer socket that had reconnected with the
+    /// same id, which from now on gets no messages at all. Not sent for sockets the simulator
+    /// ends itself (crash, [`ComfySim::cut_websockets`], [`Failure::CloseSocketAt`]).
+    WsClosed {
+        client_id: String,
+        removed_newer: bool,
+    },
+    /// A client's first text message was `feature_flags`: its flags are recorded for its
+    /// client id and the server's own `feature_flags` answer was written.
+    FeatureFlags { client_id: String, flags: Value },
     /// `POST /prompt` queued a prompt (reported before the worker can start it). `number` is
     /// the one in the answer, except that ComfyUI makes it negative for `"front": true`.
     PromptQueued { prompt_id: String, number: u64 },
@@ -123,9 +181,19 @@ pub enum SimEvent {
         max: u32,
         at: Instant,
     },
-    /// A prompt ended and its final `executing {node: null}` was written; `outcome` is
-    /// `"success"`, `"error"` or `"interrupted"`. Not sent for prompts lost in a crash.
+    /// A prompt ended: its final messages were written, then its history entry, and `status`
+    /// was broadcast; `outcome` is `"success"`, `"error"` or `"interrupted"`. Not sent for
+    /// prompts lost in a crash.
     Finished { prompt_id: String, outcome: String },
+    /// A sampler step's binary preview frame was written: type 4 (`with_metadata`) or type 1.
+    PreviewSent {
+        prompt_id: String,
+        node: String,
+        step: u32,
+        with_metadata: bool,
+        /// The frame's size, event type included.
+        bytes: usize,
+    },
     /// `POST /interrupt` was answered; `prompt_id` is the prompt it stopped, if any.
     Interrupted { prompt_id: Option<String> },
     /// `POST /queue` was answered; these pending prompts were removed.
@@ -134,6 +202,27 @@ pub enum SimEvent {
     Crashed,
     /// [`ComfySim::restart`] finished: the port accepts connections again.
     Restarted,
+}
+
+/// What the websockets cost the simulator so far (counts survive crashes and restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WsStats {
+    /// Websocket upgrades accepted and registered since start.
+    pub accepted: u64,
+    /// Sockets open now, registered under a client id or not (a socket whose registration a
+    /// reconnect took over stays open until its client closes it).
+    pub open: usize,
+    /// The most sockets open at once.
+    pub peak_open: usize,
+    /// Client ids with a registered socket now: what `status` broadcasts go to.
+    pub registered: usize,
+    /// `status` messages handed to sockets: greetings plus one per registered socket for every
+    /// queue change (as in ComfyUI, N sockets and N queued prompts cost on the order of N²).
+    pub status_sent: u64,
+    /// Messages of every kind handed to sockets (text and binary; muted ones not counted).
+    pub messages_sent: u64,
+    /// Binary preview frames written.
+    pub previews_sent: u64,
 }
 
 /// One HTTP request as the simulator received it.
@@ -172,7 +261,9 @@ impl ComfySim {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr,
-            send_previews: opts.send_previews,
+            previews: Mutex::new(opts.send_previews.then_some(opts.preview_format)),
+            history_delay: opts.history_delay,
+            record_requests: opts.record_requests,
             step_delay: Mutex::new(opts.step_delay),
             state: Mutex::new(SimState::new()),
             wake: Condvar::new(),
@@ -215,7 +306,14 @@ impl ComfySim {
         rx
     }
 
-    /// Every HTTP request received so far (across crashes), oldest first.
+    /// What the websockets cost so far: sockets accepted and open, `status` and other messages
+    /// sent.
+    pub fn ws_stats(&self) -> WsStats {
+        self.shared.hub.stats()
+    }
+
+    /// Every HTTP request received so far (across crashes), oldest first; empty when
+    /// [`SimOptions::record_requests`] is off.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
     }
@@ -235,10 +333,23 @@ impl ComfySim {
         *lock(&self.shared.step_delay) = d;
     }
 
+    /// Turns sampler previews on (in this format) or off (`None`), from the next step on.
+    pub fn set_previews(&self, format: Option<PreviewFormat>) {
+        *lock(&self.shared.previews) = format;
+    }
+
     /// Holds the queue: prompts are accepted but none starts until [`resume`](Self::resume).
     /// A prompt already running continues.
     pub fn pause(&self) {
         self.shared.state().paused = true;
+    }
+
+    /// Holds back (`true`) or lets through (`false`) the history entries of prompts that have
+    /// sent their final messages: meanwhile `/history/{id}` answers `{}`, `/queue` still shows
+    /// the prompt running and the next one waits, and [`SimEvent::Finished`] is not sent yet.
+    pub fn hold_history(&self, held: bool) {
+        self.shared.state().history_held = held;
+        self.shared.wake.notify_all();
     }
 
     /// Lets queued prompts run again.
@@ -353,7 +464,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the simulator's threads share.
 pub(crate) struct Shared {
     addr: SocketAddr,
-    send_previews: bool,
+    /// The preview format while previews are on.
+    previews: Mutex<Option<PreviewFormat>>,
+    history_delay: Duration,
+    record_requests: bool,
     step_delay: Mutex<Duration>,
     state: Mutex<SimState>,
     /// Signalled on every change the worker may wait for: queue, pause, interrupt, crash.
@@ -376,7 +490,17 @@ impl Shared {
     }
 
     fn record(&self, request: RecordedRequest) {
-        lock(&self.requests).push(request);
+        if self.record_requests {
+            lock(&self.requests).push(request);
+        }
+    }
+
+    fn history_delay(&self) -> Duration {
+        self.history_delay
+    }
+
+    fn previews(&self) -> Option<PreviewFormat> {
+        *lock(&self.previews)
     }
 
     fn step_delay(&self) -> Duration {
@@ -386,7 +510,8 @@ impl Shared {
     /// Sends `status` with the current queue size to every socket.
     fn broadcast_status(&self) {
         let remaining = self.state().queue_remaining();
-        self.hub.broadcast(ws::status_message(remaining, None));
+        self.hub
+            .broadcast_status(&ws::status_message(remaining, None));
     }
 
     /// See [`ComfySim::crash`]; also called by the worker for [`Failure::CrashAt`].

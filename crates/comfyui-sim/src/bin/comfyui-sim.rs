@@ -1,7 +1,7 @@
 //! `comfyui-sim`: the ComfyUI stand-in as a process, for demos and manual testing.
 //!
 //! ```text
-//! comfyui-sim [--listen ADDR] [--step-ms N] [--previews]
+//! comfyui-sim [--listen ADDR] [--step-ms N] [--previews] [--preview-format png|jpeg]
 //! ```
 //! Listens on `127.0.0.1:8188` (ComfyUI's default) unless told otherwise, logs through
 //! `env_logger` (`RUST_LOG=info` by default) and runs until killed. After a simulated crash
@@ -10,12 +10,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use comfyui_gateway::sim::{ComfySim, SimEvent, SimOptions};
+use comfyui_sim::{ComfySim, PreviewFormat, SimEvent, SimOptions};
 
 /// How long a crashed simulator stays down before it restarts (empty, like a restarted ComfyUI).
 const RESTART_AFTER: Duration = Duration::from_secs(3);
 
-const USAGE: &str = "usage: comfyui-sim [--listen ADDR] [--step-ms N] [--previews]";
+const USAGE: &str =
+    "usage: comfyui-sim [--listen ADDR] [--step-ms N] [--previews] [--preview-format png|jpeg]";
 
 /// Reads the command line into options; `Err` carries the message for the user.
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SimOptions, String> {
@@ -41,6 +42,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<SimOptions, Stri
                 opts.step_delay = Duration::from_millis(ms);
             }
             "--previews" => opts.send_previews = true,
+            "--preview-format" => {
+                opts.preview_format = match args.next().as_deref() {
+                    Some("png") => PreviewFormat::Png,
+                    Some("jpeg") => PreviewFormat::Jpeg,
+                    _ => return Err("--preview-format expects png or jpeg".into()),
+                };
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -106,11 +114,14 @@ mod tests {
             "--step-ms",
             "5",
             "--previews",
+            "--preview-format",
+            "jpeg",
         ]))
         .expect("valid arguments");
         assert_eq!(opts.listen, "0.0.0.0:9000");
         assert_eq!(opts.step_delay, Duration::from_millis(5));
         assert!(opts.send_previews);
+        assert_eq!(opts.preview_format, PreviewFormat::Jpeg);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //!
 //! Message order per prompt (status broadcasts interleave):
 //! `execution_start`, `execution_cached`, then per node `executing`, `progress_state`,
-//! `progress` (samplers, once a step), `executed` (output nodes; cached output nodes get only
-//! this), then `execution_success` | `execution_error` | `execution_interrupted`, `status`, and
-//! `executing {node: null}`. History is written before the final message goes out, so a client
-//! reacting to it always finds the entry.
+//! `progress` (samplers, once a step, then a binary preview when previews are on), `executed`
+//! (output nodes; cached output nodes get only this), then `execution_success` |
+//! `execution_error` | `execution_interrupted` and `executing {node: null}`; only then is the
+//! history entry written and `status` broadcast, as in today's ComfyUI: a client that reads
+//! `/history` on the final message may have to ask again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -15,13 +16,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::compute::{self, Computed, Inputs, NodeFailure, NodeValue, Outputs};
+use super::compute::{
+    self, Computed, Inputs, MediaData, MediaSave, NodeFailure, NodeValue, Outputs,
+};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
-use super::state::{CachedNode, FileKey, QueueItem, SimState};
+use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
 use super::validate::to_int;
 use super::ws::message;
-use super::{Failure, Shared, SimEvent};
+use super::{Failure, PreviewFormat, Shared, SimEvent, media};
 
 /// Milliseconds since the Unix epoch, ComfyUI's message timestamps.
 fn now_ms() -> u64 {
@@ -177,8 +180,24 @@ impl<'a> Execution<'a> {
             json!({"nodes": cached_ids, "prompt_id": self.prompt_id(), "timestamp": now_ms()});
         self.send_recorded("execution_cached", data);
         let fail_at = self.failure_target(order, &cached);
+        let block_at = self.block_target(order, &cached);
+        let mut blocked: HashSet<String> = HashSet::new();
         for id in order {
             self.check(id)?;
+            if block_at.as_deref() == Some(id.as_str()) {
+                self.block(id);
+                blocked.insert(id.clone());
+                continue;
+            }
+            if self
+                .graph
+                .upstream(id)
+                .iter()
+                .any(|up| blocked.contains(up))
+            {
+                blocked.insert(id.clone()); // its input is the blocker: it does not run
+                continue;
+            }
             if let Some(hit) = cached.remove(id) {
                 if let Some(ui) = hit.ui {
                     self.send_executed(id, &ui);
@@ -222,7 +241,7 @@ impl<'a> Execution<'a> {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let content = st.files.get(&FileKey::input(name));
-                parts.push(content.map_or_else(Vec::new, |bytes| bytes.to_vec()));
+                parts.push(content.map_or_else(Vec::new, |file| file.head().to_vec()));
             }
             let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
             signatures.insert(id.clone(), render::stable_hash(&slices));
@@ -247,6 +266,57 @@ impl<'a> Execution<'a> {
                 Some((id.clone(), hit.clone()))
             })
             .collect())
+    }
+
+    /// The node an injected `ExecutionBlocked` blocks: the one named, else the first output
+    /// node that is not cached.
+    fn block_target(
+        &self,
+        order: &[String],
+        cached: &HashMap<String, CachedNode>,
+    ) -> Option<String> {
+        let Some(Failure::ExecutionBlocked { node_id, .. }) = &self.failure else {
+            return None;
+        };
+        if node_id.is_some() {
+            return node_id.clone();
+        }
+        order
+            .iter()
+            .find(|id| {
+                !cached.contains_key(*id)
+                    && self
+                        .graph
+                        .nodes
+                        .get(*id)
+                        .is_some_and(|n| n.class.output_node)
+            })
+            .cloned()
+    }
+
+    /// A node that returns ComfyUI's `ExecutionBlocker` with a message: `executing`, then an
+    /// `execution_error` of type `ExecutionBlocked` that ends nothing and is not recorded in
+    /// history.
+    fn block(&mut self, id: &str) {
+        let Some(Failure::ExecutionBlocked { message, .. }) = &self.failure else {
+            return;
+        };
+        let message = message.clone();
+        let node_type = self.graph.nodes.get(id).map_or("", |n| n.class.name);
+        let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
+        self.send("executing", data);
+        let error = json!({
+            "prompt_id": self.prompt_id(),
+            "node_id": id,
+            "node_type": node_type,
+            "executed": self.executed,
+            "exception_message": format!("Execution Blocked: {message}"),
+            "exception_type": "ExecutionBlocked",
+            "traceback": [],
+            "current_inputs": [],
+            "current_outputs": [],
+        });
+        self.send("execution_error", error);
     }
 
     /// The node an injected `ExecutionError` fails at.
@@ -294,6 +364,33 @@ impl<'a> Execution<'a> {
             return Err(Halt::Interrupted { node: node.into() });
         }
         Ok(())
+    }
+
+    /// The state once history may be written: after the history delay, and not while a test
+    /// holds history back.
+    fn history_released(&self) -> Result<MutexGuard<'a, SimState>, Halt> {
+        let deadline = Instant::now() + self.shared.history_delay();
+        let mut st = self.live_state()?;
+        loop {
+            if st.generation != self.generation {
+                return Err(Halt::Crashed);
+            }
+            let now = Instant::now();
+            if !st.history_held && now >= deadline {
+                return Ok(st);
+            }
+            let wait = if now < deadline {
+                deadline - now
+            } else {
+                std::time::Duration::from_secs(1)
+            };
+            st = self
+                .shared
+                .wake
+                .wait_timeout(st, wait)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
     }
 
     /// Waits one sampler step, waking early for an interrupt or a crash.
@@ -373,6 +470,7 @@ impl<'a> Execution<'a> {
                 let ui = self.save_images(id, kind, &prefix, &frames)?;
                 (Vec::new(), Some(ui))
             }
+            Computed::Media(save) => (Vec::new(), Some(self.save_media(id, save)?)),
         };
         let outputs = Arc::new(outputs);
         if let Some(ui) = &ui {
@@ -390,7 +488,7 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    fn load_input(&self, name: &str) -> Option<Arc<Vec<u8>>> {
+    fn load_input(&self, name: &str) -> Option<Arc<FileData>> {
         let st = self.shared.state();
         (st.generation == self.generation)
             .then(|| st.files.get(&FileKey::input(name)).cloned())
@@ -410,7 +508,7 @@ impl<'a> Execution<'a> {
                 Some(NodeValue::Latent(frames)) => Some(frames.clone()),
                 _ => None,
             },
-            Computed::Save { .. } => None,
+            Computed::Save { .. } | Computed::Media(_) => None,
         };
         for value in 1..=max {
             self.wait_step(&node.id)?;
@@ -418,8 +516,9 @@ impl<'a> Execution<'a> {
                 json!({"value": value, "max": max, "prompt_id": self.prompt_id(), "node": node.id});
             let at = self.send("progress", data).unwrap_or_else(Instant::now);
             self.send_progress_state(&node.id, value, max, "running");
-            if let Some(frames) = preview_of.as_ref().filter(|_| self.shared.send_previews) {
-                self.send_preview(frames, f64::from(value) / f64::from(max));
+            if let (Some(frames), Some(format)) = (preview_of.as_ref(), self.shared.previews()) {
+                let developed = f64::from(value) / f64::from(max);
+                self.send_preview(format, &node.id, value, frames, developed);
             }
             self.shared.emit(SimEvent::Step {
                 prompt_id: self.item.prompt_id.clone(),
@@ -444,9 +543,18 @@ impl<'a> Execution<'a> {
         Ok(())
     }
 
-    /// A binary `PREVIEW_IMAGE` frame: type 1, format 2 (PNG), then a small PNG of the first
-    /// image developing from grey as the steps go by.
-    fn send_preview(&self, frames: &Frames, developed: f64) {
+    /// A binary preview of the first image developing from grey as the steps go by: a type 4
+    /// frame (`PREVIEW_IMAGE_WITH_METADATA`: metadata length, JSON metadata naming prompt and
+    /// node, image) for a client that announced `supports_preview_metadata`, else type 1
+    /// (`PREVIEW_IMAGE`: image format 1 JPEG or 2 PNG, image).
+    fn send_preview(
+        &self,
+        format: PreviewFormat,
+        node: &str,
+        step: u32,
+        frames: &Frames,
+        developed: f64,
+    ) {
         let Some(client) = self.client.as_deref() else {
             return;
         };
@@ -459,15 +567,50 @@ impl<'a> Execution<'a> {
             top: Box::new(picture.clone()),
             amount: developed,
         };
-        match render::encode_png(w, h, &developing.render(w, h), &[]) {
-            Ok(png) => {
-                let mut frame = Vec::with_capacity(png.len() + 8);
-                frame.extend_from_slice(&1u32.to_be_bytes());
-                frame.extend_from_slice(&2u32.to_be_bytes());
-                frame.extend_from_slice(&png);
-                self.shared.hub.send_binary(client, frame);
+        let rgb = developing.render(w, h);
+        let (image, format_code, mime) = match format {
+            PreviewFormat::Png => match render::encode_png(w, h, &rgb, &[]) {
+                Ok(png) => (png, 2u32, "image/png"),
+                Err(e) => {
+                    log::warn!("comfyui-sim: encoding a preview failed: {e}");
+                    return;
+                }
+            },
+            PreviewFormat::Jpeg => {
+                let mean = rgb.iter().map(|&c| u64::from(c)).sum::<u64>() / rgb.len().max(1) as u64;
+                let size = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                (
+                    media::grey_jpeg(size(w), size(h), mean as u8),
+                    1,
+                    "image/jpeg",
+                )
             }
-            Err(e) => log::warn!("comfyui-sim: encoding a preview failed: {e}"),
+        };
+        let with_metadata = self.shared.hub.wants_preview_metadata(client);
+        let mut frame = Vec::with_capacity(image.len() + 256);
+        if with_metadata {
+            let metadata = json!({
+                "node_id": node, "prompt_id": self.prompt_id(), "display_node_id": node,
+                "parent_node_id": null, "real_node_id": node, "image_type": mime,
+            })
+            .to_string();
+            frame.extend_from_slice(&4u32.to_be_bytes());
+            frame.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
+            frame.extend_from_slice(metadata.as_bytes());
+        } else {
+            frame.extend_from_slice(&1u32.to_be_bytes());
+            frame.extend_from_slice(&format_code.to_be_bytes());
+        }
+        frame.extend_from_slice(&image);
+        let bytes = frame.len();
+        if self.shared.hub.send_preview(client, frame).is_some() {
+            self.shared.emit(SimEvent::PreviewSent {
+                prompt_id: self.item.prompt_id.clone(),
+                node: node.to_string(),
+                step,
+                with_metadata,
+                bytes,
+            });
         }
     }
 
@@ -518,11 +661,82 @@ impl<'a> Execution<'a> {
         let mut images = Vec::new();
         for (counter, png) in (first..).zip(pngs) {
             let name = format!("{filename}_{counter:05}_.png");
-            st.files
-                .insert(FileKey::new(kind, subfolder, &name), Arc::new(png));
+            st.store_file(FileKey::new(kind, subfolder, &name), FileData::Bytes(png));
             images.push(json!({"filename": name, "subfolder": subfolder, "type": kind}));
         }
         Ok(json!({ "images": images }))
+    }
+
+    /// Stores a video or audio file as `{prefix}_{counter:05}{suffix}.{ext}` (and, for
+    /// VideoHelperSuite, its workflow PNG), returning the UI output that names it.
+    fn save_media(&self, id: &str, save: MediaSave) -> Result<Value, Halt> {
+        let (subfolder, filename) = save.prefix.rsplit_once('/').unwrap_or(("", &save.prefix));
+        let workflow_png = match &save.vhs {
+            Some(vhs) => {
+                let frames = &vhs.first_frame;
+                let picture = frames.pictures.first().cloned().unwrap_or(Picture::Blank);
+                let rgb = picture.render(frames.width, frames.height);
+                let png = render::encode_png(frames.width, frames.height, &rgb, &self.png_texts())
+                    .map_err(|e| Halt::Failed {
+                        node: id.into(),
+                        failure: NodeFailure {
+                            exception_type: "OSError".into(),
+                            message: format!("cannot write PNG: {e}"),
+                        },
+                    })?;
+                Some(png)
+            }
+            None => None,
+        };
+        let data = match save.data {
+            MediaData::Ready(data) => data,
+            MediaData::AnimatedPng { frames, fps } => {
+                let rendered: Vec<Vec<u8>> = frames
+                    .pictures
+                    .iter()
+                    .map(|p| p.render(frames.width, frames.height))
+                    .collect();
+                let texts = self.png_texts();
+                let apng = render::encode_apng(frames.width, frames.height, &rendered, fps, &texts)
+                    .map_err(|e| Halt::Failed {
+                        node: id.into(),
+                        failure: NodeFailure {
+                            exception_type: "OSError".into(),
+                            message: format!("cannot write APNG: {e}"),
+                        },
+                    })?;
+                FileData::Bytes(apng)
+            }
+        };
+        let mut st = self.live_state()?;
+        let counter = st.next_counter(save.folder, subfolder, filename);
+        let name = format!(
+            "{filename}_{counter:05}{}.{}",
+            save.counter_suffix, save.extension
+        );
+        let mut entry = json!({"filename": name, "subfolder": subfolder, "type": save.folder});
+        if let (Some(vhs), Some(png)) = (&save.vhs, workflow_png) {
+            let png_name = format!("{filename}_{counter:05}.png");
+            st.store_file(
+                FileKey::new(save.folder, subfolder, &png_name),
+                FileData::Bytes(png),
+            );
+            let folder_path = if subfolder.is_empty() {
+                save.folder.to_string()
+            } else {
+                format!("{}/{subfolder}", save.folder)
+            };
+            entry["format"] = json!(vhs.format);
+            entry["frame_rate"] = json!(vhs.frame_rate);
+            entry["workflow"] = json!(png_name);
+            entry["fullpath"] = json!(format!("/comfyui/{folder_path}/{name}"));
+        }
+        st.store_file(FileKey::new(save.folder, subfolder, &name), data);
+        let mut ui = json!({ save.ui_key: [entry] });
+        if save.animated {
+            ui["animated"] = json!([true]);
+        }
+        Ok(ui)
     }
 
     /// `tEXt` chunks: `prompt` (the API graph), `workflow` (the UI graph the client passed in
@@ -606,7 +820,9 @@ impl<'a> Execution<'a> {
         self.finish("execution_interrupted", data, "interrupted");
     }
 
-    /// Records history, then sends the final message, `status` and `executing {node: null}`.
+    /// Sends the final message and `executing {node: null}`, then (after any history delay or
+    /// hold) writes the history entry, frees the queue and broadcasts `status`: like ComfyUI,
+    /// whose clients may ask `/history` before the entry is there.
     fn finish(&mut self, kind: &str, data: Value, outcome: &str) {
         self.messages.push(json!([kind, data]));
         let success = outcome == "success";
@@ -632,15 +848,24 @@ impl<'a> Execution<'a> {
             let Ok(mut st) = self.live_state() else {
                 return;
             };
-            st.add_history(self.item.prompt_id.clone(), entry);
-            st.running = None;
+            if let Some(running) = st.running.as_mut() {
+                running.node = None;
+            }
         }
         self.send(kind, data);
-        self.shared.broadcast_status();
         self.send(
             "executing",
             json!({"node": null, "prompt_id": self.prompt_id()}),
         );
+        {
+            let Ok(mut st) = self.history_released() else {
+                return;
+            };
+            st.add_history(self.item.prompt_id.clone(), entry);
+            st.running = None;
+        }
+        self.shared.wake.notify_all();
+        self.shared.broadcast_status();
         self.shared.emit(SimEvent::Finished {
             prompt_id: self.item.prompt_id.clone(),
             outcome: outcome.into(),

@@ -152,6 +152,36 @@ pub(crate) fn encode_png(
     Ok(out)
 }
 
+/// Encodes RGB8 frames as an animated PNG (APNG) looping forever at `fps`, with one `tEXt`
+/// chunk per `(keyword, text)`, as ComfyUI's SaveAnimatedPNG writes it.
+pub(crate) fn encode_apng(
+    w: u32,
+    h: u32,
+    frames: &[Vec<u8>],
+    fps: f64,
+    texts: &[(String, String)],
+) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    for (keyword, text) in texts {
+        encoder.add_text_chunk(keyword.clone(), text.clone())?;
+    }
+    encoder.set_animated(frames.len().max(1) as u32, 0)?;
+    let delay_ms = (1000.0 / fps.max(0.01))
+        .round()
+        .clamp(1.0, f64::from(u16::MAX)) as u16;
+    encoder.set_frame_delay(delay_ms, 1000)?;
+    let mut writer = encoder.write_header()?;
+    for rgb in frames {
+        writer.write_image_data(rgb)?;
+    }
+    writer.finish()?;
+    Ok(out)
+}
+
 /// Decodes a PNG into RGB8, or `None` when `bytes` is not a PNG this decoder reads.
 pub(crate) fn decode_png(bytes: &[u8]) -> Option<Raster> {
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
