@@ -74,8 +74,7 @@ pub fn open_files_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-        .then_some(limit.rlim_cur)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// How many connections wait in `listener`'s accept queue, completed by the kernel but not yet
