@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_supabase;
+pub mod gateway_process;
 pub mod harness;
 pub mod sse_client;
 
