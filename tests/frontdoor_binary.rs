@@ -285,3 +285,51 @@ fn start_up_removes_crash_leftovers_and_writes_missing_rows() {
     assert_eq!(row["params"]["reconciled"], true);
     gateway.wait_for_line("(reconciled)");
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.is_file())
+    else {
+        eprintln!(
+            "\nsystemd-analyze is not installed: deploy/comfyui-gateway.service NOT verified\n"
+        );
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/comfyui-gateway.service"),
+    )
+    .expect("the unit is readable");
+    for needed in [
+        "Restart=on-failure",
+        "LimitNOFILE=",
+        "EnvironmentFile=",
+        "User=comfyui-gateway",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "NoNewPrivileges=true",
+        "PrivateTmp=true",
+    ] {
+        assert!(unit.contains(needed), "the unit sets {needed}");
+    }
+    // verify wants the executable to exist: point it at the one just built.
+    let dir = TestDir::new();
+    let path = dir.path().join("comfyui-gateway.service");
+    let unit = unit.replace(
+        "/usr/local/bin/comfyui-gateway",
+        env!("CARGO_BIN_EXE_comfyui-gateway"),
+    );
+    std::fs::write(&path, unit).expect("writable");
+    let output = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
