@@ -339,3 +339,22 @@ fn beyond_max_connections_requests_get_503_with_retry_after() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn an_absurd_declared_length_is_refused_and_the_gateway_lives_on() {
+    let h = limited_harness();
+    // tiny_http would set aside this much memory to discard the body of a refused request.
+    for (method, path) in [("POST", "/generate"), ("GET", "/health")] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 900000000000000\r\n\r\n"
+        );
+        let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+        assert_eq!(got.status(), 413, "{path}: {}", got.text);
+        assert_eq!(got.code(), "payload_too_large");
+        assert!(got.has_header("Connection: close"));
+        assert!(got.closed, "{path}: the connection is closed");
+    }
+    let (status, _) = h.get_json("/health");
+    assert_eq!(status, 200, "the gateway still serves");
+}

@@ -54,7 +54,15 @@ pub struct FrontDoor {
     in_flight: AtomicUsize,
     /// `MAX_CONNECTIONS`, lowered if the open-files limit cannot hold that many.
     max_in_flight: usize,
+    /// Requests leaked rather than handed back to tiny_http (see `reply::abandon`).
+    abandoned: AtomicUsize,
+    /// Where the server reports that it must be restarted.
+    failed: Sender<String>,
 }
+
+/// How many abandoned requests (each holding two descriptors and a thread) the gateway keeps
+/// before it asks to be restarted.
+const MAX_ABANDONED: usize = 256;
 
 /// How long a refused connection's address stays refused.
 const CONDEMNED_FOR: Duration = Duration::from_secs(10);
@@ -88,6 +96,30 @@ impl FrontDoor {
         match forwarded {
             Some(client) => format!("{client} (via {peer})"),
             None => peer.to_string(),
+        }
+    }
+
+    /// Answers `error` and closes the connection, without reading or waiting for the rest of
+    /// the request: for refused framing or size, and beyond `MAX_CONNECTIONS`.
+    pub fn refuse(&self, request: tiny_http::Request, error: &ApiError, extra: &[(&str, &str)]) {
+        let absurd = request
+            .body_length()
+            .is_some_and(|length| length as u64 >= reply::ABSURD_BODY_LENGTH);
+        if !absurd {
+            return reply::refuse_and_close(request, error, self.port, extra);
+        }
+        reply::abandon(request, error, self.port, extra);
+        let abandoned = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
+        log::warn!(
+            "refused a request declaring a body of {} bytes or more ({abandoned} so far; a \
+             reverse proxy refuses these before they arrive)",
+            reply::ABSURD_BODY_LENGTH
+        );
+        if abandoned >= MAX_ABANDONED {
+            let _ = self.failed.try_send(format!(
+                "{abandoned} requests declared absurd body lengths: their connections are held \
+                 until a restart"
+            ));
         }
     }
 
@@ -129,6 +161,8 @@ impl Bound {
     pub fn serve(self, app: Arc<App>) -> io::Result<Server> {
         socket::set_timeouts(&self.listener, app.config.idle_timeout)?;
         let watched = self.listener.try_clone()?;
+        // Holds one reason at most: the first failure is what main acts on.
+        let (failed, failures) = crossbeam_channel::bounded(1);
         let http =
             tiny_http::Server::from_listener(self.listener, None).map_err(io::Error::other)?;
         let http = Arc::new(http);
@@ -138,10 +172,10 @@ impl Bound {
             condemned: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: connection_limit(app.config.max_connections),
+            abandoned: AtomicUsize::new(0),
+            failed: failed.clone(),
         });
         let stopping = Arc::new(AtomicBool::new(false));
-        // Holds one reason at most: the first failure is what main acts on.
-        let (failed, failures) = crossbeam_channel::bounded(1);
         let (stop_watch, watch_stopped) = crossbeam_channel::bounded(1);
         let watch_failed = failed.clone();
         let watchdog = thread::Builder::new()
@@ -287,7 +321,7 @@ fn accept(
                 ),
             );
             let retry = RETRY_CONNECTIONS_AFTER.to_string();
-            reply::refuse_and_close(request, &error, door.port, &[("Retry-After", &retry)]);
+            door.refuse(request, &error, &[("Retry-After", &retry)]);
             continue;
         }
         let app = Arc::clone(app);

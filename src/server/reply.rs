@@ -56,6 +56,41 @@ pub fn refuse_and_close(request: Request, error: &ApiError, port: u16, extra: &[
         socket::stop_reading(peer, port);
     }
     let head_only = *request.method() == Method::Head;
+    let answer = refusal(error, head_only, extra);
+    let mut writer = request.into_writer();
+    let written = writer.write_all(&answer).and_then(|()| writer.flush());
+    if let Err(e) = written {
+        log::debug!(
+            "client left before its refusal ({}) was sent: {e}",
+            error.code
+        );
+    }
+}
+
+/// A declared body length (256 MiB) from which a refused request is never handed back to
+/// tiny_http: when it ends a request, tiny_http 0.12 discards what is left of the body through
+/// a buffer as large as the declared length, and a length larger than the machine's memory
+/// aborts the process.
+pub const ABSURD_BODY_LENGTH: u64 = 1 << 28;
+
+/// Answers `error` (with `Connection: close`) on the raw socket and shuts the connection down,
+/// then leaks the request instead of letting tiny_http end it: for a declared body length of
+/// [`ABSURD_BODY_LENGTH`] or more. What leaks (the request, its connection's descriptors and
+/// tiny_http's thread for it) is counted by the caller, which restarts the gateway before it
+/// adds up. The reverse proxies in `deploy/` refuse such requests before they get here.
+pub fn abandon(request: Request, error: &ApiError, port: u16, extra: &[(&str, &str)]) {
+    let answer = refusal(error, *request.method() == Method::Head, extra);
+    let answered = request
+        .remote_addr()
+        .is_some_and(|&peer| socket::answer_and_shut_down(peer, port, &answer));
+    if !answered {
+        log::debug!("the connection of an abandoned request was not found; it gets no answer");
+    }
+    std::mem::forget(request);
+}
+
+/// The bytes of an error answer that closes the connection.
+fn refusal(error: &ApiError, head_only: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let status = error.http_status();
     let body = error.to_body().to_string();
     let mut head = format!(
@@ -68,20 +103,11 @@ pub fn refuse_and_close(request: Request, error: &ApiError, port: u16, extra: &[
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    let mut writer = request.into_writer();
-    let written = writer
-        .write_all(head.as_bytes())
-        .and_then(|()| match head_only {
-            true => Ok(()),
-            false => writer.write_all(body.as_bytes()),
-        })
-        .and_then(|()| writer.flush());
-    if let Err(e) = written {
-        log::debug!(
-            "client left before its refusal ({}) was sent: {e}",
-            error.code
-        );
+    let mut answer = head.into_bytes();
+    if !head_only {
+        answer.extend_from_slice(body.as_bytes());
     }
+    answer
 }
 
 /// The reason phrase of the statuses `refuse_and_close` sends.

@@ -81,13 +81,13 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
                 ErrorCode::MalformedRequest,
                 "an earlier request on this connection was refused; the connection is closed",
             );
-            return reply::refuse_and_close(request, &error, door.port, &[]);
+            return door.refuse(request, &error, &[]);
         }
         if let Err(error) = framing::check(&request, app.config.max_body_bytes) {
             if error.code == ErrorCode::MalformedRequest {
                 door.condemn(peer);
             }
-            return reply::refuse_and_close(request, &error, door.port, &[]);
+            return door.refuse(request, &error, &[]);
         }
     }
     let route = Route::parse(path);
@@ -132,7 +132,7 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
 /// it also ends the connection, since the rest of it is not read.
 fn refuse(door: &FrontDoor, request: Request, error: &ApiError) {
     if error.code == ErrorCode::PayloadTooLarge {
-        reply::refuse_and_close(request, error, door.port, &[]);
+        door.refuse(request, error, &[]);
     } else {
         reply::error(request, error);
     }

@@ -142,6 +142,31 @@ pub fn stop_reading(peer: SocketAddr, local_port: u16) -> bool {
     true
 }
 
+/// Writes `bytes` straight to this process's connection from `peer` to `local_port`, then
+/// shuts the connection down both ways. For a request that must never be handed back to
+/// tiny_http (see `reply::abandon`); the socket's write timeout bounds the write.
+///
+/// Returns whether such a connection was found (only on Linux).
+pub fn answer_and_shut_down(peer: SocketAddr, local_port: u16, bytes: &[u8]) -> bool {
+    let Some(&fd) = sockets_from(peer, local_port).first() else {
+        return false;
+    };
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: send reads at most `rest.len()` bytes from `rest`; MSG_NOSIGNAL turns a
+        // closed peer into an error instead of SIGPIPE.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if n <= 0 {
+            break;
+        }
+        sent += n as usize;
+    }
+    // SAFETY: as in stop_reading.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    true
+}
+
 /// The descriptors of this process's TCP sockets connected from `peer` to `local_port`.
 fn sockets_from(peer: SocketAddr, local_port: u16) -> Vec<RawFd> {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
