@@ -358,3 +358,21 @@ fn an_absurd_declared_length_is_refused_and_the_gateway_lives_on() {
     let (status, _) = h.get_json("/health");
     assert_eq!(status, 200, "the gateway still serves");
 }
+
+#[test]
+fn streams_and_waits_longer_than_the_idle_timeout_are_not_cut() {
+    let h = Harness::with(Options {
+        vars: vec![("IDLE_TIMEOUT_SECS", "1".into())],
+        ..Options::step_ms(300)
+    });
+    let mut body = small_txt2img("outlives the idle timeout");
+    body["steps"] = serde_json::json!(10);
+    // About 3 s of events, one every 100 ms: the connection is never silent for a second.
+    let events = h.generate_stream(&body).until_terminal();
+    let last = events.last().expect("a terminal event");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    // A JSON answer that waits 3 s for its job: the client is silent, the gateway too.
+    body["prompt"] = serde_json::json!("waited for");
+    let (status, answer) = h.post_json("/generate", &body);
+    assert_eq!(status, 200, "{answer}");
+}

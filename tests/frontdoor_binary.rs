@@ -333,3 +333,29 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_gateway_left_idle_longer_than_its_idle_timeout_still_accepts() {
+    let sim = ComfySim::start(SimOptions::default()).expect("simulator");
+    let dir = TestDir::new();
+    // The listener's read timeout bounds accept() too: nobody connecting for longer than it
+    // must not end the accept loop.
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &[
+            ("COMFYUI_URL", sim.url()),
+            ("IDLE_TIMEOUT_SECS", "1".into()),
+        ],
+        None,
+    );
+    gateway.wait_until_serving();
+    let quiet_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < quiet_until {
+        assert!(
+            gateway.wait_for_exit(Duration::from_millis(200)).is_none(),
+            "the gateway exited while idle: {:#?}",
+            gateway.log()
+        );
+    }
+    assert!(serves(gateway.port), "{:#?}", gateway.log());
+}

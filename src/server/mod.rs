@@ -185,9 +185,10 @@ impl Bound {
         // The accept loop owns the only sender: when it ends, the nudging thread ends too.
         let (activity, seen) = crossbeam_channel::bounded(1);
         let addr = self.addr;
+        let heartbeat = heartbeat_every(app.config.idle_timeout);
         thread::Builder::new()
             .name("pool-nudge".into())
-            .spawn(move || nudge_pool(addr, &seen))?;
+            .spawn(move || nudge_pool(addr, &seen, heartbeat))?;
         let accept_stopping = Arc::clone(&stopping);
         let accept_loop = thread::Builder::new()
             .name("accept".into())
@@ -372,7 +373,8 @@ fn watch_accept_queue(listener: &TcpListener, stop: &Receiver<()>, failed: &Send
 const NUDGES: u32 = 10;
 const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Works around a race in tiny_http 0.12's connection pool (`util::TaskPool::spawn`).
+/// Works around a race in tiny_http 0.12's connection pool (`util::TaskPool::spawn`), and keeps
+/// the listener's accept from timing out (see [`heartbeat_every`]).
 ///
 /// The pool queues a new connection when it counts an idle thread, but a thread it has just
 /// woken for another connection still counts as idle until it runs. When connections arrive
@@ -387,8 +389,8 @@ const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
 /// the empty connection, ends it at once and then picks up the queued one, or an idle thread is
 /// woken and takes the head of the queue. Stranded connections appear only when connections
 /// arrive, and those bring requests, so this nudges a few times after each request and otherwise
-/// sleeps.
-fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
+/// only keeps the heartbeat.
+fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>, heartbeat: Duration) {
     let target = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -398,16 +400,23 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
         }
         _ => addr,
     };
+    let connect = || {
+        // Dropped at once: the pool thread that takes it reads end-of-file and moves on.
+        if let Err(e) = TcpStream::connect_timeout(&target, NUDGE_INTERVAL) {
+            log::debug!("could not connect to the gateway itself at {target}: {e}");
+        }
+    };
     let mut left = 0;
-    // A deadline, not a timeout, so that a steady stream of requests cannot postpone the nudges.
+    // Deadlines, not timeouts, so that a steady stream of requests cannot postpone them.
     let mut next = Instant::now();
+    let mut next_heartbeat = Instant::now() + heartbeat;
     loop {
-        let event = if left == 0 {
-            activity.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        let wake = if left == 0 {
+            next_heartbeat
         } else {
-            activity.recv_deadline(next)
+            next.min(next_heartbeat)
         };
-        match event {
+        match activity.recv_deadline(wake) {
             Ok(()) => {
                 if left == 0 {
                     next = Instant::now() + NUDGE_INTERVAL;
@@ -415,14 +424,26 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
                 left = NUDGES;
             }
             Err(RecvTimeoutError::Timeout) => {
-                left -= 1;
-                next += NUDGE_INTERVAL;
-                // Dropped at once: the pool thread that takes it reads end-of-file and moves on.
-                if let Err(e) = TcpStream::connect_timeout(&target, NUDGE_INTERVAL) {
-                    log::debug!("could not nudge the connection pool at {target}: {e}");
+                let now = Instant::now();
+                if now >= next_heartbeat {
+                    next_heartbeat = now + heartbeat;
+                    connect();
+                }
+                if left > 0 && now >= next {
+                    left -= 1;
+                    next += NUDGE_INTERVAL;
+                    connect();
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// How often the gateway connects to itself so that the listener's accept never waits a whole
+/// `IDLE_TIMEOUT_SECS`: the read timeout set on the listening socket (for the sockets it
+/// accepts to inherit) also bounds `accept`, and tiny_http ends its accept thread on the
+/// resulting error. A quarter of the timeout, at most 5 s.
+fn heartbeat_every(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
