@@ -115,8 +115,9 @@ fn accept_queue_len_of(_fd: RawFd) -> Option<u32> {
 /// reading (or waiting for) anything more from the client.
 ///
 /// Bytes the client sends after this call are still delivered by the kernel; the caller refuses
-/// any further request from `peer` (see `FrontDoor::refuse` in `server`). Returns whether such a connection
-/// was found (only on Linux, where `/proc/self/fd` lists the process's descriptors).
+/// any further request from `peer` (the condemned connections of `server::FrontDoor`). Returns
+/// whether such a connection was found (only on Linux, where `/proc/self/fd` lists the
+/// process's descriptors).
 pub fn stop_reading(peer: SocketAddr, local_port: u16) -> bool {
     /// Discarding is bounded: a client sending faster than this is read can only keep its own
     /// connection (and its refusals) going.
