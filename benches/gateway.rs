@@ -107,6 +107,18 @@ fn main() -> BenchResult<()> {
     let started = Instant::now();
     let mut out = String::new();
     header(&mut out)?;
+    // `cargo bench --bench gateway -- png`: only the PNG section (seconds instead of a minute).
+    if std::env::args().any(|arg| arg == "png") {
+        print_png(&mut out, &bench_png()?)?;
+        print!("{out}");
+        return Ok(());
+    }
+    // `cargo bench --bench gateway -- connections`: only what one connection holds.
+    if std::env::args().any(|arg| arg == "connections") {
+        print_connections(&mut out, &bench_connections()?)?;
+        print!("{out}");
+        return Ok(());
+    }
     // Memory first, so "idle" really is a fresh process.
     let memory = bench_memory()?;
     let json_runs = bench_json()?;
@@ -114,6 +126,7 @@ fn main() -> BenchResult<()> {
     let progress = bench_progress_latency()?;
     let png = bench_png()?;
     let templates = bench_templates()?;
+    let connections = bench_connections()?;
 
     print_jobs(&mut out, "1. Gateway overhead per job", &json_runs)?;
     print_jobs(&mut out, "2. Streaming", &sse_runs)?;
@@ -121,6 +134,7 @@ fn main() -> BenchResult<()> {
     print_png(&mut out, &png)?;
     print_memory(&mut out, &memory)?;
     print_templates(&mut out, &templates)?;
+    print_connections(&mut out, &connections)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
@@ -896,10 +910,42 @@ fn bench_png() -> BenchResult<PngFigures> {
         Ok(std::hint::black_box(&input).clone())
     })?;
     let reencode = time_png_op("png decode + re-encode", 3, || decode_and_reencode(&input))?;
+    // What checking every chunk's CRC costs: the byte-at-a-time table image.rs used before,
+    // against crc32fast, which it uses now (the strip time above is mostly this).
+    let crc_table = time_png_op("CRC-32 of the file, table (before)", 30, || {
+        Ok(crc_table_bytewise(std::hint::black_box(&input))
+            .to_be_bytes()
+            .to_vec())
+    })?;
+    let crc_fast = time_png_op("CRC-32 of the file, crc32fast (now)", 30, || {
+        Ok(crc32fast::hash(std::hint::black_box(&input))
+            .to_be_bytes()
+            .to_vec())
+    })?;
     Ok(PngFigures {
         input_bytes: input.len(),
-        rows: vec![strip, process, keep, copy, reencode],
+        rows: vec![strip, process, keep, copy, reencode, crc_table, crc_fast],
     })
+}
+
+/// The byte-at-a-time CRC-32 that image.rs used before crc32fast, kept here as the baseline.
+fn crc_table_bytewise(bytes: &[u8]) -> u32 {
+    let table: Vec<u32> = (0..256u32)
+        .map(|n| {
+            (0..8).fold(n, |c, _| {
+                if c & 1 == 1 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
+        .collect();
+    let mut crc = u32::MAX;
+    for &byte in bytes {
+        crc = table[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
 }
 
 fn print_png(out: &mut String, png: &PngFigures) -> BenchResult<()> {
@@ -919,6 +965,116 @@ fn print_png(out: &mut String, png: &PngFigures) -> BenchResult<()> {
             ms(row.per_image),
             mb(png.input_bytes) / secs(row.per_image),
             mb(row.output_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7: what one client connection holds
+
+const HELD_CONNECTIONS: usize = 200;
+
+/// The gateway's cost per connection, for connections in three states.
+struct ConnectionCost {
+    state: &'static str,
+    fds: f64,
+    threads: f64,
+    rss_kib: f64,
+    heap_bytes: f64,
+}
+
+/// Descriptors, threads, RSS and heap of this process.
+fn process_counts() -> BenchResult<(usize, usize, u64, isize)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("/proc/self/status has no VmRSS")?;
+    Ok((
+        std::fs::read_dir("/proc/self/fd")?.count(),
+        std::fs::read_dir("/proc/self/task")?.count(),
+        rss,
+        HEAP_LIVE.load(Ordering::Relaxed),
+    ))
+}
+
+/// Opens `HELD_CONNECTIONS` connections set up by `open`, and measures the process before and
+/// once they are all held (the client's own socket, one descriptor each, is subtracted).
+fn cost_of(
+    state: &'static str,
+    open: &dyn Fn() -> BenchResult<TcpStream>,
+) -> BenchResult<ConnectionCost> {
+    let (fds0, threads0, rss0, heap0) = process_counts()?;
+    let held: Vec<TcpStream> = (0..HELD_CONNECTIONS)
+        .map(|_| open())
+        .collect::<Result<_, _>>()?;
+    // Let the server side take every connection up.
+    thread::sleep(Duration::from_millis(500));
+    let (fds1, threads1, rss1, heap1) = process_counts()?;
+    drop(held);
+    let n = HELD_CONNECTIONS as f64;
+    Ok(ConnectionCost {
+        state,
+        fds: (fds1 as f64 - fds0 as f64 - n) / n,
+        threads: (threads1 as f64 - threads0 as f64) / n,
+        rss_kib: (rss1 as f64 - rss0 as f64) / n,
+        heap_bytes: (heap1 - heap0) as f64 / n,
+    })
+}
+
+fn bench_connections() -> BenchResult<Vec<ConnectionCost>> {
+    note("7. per connection");
+    let stack = Stack::start(Duration::from_millis(50), &[])?;
+    let addr = stack.gateway.addr();
+    let idle = cost_of("idle keep-alive, after a request", &|| {
+        let mut socket = TcpStream::connect(addr)?;
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut answer = [0u8; 64];
+        let _ = socket.read(&mut answer)?;
+        Ok(socket)
+    })?;
+    wait_for_threads_to_settle(0);
+    let partial = cost_of("request head not finished", &|| {
+        let mut socket = TcpStream::connect(addr)?;
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")?;
+        Ok(socket)
+    })?;
+    wait_for_threads_to_settle(0);
+    // A stream held open on a job that waits in ComfyUI's queue.
+    stack.sim.pause();
+    let text = agent()
+        .post(&format!("{}/jobs", stack.gateway.url()))
+        .header("Content-Type", "application/json")
+        .send(r#"{"workflow": "txt2img", "prompt": "held", "seed": 1, "steps": 2}"#)?
+        .body_mut()
+        .read_to_string()?;
+    let created: Value = serde_json::from_str(&text)?;
+    let job = created["job_id"].as_str().ok_or("no job id")?.to_string();
+    let stream = cost_of("SSE stream open", &|| {
+        let mut socket = TcpStream::connect(addr)?;
+        let request = format!("GET /jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n");
+        socket.write_all(request.as_bytes())?;
+        let mut head = [0u8; 64];
+        let _ = socket.read(&mut head)?;
+        Ok(socket)
+    })?;
+    stack.sim.resume();
+    Ok(vec![idle, partial, stream])
+}
+
+fn print_connections(out: &mut String, costs: &[ConnectionCost]) -> BenchResult<()> {
+    writeln!(
+        out,
+        "\n7. What the gateway holds per client connection ({HELD_CONNECTIONS} held at once)\n\
+         state                               fds  threads   RSS KiB   heap bytes"
+    )?;
+    for c in costs {
+        writeln!(
+            out,
+            "{:<34} {:>5.2}  {:>7.2}  {:>8.1}  {:>11.0}",
+            c.state, c.fds, c.threads, c.rss_kib, c.heap_bytes
         )?;
     }
     Ok(())

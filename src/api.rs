@@ -1,7 +1,7 @@
 //! The HTTP contract's vocabulary: error codes, the error body, and generation requests.
 //!
 //! Every error a client sees, as an HTTP body or as the terminal `error` event of a stream, is an
-//! [`ApiError`]: one of the codes of `DESIGN.md`, a sentence for a person, and machine-readable
+//! [`ApiError`]: one of the codes of the README, a sentence for a person, and machine-readable
 //! details. The mapping from a code to its HTTP status lives here and nowhere else.
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,14 @@ pub enum ErrorCode {
     Cancelled,
     /// A bug or an unexpected condition inside the gateway.
     Internal,
+    /// The request's framing is ambiguous (`Content-Length` with `Transfer-Encoding`, a
+    /// repeated or malformed `Content-Length`, a transfer coding other than `chunked`); the
+    /// connection is closed after the answer.
+    MalformedRequest,
+    /// `Expect: 100-continue` for a body over `MAX_BODY_BYTES`: the client need not send it.
+    ExpectationFailed,
+    /// `MAX_CONNECTIONS` requests are being answered already; `Retry-After` says when to retry.
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -98,24 +106,28 @@ impl ErrorCode {
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
+            ErrorCode::MalformedRequest => "malformed_request",
+            ErrorCode::ExpectationFailed => "expectation_failed",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidParams => 400,
+            ErrorCode::InvalidJson | ErrorCode::InvalidParams | ErrorCode::MalformedRequest => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::UnknownWorkflow | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Cancelled => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ExpectationFailed => 417,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::ComfyuiRejected => 422,
             ErrorCode::Overloaded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::ExecutionFailed | ErrorCode::ComfyuiLost | ErrorCode::StorageFailed => 502,
-            ErrorCode::ComfyuiUnavailable => 503,
+            ErrorCode::ComfyuiUnavailable | ErrorCode::TooManyConnections => 503,
             ErrorCode::Timeout => 504,
         }
     }
@@ -368,6 +380,9 @@ mod tests {
             (ErrorCode::Timeout, 504),
             (ErrorCode::Cancelled, 409),
             (ErrorCode::ComfyuiUnavailable, 503),
+            (ErrorCode::MalformedRequest, 400),
+            (ErrorCode::ExpectationFailed, 417),
+            (ErrorCode::TooManyConnections, 503),
         ];
         for (code, status) in expected {
             assert_eq!(code.http_status(), status, "{code}");

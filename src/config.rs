@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ const REDACTED: &str = "<redacted>";
 /// Shown as the value of a variable that is required but not set.
 const UNSET: &str = "<unset>";
 
-/// Everything the gateway needs to start, validated. See DESIGN.md's configuration table.
+/// Everything the gateway needs to start, validated. See the README's configuration table.
 #[derive(Clone)]
 pub struct Config {
     /// `LISTEN_ADDR`: `HOST:PORT` to listen on (default `127.0.0.1:8000`). Port 0 asks the
@@ -57,7 +57,7 @@ pub struct Config {
     /// 600 s, between 1 s and 30 days).
     pub job_timeout: Duration,
     /// `JOB_RETENTION_SECS`: how long a finished job stays readable through `GET /jobs/{id}`
-    /// (default an hour); not in DESIGN.md's table, documented in the README.
+    /// (default an hour).
     pub job_retention: Duration,
     /// `MAX_QUEUED_JOBS` (alias `MAX_ACTIVE_JOBS`): jobs waiting in the gateway's queue at most
     /// (default 10,000, at least 1); beyond it, 429.
@@ -77,6 +77,15 @@ pub struct Config {
     pub png_metadata: PngMetadata,
     /// `RUST_LOG`: the `env_logger` filter (default `info`).
     pub log_filter: String,
+    /// `IDLE_TIMEOUT_SECS`: how long a client connection may stay silent (between requests, or
+    /// mid-request) or leave an answer unread before it is closed (default 60 s).
+    pub idle_timeout: Duration,
+    /// `MAX_CONNECTIONS`: client requests answered at once, each holding its connection and a
+    /// thread (default 512); beyond it the gateway answers 503 with `Retry-After` and closes.
+    pub max_connections: usize,
+    /// `TRUSTED_PROXY`: the addresses of reverse proxies whose `X-Forwarded-For` / `X-Real-IP`
+    /// name the real client in the logs (default none).
+    pub trusted_proxies: Vec<IpAddr>,
     /// `WEBHOOK_*`: the default webhook, the signing secret, allowed hosts and retry window.
     pub webhook: WebhookConfig,
 }
@@ -253,6 +262,13 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         png_metadata: png_metadata(&vars.get_or("PNG_METADATA", "strip"))?,
         log_filter: vars.get_or("RUST_LOG", "info"),
         webhook: webhook(vars)?,
+        idle_timeout: Duration::from_secs(whole_number(vars, &IDLE_TIMEOUT_SECS)?),
+        max_connections: usize::try_from(whole_number(vars, &MAX_CONNECTIONS)?)
+            .unwrap_or(usize::MAX),
+        trusted_proxies: match vars.get("TRUSTED_PROXY") {
+            Some(raw) => trusted_proxies(&raw)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -302,6 +318,23 @@ fn webhook<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<WebhookConfi
         allowed_hosts,
         retry_window: Duration::from_secs(whole_number(vars, &WEBHOOK_RETRY_HOURS)? * 3600),
     })
+}
+
+/// Comma-separated IP addresses (no names: the check runs on every request, without DNS).
+fn trusted_proxies(raw: &str) -> Result<Vec<IpAddr>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry.parse::<IpAddr>().map_err(|_| {
+                ConfigError::new(
+                    "TRUSTED_PROXY",
+                    raw,
+                    "IP addresses separated by commas, e.g. 127.0.0.1 or 127.0.0.1,::1",
+                )
+            })
+        })
+        .collect()
 }
 
 /// Checks `HOST:PORT`, where HOST is a name, an IPv4 address or a bracketed IPv6 address.
@@ -406,7 +439,7 @@ const JOB_TIMEOUT_SECS: WholeNumber = WholeNumber {
     max: 30 * 86_400,
 };
 
-/// An hour by default, as DESIGN.md promises; capped like the timeout.
+/// An hour by default, as the README says; capped like the timeout.
 const JOB_RETENTION_SECS: WholeNumber = WholeNumber {
     variable: "JOB_RETENTION_SECS",
     default: 3600,
@@ -446,20 +479,41 @@ const QUEUE_TIMEOUT_SECS: WholeNumber = WholeNumber {
     max: 30 * 86_400,
 };
 
+/// Bodies are read into memory, so the cap is 1 GiB (and `limit + 1` cannot overflow).
 const MAX_BODY_BYTES: WholeNumber = WholeNumber {
     variable: "MAX_BODY_BYTES",
     default: 20_971_520,
     unit: "bytes",
     min: 1024,
-    max: u64::MAX,
+    max: 1 << 30,
 };
 
+/// Capped at ten years, which Supabase's 32-bit `expiresIn` holds.
 const SUPABASE_SIGNED_URL_TTL: WholeNumber = WholeNumber {
     variable: "SUPABASE_SIGNED_URL_TTL",
     default: 0,
     unit: "seconds (0 for public URLs)",
     min: 0,
-    max: u64::MAX,
+    max: 10 * 365 * 86_400,
+};
+
+/// A day at most, so that adding it to an `Instant` or a socket option cannot overflow.
+const IDLE_TIMEOUT_SECS: WholeNumber = WholeNumber {
+    variable: "IDLE_TIMEOUT_SECS",
+    default: 60,
+    unit: "seconds",
+    min: 1,
+    max: 86_400,
+};
+
+/// Each answered request holds a thread and its connection (two file descriptors); the default
+/// fits the common 1,024 open-files limit, and start-up lowers it further if the limit is lower.
+const MAX_CONNECTIONS: WholeNumber = WholeNumber {
+    variable: "MAX_CONNECTIONS",
+    default: 512,
+    unit: "connections",
+    min: 1,
+    max: 1_000_000,
 };
 
 /// The variable's value if it is a whole number in range, or its default when unset.
@@ -691,6 +745,9 @@ impl fmt::Debug for Config {
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
             .field("log_filter", &self.log_filter)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("webhook", &self.webhook)
             .finish()
     }
@@ -770,6 +827,56 @@ mod tests {
         assert!(config.api_keys.is_empty());
         assert_eq!(config.png_metadata, PngMetadata::Strip);
         assert_eq!(config.log_filter, "info");
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_connections, 512);
+        assert!(config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn front_door_variables_are_read_and_checked() {
+        let config = load(&[
+            ("IDLE_TIMEOUT_SECS", "5"),
+            ("MAX_CONNECTIONS", "10"),
+            ("TRUSTED_PROXY", "127.0.0.1, ::1"),
+        ])
+        .expect("valid");
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        for (variable, value) in [
+            ("IDLE_TIMEOUT_SECS", "0"),
+            ("IDLE_TIMEOUT_SECS", "86401"),
+            ("MAX_CONNECTIONS", "0"),
+            ("TRUSTED_PROXY", "proxy.local"),
+        ] {
+            let err = error(&[(variable, value)]);
+            assert_eq!((err.variable, err.value.as_str()), (variable, value));
+        }
+    }
+
+    #[test]
+    fn no_number_can_overflow() {
+        let huge = u64::MAX.to_string();
+        for variable in [
+            "PROGRESS_INTERVAL_MS",
+            "JOB_TIMEOUT_SECS",
+            "JOB_RETENTION_SECS",
+            "MAX_ACTIVE_JOBS",
+            "MAX_BODY_BYTES",
+            "IDLE_TIMEOUT_SECS",
+            "MAX_CONNECTIONS",
+        ] {
+            let err = error(&[(variable, &huge)]);
+            assert_eq!(err.variable, variable);
+            assert!(err.to_string().contains("at most"), "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+        let err = error(&[
+            ("SUPABASE_URL", "http://s"),
+            ("SUPABASE_KEY", "k"),
+            ("SUPABASE_SIGNED_URL_TTL", &huge),
+        ]);
+        assert_eq!(err.variable, "SUPABASE_SIGNED_URL_TTL");
     }
 
     #[test]

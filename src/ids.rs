@@ -2,23 +2,19 @@
 //!
 //! The gateway needs unpredictable values in three places: job ids (which also name stored
 //! images), metadata row ids, and seeds drawn for `"default": "random"` parameters. They come from
-//! the operating system's random source, so no random-number crate is needed.
+//! the operating system's random source (`getrandom`, already in the tree through tungstenite),
+//! so no random-number generator of our own is needed.
 
 use std::fmt;
-use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
 
-/// Fills `buf` with random bytes from `/dev/urandom`.
+/// Fills `buf` with random bytes from the operating system (`getrandom(2)` on Linux).
 ///
-/// Where that device cannot be read (an unusual sandbox), falls back to SipHash keyed by the
-/// standard library's per-process random keys, mixed with a counter and the clock: unpredictable
-/// enough for ids and seeds, which are not secrets.
+/// Should the OS refuse (an unusual sandbox), falls back to SipHash keyed by the standard
+/// library's per-process random keys, mixed with a counter and the clock: unpredictable enough
+/// for ids and seeds, which are not secrets.
 pub fn fill_random(buf: &mut [u8]) {
-    if File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .is_ok()
-    {
+    if getrandom::fill(buf).is_ok() {
         return;
     }
     for (i, chunk) in buf.chunks_mut(8).enumerate() {

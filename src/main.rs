@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use comfyui_gateway::app::App;
 use comfyui_gateway::config::Config;
-use comfyui_gateway::server::Server;
+use comfyui_gateway::server::{Server, socket};
+use comfyui_gateway::storage::local;
+use comfyui_gateway::timestamp;
+use std::io::Write;
 
 /// How often the spool of failed uploads is retried.
 const SPOOL_RETRY_EVERY: Duration = Duration::from_secs(60);
@@ -27,15 +30,27 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    env_logger::Builder::new()
-        .parse_filters(&config.log_filter)
-        // ureq_proto's trace level dumps raw request bytes, Supabase's key headers included:
-        // capped whatever RUST_LOG says, since secrets must never reach the logs.
-        .filter_module("ureq_proto", log::LevelFilter::Debug)
-        .init();
+    init_logger(&config.log_filter);
+    match socket::raise_open_files_limit() {
+        Ok(limit) if limit.after > limit.before => log::info!(
+            "open-files limit raised from {} to {} (the hard limit)",
+            limit.before,
+            limit.after
+        ),
+        Ok(limit) => log::info!("open-files limit: {} (already the hard limit)", limit.after),
+        Err(e) => log::warn!("could not raise the open-files limit: {e}"),
+    }
     let bound = Server::bind(&config.listen_addr)
         .map_err(|e| format!("LISTEN_ADDR={}: cannot listen: {e}", config.listen_addr))?;
+    if !bound.addr().ip().is_loopback() && config.trusted_proxies.is_empty() {
+        log::warn!(
+            "LISTEN_ADDR={} is reachable from other machines and no TRUSTED_PROXY is set: \
+             put the gateway behind a reverse proxy (see the README's Deployment section)",
+            config.listen_addr
+        );
+    }
     let app = Arc::new(App::new(config).map_err(|e| e.to_string())?);
+    reconcile(&app);
     App::spawn_housekeeping(&app, SPOOL_RETRY_EVERY)
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
@@ -53,7 +68,16 @@ fn run() -> Result<(), String> {
         app.storage.kind(),
         app.templates.names().collect::<Vec<_>>().join(", ")
     );
-    let _ = stop_rx.recv();
+    crossbeam_channel::select! {
+        recv(stop_rx) -> _ => {}
+        recv(server.failures()) -> reason => {
+            let reason = reason.unwrap_or_else(|_| "the accept loop ended".into());
+            // A listener that accepts nothing is an outage: exit so that a supervisor restarts
+            // the gateway, rather than stay alive and refuse every connection.
+            log::error!("{reason}; exiting so that a supervisor can restart the gateway");
+            return Err(reason);
+        }
+    }
     log::info!(
         "shutting down: no new requests or dispatches; waiting up to {SHUTDOWN_GRACE:?} for \
          jobs on a ComfyUI"
@@ -64,6 +88,60 @@ fn run() -> Result<(), String> {
         log::warn!("some webhooks were not written to DATA_DIR/webhooks in time and are lost");
     }
     Ok(())
+}
+
+/// Logs to stderr with RFC 3339 UTC timestamps, filtered by `RUST_LOG` as given, except that
+/// `ureq_proto`'s trace level is capped at debug: it dumps raw requests, Supabase's key
+/// headers included, and secrets must never reach the logs.
+fn init_logger(filter: &str) {
+    let probe = env_logger::Builder::new().parse_filters(filter).build();
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(filter);
+    // `ureq_proto` itself, and any of its modules that RUST_LOG names.
+    let named = filter
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|directive| directive.split_once('=').map(|(name, _)| name.trim()))
+        .filter(|name| name.starts_with("ureq_proto"));
+    for target in std::iter::once("ureq_proto").chain(named) {
+        let trace = log::Metadata::builder()
+            .target(target)
+            .level(log::Level::Trace)
+            .build();
+        if log::Log::enabled(&probe, &trace) {
+            builder.filter_module(target, log::LevelFilter::Debug);
+        }
+    }
+    builder
+        .format(|out, record| {
+            writeln!(
+                out,
+                "[{} {:<5} {}] {}",
+                timestamp::now_rfc3339(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .init();
+}
+
+/// Repairs what a crash left in `DATA_DIR` before anything new is stored: temporary files of
+/// interrupted saves, and (local storage) images without their `generations.jsonl` row.
+fn reconcile(app: &App) {
+    let repaired = match &app.local {
+        Some(local) => local.reconcile().map(|done| done.log()),
+        None => local::remove_crash_leftovers(&app.config.data_dir).map(|removed| {
+            for path in removed {
+                log::warn!("removed {} left by an interrupted save", path.display());
+            }
+        }),
+    };
+    if let Err(e) = repaired {
+        log::warn!("could not reconcile DATA_DIR after a crash: {e}");
+    }
 }
 
 /// Lets jobs that are on a ComfyUI finish (their outputs stored, or spooled) for up to `grace`;

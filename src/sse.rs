@@ -4,6 +4,11 @@
 //! there for seconds. Instead the request thread takes the raw connection
 //! (`Request::into_writer`), writes the response head itself, and sends every event as one HTTP
 //! chunk followed by a flush: a client sees an event the moment it is written.
+//!
+//! A client that stops reading cannot hold its thread forever: the connection's socket carries
+//! the listener's write timeout (`IDLE_TIMEOUT_SECS`), so once the kernel's buffers are full a
+//! write fails after that long, [`SseWriter::send`] returns the error, and the request thread
+//! lets go of the stream. The job does not depend on its watchers and goes on.
 
 use std::io::{self, Write};
 
@@ -100,6 +105,35 @@ mod tests {
             self.pending.clear();
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_makes_sends_fail_after_the_write_timeout() {
+        use std::net::{TcpListener, TcpStream};
+        use std::time::{Duration, Instant};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+        let client = TcpStream::connect(listener.local_addr().expect("bound")).expect("connects");
+        let (server, _) = listener.accept().expect("accepts");
+        server
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut sse = SseWriter::start(server, &[]).expect("the head fits in the buffers");
+        let event = format_event(1, "progress", &"x".repeat(64 * 1024));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let error = loop {
+            if let Err(e) = sse.send(&event) {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "writes never failed");
+        };
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{error}"
+        );
+        drop(client);
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn simultaneous_keep_alive_connections_are_all_answered() {
                     scope.spawn(|| {
                         let mut socket = TcpStream::connect(addr).expect("connect");
                         socket
-                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .set_read_timeout(Some(Duration::from_secs(10)))
                             .expect("timeout");
                         barrier.wait();
                         let sent = Instant::now();
@@ -32,7 +32,7 @@ fn simultaneous_keep_alive_connections_are_all_answered() {
                         let mut status = String::new();
                         BufReader::new(&socket)
                             .read_line(&mut status)
-                            .expect("an answer within 5 s");
+                            .expect("an answer within 10 s");
                         assert!(status.contains(" 200 "), "{status}");
                         // The socket is handed back, so the connection stays open (keep-alive)
                         // until every client of the round has its answer or has failed.
@@ -50,8 +50,10 @@ fn simultaneous_keep_alive_connections_are_all_answered() {
             .map(|(took, _)| *took)
             .max()
             .unwrap_or_default();
+        // Unanswered connections waited 5 s and more before the fix; answers take milliseconds
+        // (measured by `make bench`), so 4 s is safe on a busy machine and still catches it.
         assert!(
-            slowest < Duration::from_secs(2),
+            slowest < Duration::from_secs(4),
             "round {round}: a connection waited {slowest:?} for its answer"
         );
     }

@@ -130,8 +130,20 @@ fn wrong_method_and_unknown_path() {
     assert_eq!((status, code(&body)), (404, "not_found"));
     let (status, body) = h.get_json("/jobs/not-a-job-id");
     assert_eq!((status, code(&body)), (404, "not_found"));
-    let (status, body) = h.get_json("/images/../../etc/passwd");
-    assert_eq!((status, code(&body)), (404, "not_found"));
+    // Percent-encoded dots pass the router (it sees three segments under /images) and reach
+    // the path guard of local storage, which takes only `{uuid}/{n}.{ext}` keys.
+    for traversal in [
+        "/images/%2e%2e/%2e%2e%2fetc%2fpasswd",
+        "/images/00000000-0000-4000-8000-000000000000/..%2f..%2f..%2fetc%2fpasswd",
+    ] {
+        let (status, body) = h.get_json(traversal);
+        assert_eq!((status, code(&body)), (404, "not_found"), "{traversal}");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.starts_with("image ") && message.contains("passwd"),
+            "the guard answered, not the router: {message}"
+        );
+    }
 }
 
 #[test]
@@ -265,10 +277,9 @@ fn comfyui_restarting_mid_job_loses_the_prompt() {
     let mut stream = h.generate_stream(&body);
     assert_eq!(stream.status, 200);
     // Wait for the crash, then bring ComfyUI back empty, as a restarted process would be.
-    sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Crashed))
-        .expect("the simulator crashed");
+    common::wait_for(&sim_events, "the simulator crashed", |e| {
+        matches!(e, SimEvent::Crashed)
+    });
     h.sim.restart().expect("restarts on the same port");
     let events = stream.until_terminal();
     let last = events.last().expect("terminal");
@@ -288,15 +299,13 @@ fn a_prompt_that_finishes_while_the_websocket_is_cut_is_collected_from_history()
     body["steps"] = json!(6);
     let mut stream = h.generate_stream(&body);
     assert_eq!(stream.status, 200);
-    sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Step { value: 2, .. }))
-        .expect("the sampler reached step 2");
+    common::wait_for(&sim_events, "the sampler reached step 2", |e| {
+        matches!(e, SimEvent::Step { value: 2, .. })
+    });
     h.sim.cut_websockets(); // ComfyUI goes on; the gateway cannot follow it live
-    let finished = sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Finished { .. }))
-        .expect("the prompt finished in ComfyUI");
+    let finished = common::wait_for(&sim_events, "the prompt finished in ComfyUI", |e| {
+        matches!(e, SimEvent::Finished { .. })
+    });
     assert!(matches!(finished, SimEvent::Finished { ref outcome, .. } if outcome == "success"));
     h.sim.restore_websockets();
     let events = stream.until_terminal();
@@ -342,10 +351,9 @@ fn a_prompt_whose_messages_never_arrive_is_found_in_history() {
     h.sim.mute_websockets(true); // the socket stays open but says nothing
     let mut stream = h.generate_stream(&small_txt2img("unheard"));
     assert_eq!(stream.status, 200);
-    sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Finished { .. }))
-        .expect("the prompt finished in ComfyUI");
+    common::wait_for(&sim_events, "the prompt finished in ComfyUI", |e| {
+        matches!(e, SimEvent::Finished { .. })
+    });
     let events = stream.until_terminal();
     let last = events.last().expect("terminal");
     assert_eq!(last.event, "complete", "{:?}", last.data);

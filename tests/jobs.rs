@@ -127,13 +127,12 @@ fn cancel_while_queued_deletes_the_prompt_from_comfyuis_queue() {
     let (status, job) = h.delete_json(&format!("/jobs/{job_id}"));
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["state"], "cancelled");
-    let deleted = sim_events
-        .iter()
-        .find_map(|e| match e {
-            SimEvent::QueueDeleted { prompt_ids } => Some(prompt_ids),
-            _ => None,
-        })
-        .expect("ComfyUI's queue saw a delete");
+    let deleted = match common::wait_for(&sim_events, "ComfyUI's queue to see a delete", |e| {
+        matches!(e, SimEvent::QueueDeleted { .. })
+    }) {
+        SimEvent::QueueDeleted { prompt_ids } => prompt_ids,
+        _ => unreachable!("wait_for returns a QueueDeleted"),
+    };
     let events = h
         .get_stream(&format!("/jobs/{job_id}/events"), &[])
         .until_terminal();
@@ -154,10 +153,9 @@ fn cancel_while_running_interrupts_only_this_prompt() {
     let mut body = small_txt2img("interrupted");
     body["steps"] = json!(100);
     let job_id = create_job(&h, &body);
-    sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Step { .. }))
-        .expect("the prompt started running");
+    common::wait_for(&sim_events, "the prompt started running", |e| {
+        matches!(e, SimEvent::Step { .. })
+    });
     let (status, job) = h.delete_json(&format!("/jobs/{job_id}"));
     assert_eq!(
         (status, job["state"].as_str()),

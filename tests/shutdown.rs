@@ -63,10 +63,9 @@ fn sigterm_lets_the_running_job_finish_and_store_its_image() {
     let created: Value =
         serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("JSON");
     let job_id = created["job_id"].as_str().expect("job id").to_string();
-    sim_events
-        .iter()
-        .find(|e| matches!(e, SimEvent::Step { .. }))
-        .expect("the job is running");
+    common::wait_for(&sim_events, "the job is running", |e| {
+        matches!(e, SimEvent::Step { .. })
+    });
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

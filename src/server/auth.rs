@@ -5,6 +5,8 @@ use tiny_http::Request;
 use crate::api::{ApiError, ErrorCode};
 
 /// Checks the request's bearer token against `keys`. With no keys configured, everything passes.
+///
+/// The scheme is case-insensitive (`Bearer`, `bearer`, `BEARER`), as HTTP schemes are.
 pub fn check(request: &Request, keys: &[String]) -> Result<(), ApiError> {
     if keys.is_empty() {
         return Ok(());
@@ -13,8 +15,7 @@ pub fn check(request: &Request, keys: &[String]) -> Result<(), ApiError> {
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|h| bearer_token(h.value.as_str()));
     let Some(token) = token else {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
@@ -35,12 +36,29 @@ pub fn check(request: &Request, keys: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// Whether `a == b`, taking the same time for every `a` of a given length.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The token of an `Authorization: Bearer TOKEN` value, whatever the scheme's case.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whether `presented == key`, in a time that depends on `presented`'s length only: every byte
+/// of `presented` is compared with a byte of `key` (cycling through it), whatever the lengths,
+/// so neither the key's bytes nor its length show in the timing.
+pub fn constant_time_eq(presented: &[u8], key: &[u8]) -> bool {
+    if key.is_empty() {
+        return presented.is_empty();
     }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    let mut diff = u8::from(presented.len() != key.len());
+    let mut k = 0;
+    for &byte in presented {
+        diff |= byte ^ key[k];
+        // Wraps without a division, whose time could vary with the operands.
+        k += 1;
+        k *= usize::from(k != key.len());
+    }
+    diff == 0
 }
 
 #[cfg(test)]
@@ -53,5 +71,22 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(
+            !constant_time_eq(b"secretsecret", b"secret"),
+            "a repeated key is not the key"
+        );
+        assert!(!constant_time_eq(b"sec", b"secret"));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

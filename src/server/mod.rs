@@ -1,34 +1,153 @@
 //! The HTTP server: a blocking tiny_http accept loop that hands each request to its own thread.
 //!
 //! `routes` decides what a request is for; `reply` writes JSON and file answers; `auth` checks
-//! API keys. A streaming answer (`POST /generate`, `GET /jobs/{id}/events`) keeps its request
+//! API keys; `framing` refuses requests whose length is ambiguous or too large; `socket` does
+//! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection). A streaming answer (`POST /generate`, `GET /jobs/{id}/events`) keeps its request
 //! thread until the job's terminal event has been written.
 
 mod auth;
+mod framing;
 mod reply;
 mod routes;
+pub mod socket;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::api::{ApiError, ErrorCode};
 use crate::app::App;
 
-/// A running gateway: its address and its accept-loop thread.
+/// A running gateway: its address, its accept loop, and the watch on its listener.
 pub struct Server {
     http: Arc<tiny_http::Server>,
     addr: SocketAddr,
     accept_loop: Option<JoinHandle<()>>,
+    watchdog: Option<(Sender<()>, JoinHandle<()>)>,
+    stopping: Arc<AtomicBool>,
+    failures: Receiver<String>,
 }
 
 /// A bound listener not yet serving: lets the caller learn the port (e.g. port 0 in tests)
 /// before building the app whose image URLs name it.
 pub struct Bound {
-    http: tiny_http::Server,
+    listener: TcpListener,
     addr: SocketAddr,
+}
+
+/// What every request thread shares about the front door: the listening port, the proxies it
+/// trusts, connections it refused, and how many requests are being answered.
+pub struct FrontDoor {
+    /// The port the gateway listens on (it tells the gateway's own sockets from others).
+    pub port: u16,
+    /// `TRUSTED_PROXY`.
+    trusted_proxies: Vec<IpAddr>,
+    /// Client addresses (`IP:port`, so one connection) whose framing was refused, with when the
+    /// refusal expires: a request smuggled into the same connection is refused too.
+    condemned: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Requests being answered, each on its own thread.
+    in_flight: AtomicUsize,
+    /// `MAX_CONNECTIONS`, lowered if the open-files limit cannot hold that many.
+    max_in_flight: usize,
+    /// Requests leaked rather than handed back to tiny_http (see `reply::abandon`).
+    abandoned: AtomicUsize,
+    /// Where the server reports that it must be restarted.
+    failed: Sender<String>,
+}
+
+/// How many abandoned requests (each holding two descriptors and a thread) the gateway keeps
+/// before it asks to be restarted.
+const MAX_ABANDONED: usize = 256;
+
+/// How long a refused connection's address stays refused.
+const CONDEMNED_FOR: Duration = Duration::from_secs(10);
+/// File descriptors kept for everything but client connections (logs, storage, ComfyUI).
+const RESERVED_FDS: u64 = 32;
+/// File descriptors one answered request can hold: its connection's two (tiny_http clones the
+/// socket) and a file being stored or served.
+const FDS_PER_CONNECTION: u64 = 3;
+/// How often the watchdog looks at the listener's accept queue, and how long connections may
+/// wait there unaccepted before the gateway decides its accept loop has died.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+const STALLED_AFTER: u32 = 10;
+/// `Retry-After` (seconds) when `MAX_CONNECTIONS` is reached.
+const RETRY_CONNECTIONS_AFTER: u32 = 1;
+
+impl FrontDoor {
+    /// Where a request really comes from: the peer, or for a trusted proxy the client it names
+    /// in `X-Forwarded-For` (the rightmost entry, the one the proxy wrote) or `X-Real-IP`.
+    pub fn client_address(&self, request: &tiny_http::Request) -> String {
+        let Some(peer) = request.remote_addr() else {
+            return "unknown".into();
+        };
+        if !self.trusted_proxies.contains(&peer.ip()) {
+            return peer.to_string();
+        }
+        let forwarded = reply::header_value(request, "X-Forwarded-For")
+            .and_then(|list| list.rsplit(',').next())
+            .or_else(|| reply::header_value(request, "X-Real-IP"))
+            .map(str::trim)
+            .filter(|client| client.parse::<IpAddr>().is_ok());
+        match forwarded {
+            Some(client) => format!("{client} (via {peer})"),
+            None => peer.to_string(),
+        }
+    }
+
+    /// Answers `error` and closes the connection, without reading or waiting for the rest of
+    /// the request: for refused framing or size, and beyond `MAX_CONNECTIONS`.
+    pub fn refuse(&self, request: tiny_http::Request, error: &ApiError, extra: &[(&str, &str)]) {
+        let absurd = request
+            .body_length()
+            .is_some_and(|length| length as u64 >= reply::ABSURD_BODY_LENGTH);
+        if !absurd {
+            return reply::refuse_and_close(request, error, self.port, extra);
+        }
+        reply::abandon(request, error, self.port, extra);
+        let abandoned = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
+        log::warn!(
+            "refused a request declaring a body of {} bytes or more ({abandoned} so far; a \
+             reverse proxy refuses these before they arrive)",
+            reply::ABSURD_BODY_LENGTH
+        );
+        if abandoned >= MAX_ABANDONED {
+            let _ = self.failed.try_send(format!(
+                "{abandoned} requests declared absurd body lengths: their connections are held \
+                 until a restart"
+            ));
+        }
+    }
+
+    /// Refuses this request's connection for a while (see `condemned`).
+    fn condemn(&self, peer: SocketAddr) {
+        let mut condemned = self.condemned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if condemned.len() >= 1024 {
+            condemned.retain(|_, until| *until > now);
+        }
+        condemned.insert(peer, now + CONDEMNED_FOR);
+    }
+
+    fn is_condemned(&self, peer: SocketAddr) -> bool {
+        let condemned = self.condemned.lock().unwrap_or_else(|p| p.into_inner());
+        condemned
+            .get(&peer)
+            .is_some_and(|until| *until > Instant::now())
+    }
+}
+
+/// Counts a request as being answered for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Bound {
@@ -38,38 +157,85 @@ impl Bound {
     }
 
     /// Starts the job engine (if it is not running yet), the webhook deliveries, and the
-    /// accept loop on its own thread.
+    /// accept loop on its own thread, with the socket timeouts and the connection limit of
+    /// `app.config`.
     pub fn serve(self, app: Arc<App>) -> io::Result<Server> {
         app.webhooks.start();
         app.start()?;
-        let http = Arc::new(self.http);
+        socket::set_timeouts(&self.listener, app.config.idle_timeout)?;
+        let watched = self.listener.try_clone()?;
+        // Holds one reason at most: the first failure is what main acts on.
+        let (failed, failures) = crossbeam_channel::bounded(1);
+        let http =
+            tiny_http::Server::from_listener(self.listener, None).map_err(io::Error::other)?;
+        let http = Arc::new(http);
+        let door = Arc::new(FrontDoor {
+            port: self.addr.port(),
+            trusted_proxies: app.config.trusted_proxies.clone(),
+            condemned: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: connection_limit(app.config.max_connections),
+            abandoned: AtomicUsize::new(0),
+            failed: failed.clone(),
+        });
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop_watch, watch_stopped) = crossbeam_channel::bounded(1);
+        let watch_failed = failed.clone();
+        let watchdog = thread::Builder::new()
+            .name("accept-watch".into())
+            .spawn(move || watch_accept_queue(&watched, &watch_stopped, &watch_failed))?;
         let accepting = Arc::clone(&http);
         // The accept loop owns the only sender: when it ends, the nudging thread ends too.
         let (activity, seen) = crossbeam_channel::bounded(1);
         let addr = self.addr;
+        let heartbeat = heartbeat_every(app.config.idle_timeout);
         thread::Builder::new()
             .name("pool-nudge".into())
-            .spawn(move || nudge_pool(addr, &seen))?;
+            .spawn(move || nudge_pool(addr, &seen, heartbeat))?;
+        let accept_stopping = Arc::clone(&stopping);
         let accept_loop = thread::Builder::new()
             .name("accept".into())
-            .spawn(move || accept(&app, &accepting, &activity))?;
+            .spawn(move || {
+                let reason = accept(&app, &door, &accepting, &activity, &accept_stopping);
+                if let Some(reason) = reason {
+                    let _ = failed.try_send(reason);
+                }
+            })?;
         Ok(Server {
             http,
             addr: self.addr,
             accept_loop: Some(accept_loop),
+            watchdog: Some((stop_watch, watchdog)),
+            stopping,
+            failures,
         })
     }
+}
+
+/// `MAX_CONNECTIONS`, lowered (with a warning) to what the open-files limit can hold.
+fn connection_limit(configured: usize) -> usize {
+    let Some(fds) = socket::open_files_limit() else {
+        return configured;
+    };
+    let fitting = usize::try_from(fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fitting < configured {
+        log::warn!(
+            "MAX_CONNECTIONS={configured} does not fit the open-files limit ({fds}): \
+             answering at most {fitting} requests at once"
+        );
+        return fitting;
+    }
+    configured
 }
 
 impl Server {
     /// Binds `listen` (e.g. `127.0.0.1:8000`, or port 0 for any free port).
     pub fn bind(listen: &str) -> io::Result<Bound> {
-        let http = tiny_http::Server::http(listen).map_err(io::Error::other)?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("the server is not listening on TCP"))?;
-        Ok(Bound { http, addr })
+        let listener = socket::bind(listen)?;
+        let addr = listener.local_addr()?;
+        Ok(Bound { listener, addr })
     }
 
     /// Binds `listen` and starts serving `app`.
@@ -87,6 +253,13 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// Yields why the server stopped accepting connections, should that ever happen while it
+    /// is not shutting down (tiny_http's accept thread ended, e.g. out of file descriptors). The
+    /// server is then dead: the process should exit non-zero so that a supervisor restarts it.
+    pub fn failures(&self) -> &Receiver<String> {
+        &self.failures
+    }
+
     /// Blocks until the accept loop ends (after `shutdown` from another thread, or never).
     pub fn wait(mut self) {
         if let Some(handle) = self.accept_loop.take() {
@@ -100,8 +273,13 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
         self.http.unblock();
         if let Some(handle) = self.accept_loop.take() {
+            let _ = handle.join();
+        }
+        if let Some((stop, handle)) = self.watchdog.take() {
+            let _ = stop.try_send(());
             let _ = handle.join();
         }
     }
@@ -114,17 +292,82 @@ impl Drop for Server {
 }
 
 /// The accept loop: one thread per request, so a slow client never holds up another.
-fn accept(app: &Arc<App>, http: &tiny_http::Server, activity: &Sender<()>) {
-    for request in http.incoming_requests() {
+///
+/// Returns why it ended, unless it ended because the server is shutting down.
+fn accept(
+    app: &Arc<App>,
+    door: &Arc<FrontDoor>,
+    http: &tiny_http::Server,
+    activity: &Sender<()>,
+    stopping: &AtomicBool,
+) -> Option<String> {
+    loop {
+        let request = match http.recv() {
+            Ok(request) => request,
+            // Shutting down: `unblock` ended the wait.
+            Err(_) if stopping.load(Ordering::Acquire) => return None,
+            // tiny_http's accept thread hands over its error (e.g. EMFILE) and ends: no
+            // connection will be accepted any more.
+            Err(e) => return Some(format!("the listener stopped accepting connections: {e}")),
+        };
         // Full means the nudging thread already knows that requests are arriving.
         let _ = activity.try_send(());
+        let in_flight = door.in_flight.fetch_add(1, Ordering::AcqRel);
+        if in_flight >= door.max_in_flight {
+            door.in_flight.fetch_sub(1, Ordering::AcqRel);
+            // Answered here, without a thread: the answer is small, the connection's reading side
+            // is shut down first so nothing is waited for, and the socket has a write timeout.
+            let error = ApiError::new(
+                ErrorCode::TooManyConnections,
+                format!(
+                    "{} requests are being answered (MAX_CONNECTIONS); retry shortly",
+                    door.max_in_flight
+                ),
+            );
+            let retry = RETRY_CONNECTIONS_AFTER.to_string();
+            door.refuse(request, &error, &[("Retry-After", &retry)]);
+            continue;
+        }
         let app = Arc::clone(app);
+        let thread_door = Arc::clone(door);
         let spawned = thread::Builder::new()
             .name("request".into())
-            .spawn(move || routes::handle(&app, request));
+            .spawn(move || {
+                let _counted = InFlight(&thread_door.in_flight);
+                routes::handle(&app, &thread_door, request);
+            });
         if let Err(e) = spawned {
             // The request moved into the closure and is dropped with it; tiny_http answers 500.
+            door.in_flight.fetch_sub(1, Ordering::AcqRel);
             log::error!("could not start a request thread: {e}");
+        }
+    }
+}
+
+/// Watches the listener's accept queue: connections that wait there, unaccepted, for
+/// `STALLED_AFTER` checks in a row mean that tiny_http's accept thread has died without a word
+/// (it panics when it cannot clone a socket, e.g. out of file descriptors).
+fn watch_accept_queue(listener: &TcpListener, stop: &Receiver<()>, failed: &Sender<String>) {
+    let mut stalled = 0;
+    loop {
+        match stop.recv_timeout(WATCH_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        match socket::accept_queue_len(listener) {
+            Some(0) => stalled = 0,
+            Some(waiting) => {
+                stalled += 1;
+                if stalled >= STALLED_AFTER {
+                    let waited = WATCH_EVERY * STALLED_AFTER;
+                    let _ = failed.try_send(format!(
+                        "the listener stopped accepting connections: {waiting} have waited \
+                         {waited:?} unaccepted (tiny_http's accept thread has ended)"
+                    ));
+                    return;
+                }
+            }
+            None => return, // this system cannot tell
         }
     }
 }
@@ -133,7 +376,8 @@ fn accept(app: &Arc<App>, http: &tiny_http::Server, activity: &Sender<()>) {
 const NUDGES: u32 = 10;
 const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Works around a race in tiny_http 0.12's connection pool (`util::TaskPool::spawn`).
+/// Works around a race in tiny_http 0.12's connection pool (`util::TaskPool::spawn`), and keeps
+/// the listener's accept from timing out (see [`heartbeat_every`]).
 ///
 /// The pool queues a new connection when it counts an idle thread, but a thread it has just
 /// woken for another connection still counts as idle until it runs. When connections arrive
@@ -148,8 +392,8 @@ const NUDGE_INTERVAL: Duration = Duration::from_millis(100);
 /// the empty connection, ends it at once and then picks up the queued one, or an idle thread is
 /// woken and takes the head of the queue. Stranded connections appear only when connections
 /// arrive, and those bring requests, so this nudges a few times after each request and otherwise
-/// sleeps.
-fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
+/// only keeps the heartbeat.
+fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>, heartbeat: Duration) {
     let target = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
@@ -159,16 +403,23 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
         }
         _ => addr,
     };
+    let connect = || {
+        // Dropped at once: the pool thread that takes it reads end-of-file and moves on.
+        if let Err(e) = TcpStream::connect_timeout(&target, NUDGE_INTERVAL) {
+            log::debug!("could not connect to the gateway itself at {target}: {e}");
+        }
+    };
     let mut left = 0;
-    // A deadline, not a timeout, so that a steady stream of requests cannot postpone the nudges.
+    // Deadlines, not timeouts, so that a steady stream of requests cannot postpone them.
     let mut next = Instant::now();
+    let mut next_heartbeat = Instant::now() + heartbeat;
     loop {
-        let event = if left == 0 {
-            activity.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        let wake = if left == 0 {
+            next_heartbeat
         } else {
-            activity.recv_deadline(next)
+            next.min(next_heartbeat)
         };
-        match event {
+        match activity.recv_deadline(wake) {
             Ok(()) => {
                 if left == 0 {
                     next = Instant::now() + NUDGE_INTERVAL;
@@ -176,14 +427,26 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>) {
                 left = NUDGES;
             }
             Err(RecvTimeoutError::Timeout) => {
-                left -= 1;
-                next += NUDGE_INTERVAL;
-                // Dropped at once: the pool thread that takes it reads end-of-file and moves on.
-                if let Err(e) = TcpStream::connect_timeout(&target, NUDGE_INTERVAL) {
-                    log::debug!("could not nudge the connection pool at {target}: {e}");
+                let now = Instant::now();
+                if now >= next_heartbeat {
+                    next_heartbeat = now + heartbeat;
+                    connect();
+                }
+                if left > 0 && now >= next {
+                    left -= 1;
+                    next += NUDGE_INTERVAL;
+                    connect();
                 }
             }
             Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+/// How often the gateway connects to itself so that the listener's accept never waits a whole
+/// `IDLE_TIMEOUT_SECS`: the read timeout set on the listening socket (for the sockets it
+/// accepts to inherit) also bounds `accept`, and tiny_http ends its accept thread on the
+/// resulting error. A quarter of the timeout, at most 5 s.
+fn heartbeat_every(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }

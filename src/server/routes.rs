@@ -1,11 +1,11 @@
-//! Routing and the endpoint handlers of `DESIGN.md`'s HTTP API.
+//! Routing and the endpoint handlers of the HTTP API the README describes.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{Method, Request, Response, StatusCode};
 
-use super::{auth, reply};
+use super::{FrontDoor, auth, framing, reply};
 use crate::api::{ApiError, ErrorCode, JobRequest};
 use crate::app::App;
 use crate::ids::JobId;
@@ -65,12 +65,41 @@ impl Route {
 }
 
 /// Answers one request, on its own thread.
-pub fn handle(app: &Arc<App>, request: Request) {
+///
+/// In this order: a connection refused earlier stays refused; ambiguous framing and declared
+/// bodies over the limit are refused and the connection closed; then the API key (everything
+/// but `GET /` and `GET /health` needs it, so that 404 and 405 tell nothing to a client without
+/// one); then the route and the method.
+pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     let method = request.method().clone();
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    log::debug!("{method} {path}");
-    let Some(route) = Route::parse(path) else {
+    log::info!("{} {method} {path}", door.client_address(&request));
+    if let Some(&peer) = request.remote_addr() {
+        if door.is_condemned(peer) {
+            let error = ApiError::new(
+                ErrorCode::MalformedRequest,
+                "an earlier request on this connection was refused; the connection is closed",
+            );
+            return door.refuse(request, &error, &[]);
+        }
+        if let Err(error) = framing::check(&request, app.config.max_body_bytes) {
+            if error.code == ErrorCode::MalformedRequest {
+                door.condemn(peer);
+            }
+            return door.refuse(request, &error, &[]);
+        }
+    }
+    let route = Route::parse(path);
+    // The page holds no data and asks for the key itself, so it must load without one.
+    let open = matches!(route, Some(Route::Health | Route::Page))
+        && matches!(method, Method::Get | Method::Head);
+    if !open {
+        if let Err(error) = auth::check(&request, &app.config.api_keys) {
+            return reply::error(request, &error);
+        }
+    }
+    let Some(route) = route else {
         return reply::error(request, &ApiError::not_found(path));
     };
     let allowed = route.methods();
@@ -83,25 +112,29 @@ pub fn handle(app: &Arc<App>, request: Request) {
         let headers = vec![reply::header("Allow", &allow.join(", "))];
         return reply::json_with(request, 405, &error.to_body(), headers);
     }
-    // The page holds no data and asks for the key itself, so it must load without one.
-    if route != Route::Health && route != Route::Page {
-        if let Err(error) = auth::check(&request, &app.config.api_keys) {
-            return reply::error(request, &error);
-        }
-    }
     match route {
         Route::Page => page(request),
         Route::Health => reply::json(request, 200, &json!({ "status": "ok" })),
         Route::Ready => ready(app, request),
         Route::Workflows => workflows(app, request),
         Route::Workflow(name) => workflow(app, request, &name),
-        Route::Generate => generate(app, request),
-        Route::Jobs => create_job(app, request),
+        Route::Generate => generate(app, door, request),
+        Route::Jobs => create_job(app, door, request),
         Route::Job(id) if method == Method::Delete => cancel_job(app, request, &id),
         Route::Job(id) => get_job(app, request, &id),
         Route::JobEvents(id) => job_events(app, request, &id, query),
         Route::Image(key) => image(app, request, &key),
         Route::Metrics => metrics(app, request),
+    }
+}
+
+/// Answers an error that happened before a job existed; a body found too large while reading
+/// it also ends the connection, since the rest of it is not read.
+fn refuse(door: &FrontDoor, request: Request, error: &ApiError) {
+    if error.code == ErrorCode::PayloadTooLarge {
+        door.refuse(request, error, &[]);
+    } else {
+        reply::error(request, error);
     }
 }
 
@@ -216,10 +249,10 @@ fn wants_json(request: &Request) -> bool {
     })
 }
 
-fn generate(app: &Arc<App>, mut request: Request) {
+fn generate(app: &Arc<App>, door: &FrontDoor, mut request: Request) {
     let job = match start(app, &mut request) {
         Ok(job) => job,
-        Err(error) => return reply::error(request, &error),
+        Err(error) => return refuse(door, request, &error),
     };
     if wants_json(&request) {
         answer_when_finished(request, &job);
@@ -278,10 +311,10 @@ fn stream(app: &App, request: Request, job: &Job, last_seen: u64) {
     let _ = sse.finish();
 }
 
-fn create_job(app: &Arc<App>, mut request: Request) {
+fn create_job(app: &Arc<App>, door: &FrontDoor, mut request: Request) {
     let job = match start(app, &mut request) {
         Ok(job) => job,
-        Err(error) => return reply::error(request, &error),
+        Err(error) => return refuse(door, request, &error),
     };
     let base = app.config.public_base_url.trim_end_matches('/');
     let status_url = format!("{base}/jobs/{}", job.id());

@@ -10,6 +10,7 @@
 //! a job reported as stored survives a power cut. That costs a few milliseconds per job, nothing
 //! next to a generation.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,120 @@ impl LocalStorage {
     /// The `generations.jsonl` file rows are appended to.
     pub fn jsonl_path(&self) -> PathBuf {
         self.data_dir.join("generations.jsonl")
+    }
+
+    /// Repairs what a crash (`kill -9`, a power cut) can leave in `DATA_DIR`; run at start-up,
+    /// before any job stores anything.
+    ///
+    /// - Temporary files and folders of saves that never finished (`.NAME.tmp-UUID` beside the
+    ///   images, the spool's `.tmp-JOB-UUID/`, `.ready-probe-UUID`) are removed: a finished save
+    ///   renames its temporary into place, so whatever is left was abandoned.
+    /// - Every stored image gets its `generations.jsonl` row: an image whose row is missing (the
+    ///   crash came between storing it and appending its row) gets one rebuilt from what the
+    ///   file tells (job, index, size, dimensions, the file's time), with `params` saying
+    ///   `{"reconciled": true, ...}`; what only the request knew (prompt id, workflow, seed,
+    ///   parameters) is unknown (`workflow` is `"unknown"`).
+    pub fn reconcile(&self) -> io::Result<Reconciled> {
+        let mut done = Reconciled::default();
+        if !self.data_dir.exists() {
+            return Ok(done);
+        }
+        remove_leftovers(&self.data_dir, 0, &mut done)?;
+        let recorded = self.recorded_keys()?;
+        let mut rows = Vec::new();
+        for key in self.stored_keys()? {
+            if !recorded.contains(&key) {
+                rows.push(self.rebuilt_row(&key)?);
+            }
+        }
+        if !rows.is_empty() {
+            self.record(&rows)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            done.rows_written = rows.iter().map(|row| row.storage_key.clone()).collect();
+        }
+        Ok(done)
+    }
+
+    /// The `storage_key` of every row in `generations.jsonl` (torn or foreign lines skipped).
+    fn recorded_keys(&self) -> io::Result<HashSet<String>> {
+        let text = match fs::read(self.jsonl_path()) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+            .filter_map(|row| Some(row.get("storage_key")?.as_str()?.to_owned()))
+            .collect())
+    }
+
+    /// The key of every image file under `images/`, sorted.
+    fn stored_keys(&self) -> io::Result<Vec<String>> {
+        let images = self.data_dir.join("images");
+        let mut keys = Vec::new();
+        let Ok(jobs) = fs::read_dir(&images) else {
+            return Ok(keys);
+        };
+        for job in jobs {
+            let job = job?;
+            if !job.file_type()?.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(job.path())? {
+                let file = file?;
+                let key = format!(
+                    "{}/{}",
+                    job.file_name().to_string_lossy(),
+                    file.file_name().to_string_lossy()
+                );
+                if file.file_type()?.is_file() && parse_key(&key).is_some() {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// A row for a stored image whose row is missing, from what its file tells.
+    fn rebuilt_row(&self, key: &str) -> io::Result<ImageRecord> {
+        let (job_id, file) = parse_key(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an image key"))?;
+        let path = self.data_dir.join("images").join(key);
+        let bytes = fs::read(&path)?;
+        let size = bytes.len() as u64;
+        let (width, height) = crate::image::process(bytes, file, crate::image::PngMetadata::Keep)
+            .map(|image| (image.width, image.height))
+            .unwrap_or((0, 0));
+        let stored_at = fs::metadata(&path)?
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Ok(ImageRecord {
+            id: ids::new_uuid(),
+            job_id: job_id.to_owned(),
+            prompt_id: None,
+            workflow: "unknown".into(),
+            image_index: file
+                .split_once('.')
+                .and_then(|(index, _)| index.parse().ok())
+                .unwrap_or(0),
+            storage_key: key.to_owned(),
+            url: format!("{}/images/{key}", self.public_base_url),
+            width,
+            height,
+            bytes: size,
+            seed: None,
+            params: serde_json::json!({
+                "reconciled": true,
+                "note": "row rebuilt at start-up from the stored file: the gateway stopped \
+                         between storing the image and recording it",
+            }),
+            created_at: crate::timestamp::rfc3339_from_unix_millis(stored_at),
+        })
     }
 
     fn append_lines(&self, text: &[u8]) -> io::Result<()> {
@@ -131,6 +246,63 @@ impl Storage for LocalStorage {
         let _ = fs::remove_file(&probe);
         result.map_err(|e| StorageError::io(&operation, e))
     }
+}
+
+/// What [`LocalStorage::reconcile`] repaired.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Temporary files and folders removed.
+    pub removed: Vec<PathBuf>,
+    /// Storage keys of the images whose missing row was written.
+    pub rows_written: Vec<String>,
+}
+
+impl Reconciled {
+    /// Logs what was repaired (nothing when there was nothing to repair).
+    pub fn log(&self) {
+        for path in &self.removed {
+            log::warn!("removed {} left by an interrupted save", path.display());
+        }
+        for key in &self.rows_written {
+            log::warn!("image {key} had no generations.jsonl row: wrote one (reconciled)");
+        }
+    }
+}
+
+/// Whether `name` is a temporary file or folder of a save that never finished.
+fn is_leftover(name: &str) -> bool {
+    name.starts_with('.') && (name.contains(".tmp-") || name.starts_with(".ready-probe-"))
+}
+
+/// Removes the temporary files and folders that interrupted saves left under `data_dir` (also
+/// for Supabase storage, whose spool lives there); returns what was removed.
+pub fn remove_crash_leftovers(data_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut done = Reconciled::default();
+    if data_dir.exists() {
+        remove_leftovers(data_dir, 0, &mut done)?;
+    }
+    Ok(done.removed)
+}
+
+/// Removes leftovers under `dir`, looking a few levels down (`images/JOB/`, `spool/`).
+fn remove_leftovers(dir: &Path, depth: usize, done: &mut Reconciled) -> io::Result<()> {
+    const MAX_DEPTH: usize = 3;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if is_leftover(&entry.file_name().to_string_lossy()) {
+            if kind.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+            done.removed.push(path);
+        } else if kind.is_dir() && depth < MAX_DEPTH {
+            remove_leftovers(&path, depth + 1, done)?;
+        }
+    }
+    Ok(())
 }
 
 /// Splits a key of the form `{uuid}/{digits}.{png|jpg|webp}` into its folder and file name.
@@ -369,5 +541,85 @@ mod tests {
         assert_eq!(content_type_for("a/0.jpg"), Some("image/jpeg"));
         assert_eq!(content_type_for("a/0.webp"), Some("image/webp"));
         assert_eq!(content_type_for("a/0.gif"), None);
+    }
+
+    /// A valid RGB PNG of the given size.
+    fn tiny_png(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().expect("in memory");
+        let pixels = vec![0u8; (width * height * 3) as usize];
+        writer.write_image_data(&pixels).expect("in memory");
+        writer.finish().expect("in memory");
+        out
+    }
+
+    #[test]
+    fn reconcile_removes_leftovers_of_interrupted_saves() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://x".into());
+        let job = dir.join("images").join(JOB);
+        fs::create_dir_all(&job).expect("writable");
+        let stray = job.join(format!(".0.png.tmp-{}", ids::new_uuid()));
+        fs::write(&stray, b"half an image").expect("writable");
+        let spool_temp = dir
+            .join("spool")
+            .join(format!(".tmp-{JOB}-{}", ids::new_uuid()));
+        fs::create_dir_all(&spool_temp).expect("writable");
+        fs::write(spool_temp.join("0.png"), b"x").expect("writable");
+        let probe = dir.join(".ready-probe-1");
+        fs::write(&probe, b"ok").expect("writable");
+        let kept = dir.join("spool").join("keep-me");
+        fs::write(&kept, b"x").expect("writable");
+
+        let done = storage.reconcile().expect("reconciles");
+        assert_eq!(done.removed.len(), 3, "{done:?}");
+        assert!(!stray.exists() && !spool_temp.exists() && !probe.exists());
+        assert!(kept.exists(), "only leftovers are removed");
+        assert!(done.rows_written.is_empty(), "no image, no row");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn reconcile_writes_the_missing_rows_and_only_those() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://127.0.0.1:8000".into());
+        let png = tiny_png(3, 2);
+        storage
+            .put_image(&format!("{JOB}/0.png"), &png, "image/png")
+            .expect("stored");
+        storage.record(&[row(0, 7)]).expect("recorded");
+        storage
+            .put_image(&format!("{JOB}/1.png"), &png, "image/png")
+            .expect("stored, then the process was killed before its row");
+
+        let done = storage.reconcile().expect("reconciles");
+        assert_eq!(done.rows_written, [format!("{JOB}/1.png")]);
+        let text = fs::read_to_string(storage.jsonl_path()).expect("rows");
+        let rows: Vec<ImageRecord> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a row"))
+            .collect();
+        assert_eq!(rows.len(), 2);
+        let rebuilt = &rows[1];
+        assert_eq!(rebuilt.job_id, JOB);
+        assert_eq!(rebuilt.image_index, 1);
+        assert_eq!(rebuilt.storage_key, format!("{JOB}/1.png"));
+        assert_eq!(
+            rebuilt.url,
+            format!("http://127.0.0.1:8000/images/{JOB}/1.png")
+        );
+        assert_eq!((rebuilt.width, rebuilt.height), (3, 2));
+        assert_eq!(rebuilt.bytes, png.len() as u64);
+        assert_eq!(rebuilt.params["reconciled"], true);
+        assert!(ids::is_uuid(&rebuilt.id));
+
+        let again = storage.reconcile().expect("reconciles");
+        assert!(
+            again.rows_written.is_empty(),
+            "a second start-up adds nothing"
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
     }
 }

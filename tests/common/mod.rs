@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_supabase;
+pub mod gateway_process;
 pub mod harness;
 pub mod sse_client;
 
@@ -75,4 +76,25 @@ pub fn get_json_from(url: &str) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().expect("body");
     (status, serde_json::from_str(&text).expect("JSON"))
+}
+
+/// How long a test waits for any one event before failing: generous, so a busy machine does not
+/// fail a test, and finite, so no test can hang.
+pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Receives from `events` until one is `wanted`, for at most [`EVENT_DEADLINE`]; panics naming
+/// `what` when the deadline passes or the sender is gone.
+pub fn wait_for<T>(
+    events: &crossbeam_channel::Receiver<T>,
+    what: &str,
+    wanted: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        match events.recv_deadline(deadline) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(_) => {}
+            Err(e) => panic!("waited {EVENT_DEADLINE:?} for {what}: {e}"),
+        }
+    }
 }

@@ -1,0 +1,378 @@
+//! The front door, seen from a client's socket: refusals that come at once and close the
+//! connection, ambiguous framing refused, the key checked before anything is told, idle
+//! connections closed, and a cap on the requests answered at once.
+
+mod common;
+
+use common::harness::{Harness, Options, agent, small_txt2img};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What a raw exchange read back: every byte until the server closed (or `within` passed).
+struct Exchange {
+    text: String,
+    closed: bool,
+    took: Duration,
+}
+
+impl Exchange {
+    fn status(&self) -> u16 {
+        self.text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn has_header(&self, line: &str) -> bool {
+        let head = self.text.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .any(|l| l.trim().eq_ignore_ascii_case(line.trim()))
+    }
+
+    /// The JSON body of the first response.
+    fn json(&self) -> Value {
+        let body = self.text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let end = body.find("HTTP/1.1 ").unwrap_or(body.len());
+        serde_json::from_str(&body[..end])
+            .unwrap_or_else(|e| panic!("a JSON body ({e}): {}", self.text))
+    }
+
+    fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it, for at most
+/// `within` (a server that keeps the connection open shows as `closed: false`).
+fn exchange(addr: SocketAddr, bytes: &[u8], within: Duration) -> Exchange {
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(addr).expect("the gateway accepts");
+    socket.write_all(bytes).expect("the request is sent");
+    let mut received = Vec::new();
+    let deadline = started + within;
+    let closed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        socket.set_read_timeout(Some(left)).expect("timeout");
+        let mut buf = [0u8; 8192];
+        match socket.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    Exchange {
+        text: String::from_utf8_lossy(&received).into_owned(),
+        closed,
+        took: started.elapsed(),
+    }
+}
+
+fn limited_harness() -> Harness {
+    Harness::with(Options {
+        vars: vec![("MAX_BODY_BYTES", "4096".into())],
+        ..Options::default()
+    })
+}
+
+/// Within this, a refusal that is "at once" has come: generous for a busy machine, and far
+/// below the minute a server waiting for the body would take.
+const PROMPT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_declared_body_over_the_limit_is_refused_at_once_and_the_connection_closed() {
+    let h = limited_harness();
+    // A gigabyte announced, nothing sent: the answer cannot wait for the body.
+    let request = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                   Content-Length: 1073741824\r\n\r\n";
+    let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+    assert_eq!(got.status(), 413, "{}", got.text);
+    assert_eq!(got.code(), "payload_too_large");
+    assert_eq!(got.json()["error"]["details"]["limit"], 4096);
+    assert!(got.has_header("Connection: close"), "{}", got.text);
+    assert!(got.closed, "the connection is closed after the answer");
+    assert!(
+        h.sim.requests().iter().all(|r| r.path != "/prompt"),
+        "nothing reached ComfyUI"
+    );
+}
+
+#[test]
+fn expect_continue_over_the_limit_gets_417_and_no_100_continue() {
+    let h = limited_harness();
+    let request = "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                   Expect: 100-continue\r\nContent-Length: 5000\r\n\r\n";
+    let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+    assert!(
+        got.text.starts_with("HTTP/1.1 417 "),
+        "no 100 Continue first: {}",
+        got.text
+    );
+    assert_eq!(got.code(), "expectation_failed");
+    assert!(got.has_header("Connection: close"));
+    assert!(got.closed);
+
+    // Within the limit, the client is told to go on and the request is served.
+    let body = small_txt2img("continued").to_string();
+    let request = format!(
+        "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+    assert!(
+        got.text.starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        got.text
+    );
+    assert!(got.text.contains("HTTP/1.1 202 "), "{}", got.text);
+}
+
+#[test]
+fn a_chunked_body_over_the_limit_is_refused_after_the_limit_not_after_the_body() {
+    let h = limited_harness();
+    let mut socket = TcpStream::connect(h.gateway.addr()).expect("connects");
+    socket
+        .write_all(
+            b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .expect("head sent");
+    // 8 KiB of a body that never ends: the answer must come without the rest.
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+    socket.write_all(chunk.as_bytes()).expect("first chunk");
+    socket.set_read_timeout(Some(PROMPT)).expect("timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n{") {
+        let n = socket
+            .read(&mut buf)
+            .expect("an answer before the body ends");
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
+}
+
+#[test]
+fn ambiguous_framing_is_refused_with_400_and_the_connection_closed() {
+    let h = Harness::start();
+    let cases = [
+        (
+            "Content-Length with Transfer-Encoding",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        ),
+        (
+            "a coding other than chunked",
+            "Transfer-Encoding: gzip, chunked\r\n",
+        ),
+        ("identity", "Transfer-Encoding: identity\r\n"),
+        ("an empty coding", "Transfer-Encoding:\r\n"),
+        (
+            "two Transfer-Encoding lines",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ),
+        (
+            "a repeated Content-Length",
+            "Content-Length: 2\r\nContent-Length: 2\r\n",
+        ),
+        ("a signed Content-Length", "Content-Length: +2\r\n"),
+        ("a negative Content-Length", "Content-Length: -1\r\n"),
+        ("a listed Content-Length", "Content-Length: 2, 2\r\n"),
+    ];
+    for (what, framing) in cases {
+        let request = format!(
+            "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}\r\n{{}}"
+        );
+        let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+        assert_eq!(got.status(), 400, "{what}: {}", got.text);
+        assert_eq!(got.code(), "malformed_request", "{what}");
+        assert!(got.has_header("Connection: close"), "{what}: {}", got.text);
+        assert!(got.closed, "{what}: the connection is closed");
+    }
+    assert!(
+        h.sim.requests().iter().all(|r| r.path != "/prompt"),
+        "no job was started"
+    );
+}
+
+#[test]
+fn a_request_hidden_in_a_body_is_never_answered() {
+    let h = Harness::start();
+    // Framed by Content-Length, the GET is body; framed by Transfer-Encoding, it is a second
+    // request. A gateway must not answer it.
+    let hidden = "GET /workflows HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = format!(
+        "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+        5 + hidden.len()
+    );
+    let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+    assert_eq!(got.status(), 400, "{}", got.text);
+    assert!(got.closed, "{}", got.text);
+    assert!(
+        !got.text.contains("HTTP/1.1 200"),
+        "the hidden request was answered: {}",
+        got.text
+    );
+    assert!(!got.text.contains("\"workflows\""), "{}", got.text);
+}
+
+#[test]
+fn the_key_is_checked_before_404_and_405_and_the_scheme_is_case_insensitive() {
+    let h = Harness::with(Options {
+        vars: vec![("API_KEYS", "the-key".into())],
+        ..Options::default()
+    });
+    let status = |method: &str, path: &str, auth: Option<&str>| {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(auth) = auth {
+            request.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        request.push_str("Content-Length: 0\r\n\r\n");
+        exchange(h.gateway.addr(), request.as_bytes(), PROMPT).status()
+    };
+    // Without the key, nothing tells which paths or methods exist.
+    assert_eq!(status("GET", "/no/such/path", None), 401);
+    assert_eq!(status("GET", "/generate", None), 401);
+    assert_eq!(status("DELETE", "/workflows", None), 401);
+    assert_eq!(status("POST", "/health", None), 401);
+    assert_eq!(status("GET", "/images/x/0.png", Some("Bearer wrong")), 401);
+    // With it, they do.
+    assert_eq!(status("GET", "/no/such/path", Some("Bearer the-key")), 404);
+    assert_eq!(status("GET", "/generate", Some("Bearer the-key")), 405);
+    // The scheme's case does not matter; the key's does.
+    assert_eq!(status("GET", "/workflows", Some("bearer the-key")), 200);
+    assert_eq!(status("GET", "/workflows", Some("BEARER the-key")), 200);
+    assert_eq!(status("GET", "/workflows", Some("Bearer THE-KEY")), 401);
+    // Only the page and /health stay open.
+    assert_eq!(status("GET", "/health", None), 200);
+    assert_eq!(status("GET", "/", None), 200);
+}
+
+#[test]
+fn idle_connections_are_closed_after_idle_timeout_secs() {
+    let h = Harness::with(Options {
+        vars: vec![("IDLE_TIMEOUT_SECS", "1".into())],
+        ..Options::default()
+    });
+    // A keep-alive connection, answered, then left idle.
+    let got = exchange(
+        h.gateway.addr(),
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(15),
+    );
+    assert_eq!(got.status(), 200, "{}", got.text);
+    assert!(got.closed, "an idle keep-alive connection is closed");
+    assert!(
+        got.took >= Duration::from_millis(900),
+        "not before the timeout: {:?}",
+        got.took
+    );
+    // A connection that never finishes its request head.
+    let got = exchange(
+        h.gateway.addr(),
+        b"GET /health HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(15),
+    );
+    assert!(got.closed, "a slow request head is cut off");
+    assert!(!got.text.contains(" 200 "), "{}", got.text);
+}
+
+#[test]
+fn beyond_max_connections_requests_get_503_with_retry_after() {
+    let h = Harness::with(Options {
+        vars: vec![("MAX_CONNECTIONS", "2".into())],
+        ..Options::default()
+    });
+    // Two streams held open on a job that cannot run yet: two requests being answered.
+    h.sim.pause();
+    let (status, created) = h.post_json("/jobs", &small_txt2img("held"));
+    assert_eq!(status, 202, "{created}");
+    let job_id = created["job_id"].as_str().expect("job id").to_string();
+    let events = format!("/jobs/{job_id}/events");
+    let first = h.get_stream(&events, &[]);
+    let second = h.get_stream(&events, &[]);
+    assert_eq!((first.status, second.status), (200, 200));
+
+    let got = exchange(
+        h.gateway.addr(),
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        PROMPT,
+    );
+    assert_eq!(got.status(), 503, "{}", got.text);
+    assert_eq!(got.code(), "too_many_connections");
+    assert!(got.has_header("Retry-After: 1"), "{}", got.text);
+    assert!(got.has_header("Connection: close"), "{}", got.text);
+    assert!(got.closed);
+
+    // Once the job ends, its streams end, and the gateway serves again.
+    h.sim.resume();
+    for mut stream in [first, second] {
+        let last = stream.until_terminal().pop().expect("a terminal event");
+        assert_eq!(last.event, "complete");
+    }
+    let deadline = Instant::now() + common::EVENT_DEADLINE;
+    loop {
+        let status = agent()
+            .get(&h.url("/health"))
+            .call()
+            .expect("answers")
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the slots were never given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_absurd_declared_length_is_refused_and_the_gateway_lives_on() {
+    let h = limited_harness();
+    // tiny_http would set aside this much memory to discard the body of a refused request.
+    for (method, path) in [("POST", "/generate"), ("GET", "/health")] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 900000000000000\r\n\r\n"
+        );
+        let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+        assert_eq!(got.status(), 413, "{path}: {}", got.text);
+        assert_eq!(got.code(), "payload_too_large");
+        assert!(got.has_header("Connection: close"));
+        assert!(got.closed, "{path}: the connection is closed");
+    }
+    let (status, _) = h.get_json("/health");
+    assert_eq!(status, 200, "the gateway still serves");
+}
+
+#[test]
+fn streams_and_waits_longer_than_the_idle_timeout_are_not_cut() {
+    let h = Harness::with(Options {
+        vars: vec![("IDLE_TIMEOUT_SECS", "1".into())],
+        ..Options::step_ms(300)
+    });
+    let mut body = small_txt2img("outlives the idle timeout");
+    body["steps"] = serde_json::json!(10);
+    // About 3 s of events, one every 100 ms: the connection is never silent for a second.
+    let events = h.generate_stream(&body).until_terminal();
+    let last = events.last().expect("a terminal event");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    // A JSON answer that waits 3 s for its job: the client is silent, the gateway too.
+    body["prompt"] = serde_json::json!("waited for");
+    let (status, answer) = h.post_json("/generate", &body);
+    assert_eq!(status, 200, "{answer}");
+}
