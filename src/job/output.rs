@@ -1,8 +1,15 @@
-//! The end of a successful run: collect the images from ComfyUI, process and store them, record
-//! their metadata, and build the `complete` event. If storage fails for good, the images are kept
-//! in the spool so that nothing finished is lost.
+//! The end of a successful run: collect every file the prompt's output nodes wrote (images,
+//! videos, sounds, models: any entry with a `filename` under any key of `/history`), stream each
+//! from ComfyUI into a staging folder, check and strip metadata where the format allows, store
+//! them, record their metadata, and build the `complete` event. If storage fails for good, the
+//! files are kept in the spool so that nothing finished is lost.
+//!
+//! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB).
 
 use serde_json::{Value, json};
+use std::fs;
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -10,12 +17,14 @@ use super::Job;
 use super::runner::Timings;
 use crate::api::{ApiError, ErrorCode};
 use crate::app::App;
-use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef};
+use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
 use crate::ids::{self, PromptId};
-use crate::image::{self, ProcessedImage};
-use crate::storage::spool::PendingImage;
+use crate::image;
+use crate::media::{self, MediaType};
+use crate::storage::spool::{PendingFile, ReceiveError, Staging};
 use crate::storage::{ImageRecord, StorageError};
 use crate::timestamp;
+use crate::workflow::OutputTypes;
 
 /// Everything `collect_and_store` needs to know about the job.
 pub(super) struct StoreRequest<'a> {
@@ -29,17 +38,28 @@ pub(super) struct StoreRequest<'a> {
     /// The history entry, when it was already read (after a lost websocket).
     pub history: Option<HistoryEntry>,
     pub timings: Timings,
+    /// Which of ComfyUI's file types to keep: the template's `outputs` (the default for raw
+    /// graphs).
+    pub outputs: OutputTypes,
+    /// What the `complete` data reports under `warnings`, e.g. the output nodes a partial graph
+    /// dropped ([`crate::comfyui::dropped_outputs`] of the `/prompt` answer's `node_errors`).
+    pub warnings: Vec<Value>,
 }
 
-/// One image from ComfyUI, processed and ready to store.
+/// One file from ComfyUI, staged on local disk, checked, and ready to store.
 struct Collected {
     node: String,
     source: ImageRef,
     key: String,
-    image: ProcessedImage,
+    media: MediaType,
+    /// The staged file (in the job's staging folder).
+    path: PathBuf,
+    bytes: u64,
+    width: Option<u32>,
+    height: Option<u32>,
 }
 
-/// Fetches, processes and stores the prompt's output images; returns the `complete` data.
+/// Fetches, processes and stores the prompt's output files; returns the `complete` data.
 pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError> {
     let entry = match req.history {
         Some(ref entry) => entry.clone(),
@@ -51,9 +71,16 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
             format!("ComfyUI recorded a failure: {}", failure.exception_message),
         ));
     }
-    let collected = fetch_images(&req, &entry)?;
+    let files = select_files(&entry, req.outputs);
+    let staging = req
+        .app
+        .spool
+        .staging(&req.job.id().to_string())
+        .map_err(|e| not_staged(&files, &e.to_string()))?;
+    let collected = fetch_all(&req, &staging, &files)?;
     let storing_started = Instant::now();
     let images = store_all(&req, &collected)?;
+    drop(staging);
     let done = Instant::now();
     let t = &req.timings;
     let started = t.started.unwrap_or(storing_started);
@@ -63,6 +90,7 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
         "prompt_id": req.prompt_id,
         "workflow": req.workflow,
         "images": images,
+        "warnings": req.warnings,
         "params": req.params,
         "timings_ms": {
             "queued": millis(started.saturating_duration_since(t.created)),
@@ -103,68 +131,135 @@ fn wait_for_history(req: &StoreRequest<'_>) -> Result<HistoryEntry, ApiError> {
     }
 }
 
-/// The images a client wants: saved outputs, or temporary previews when the graph saved none.
-fn select_images(entry: &HistoryEntry) -> Vec<(String, ImageRef)> {
-    let of_kind = |temp: bool| -> Vec<(String, ImageRef)> {
-        entry
-            .images()
-            .filter(|(_, image)| image.is_temp() == temp)
-            .map(|(node, image)| (node.to_string(), image.clone()))
-            .collect()
+/// The files a client wants, in node order: every file under any output key, of the ComfyUI
+/// types the template chose.
+fn select_files(entry: &HistoryEntry, types: OutputTypes) -> Vec<&OutputFile> {
+    let saved_any = entry.files().any(|f| !f.file.is_temp());
+    entry
+        .files()
+        .filter(|f| types.wants(&f.file.kind, saved_any))
+        .collect()
+}
+
+/// The error when the staging folder cannot be written: nothing was fetched, and ComfyUI still
+/// has every file.
+fn not_staged(files: &[&OutputFile], why: &str) -> ApiError {
+    let comfyui_files: Vec<&ImageRef> = files.iter().map(|f| &f.file).collect();
+    ApiError::new(
+        ErrorCode::StorageFailed,
+        format!(
+            "ComfyUI's outputs could not be received on local disk ({why}); ComfyUI still has \
+             them in its output folder"
+        ),
+    )
+    .with_details(json!({ "cause": why, "comfyui_files": comfyui_files }))
+}
+
+fn fetch_all(
+    req: &StoreRequest<'_>,
+    staging: &Staging,
+    files: &[&OutputFile],
+) -> Result<Vec<Collected>, ApiError> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| fetch_one(req, staging, index, file))
+        .collect()
+}
+
+/// Streams one file from ComfyUI into the staging folder, tells what it is, and checks and
+/// strips it where its format allows.
+fn fetch_one(
+    req: &StoreRequest<'_>,
+    staging: &Staging,
+    index: usize,
+    file: &OutputFile,
+) -> Result<Collected, ApiError> {
+    let source = &file.file;
+    let lost = |why: String| {
+        ApiError::new(
+            ErrorCode::ComfyuiLost,
+            format!(
+                "ComfyUI finished, but fetching its file {}: {why}",
+                source.filename
+            ),
+        )
+        .with_details(json!({ "comfyui_file": source }))
     };
-    let saved = of_kind(false);
-    if saved.is_empty() {
-        of_kind(true)
-    } else {
-        saved
-    }
-}
-
-fn fetch_images(req: &StoreRequest<'_>, entry: &HistoryEntry) -> Result<Vec<Collected>, ApiError> {
-    let mut collected = Vec::new();
-    for (index, (node, source)) in select_images(entry).into_iter().enumerate() {
-        let bytes = req.client.get_image(&source).map_err(|e| {
-            ApiError::new(
-                ErrorCode::ComfyuiLost,
-                format!(
-                    "ComfyUI finished, but fetching its image {}: {e}",
-                    source.filename
-                ),
-            )
-            .with_details(json!({ "comfyui_file": source }))
+    let all_files = [file];
+    let local = |why: String| not_staged(&all_files, &why);
+    let mut download = req
+        .client
+        .open_file(source)
+        .map_err(|e| lost(e.to_string()))?;
+    let received = staging
+        .receive(&format!("{index}.part"), &mut download, media::HEAD_LEN)
+        .map_err(|e| match e {
+            ReceiveError::Read(e) => lost(e.to_string()),
+            ReceiveError::Write(e) => local(e.to_string()),
         })?;
-        let image =
-            image::process(bytes, &source.filename, req.app.run.png_metadata).map_err(|e| {
-                ApiError::internal(format!(
-                    "ComfyUI's image {} is unusable: {e}",
-                    source.filename
-                ))
-            })?;
-        let key = format!("{}/{index}.{}", req.job.id(), extension(image.content_type));
-        collected.push(Collected {
-            node,
-            source,
-            key,
-            image,
-        });
-    }
-    Ok(collected)
+    let media = media::identify(&received.head, &source.filename);
+    let (bytes, size) = if matches!(media, media::PNG | media::WEBP) {
+        check_and_strip(req, source, received.path.clone(), received.bytes)?
+    } else {
+        let size = media::file_dimensions(&received.path, media, &received.head);
+        (received.bytes, size)
+    };
+    Ok(Collected {
+        node: file.node_id.clone(),
+        source: source.clone(),
+        key: format!("{}/{index}.{}", req.job.id(), media.extension),
+        media,
+        path: received.path,
+        bytes,
+        width: size.map(|(w, _)| w),
+        height: size.map(|(_, h)| h),
+    })
 }
 
-fn extension(content_type: &str) -> &'static str {
-    match content_type {
-        "image/jpeg" => "jpg",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        _ => "png",
+/// Reads a staged PNG or WebP, checks it, strips ComfyUI's metadata per `OUTPUT_METADATA`, and
+/// rewrites the staged file if that changed it. Returns its size in bytes and in pixels.
+fn check_and_strip(
+    req: &StoreRequest<'_>,
+    source: &ImageRef,
+    path: PathBuf,
+    len: u64,
+) -> Result<(u64, Option<(u32, u32)>), ApiError> {
+    let unusable = |why: String| {
+        ApiError::internal(format!(
+            "ComfyUI's image {} is unusable: {why}",
+            source.filename
+        ))
+    };
+    if len > MAX_IMAGE_BYTES {
+        return Err(unusable(format!(
+            "{len} bytes is more than the {MAX_IMAGE_BYTES} a PNG or WebP may have to be checked"
+        )));
     }
+    let original = fs::read(&path).map_err(|e| not_staged(&[], &e.to_string()))?;
+    let processed = image::process(original, &source.filename, req.app.run.png_metadata)
+        .map_err(|e| unusable(e.to_string()))?;
+    let stored_len = processed.bytes.len() as u64;
+    if stored_len != len {
+        rewrite_synced(&path, &processed.bytes).map_err(|e| not_staged(&[], &e.to_string()))?;
+    }
+    let size = (processed.width > 0 && processed.height > 0)
+        .then_some((processed.width, processed.height));
+    Ok((stored_len, size))
 }
 
-/// Stores every image and records the rows; on failure, spools them and says where.
+fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Stores every file and records the rows; on failure, spools them and says where.
 ///
-/// For remote storage the images are spooled *before* the upload (write-ahead) and the spool
-/// entry is removed once storage has them, so that even a gateway killed mid-upload loses
-/// nothing: the next start-up finishes the upload.
+/// For remote storage the files are spooled *before* the upload (write-ahead; a hard link, so
+/// nearly free) and the spool entry is removed once storage has them, so that even a gateway
+/// killed mid-upload loses nothing: the next start-up finishes the upload.
 fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Value>, ApiError> {
     let mut rows = rows_for(req, collected);
     let job_id = req.job.id().to_string();
@@ -173,9 +268,9 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
         if let Err(e) = req
             .app
             .spool
-            .save(&job_id, &pending_images(collected), &rows)
+            .save(&job_id, &pending_files(collected), &rows)
         {
-            log::warn!("job {job_id}: could not spool images before uploading: {e}");
+            log::warn!("job {job_id}: could not spool files before uploading: {e}");
         }
     }
     let stored = upload_and_record(req, collected, &mut rows);
@@ -192,10 +287,11 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
                 json!({
                     "url": row.url,
                     "key": c.key,
-                    "width": c.image.width,
-                    "height": c.image.height,
-                    "bytes": c.image.bytes.len(),
-                    "content_type": c.image.content_type,
+                    "kind": c.media.kind.as_str(),
+                    "content_type": c.media.content_type,
+                    "bytes": c.bytes,
+                    "width": c.width,
+                    "height": c.height,
                     "node": c.node,
                 })
             })
@@ -209,12 +305,13 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
     }
 }
 
-fn pending_images(collected: &[Collected]) -> Vec<PendingImage> {
+fn pending_files(collected: &[Collected]) -> Vec<PendingFile> {
     collected
         .iter()
-        .map(|c| {
-            let content_type = c.image.content_type.to_string();
-            (c.key.clone(), c.image.bytes.clone(), content_type)
+        .map(|c| PendingFile {
+            key: c.key.clone(),
+            path: c.path.clone(),
+            content_type: c.media.content_type.to_string(),
         })
         .collect()
 }
@@ -232,9 +329,11 @@ fn rows_for(req: &StoreRequest<'_>, collected: &[Collected]) -> Vec<ImageRecord>
             image_index: index as u32,
             storage_key: c.key.clone(),
             url: String::new(),
-            width: c.image.width,
-            height: c.image.height,
-            bytes: c.image.bytes.len() as u64,
+            width: c.width,
+            height: c.height,
+            bytes: c.bytes,
+            kind: c.media.kind.as_str().to_string(),
+            content_type: c.media.content_type.to_string(),
             seed: req.seed,
             params: req.params.clone(),
             created_at: created_at.clone(),
@@ -251,12 +350,12 @@ fn upload_and_record(
         row.url = req
             .app
             .storage
-            .put_image(&c.key, &c.image.bytes, c.image.content_type)?;
+            .put_file(&c.key, &c.path, c.media.content_type)?;
     }
     req.app.storage.record(rows)
 }
 
-/// Keeps the images on disk for a later upload and builds the `storage_failed` error.
+/// Keeps the files on disk for a later upload and builds the `storage_failed` error.
 fn spool(
     req: &StoreRequest<'_>,
     collected: &[Collected],
@@ -265,20 +364,16 @@ fn spool(
 ) -> ApiError {
     let comfyui_files: Vec<&ImageRef> = collected.iter().map(|c| &c.source).collect();
     let job_id = req.job.id().to_string();
-    match req
-        .app
-        .spool
-        .save(&job_id, &pending_images(collected), rows)
-    {
+    match req.app.spool.save(&job_id, &pending_files(collected), rows) {
         Ok(dir) => {
             log::warn!(
-                "job {job_id}: storage failed ({cause}); images spooled in {}",
+                "job {job_id}: storage failed ({cause}); files spooled in {}",
                 dir.display()
             );
             ApiError::new(
                 ErrorCode::StorageFailed,
                 format!(
-                    "the images could not be stored ({cause}); they are kept in {} and will be \
+                    "the outputs could not be stored ({cause}); they are kept in {} and will be \
                      uploaded automatically when storage works again",
                     dir.display()
                 ),
@@ -297,7 +392,7 @@ fn spool(
             ApiError::new(
                 ErrorCode::StorageFailed,
                 format!(
-                    "the images could not be stored ({cause}) nor kept on local disk \
+                    "the outputs could not be stored ({cause}) nor kept on local disk \
                      ({spool_error}); ComfyUI still has them in its output folder"
                 ),
             )

@@ -430,6 +430,15 @@ fn drive(
         seed: plan.seed(),
         history,
         timings,
+        outputs: match &plan.source {
+            GraphSource::Template { name, .. } => app
+                .templates
+                .get(name)
+                .map(|t| t.outputs)
+                .unwrap_or_default(),
+            GraphSource::Raw(_) => Default::default(),
+        },
+        warnings: Vec::new(),
     };
     match output::collect_and_store(request) {
         Ok(result) => JobState::Completed(Arc::new(result)),
