@@ -77,6 +77,13 @@ impl App {
                 config.data_dir.display()
             ))
         })?;
+        // Downloads a stopped gateway left half-done; ComfyUI still has those files.
+        if let Err(e) = spool.clear_staging() {
+            log::warn!(
+                "removing leftover downloads in {}: {e}",
+                spool.dir().display()
+            );
+        }
         let run = RunSettings {
             progress_interval: config.progress_interval,
             job_timeout: config.job_timeout,

@@ -332,10 +332,12 @@ fn image(app: &App, request: Request, key: &str) {
         Ok(file) => file,
         Err(_) => return reply::error(request, &ApiError::not_found(format!("image {key}"))),
     };
+    // Any stored kind (PNG, MP4, WAV, GLB...), typed by its key's extension; never as a page.
     let content_type = crate::image::content_type_for(key);
     let response = Response::from_file(file)
         .with_status_code(StatusCode(200))
         .with_header(reply::header("Content-Type", content_type))
+        .with_header(reply::header("X-Content-Type-Options", "nosniff"))
         // Keys are unique per job and images never change once stored.
         .with_header(reply::header(
             "Cache-Control",
