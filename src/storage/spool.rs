@@ -85,6 +85,23 @@ pub enum ReceiveError {
     Write(io::Error),
 }
 
+impl std::fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceiveError::Read(e) => write!(f, "reading the file: {e}"),
+            ReceiveError::Write(e) => write!(f, "writing the staged file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReceiveError::Read(e) | ReceiveError::Write(e) => Some(e),
+        }
+    }
+}
+
 /// Bytes moved per read while receiving: the only buffer a download needs, whatever its size.
 pub const RECEIVE_BUFFER: usize = 256 * 1024;
 
