@@ -76,7 +76,10 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
         .app
         .spool
         .staging(&req.job.id().to_string())
-        .map_err(|e| not_staged(&files, &e.to_string()))?;
+        .map_err(|e| {
+            let sources: Vec<&ImageRef> = files.iter().map(|f| &f.file).collect();
+            not_staged(&sources, &e.to_string())
+        })?;
     let collected = fetch_all(&req, &staging, &files)?;
     let storing_started = Instant::now();
     let images = store_all(&req, &collected)?;
@@ -143,8 +146,7 @@ fn select_files(entry: &HistoryEntry, types: OutputTypes) -> Vec<&OutputFile> {
 
 /// The error when the staging folder cannot be written: nothing was fetched, and ComfyUI still
 /// has every file.
-fn not_staged(files: &[&OutputFile], why: &str) -> ApiError {
-    let comfyui_files: Vec<&ImageRef> = files.iter().map(|f| &f.file).collect();
+fn not_staged(comfyui_files: &[&ImageRef], why: &str) -> ApiError {
     ApiError::new(
         ErrorCode::StorageFailed,
         format!(
@@ -186,8 +188,7 @@ fn fetch_one(
         )
         .with_details(json!({ "comfyui_file": source }))
     };
-    let all_files = [file];
-    let local = |why: String| not_staged(&all_files, &why);
+    let local = |why: String| not_staged(&[source], &why);
     let mut download = req
         .client
         .open_file(source)
@@ -236,12 +237,13 @@ fn check_and_strip(
             "{len} bytes is more than the {MAX_IMAGE_BYTES} a PNG or WebP may have to be checked"
         )));
     }
-    let original = fs::read(&path).map_err(|e| not_staged(&[], &e.to_string()))?;
+    let original = fs::read(&path).map_err(|e| not_staged(&[source], &e.to_string()))?;
     let processed = image::process(original, &source.filename, req.app.run.png_metadata)
         .map_err(|e| unusable(e.to_string()))?;
     let stored_len = processed.bytes.len() as u64;
     if stored_len != len {
-        rewrite_synced(&path, &processed.bytes).map_err(|e| not_staged(&[], &e.to_string()))?;
+        rewrite_synced(&path, &processed.bytes)
+            .map_err(|e| not_staged(&[source], &e.to_string()))?;
     }
     let size = (processed.width > 0 && processed.height > 0)
         .then_some((processed.width, processed.height));
@@ -398,5 +400,48 @@ fn spool(
             )
             .with_details(json!({ "cause": cause.to_string(), "comfyui_files": comfyui_files }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(outputs: Value) -> HistoryEntry {
+        HistoryEntry::from_value(&json!({"outputs": outputs})).expect("a history entry")
+    }
+
+    fn names(entry: &HistoryEntry, types: OutputTypes) -> Vec<&str> {
+        select_files(entry, types)
+            .into_iter()
+            .map(|f| f.file.filename.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn every_saved_file_is_selected_whatever_its_key_and_previews_as_the_template_says() {
+        let video_and_preview = entry(json!({
+            "9": {"images": [{"filename": "v.mp4", "subfolder": "video", "type": "output"}],
+                  "animated": [true]},
+            "12": {"gifs": [{"filename": "a.webm", "subfolder": "", "type": "output",
+                             "format": "video/webm"}]},
+            "14": {"audio": [{"filename": "s.flac", "subfolder": "audio", "type": "output"}]},
+            "20": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}
+        }));
+        let saved = ["v.mp4", "a.webm", "s.flac"];
+        assert_eq!(names(&video_and_preview, OutputTypes::default()), saved);
+        assert_eq!(names(&video_and_preview, OutputTypes::Saved), saved);
+        assert_eq!(names(&video_and_preview, OutputTypes::Previews), ["p.png"]);
+        assert_eq!(
+            names(&video_and_preview, OutputTypes::Both),
+            ["v.mp4", "a.webm", "s.flac", "p.png"]
+        );
+
+        // A graph that only previews: by default its previews are the result, as before.
+        let only_previews = entry(json!({
+            "20": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}
+        }));
+        assert_eq!(names(&only_previews, OutputTypes::default()), ["p.png"]);
+        assert!(names(&only_previews, OutputTypes::Saved).is_empty());
     }
 }
