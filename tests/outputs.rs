@@ -5,7 +5,67 @@ mod common;
 
 use comfyui_gateway::ids::new_uuid;
 use comfyui_gateway::storage::Storage;
-use common::harness::{Harness, agent};
+use common::harness::{Harness, Options, TestDir, agent};
+use serde_json::{Value, json};
+
+/// A template that both saves (node 3) and previews (node 4) its image, with `outputs` as given.
+fn saving_and_previewing(outputs: Option<Value>) -> Value {
+    let mut template = json!({
+        "description": "Saves and previews an inverted image.",
+        "graph": {
+            "1": {"class_type": "EmptyImage",
+                  "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["2", 0]}},
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}
+        }
+    });
+    if let Some(outputs) = outputs {
+        template["outputs"] = outputs;
+    }
+    template
+}
+
+#[test]
+fn a_templates_outputs_field_decides_whether_previews_are_stored_too() {
+    let workflows = TestDir::new();
+    for (name, outputs) in [
+        ("saved", None),
+        ("both", Some(json!(["output", "temp"]))),
+        ("previews", Some(json!(["temp"]))),
+    ] {
+        let text = saving_and_previewing(outputs).to_string();
+        std::fs::write(workflows.path().join(format!("{name}.json")), text)
+            .expect("the temp dir is writable");
+    }
+    let h = Harness::with(Options {
+        vars: vec![
+            ("WORKFLOWS_DIR", workflows.path().display().to_string()),
+            ("DEFAULT_WORKFLOW", "saved".to_string()),
+        ],
+        ..Options::default()
+    });
+    for (workflow, want) in [
+        ("saved", vec!["3"]),
+        ("both", vec!["3", "4"]),
+        ("previews", vec!["4"]),
+    ] {
+        let (status, result) = h.post_json("/generate", &json!({"workflow": workflow}));
+        assert_eq!(status, 200, "{result}");
+        let images = result["images"].as_array().expect("images");
+        let nodes: Vec<&str> = images.iter().filter_map(|i| i["node"].as_str()).collect();
+        assert_eq!(nodes, want, "{workflow}: {result}");
+        for (index, image) in images.iter().enumerate() {
+            assert_eq!(image["kind"], "image");
+            assert_eq!(
+                (image["width"].as_u64(), image["height"].as_u64()),
+                (Some(16), Some(8))
+            );
+            let key = image["key"].as_str().expect("a key");
+            assert!(key.ends_with(&format!("/{index}.png")), "{key}");
+        }
+    }
+}
 
 #[test]
 fn every_stored_kind_is_served_with_its_content_type() {
