@@ -406,6 +406,239 @@ fn spool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    /// A stand-in for ComfyUI's `/view`: serves the named files, 404 for anything else.
+    struct FakeView {
+        server: Arc<tiny_http::Server>,
+        url: String,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeView {
+        fn start(files: Vec<(&'static str, Vec<u8>)>) -> FakeView {
+            let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+            let port = server.server_addr().to_ip().expect("tcp").port();
+            let serving = Arc::clone(&server);
+            let thread = thread::spawn(move || {
+                while let Ok(request) = serving.recv() {
+                    let file = files
+                        .iter()
+                        .find(|(name, _)| request.url().contains(&format!("filename={name}&")));
+                    let response = match file {
+                        Some((_, bytes)) => tiny_http::Response::from_data(bytes.clone()),
+                        None => tiny_http::Response::from_data(b"not found".to_vec())
+                            .with_status_code(404),
+                    };
+                    let _ = request.respond(response);
+                }
+            });
+            FakeView {
+                server,
+                url: format!("http://127.0.0.1:{port}"),
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for FakeView {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// An app storing on local disk in a fresh folder, with ComfyUI at `comfyui`.
+    fn local_app(comfyui: &str) -> (App, PathBuf) {
+        let data = std::env::temp_dir().join(format!("gateway-output-{}", ids::new_uuid()));
+        let vars = [
+            ("COMFYUI_URL", comfyui.to_string()),
+            (
+                "WORKFLOWS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into(),
+            ),
+            ("DATA_DIR", data.display().to_string()),
+            ("PUBLIC_BASE_URL", "http://127.0.0.1:8000".into()),
+        ];
+        let config = crate::config::Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("a valid config");
+        (App::new(config).expect("the app builds"), data)
+    }
+
+    /// An MP4 as ffmpeg writes it: `ftyp`, `mdat`, then `moov` with an 832x480 video track.
+    fn mp4() -> Vec<u8> {
+        fn bmff(kind: &[u8], contents: &[u8]) -> Vec<u8> {
+            let mut out = ((contents.len() + 8) as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(contents);
+            out
+        }
+        let mut tkhd = vec![0u8; 76];
+        tkhd.extend((832u32 << 16).to_be_bytes());
+        tkhd.extend((480u32 << 16).to_be_bytes());
+        let mut out = bmff(b"ftyp", b"isom\0\0\x02\0isomiso2avc1mp41");
+        out.extend(bmff(b"mdat", &[0x42; 5000]));
+        out.extend(bmff(b"moov", &bmff(b"trak", &bmff(b"tkhd", &tkhd))));
+        out
+    }
+
+    fn run_end(
+        app: &App,
+        comfyui: &str,
+        history: Value,
+        warnings: Vec<Value>,
+    ) -> (Arc<Job>, Result<Value, ApiError>) {
+        let job = app.jobs.admit("txt2video").expect("room for a job");
+        let client = ComfyClient::new(comfyui, Default::default()).expect("a valid URL");
+        let prompt_id = PromptId("p-video".into());
+        let result = collect_and_store(StoreRequest {
+            app,
+            job: &job,
+            client: &client,
+            prompt_id: &prompt_id,
+            workflow: "txt2video",
+            params: json!({"seed": 7}),
+            seed: Some(7),
+            history: Some(HistoryEntry::from_value(&history).expect("an entry")),
+            timings: Timings {
+                created: Instant::now(),
+                started: None,
+                executed: None,
+            },
+            outputs: OutputTypes::default(),
+            warnings,
+        });
+        (job, result)
+    }
+
+    #[test]
+    fn a_video_a_gif_and_a_sound_are_stored_locally_with_their_kinds() {
+        let gif = b"GIF89a\x02\0\x03\0\x80\0\0\0\0\0\xff\xff\xff;".to_vec();
+        let flac = b"fLaC\0\0\0\x22 a sound".to_vec();
+        let view = FakeView::start(vec![
+            ("ComfyUI_00001_.mp4", mp4()),
+            ("AnimateDiff_00001.gif", gif.clone()),
+            ("ComfyUI_00001_.flac", flac.clone()),
+        ]);
+        let (app, data) = local_app(&view.url);
+        // As today's ComfyUI (SaveVideo, SaveAudio) and VideoHelperSuite report them.
+        let history = json!({
+            "outputs": {
+                "58": {"images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video",
+                                   "type": "output"}], "animated": [true]},
+                "60": {"gifs": [{"filename": "AnimateDiff_00001.gif", "subfolder": "",
+                                 "type": "output", "format": "image/gif"}]},
+                "61": {"audio": [{"filename": "ComfyUI_00001_.flac", "subfolder": "audio",
+                                  "type": "output"}]}
+            },
+            "status": {"status_str": "success", "completed": true, "messages": []}
+        });
+        let dropped = json!({"code": "output_dropped", "node": "70"});
+        let (job, result) = run_end(&app, &view.url, history, vec![dropped.clone()]);
+        let data_json = result.expect("stored");
+        let id = job.id().to_string();
+        let images = data_json["images"].as_array().expect("a list");
+        let summary: Vec<(String, &str, &str, Value, Value)> = images
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap_or_default().to_string(),
+                    i["kind"].as_str().unwrap_or_default(),
+                    i["content_type"].as_str().unwrap_or_default(),
+                    i["width"].clone(),
+                    i["height"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    format!("{id}/0.mp4"),
+                    "video",
+                    "video/mp4",
+                    json!(832),
+                    json!(480)
+                ),
+                (
+                    format!("{id}/1.gif"),
+                    "image",
+                    "image/gif",
+                    json!(2),
+                    json!(3)
+                ),
+                (
+                    format!("{id}/2.flac"),
+                    "audio",
+                    "audio/flac",
+                    json!(null),
+                    json!(null)
+                ),
+            ]
+        );
+        assert_eq!(images[0]["bytes"], mp4().len());
+        assert_eq!(
+            images[0]["url"],
+            format!("http://127.0.0.1:8000/images/{id}/0.mp4")
+        );
+        assert_eq!(data_json["warnings"], json!([dropped]));
+
+        let local = app.local.as_ref().expect("local storage");
+        let stored =
+            |key: &str| fs::read(local.image_path(key).expect("servable")).expect("on disk");
+        assert_eq!(stored(&format!("{id}/0.mp4")), mp4());
+        assert_eq!(stored(&format!("{id}/1.gif")), gif);
+        assert_eq!(stored(&format!("{id}/2.flac")), flac);
+        let rows: Vec<ImageRecord> = fs::read_to_string(local.jsonl_path())
+            .expect("rows written")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a row"))
+            .collect();
+        let kinds: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.content_type.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("video", "video/mp4"),
+                ("image", "image/gif"),
+                ("audio", "audio/flac")
+            ]
+        );
+        assert_eq!((rows[2].width, rows[2].height), (None, None));
+        // Nothing left behind: no staged download, nothing spooled.
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        assert!(app.spool.pending().expect("listable").is_empty());
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
+
+    #[test]
+    fn a_file_comfyui_cannot_serve_is_comfyui_lost_and_leaves_nothing_staged() {
+        let view = FakeView::start(vec![("a.png", b"unused".to_vec())]);
+        let (app, data) = local_app(&view.url);
+        let history = json!({"outputs": {"58": {"images": [
+            {"filename": "gone.mp4", "subfolder": "video", "type": "output"}]}}});
+        let (_, result) = run_end(&app, &view.url, history, Vec::new());
+        let error = result.expect_err("the file is missing");
+        assert_eq!(error.code, ErrorCode::ComfyuiLost);
+        assert!(error.message.contains("gone.mp4"), "{}", error.message);
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        let stored = fs::read_dir(data.join("images")).map_or(0, |d| d.count());
+        assert_eq!(stored, 0, "nothing stored");
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
 
     fn entry(outputs: Value) -> HistoryEntry {
         HistoryEntry::from_value(&json!({"outputs": outputs})).expect("a history entry")
