@@ -140,7 +140,8 @@ impl SupabaseStorage {
 
     /// Uploads the file at `path` to `key` like [`upload`](Self::upload), streaming it from
     /// disk with its `Content-Length` (a 300 MB video never sits in memory); each retry reopens
-    /// the file.
+    /// the file. The request may take `request_timeout` plus one second per MiB, so a large
+    /// video is not cut off by a timeout meant for API calls.
     pub fn upload_file(
         &self,
         key: &str,
@@ -149,11 +150,17 @@ impl SupabaseStorage {
     ) -> Result<(), StorageError> {
         let operation = format!("uploading {key} to Supabase");
         // Checked once up front: a missing file is not worth retrying.
-        std::fs::metadata(path)
-            .map_err(|e| StorageError::io(format!("{operation}: reading {}", path.display()), e))?;
+        let len = std::fs::metadata(path)
+            .map_err(|e| StorageError::io(format!("{operation}: reading {}", path.display()), e))?
+            .len();
+        let timeout = self.options.request_timeout + Duration::from_secs(len / (1024 * 1024));
         self.upload_with(key, content_type, |request| {
             let file = std::fs::File::open(path).map_err(ureq::Error::Io)?;
-            request.send(file)
+            request
+                .config()
+                .timeout_per_call(Some(timeout))
+                .build()
+                .send(file)
         })
     }
 
