@@ -29,13 +29,14 @@ const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n
 /// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
 const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
 
-/// What to do with the text chunks (`tEXt`, `zTXt`, `iTXt`) that ComfyUI embeds in its PNGs.
+/// What to do with the metadata ComfyUI embeds in its pictures: PNG text chunks (`tEXt`, `zTXt`,
+/// `iTXt`) and WebP `EXIF`/`XMP ` chunks.
 ///
-/// Set by the `PNG_METADATA` configuration variable.
+/// Set by the `OUTPUT_METADATA` configuration variable (older name: `PNG_METADATA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PngMetadata {
-    /// Drop every text chunk, which removes ComfyUI's `prompt`, `workflow` and `extra_pnginfo`
-    /// entries. The default.
+    /// Drop every PNG text chunk and every WebP `EXIF`/`XMP ` chunk, which removes ComfyUI's
+    /// `prompt`, `workflow` and `extra_pnginfo` entries. The default.
     #[default]
     Strip,
     /// Store the bytes exactly as ComfyUI made them.
