@@ -48,6 +48,15 @@ const JOB_TIMEOUT_SECS: u64 = 2;
 /// Bytes currently allocated through the global allocator, by every thread.
 static HEAP_LIVE: AtomicIsize = AtomicIsize::new(0);
 
+/// The highest `HEAP_LIVE` since it was last reset (see `bench_large_output`).
+static HEAP_PEAK: AtomicIsize = AtomicIsize::new(0);
+
+/// Adds `delta` to the live count and raises the peak if needed.
+fn count_heap(delta: isize) {
+    let live = HEAP_LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
+    HEAP_PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
 /// The system allocator, plus one relaxed atomic add per call to keep `HEAP_LIVE`.
 struct CountingAllocator;
 
@@ -58,7 +67,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: the caller's guarantees about `layout` are passed on unchanged.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
-            HEAP_LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count_heap(layout.size() as isize);
         }
         ptr
     }
@@ -67,7 +76,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: as for `alloc`.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() {
-            HEAP_LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count_heap(layout.size() as isize);
         }
         ptr
     }
@@ -82,10 +91,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: as for `dealloc`; `new_size` is the caller's, passed on unchanged.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
-            HEAP_LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
+            count_heap(new_size as isize - layout.size() as isize);
         }
         new
     }
@@ -119,6 +125,12 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // `cargo bench --bench gateway -- large-output` measures that section alone.
+    if std::env::args().any(|arg| arg == "large-output") {
+        print_large_output(&mut out, &bench_large_output()?)?;
+        print!("{out}");
+        return Ok(());
+    }
     // Memory first, so "idle" really is a fresh process.
     let memory = bench_memory()?;
     let json_runs = bench_json()?;
@@ -127,6 +139,7 @@ fn main() -> BenchResult<()> {
     let png = bench_png()?;
     let templates = bench_templates()?;
     let connections = bench_connections()?;
+    let large = bench_large_output()?;
 
     print_jobs(&mut out, "1. Gateway overhead per job", &json_runs)?;
     print_jobs(&mut out, "2. Streaming", &sse_runs)?;
@@ -135,6 +148,7 @@ fn main() -> BenchResult<()> {
     print_memory(&mut out, &memory)?;
     print_templates(&mut out, &templates)?;
     print_connections(&mut out, &connections)?;
+    print_large_output(&mut out, &large)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
@@ -1373,6 +1387,157 @@ fn print_templates(out: &mut String, t: &TemplateFigures) -> BenchResult<()> {
         "\n6. Templates: txt2img Template::resolve + build_graph, {} calls: {:.2} µs per call",
         t.calls,
         t.per_call.as_secs_f64() * 1e6
+    )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large outputs: a 300 MB video from ComfyUI's /view to local storage
+
+/// How big the video is.
+const LARGE_OUTPUT_BYTES: u64 = 300 * 1024 * 1024;
+
+struct LargeOutput {
+    elapsed: Duration,
+    rss_before_kib: u64,
+    peak_rss_kib: u64,
+    heap_peak_above_start: isize,
+    stored_bytes: u64,
+    kind: &'static str,
+}
+
+/// Generated video bytes: an MP4 `ftyp` box, then a pattern, without ever holding them.
+struct GeneratedVideo {
+    sent: u64,
+}
+
+impl Read for GeneratedVideo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const FTYP: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
+        let left = LARGE_OUTPUT_BYTES - self.sent;
+        let n = (buf.len() as u64).min(left) as usize;
+        for (i, byte) in buf[..n].iter_mut().enumerate() {
+            let at = self.sent as usize + i;
+            *byte = FTYP.get(at).copied().unwrap_or((at % 251) as u8);
+        }
+        self.sent += n as u64;
+        Ok(n)
+    }
+}
+
+/// Serves one 300 MB video as ComfyUI's `/view` would, then stops.
+fn serve_one_video() -> BenchResult<(String, thread::JoinHandle<()>)> {
+    let server = tiny_http::Server::http("127.0.0.1:0")?;
+    let port = server
+        .server_addr()
+        .to_ip()
+        .ok_or("the server has no IP address")?
+        .port();
+    let serving = thread::spawn(move || {
+        if let Ok(Some(request)) = server.recv_timeout(SOCKET_TIMEOUT) {
+            let header = tiny_http::Header::from_bytes("Content-Type", "video/mp4");
+            let response = tiny_http::Response::new(
+                tiny_http::StatusCode(200),
+                header.into_iter().collect(),
+                GeneratedVideo { sent: 0 },
+                Some(LARGE_OUTPUT_BYTES as usize),
+                None,
+            );
+            let _ = request.respond(response);
+        }
+    });
+    Ok((format!("http://127.0.0.1:{port}"), serving))
+}
+
+/// Fetches a 300 MB video from a stand-in `/view` and stores it on local disk through the same
+/// steps a job takes (stream into the staging folder, identify, link into storage), and reports
+/// the peak RSS and heap meanwhile.
+fn bench_large_output() -> BenchResult<LargeOutput> {
+    use comfyui_gateway::comfyui::{ClientOptions, ComfyClient, ImageRef};
+    use comfyui_gateway::media;
+    use comfyui_gateway::storage::Storage;
+    use comfyui_gateway::storage::local::LocalStorage;
+    use comfyui_gateway::storage::spool::Spool;
+
+    note("large output: a 300 MB video from /view to local storage");
+    let (base, serving) = serve_one_video()?;
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-bench-large-{}",
+        comfyui_gateway::ids::new_uuid()
+    ));
+    let spool = Spool::new(dir.join("spool"))?;
+    let local = LocalStorage::new(dir.clone(), "http://127.0.0.1:8000".into());
+    let client = ComfyClient::new(&base, ClientOptions::default())?;
+    let job = comfyui_gateway::ids::new_uuid();
+
+    // Resets VmHWM to the current RSS (Linux 4.0+), so the peak is this section's alone.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let rss_before_kib = snapshot_status()?.0;
+    let heap_start = HEAP_LIVE.load(Ordering::Relaxed);
+    HEAP_PEAK.store(heap_start, Ordering::Relaxed);
+    let started = Instant::now();
+    let staging = spool.staging(&job)?;
+    let mut download = client.open_file(&ImageRef {
+        filename: "ComfyUI_00001_.mp4".into(),
+        subfolder: "video".into(),
+        kind: "output".into(),
+    })?;
+    let received = staging.receive("0.part", &mut download, media::HEAD_LEN)?;
+    let kind = media::identify(&received.head, "ComfyUI_00001_.mp4");
+    let key = format!("{job}/0.{}", kind.extension);
+    local.put_file(&key, &received.path, kind.content_type)?;
+    drop(staging);
+    let elapsed = started.elapsed();
+    let heap_peak_above_start = HEAP_PEAK.load(Ordering::Relaxed) - heap_start;
+    let peak_rss_kib = snapshot_status()?.1;
+    let stored_bytes = std::fs::metadata(dir.join("images").join(&key))?.len();
+    let _ = serving.join();
+    std::fs::remove_dir_all(&dir)?;
+    if stored_bytes != LARGE_OUTPUT_BYTES {
+        return Err(format!("stored {stored_bytes} bytes, not {LARGE_OUTPUT_BYTES}").into());
+    }
+    Ok(LargeOutput {
+        elapsed,
+        rss_before_kib,
+        peak_rss_kib,
+        heap_peak_above_start,
+        stored_bytes,
+        kind: kind.content_type,
+    })
+}
+
+/// `(VmRSS, VmHWM)` in KiB.
+fn snapshot_status() -> BenchResult<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> BenchResult<u64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .ok_or_else(|| format!("/proc/self/status has no {name}"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .ok_or_else(|| format!("unreadable /proc/self/status line {line:?}"))?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn print_large_output(out: &mut String, large: &LargeOutput) -> BenchResult<()> {
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    writeln!(
+        out,
+        "\n7. Large outputs: one {:.0} MiB video ({}) from ComfyUI's /view to local storage\n\
+         time {:.2} s ({:.0} MiB/s); VmRSS before {:.1} MiB, peak {:.1} MiB (+{:.1} MiB); \
+         heap peak {:.2} MiB above the start",
+        mib(large.stored_bytes as f64),
+        large.kind,
+        secs(large.elapsed),
+        mib(large.stored_bytes as f64) / secs(large.elapsed).max(1e-9),
+        large.rss_before_kib as f64 / 1024.0,
+        large.peak_rss_kib as f64 / 1024.0,
+        large.peak_rss_kib.saturating_sub(large.rss_before_kib) as f64 / 1024.0,
+        mib(large.heap_peak_above_start as f64),
     )?;
     Ok(())
 }

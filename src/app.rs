@@ -92,6 +92,13 @@ impl App {
             Spool::new(config.data_dir.join("spool")).map_err(|e| data_dir_error("spool", e))?;
         let store =
             JobStore::open(config.data_dir.join("jobs")).map_err(|e| data_dir_error("jobs", e))?;
+        // Downloads a stopped gateway left half-done; ComfyUI still has those files.
+        if let Err(e) = spool.clear_staging() {
+            log::warn!(
+                "removing leftover downloads in {}: {e}",
+                spool.dir().display()
+            );
+        }
         let run = RunSettings {
             progress_interval: config.progress_interval,
             job_timeout: config.job_timeout,

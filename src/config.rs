@@ -73,7 +73,8 @@ pub struct Config {
     /// `API_KEYS`: bearer keys accepted by every endpoint but `/health`; empty means no
     /// authentication. Each key is non-empty and free of whitespace.
     pub api_keys: Vec<String>,
-    /// `PNG_METADATA`: whether to strip ComfyUI's embedded prompt/workflow (default `strip`).
+    /// `OUTPUT_METADATA` (older name `PNG_METADATA`, read when the new one is unset): whether to
+    /// strip the prompt and workflow ComfyUI embeds in PNG and WebP outputs (default `strip`).
     pub png_metadata: PngMetadata,
     /// `RUST_LOG`: the `env_logger` filter (default `info`).
     pub log_filter: String,
@@ -259,7 +260,7 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
             Some(keys) => api_keys(&keys)?,
             None => Vec::new(),
         },
-        png_metadata: png_metadata(&vars.get_or("PNG_METADATA", "strip"))?,
+        png_metadata: output_metadata(vars)?,
         log_filter: vars.get_or("RUST_LOG", "info"),
         webhook: webhook(vars)?,
         idle_timeout: Duration::from_secs(whole_number(vars, &IDLE_TIMEOUT_SECS)?),
@@ -555,11 +556,20 @@ fn workflow_name(raw: &str) -> Result<String, ConfigError> {
     Ok(raw.to_owned())
 }
 
-fn png_metadata(raw: &str) -> Result<PngMetadata, ConfigError> {
+/// `OUTPUT_METADATA`, else its older name `PNG_METADATA`, else `strip`. When both are set the new
+/// name wins, so a deployment can switch by adding it without first removing the old one.
+fn output_metadata<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<F>,
+) -> Result<PngMetadata, ConfigError> {
+    let (variable, raw) = match (vars.get("OUTPUT_METADATA"), vars.get("PNG_METADATA")) {
+        (Some(raw), _) => ("OUTPUT_METADATA", raw),
+        (None, Some(raw)) => ("PNG_METADATA", raw),
+        (None, None) => return Ok(PngMetadata::Strip),
+    };
     match raw.to_ascii_lowercase().as_str() {
         "strip" => Ok(PngMetadata::Strip),
         "keep" => Ok(PngMetadata::Keep),
-        _ => Err(ConfigError::new("PNG_METADATA", raw, "strip or keep")),
+        _ => Err(ConfigError::new(variable, &raw, "strip or keep")),
     }
 }
 
@@ -1118,6 +1128,26 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "PNG_METADATA=\"remove\": expected strip or keep"
+        );
+    }
+
+    #[test]
+    fn output_metadata_is_the_new_name_and_wins_over_png_metadata() {
+        let config = load(&[("OUTPUT_METADATA", "keep")]).expect("valid");
+        assert_eq!(config.png_metadata, PngMetadata::Keep);
+        let both = [("OUTPUT_METADATA", "strip"), ("PNG_METADATA", "keep")];
+        assert_eq!(load(&both).expect("valid").png_metadata, PngMetadata::Strip);
+        let both = [("OUTPUT_METADATA", " "), ("PNG_METADATA", "keep")];
+        assert_eq!(
+            load(&both)
+                .expect("an empty new name is unset")
+                .png_metadata,
+            PngMetadata::Keep
+        );
+        let err = error(&[("OUTPUT_METADATA", "drop"), ("PNG_METADATA", "keep")]);
+        assert_eq!(
+            err.to_string(),
+            "OUTPUT_METADATA=\"drop\": expected strip or keep"
         );
     }
 

@@ -11,8 +11,13 @@
 //! cheap and cannot change how an image looks. The `png` crate is used only to read the header
 //! (width and height) and, in tests, to prove that the pixels survive untouched.
 //!
-//! JPEG, WebP and GIF files are stored as they are; their width and height are read from their
-//! headers where that is simple, and reported as 0x0 where it is not.
+//! WebP files (ComfyUI's `SaveAnimatedWEBP` puts the prompt and workflow in an `EXIF` chunk) get
+//! the same treatment at the RIFF level: `EXIF` and `XMP ` chunks are dropped, the `VP8X` flags
+//! and the RIFF size are fixed, everything else is copied byte for byte.
+//!
+//! JPEG and GIF files are stored as they are; their width and height are read from their
+//! headers where that is simple, and reported as 0x0 where it is not. Other kinds of output
+//! (video, audio, models) never pass through here: see [`crate::media`].
 
 use std::error::Error;
 use std::fmt;
@@ -24,13 +29,14 @@ const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n
 /// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
 const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
 
-/// What to do with the text chunks (`tEXt`, `zTXt`, `iTXt`) that ComfyUI embeds in its PNGs.
+/// What to do with the metadata ComfyUI embeds in its pictures: PNG text chunks (`tEXt`, `zTXt`,
+/// `iTXt`) and WebP `EXIF`/`XMP ` chunks.
 ///
-/// Set by the `PNG_METADATA` configuration variable.
+/// Set by the `OUTPUT_METADATA` configuration variable (older name: `PNG_METADATA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PngMetadata {
-    /// Drop every text chunk, which removes ComfyUI's `prompt`, `workflow` and `extra_pnginfo`
-    /// entries. The default.
+    /// Drop every PNG text chunk and every WebP `EXIF`/`XMP ` chunk, which removes ComfyUI's
+    /// `prompt`, `workflow` and `extra_pnginfo` entries. The default.
     #[default]
     Strip,
     /// Store the bytes exactly as ComfyUI made them.
@@ -102,6 +108,13 @@ pub enum ImageError {
     },
     /// The chunks are well formed but the `png` crate rejected the header they describe.
     Decode(png::DecodingError),
+    /// A WebP file's RIFF structure is broken, so its metadata chunks cannot be found.
+    BadWebp {
+        /// Byte offset of the problem.
+        offset: usize,
+        /// What is wrong there.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for ImageError {
@@ -144,6 +157,9 @@ impl fmt::Display for ImageError {
                 "malformed PNG: {extra} unexpected bytes follow the IEND chunk at byte {offset}"
             ),
             ImageError::Decode(err) => write!(f, "PNG header could not be decoded: {err}"),
+            ImageError::BadWebp { offset, reason } => {
+                write!(f, "malformed WebP: at byte {offset}, {reason}")
+            }
         }
     }
 }
@@ -160,8 +176,9 @@ impl Error for ImageError {
 /// Prepares an image from ComfyUI for storage.
 ///
 /// The format is recognised by the file's first bytes, not its name. A PNG is checked chunk by
-/// chunk, measured, and stripped of its text chunks when `policy` is [`PngMetadata::Strip`]. A
-/// file whose name ends in `.png` but is not a PNG is an error. JPEG, WebP and GIF files are
+/// chunk, measured, and stripped of its text chunks when `policy` is [`PngMetadata::Strip`]; a
+/// WebP loses its `EXIF` and `XMP ` chunks under the same policy (see [`strip_webp_metadata`]).
+/// A file whose name ends in `.png` but is not a PNG is an error. JPEG, WebP and GIF files are
 /// measured from their headers where simple (0x0 otherwise) and returned unchanged; anything
 /// else is returned unchanged, typed by `filename` via [`content_type_for`].
 ///
@@ -174,10 +191,21 @@ pub fn process(
     if bytes.starts_with(&PNG_SIGNATURE) {
         return process_png(bytes, policy);
     }
+    if is_webp(&bytes) {
+        let (width, height) = webp_dimensions(&bytes).unwrap_or((0, 0));
+        let bytes = match policy {
+            PngMetadata::Strip => strip_webp_metadata(&bytes)?.unwrap_or(bytes),
+            PngMetadata::Keep => bytes,
+        };
+        return Ok(ProcessedImage {
+            bytes,
+            width,
+            height,
+            content_type: "image/webp",
+        });
+    }
     let (content_type, size) = if is_jpeg(&bytes) {
         ("image/jpeg", jpeg_dimensions(&bytes))
-    } else if is_webp(&bytes) {
-        ("image/webp", webp_dimensions(&bytes))
     } else if is_gif(&bytes) {
         ("image/gif", gif_dimensions(&bytes))
     } else if content_type_for(filename) == "image/png" {
@@ -234,20 +262,70 @@ pub fn strip_text_chunks(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
     Ok(copy_without_text(bytes, &chunks))
 }
 
-/// The MIME type for a file name's extension (case-insensitive): `png`, `jpg`/`jpeg`, `webp`,
-/// `gif`, and `application/octet-stream` for anything else.
+/// The MIME type for a file name's extension (case-insensitive), for every kind the gateway
+/// knows (see [`crate::media::KNOWN`]): `image/png`, `image/jpeg`, `video/mp4`, `audio/wav`,
+/// ..., and `application/octet-stream` for anything else.
 pub fn content_type_for(filename: &str) -> &'static str {
-    let extension = match filename.rsplit_once('.') {
-        Some((_, extension)) => extension.to_ascii_lowercase(),
-        None => return "application/octet-stream",
-    };
-    match extension.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        _ => "application/octet-stream",
+    crate::media::by_extension(filename)
+        .map_or(crate::media::UNKNOWN.content_type, |m| m.content_type)
+}
+
+/// The RIFF chunks of a WebP file that carry metadata: ComfyUI's `SaveAnimatedWEBP` writes the
+/// prompt and workflow into `EXIF`; `XMP ` can hold the same.
+fn is_webp_metadata(fourcc: &[u8]) -> bool {
+    fourcc == b"EXIF" || fourcc == b"XMP "
+}
+
+/// Returns a copy of a WebP file without its `EXIF` and `XMP ` chunks, or `None` when it has
+/// none. Every other chunk (image data, animation frames, alpha, colour profile) is copied byte
+/// for byte; the `VP8X` header's EXIF and XMP flags are cleared and the RIFF size is fixed, so
+/// the result is a valid WebP with exactly the same pixels.
+pub fn strip_webp_metadata(bytes: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
+    let bad = |offset, reason| ImageError::BadWebp { offset, reason };
+    if !is_webp(bytes) {
+        return Err(bad(0, "the file lacks the RIFF/WEBP signature"));
     }
+    let riff_end = le32(bytes, 4)
+        .and_then(|size| (size as usize).checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or(bad(4, "the RIFF size runs past the end of the file"))?;
+    // Chunks as (offset, end including padding, fourcc).
+    let mut chunks = Vec::new();
+    let mut at = 12;
+    while at < riff_end {
+        let size = le32(bytes, at + 4).ok_or(bad(at, "a chunk header is cut short"))? as usize;
+        let end = (at + 8)
+            .checked_add(size)
+            .filter(|&end| end <= riff_end)
+            .ok_or(bad(at, "a chunk runs past the end of the file"))?;
+        // Chunks are padded to an even size; a missing pad byte at the very end is tolerated.
+        let padded = (end + (size & 1)).min(riff_end);
+        chunks.push((at, padded, &bytes[at..at + 4]));
+        at = padded;
+    }
+    if !chunks.iter().any(|(_, _, fourcc)| is_webp_metadata(fourcc)) {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(riff_end);
+    out.extend_from_slice(&bytes[..12]);
+    for &(start, end, fourcc) in &chunks {
+        if is_webp_metadata(fourcc) {
+            continue;
+        }
+        let flags_at = out.len() + 8;
+        out.extend_from_slice(&bytes[start..end]);
+        if fourcc == b"VP8X" && end > start + 8 {
+            // VP8X flags: bit 3 says EXIF is present, bit 2 XMP.
+            out[flags_at] &= !0b0000_1100;
+        }
+    }
+    let riff_size = u32::try_from(out.len() - 8).map_err(|_| bad(4, "the file is too large"))?;
+    out[4..8].copy_from_slice(&riff_size.to_le_bytes());
+    Ok(Some(out))
+}
+
+fn le32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*bytes.get(at..)?.first_chunk::<4>()?))
 }
 
 /// Where one chunk sits in a PNG file: `bytes[offset..end]` is its length, type, data and CRC.
@@ -391,7 +469,7 @@ fn le24(bytes: &[u8], at: usize) -> Option<u32> {
 ///
 /// Walks the marker segments after SOI. Stops at start-of-scan or end-of-image: the frame header
 /// always comes before the first scan.
-fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut at = 2;
     loop {
         if *bytes.get(at)? != 0xff {
@@ -425,7 +503,7 @@ fn jpeg_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
 
 /// Width and height from a WebP file's first chunk: lossy (`VP8 `), lossless (`VP8L`) or
 /// extended (`VP8X`).
-fn webp_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn webp_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     let fourcc = bytes.get(12..16)?;
     let data = 20; // after RIFF header (12 bytes), chunk fourcc and chunk size
     match fourcc {
@@ -453,7 +531,7 @@ fn webp_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// Width and height from a GIF's logical screen descriptor.
-fn gif_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn gif_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     Some((le16(bytes, 6)?, le16(bytes, 8)?))
 }
 
@@ -861,13 +939,114 @@ mod tests {
         }
     }
 
+    /// One RIFF chunk, padded to an even size.
+    fn riff_chunk(fourcc: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut out = fourcc.to_vec();
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+        out
+    }
+
+    fn riff_webp(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let body = chunks.concat();
+        let mut out = b"RIFF".to_vec();
+        out.extend(((body.len() + 4) as u32).to_le_bytes());
+        out.extend_from_slice(b"WEBP");
+        out.extend(body);
+        out
+    }
+
+    /// The RIFF chunks of a WebP, as `(fourcc, data)`.
+    fn webp_chunks(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut chunks = Vec::new();
+        let mut at = 12;
+        while at + 8 <= bytes.len() {
+            let size = le32(bytes, at + 4).expect("a header") as usize;
+            let fourcc = String::from_utf8_lossy(&bytes[at..at + 4]).into_owned();
+            chunks.push((fourcc, bytes[at + 8..at + 8 + size].to_vec()));
+            at += 8 + size + (size & 1);
+        }
+        chunks
+    }
+
+    /// An animated WebP as ComfyUI's SaveAnimatedWEBP writes it: VP8X with the EXIF flag (and
+    /// here XMP and alpha too), animation chunks, and the workflow in EXIF.
+    fn comfyui_webp() -> Vec<u8> {
+        // Flags: alpha (0x10), EXIF (0x08), XMP (0x04), animation (0x02); canvas 640x480.
+        let vp8x = [0x1e, 0, 0, 0, 0x7f, 0x02, 0, 0xdf, 0x01, 0];
+        riff_webp(&[
+            riff_chunk(b"VP8X", &vp8x),
+            riff_chunk(b"ANIM", &[0, 0, 0, 0, 0, 0]),
+            riff_chunk(b"ANMF", b"frame one pixels, odd length"),
+            riff_chunk(b"EXIF", b"MM\0*workflow:{\"nodes\":[]} prompt:{\"3\":{}}"),
+            riff_chunk(b"ANMF", b"frame two pixels"),
+            riff_chunk(b"XMP ", b"<x:xmpmeta>secret</x:xmpmeta>"),
+        ])
+    }
+
+    #[test]
+    fn webp_metadata_is_stripped_at_the_riff_level() {
+        let original = comfyui_webp();
+        let image = process(original.clone(), "ComfyUI_00001_.webp", PngMetadata::Strip)
+            .expect("a valid WebP");
+        assert_eq!((image.width, image.height), (640, 480));
+        let chunks = webp_chunks(&image.bytes);
+        let names: Vec<&str> = chunks.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["VP8X", "ANIM", "ANMF", "ANMF"]);
+        // The frames are byte for byte those ComfyUI made; only the metadata flags changed.
+        let before = webp_chunks(&original);
+        assert_eq!(chunks[2], before[2]);
+        assert_eq!(chunks[3], before[4]);
+        assert_eq!(
+            chunks[0].1[0], 0x12,
+            "alpha and animation stay, EXIF and XMP go"
+        );
+        assert_eq!(chunks[0].1[1..], before[0].1[1..]);
+        assert_eq!(le32(&image.bytes, 4), Some(image.bytes.len() as u32 - 8));
+        let text = String::from_utf8_lossy(&image.bytes);
+        assert!(
+            !text.contains("workflow") && !text.contains("secret"),
+            "{text}"
+        );
+
+        let kept = process(original.clone(), "x.webp", PngMetadata::Keep).expect("valid");
+        assert_eq!(kept.bytes, original);
+    }
+
+    #[test]
+    fn webps_without_metadata_are_untouched_and_broken_ones_refused() {
+        let plain = riff_webp(&[riff_chunk(b"VP8L", &[0x2f, 0x7f, 0xc0, 0x77, 0x00, 1, 2])]);
+        assert_eq!(strip_webp_metadata(&plain).expect("valid"), None);
+        let image = process(plain.clone(), "x.webp", PngMetadata::Strip).expect("valid");
+        assert_eq!(image.bytes, plain);
+
+        let whole = comfyui_webp();
+        for len in 12..whole.len() {
+            let mut cut = whole[..len].to_vec();
+            // A RIFF size that promises more than the file has.
+            assert!(strip_webp_metadata(&cut).is_err(), "cut at {len}");
+            // The same bytes with an honest RIFF size: never a panic, never a file with EXIF.
+            let honest = (len as u32 - 8).to_le_bytes();
+            cut[4..8].copy_from_slice(&honest);
+            if let Ok(Some(stripped)) = strip_webp_metadata(&cut) {
+                assert!(!String::from_utf8_lossy(&stripped).contains("workflow"));
+            }
+        }
+        let err =
+            process(whole[..40].to_vec(), "x.webp", PngMetadata::Strip).expect_err("cut short");
+        assert!(err.to_string().starts_with("malformed WebP"), "{err}");
+    }
+
     #[test]
     fn gif_and_unknown_formats_are_stored_unchanged() {
         let gif = b"GIF89a\x80\x02\xe0\x01".to_vec();
         let image = process(gif.clone(), "x.gif", PngMetadata::Strip).expect("stored");
         assert_eq!((image.width, image.height, image.bytes), (640, 480, gif));
 
-        let other = process(b"hello".to_vec(), "notes.txt", PngMetadata::Strip).expect("stored");
+        let other = process(b"hello".to_vec(), "notes.xyz", PngMetadata::Strip).expect("stored");
         assert_eq!((other.width, other.height), (0, 0));
         assert_eq!(other.content_type, "application/octet-stream");
     }
@@ -881,6 +1060,8 @@ mod tests {
         assert_eq!(content_type_for("a.webp"), "image/webp");
         assert_eq!(content_type_for("a.gif"), "image/gif");
         assert_eq!(content_type_for("a.png.exe"), "application/octet-stream");
+        assert_eq!(content_type_for("clip.MP4"), "video/mp4");
+        assert_eq!(content_type_for("a.flac"), "audio/flac");
         assert_eq!(content_type_for("png"), "application/octet-stream");
     }
 }

@@ -52,6 +52,7 @@ pub mod config;
 pub mod ids;
 pub mod image;
 pub mod job;
+pub mod media;
 pub mod metrics;
 pub mod percent;
 pub mod server;

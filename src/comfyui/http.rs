@@ -23,6 +23,10 @@ use crate::ids::PromptId;
 /// 2048×2048 PNG; this is far above any image ComfyUI makes and still bounds memory.
 pub const MAX_IMAGE_BYTES: u64 = 512 * 1024 * 1024;
 
+/// Largest output file [`ComfyClient::open_file`] streams: far above any video ComfyUI makes,
+/// and still a bound on the disk a runaway answer can fill.
+pub const MAX_OUTPUT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
 /// Largest JSON answer accepted. `/queue` and `/history` embed whole graphs, so allow more than
 /// ureq's 10 MB default.
 const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
@@ -57,9 +61,32 @@ pub struct QueuedPrompt {
     pub prompt_id: PromptId,
     /// Its number in ComfyUI's queue order (negative for prompts queued with `"front": true`).
     pub number: i64,
-    /// Validation errors of outputs ComfyUI dropped while still running the others; usually
-    /// `{}`.
+    /// Validation errors of outputs ComfyUI dropped while still running the others (a partial
+    /// graph); usually `{}`. [`dropped_outputs`](super::dropped_outputs) turns them into
+    /// warnings naming each output node that will not run.
     pub node_errors: Value,
+}
+
+/// A file streaming from ComfyUI's `/view` (see [`ComfyClient::open_file`]): read it like any
+/// reader; errors are the connection's (timeout, cut short, larger than [`MAX_OUTPUT_BYTES`]).
+pub struct FileDownload {
+    reader: ureq::BodyReader<'static>,
+    /// The size ComfyUI announced, if it did.
+    pub content_length: Option<u64>,
+}
+
+impl std::fmt::Debug for FileDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDownload")
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for FileDownload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
 }
 
 /// ComfyUI's queue at one moment.
@@ -208,6 +235,38 @@ impl ComfyClient {
             .limit(MAX_IMAGE_BYTES)
             .read_to_vec()
             .map_err(|e| self.transport_error(&url, e))
+    }
+
+    /// Opens one file ComfyUI wrote (`GET /view`) for streaming: the answer's status is checked,
+    /// its body is read as it arrives, never held whole, up to [`MAX_OUTPUT_BYTES`]. Reading
+    /// stops with an error when the transfer timeout expires or the body is cut short.
+    pub fn open_file(&self, file: &ImageRef) -> Result<FileDownload, ComfyError> {
+        let url = self.url("/view");
+        let request = self
+            .agent
+            .get(&url)
+            .query("filename", &file.filename)
+            .query("subfolder", &file.subfolder)
+            .query("type", &file.kind)
+            .config()
+            .timeout_per_call(Some(self.opts.transfer_timeout))
+            .build();
+        let response = self.call(&url, request)?;
+        let response = self.expect_success(&url, response)?;
+        let content_length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let reader = response
+            .into_body()
+            .into_with_config()
+            .limit(MAX_OUTPUT_BYTES)
+            .reader();
+        Ok(FileDownload {
+            reader,
+            content_length,
+        })
     }
 
     /// Uploads an image into ComfyUI's `input` folder for a `LoadImage` node, and returns the
@@ -777,6 +836,70 @@ mod tests {
         assert_eq!(
             request.url,
             "/view?filename=my%20image%261.png&subfolder=a%2Fb&type=output"
+        );
+    }
+
+    #[test]
+    fn a_200_with_node_errors_is_a_partial_graph_that_keeps_them() {
+        let node_errors = json!({"12": {"errors": [{"type": "required_input_missing",
+            "message": "Required input is missing", "details": "audio"}],
+            "dependent_outputs": ["12"], "class_type": "SaveAudio"}});
+        let answer = json!({"prompt_id": "p-2", "number": 3, "node_errors": node_errors});
+        let fake = FakeComfy::start(move |_| reply(200, answer.to_string()));
+        let graph = json!({"12": {"class_type": "SaveAudio", "inputs": {}}});
+        let queued = fake
+            .client()
+            .queue_prompt(&graph, "client-1")
+            .expect("accepted: the other branches run");
+        assert_eq!(queued.node_errors, node_errors);
+        let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0]["node"], "12");
+    }
+
+    #[test]
+    fn files_stream_from_view_in_pieces() {
+        let video: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+        let served = video.clone();
+        let fake = FakeComfy::start(move |_| reply(200, served.clone()));
+        let mut download = fake
+            .client()
+            .open_file(&ImageRef {
+                filename: "ComfyUI_00001_.mp4".into(),
+                subfolder: "video".into(),
+                kind: "output".into(),
+            })
+            .expect("opened");
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 64 * 1024];
+        let mut reads = 0;
+        loop {
+            let n = download.read(&mut buffer).expect("readable");
+            if n == 0 {
+                break;
+            }
+            reads += 1;
+            got.extend_from_slice(&buffer[..n]);
+        }
+        assert!(got == video, "bytes differ");
+        assert!(reads >= video.len() / buffer.len(), "{reads} reads");
+        assert_eq!(
+            fake.next_request().url,
+            "/view?filename=ComfyUI_00001_.mp4&subfolder=video&type=output"
+        );
+
+        let fake = FakeComfy::start(|_| reply(404, "gone"));
+        let err = fake
+            .client()
+            .open_file(&ImageRef {
+                filename: "gone.mp4".into(),
+                subfolder: String::new(),
+                kind: "output".into(),
+            })
+            .expect_err("missing");
+        assert!(
+            matches!(err, ComfyError::Status { status: 404, .. }),
+            "{err:?}"
         );
     }
 

@@ -502,6 +502,46 @@ fn node_progress_list(nodes: Map<String, Value>) -> Vec<NodeProgress> {
     list
 }
 
+/// Every file of one node's output: each entry with a string `filename` in any list under any
+/// key. Keys come in name order; a file listed twice is kept once.
+fn files_of(node_id: &str, output: &Value) -> Vec<OutputFile> {
+    let Value::Object(keys) = output else {
+        return Vec::new();
+    };
+    let mut files: Vec<OutputFile> = Vec::new();
+    for (output_key, entries) in keys {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for (index, entry) in entries.iter().enumerate() {
+            if !entry.get("filename").is_some_and(Value::is_string) {
+                continue;
+            }
+            let Ok(file) = ImageRef::deserialize(entry) else {
+                continue;
+            };
+            if files.iter().any(|known| known.file == file) {
+                continue;
+            }
+            let mut extra = entry.as_object().cloned().unwrap_or_default();
+            for known in ["filename", "subfolder", "type"] {
+                extra.remove(known);
+            }
+            let animated = output_key == "images"
+                && (output["animated"][index].as_bool() == Some(true)
+                    || output["animated"] == Value::Bool(true));
+            files.push(OutputFile {
+                node_id: node_id.to_string(),
+                output_key: output_key.clone(),
+                file,
+                animated,
+                extra,
+            });
+        }
+    }
+    files
+}
+
 /// The fetchable images of one node's output (`{"images": [..], ..}`); entries without a file
 /// name (e.g. images sent over the websocket) are skipped.
 fn images_of(output: &Value) -> Vec<ImageRef> {
@@ -585,13 +625,35 @@ fn compare_digit_runs(a: &str, b: &str) -> Ordering {
         .then_with(|| a.len().cmp(&b.len()))
 }
 
-/// One output node of a finished prompt and the images it wrote.
+/// One output node of a finished prompt and the files it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeOutput {
     /// The node id, e.g. `"9"`.
     pub node_id: String,
-    /// Its images, in the order ComfyUI listed them.
+    /// The files under its `images` key, in the order ComfyUI listed them. Since `SaveVideo`
+    /// lists its `.mp4` here too, these are not necessarily pictures.
     pub images: Vec<ImageRef>,
+    /// Every file it wrote, under any key (`images`, `gifs`, `audio`, `video`, `3d`, ...).
+    pub files: Vec<OutputFile>,
+}
+
+/// One file an output node wrote: any entry with a `filename` under any key of the node's
+/// output in `/history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// The node that wrote it, e.g. `"9"`.
+    pub node_id: String,
+    /// The key it was listed under: `images` (also `SaveVideo`'s `.mp4`), `gifs`
+    /// (VideoHelperSuite), `audio`, `3d`, or a key no one knows yet.
+    pub output_key: String,
+    /// Where to fetch it.
+    pub file: ImageRef,
+    /// Whether the node marked it animated (`"animated": [true]` beside `images`, as
+    /// `SaveVideo`, `SaveWEBM` and `SaveAnimatedWEBP` do).
+    pub animated: bool,
+    /// The entry's other fields, as ComfyUI or the custom node wrote them (VideoHelperSuite's
+    /// `format` and `frame_rate`, ...).
+    pub extra: Map<String, Value>,
 }
 
 /// How a finished prompt ended, from its `/history` entry.
@@ -617,7 +679,7 @@ impl HistoryStatus {
 /// A finished prompt as `/history/{prompt_id}` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
-    /// Output nodes that wrote images (nodes without any are left out), in node id order
+    /// Output nodes that wrote files (nodes without any are left out), in node id order
     /// (numeric-aware: `"9"` before `"10"`). Outputs of cached nodes are included.
     pub outputs: Vec<NodeOutput>,
     /// How it ended; `None` from older ComfyUI versions that did not record it.
@@ -625,12 +687,19 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    /// Every image of every output node, in [`outputs`](Self::outputs) order, temporary previews
-    /// included (filter with [`ImageRef::is_temp`]).
+    /// Every file under the `images` key of every output node, in [`outputs`](Self::outputs)
+    /// order, temporary previews included (filter with [`ImageRef::is_temp`]). See
+    /// [`files`](Self::files) for the files under every key.
     pub fn images(&self) -> impl Iterator<Item = (&str, &ImageRef)> {
         self.outputs
             .iter()
             .flat_map(|o| o.images.iter().map(|i| (o.node_id.as_str(), i)))
+    }
+
+    /// Every file of every output node under any key (`images`, `gifs`, `audio`, `video`,
+    /// `3d`, unknown ones), in [`outputs`](Self::outputs) order, temporary previews included.
+    pub fn files(&self) -> impl Iterator<Item = &OutputFile> {
+        self.outputs.iter().flat_map(|o| o.files.iter())
     }
 
     /// Parses one history ENTRY (the value under the prompt id).
@@ -650,8 +719,9 @@ impl HistoryEntry {
             .map(|(node_id, output)| NodeOutput {
                 node_id: node_id.clone(),
                 images: images_of(output),
+                files: files_of(node_id, output),
             })
-            .filter(|o| !o.images.is_empty())
+            .filter(|o| !o.files.is_empty())
             .collect();
         outputs.sort_by(|a, b| compare_node_ids(&a.node_id, &b.node_id));
         Ok(HistoryEntry {
@@ -1201,6 +1271,56 @@ mod tests {
         }));
         let kinds: Vec<_> = entry.images().map(|(n, i)| (n, i.is_temp())).collect();
         assert_eq!(kinds, vec![("9", false), ("20", true)]);
+    }
+
+    #[test]
+    fn history_files_under_every_key_are_collected() {
+        // As today's ComfyUI and custom nodes write them.
+        let entry = history_entry(json!({
+            "outputs": {
+                "9": {"images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video",
+                                  "type": "output"}], "animated": [true]},
+                "12": {"gifs": [{"filename": "AnimateDiff_00001.mp4", "subfolder": "",
+                                 "type": "output", "format": "video/h264-mp4", "frame_rate": 8.0,
+                                 "workflow": "AnimateDiff_00001.png"}]},
+                "14": {"audio": [{"filename": "ComfyUI_00001_.flac", "subfolder": "audio",
+                                  "type": "output"}]},
+                "15": {"3d": [{"filename": "mesh.glb", "type": "output"}],
+                       "text": ["not a file"], "images": [{"no": "filename"}]},
+                "16": {"sparkles": [{"filename": "new.bin", "subfolder": "", "type": "temp"},
+                                    {"filename": "new.bin", "subfolder": "", "type": "temp"}]},
+                "17": {"text": ["only text"]}
+            },
+            "status": {"status_str": "success", "completed": true, "messages": []}
+        }));
+        let files: Vec<_> = entry
+            .files()
+            .map(|f| {
+                (
+                    f.node_id.as_str(),
+                    f.output_key.as_str(),
+                    f.file.filename.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("9", "images", "ComfyUI_00001_.mp4"),
+                ("12", "gifs", "AnimateDiff_00001.mp4"),
+                ("14", "audio", "ComfyUI_00001_.flac"),
+                ("15", "3d", "mesh.glb"),
+                ("16", "sparkles", "new.bin"),
+            ]
+        );
+        let all: Vec<_> = entry.files().collect();
+        assert!(all[0].animated && !all[1].animated);
+        assert_eq!(all[1].extra["format"], "video/h264-mp4");
+        assert!(!all[1].extra.contains_key("filename"));
+        assert_eq!(all[3].file.kind, "output", "type defaults to output");
+        assert!(all[4].file.is_temp());
+        // `images()` still lists the `images` key only.
+        assert_eq!(entry.images().count(), 1);
     }
 
     #[test]

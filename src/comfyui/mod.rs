@@ -42,12 +42,17 @@ mod error;
 mod http;
 mod messages;
 mod url;
+mod warnings;
 mod ws;
 
 pub use error::{ComfyError, describe_node_errors};
-pub use http::{ClientOptions, ComfyClient, MAX_IMAGE_BYTES, QueueSnapshot, QueuedPrompt};
+pub use http::{
+    ClientOptions, ComfyClient, FileDownload, MAX_IMAGE_BYTES, MAX_OUTPUT_BYTES, QueueSnapshot,
+    QueuedPrompt,
+};
 pub use messages::{
     ExecutionFailure, HistoryEntry, HistoryStatus, ImageRef, NodeOutput, NodeProgress, NodeState,
-    PreviewFormat, WsEvent, compare_node_ids,
+    OutputFile, PreviewFormat, WsEvent, compare_node_ids,
 };
+pub use warnings::dropped_outputs;
 pub use ws::{Monitor, MonitorError};

@@ -4,7 +4,7 @@
 //! the ones it will run next), so its GPU never idles and no job waits behind a dead or slow
 //! backend. The next job goes to the backend with the most free slots.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -130,7 +130,7 @@ fn send_prompt(
         }
         Err(error) => return Err(Refusal::Unreachable(error.to_string())),
     };
-    let warnings = warnings_of(&queued.node_errors);
+    let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
     job.dispatched(
         backend_index(engine, backend),
         backend.url(),
@@ -155,46 +155,6 @@ fn backend_index(engine: &Engine, backend: &Backend) -> usize {
         .iter()
         .position(|b| std::ptr::eq(b, backend))
         .unwrap_or(0)
-}
-
-/// The output branches ComfyUI dropped at validation (a 200 from `/prompt` with node errors),
-/// one warning per node.
-pub(super) fn warnings_of(node_errors: &Value) -> Vec<Value> {
-    let Some(nodes) = node_errors.as_object() else {
-        return Vec::new();
-    };
-    nodes
-        .iter()
-        .map(|(node, error)| {
-            let reasons: Vec<String> = error["errors"]
-                .as_array()
-                .map(|errors| {
-                    errors
-                        .iter()
-                        .map(|e| {
-                            let message = e["message"].as_str().unwrap_or("invalid");
-                            match e["details"].as_str() {
-                                Some(details) if !details.is_empty() => {
-                                    format!("{message}: {details}")
-                                }
-                                _ => message.to_string(),
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({
-                "node": node,
-                "class_type": error["class_type"],
-                "message": format!(
-                    "output node {node} ({}) was dropped by ComfyUI's validation: {}",
-                    error["class_type"].as_str().unwrap_or("unknown class"),
-                    if reasons.is_empty() { "no reason given".to_string() } else { reasons.join("; ") }
-                ),
-                "errors": error["errors"],
-            })
-        })
-        .collect()
 }
 
 /// `422 comfyui_rejected` from ComfyUI's validation answer.
@@ -234,31 +194,5 @@ fn expire_waiting(engine: &Engine) {
                 )),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dropped_output_branches_become_warnings_naming_node_and_reason() {
-        let node_errors = json!({
-            "12": {
-                "class_type": "SaveImage",
-                "errors": [{"type": "required_input_missing", "message": "Required input is missing", "details": "images"}],
-                "dependent_outputs": ["12"]
-            }
-        });
-        let warnings = warnings_of(&node_errors);
-        assert_eq!(warnings.len(), 1);
-        assert_eq!(warnings[0]["node"], "12");
-        let message = warnings[0]["message"].as_str().expect("message");
-        assert!(message.contains("SaveImage"), "{message}");
-        assert!(
-            message.contains("Required input is missing: images"),
-            "{message}"
-        );
-        assert!(warnings_of(&json!({})).is_empty());
     }
 }

@@ -19,8 +19,8 @@ use super::output::{self, StoreRequest, Timings};
 use super::progress::Outcome;
 use super::store::RunRecord;
 use super::{
-    EventKind, Job, JobContext, JobQueue, JobRegistry, JobState, JobStore, MemoryQueue, Plan,
-    ticker,
+    EventKind, GraphSource, Job, JobContext, JobQueue, JobRegistry, JobState, JobStore,
+    MemoryQueue, Plan, ticker,
 };
 use crate::api::{ApiError, ErrorCode, JobRequest};
 use crate::comfyui::{ComfyClient, ExecutionFailure, HistoryEntry};
@@ -490,8 +490,19 @@ fn store_outputs(engine: &Engine, collect: Collect) -> JobState {
     }) else {
         return JobState::Failed(ApiError::internal("the job's prompt was forgotten"));
     };
+    let outputs = match &job.plan().source {
+        GraphSource::Template { name, .. } => engine
+            .ctx
+            .templates
+            .get(name)
+            .map(|template| template.outputs)
+            .unwrap_or_default(),
+        GraphSource::Raw(_) => Default::default(),
+    };
     let request = StoreRequest {
         app: &engine.ctx,
+        outputs,
+        warnings: job.warnings(),
         job: &job,
         client: backend.client(),
         prompt_id: &prompt_id,
@@ -504,10 +515,6 @@ fn store_outputs(engine: &Engine, collect: Collect) -> JobState {
     match output::collect_and_store(request) {
         Ok(mut result) => {
             result["backend"] = json!(backend.url());
-            let warnings = job.warnings();
-            if !warnings.is_empty() {
-                result["warnings"] = json!(warnings);
-            }
             JobState::Completed(Arc::new(result))
         }
         Err(error) => JobState::Failed(error),

@@ -518,7 +518,8 @@ impl Job {
                     "width": row.width,
                     "height": row.height,
                     "bytes": row.bytes,
-                    "content_type": crate::image::content_type_for(&row.storage_key),
+                    "kind": row.kind,
+                    "content_type": row.content_type,
                 })
             })
             .collect();

@@ -1,19 +1,28 @@
-//! The end of a successful run: collect the images from ComfyUI, process and store them, record
-//! their metadata, and build the `complete` event. If storage fails for good, the images are kept
-//! in the spool so that nothing finished is lost.
+//! The end of a successful run: collect every file the prompt's output nodes wrote (images,
+//! videos, sounds, models: any entry with a `filename` under any key of `/history`), stream each
+//! from ComfyUI into a staging folder, check and strip metadata where the format allows, store
+//! them, record their metadata, and build the `complete` event. If storage fails for good, the
+//! files are kept in the spool so that nothing finished is lost.
+//!
+//! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB).
 
 use serde_json::{Value, json};
+use std::fs;
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Job, JobContext};
 use crate::api::{ApiError, ErrorCode};
-use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef};
+use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
 use crate::ids::{self, PromptId};
-use crate::image::{self, ProcessedImage};
-use crate::storage::spool::PendingImage;
+use crate::image;
+use crate::media::{self, MediaType};
+use crate::storage::spool::{PendingFile, ReceiveError, Staging};
 use crate::storage::{ImageRecord, StorageError};
 use crate::timestamp;
+use crate::workflow::OutputTypes;
 
 /// Milestones for `timings_ms`.
 pub(super) struct Timings {
@@ -35,17 +44,28 @@ pub(super) struct StoreRequest<'a> {
     /// The history entry, when it was already read (after a lost websocket).
     pub history: Option<HistoryEntry>,
     pub timings: Timings,
+    /// Which of ComfyUI's file types to keep: the template's `outputs` (the default for raw
+    /// graphs).
+    pub outputs: OutputTypes,
+    /// What the `complete` data reports under `warnings`, e.g. the output nodes a partial graph
+    /// dropped ([`crate::comfyui::dropped_outputs`] of the `/prompt` answer's `node_errors`).
+    pub warnings: Vec<Value>,
 }
 
-/// One image from ComfyUI, processed and ready to store.
+/// One file from ComfyUI, staged on local disk, checked, and ready to store.
 struct Collected {
     node: String,
     source: ImageRef,
     key: String,
-    image: ProcessedImage,
+    media: MediaType,
+    /// The staged file (in the job's staging folder).
+    path: PathBuf,
+    bytes: u64,
+    width: Option<u32>,
+    height: Option<u32>,
 }
 
-/// Fetches, processes and stores the prompt's output images; returns the `complete` data.
+/// Fetches, processes and stores the prompt's output files; returns the `complete` data.
 pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError> {
     let entry = match req.history {
         Some(ref entry) => entry.clone(),
@@ -57,9 +77,19 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
             format!("ComfyUI recorded a failure: {}", failure.exception_message),
         ));
     }
-    let collected = fetch_images(&req, &entry)?;
+    let files = select_files(&entry, req.outputs);
+    let staging = req
+        .app
+        .spool
+        .staging(&req.job.id().to_string())
+        .map_err(|e| {
+            let sources: Vec<&ImageRef> = files.iter().map(|f| &f.file).collect();
+            not_staged(&sources, &e.to_string())
+        })?;
+    let collected = fetch_all(&req, &staging, &files)?;
     let storing_started = Instant::now();
     let images = store_all(&req, &collected)?;
+    drop(staging);
     let done = Instant::now();
     let t = &req.timings;
     let started = t.started.unwrap_or(storing_started);
@@ -69,6 +99,7 @@ pub(super) fn collect_and_store(req: StoreRequest<'_>) -> Result<Value, ApiError
         "prompt_id": req.prompt_id,
         "workflow": req.workflow,
         "images": images,
+        "warnings": req.warnings,
         "params": req.params,
         "timings_ms": {
             "queued": millis(started.saturating_duration_since(t.created)),
@@ -109,68 +140,134 @@ fn wait_for_history(req: &StoreRequest<'_>) -> Result<HistoryEntry, ApiError> {
     }
 }
 
-/// The images a client wants: saved outputs, or temporary previews when the graph saved none.
-fn select_images(entry: &HistoryEntry) -> Vec<(String, ImageRef)> {
-    let of_kind = |temp: bool| -> Vec<(String, ImageRef)> {
-        entry
-            .images()
-            .filter(|(_, image)| image.is_temp() == temp)
-            .map(|(node, image)| (node.to_string(), image.clone()))
-            .collect()
+/// The files a client wants, in node order: every file under any output key, of the ComfyUI
+/// types the template chose.
+fn select_files(entry: &HistoryEntry, types: OutputTypes) -> Vec<&OutputFile> {
+    let saved_any = entry.files().any(|f| !f.file.is_temp());
+    entry
+        .files()
+        .filter(|f| types.wants(&f.file.kind, saved_any))
+        .collect()
+}
+
+/// The error when the staging folder cannot be written: nothing was fetched, and ComfyUI still
+/// has every file.
+fn not_staged(comfyui_files: &[&ImageRef], why: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::StorageFailed,
+        format!(
+            "ComfyUI's outputs could not be received on local disk ({why}); ComfyUI still has \
+             them in its output folder"
+        ),
+    )
+    .with_details(json!({ "cause": why, "comfyui_files": comfyui_files }))
+}
+
+fn fetch_all(
+    req: &StoreRequest<'_>,
+    staging: &Staging,
+    files: &[&OutputFile],
+) -> Result<Vec<Collected>, ApiError> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| fetch_one(req, staging, index, file))
+        .collect()
+}
+
+/// Streams one file from ComfyUI into the staging folder, tells what it is, and checks and
+/// strips it where its format allows.
+fn fetch_one(
+    req: &StoreRequest<'_>,
+    staging: &Staging,
+    index: usize,
+    file: &OutputFile,
+) -> Result<Collected, ApiError> {
+    let source = &file.file;
+    let lost = |why: String| {
+        ApiError::new(
+            ErrorCode::ComfyuiLost,
+            format!(
+                "ComfyUI finished, but fetching its file {}: {why}",
+                source.filename
+            ),
+        )
+        .with_details(json!({ "comfyui_file": source }))
     };
-    let saved = of_kind(false);
-    if saved.is_empty() {
-        of_kind(true)
-    } else {
-        saved
-    }
-}
-
-fn fetch_images(req: &StoreRequest<'_>, entry: &HistoryEntry) -> Result<Vec<Collected>, ApiError> {
-    let mut collected = Vec::new();
-    for (index, (node, source)) in select_images(entry).into_iter().enumerate() {
-        let bytes = req.client.get_image(&source).map_err(|e| {
-            ApiError::new(
-                ErrorCode::ComfyuiLost,
-                format!(
-                    "ComfyUI finished, but fetching its image {}: {e}",
-                    source.filename
-                ),
-            )
-            .with_details(json!({ "comfyui_file": source }))
+    let local = |why: String| not_staged(&[source], &why);
+    let mut download = req
+        .client
+        .open_file(source)
+        .map_err(|e| lost(e.to_string()))?;
+    let received = staging
+        .receive(&format!("{index}.part"), &mut download, media::HEAD_LEN)
+        .map_err(|e| match e {
+            ReceiveError::Read(e) => lost(e.to_string()),
+            ReceiveError::Write(e) => local(e.to_string()),
         })?;
-        let image =
-            image::process(bytes, &source.filename, req.app.run.png_metadata).map_err(|e| {
-                ApiError::internal(format!(
-                    "ComfyUI's image {} is unusable: {e}",
-                    source.filename
-                ))
-            })?;
-        let key = format!("{}/{index}.{}", req.job.id(), extension(image.content_type));
-        collected.push(Collected {
-            node,
-            source,
-            key,
-            image,
-        });
-    }
-    Ok(collected)
+    let media = media::identify(&received.head, &source.filename);
+    let (bytes, size) = if matches!(media, media::PNG | media::WEBP) {
+        check_and_strip(req, source, received.path.clone(), received.bytes)?
+    } else {
+        let size = media::file_dimensions(&received.path, media, &received.head);
+        (received.bytes, size)
+    };
+    Ok(Collected {
+        node: file.node_id.clone(),
+        source: source.clone(),
+        key: format!("{}/{index}.{}", req.job.id(), media.extension),
+        media,
+        path: received.path,
+        bytes,
+        width: size.map(|(w, _)| w),
+        height: size.map(|(_, h)| h),
+    })
 }
 
-fn extension(content_type: &str) -> &'static str {
-    match content_type {
-        "image/jpeg" => "jpg",
-        "image/webp" => "webp",
-        "image/gif" => "gif",
-        _ => "png",
+/// Reads a staged PNG or WebP, checks it, strips ComfyUI's metadata per `OUTPUT_METADATA`, and
+/// rewrites the staged file if that changed it. Returns its size in bytes and in pixels.
+fn check_and_strip(
+    req: &StoreRequest<'_>,
+    source: &ImageRef,
+    path: PathBuf,
+    len: u64,
+) -> Result<(u64, Option<(u32, u32)>), ApiError> {
+    let unusable = |why: String| {
+        ApiError::internal(format!(
+            "ComfyUI's image {} is unusable: {why}",
+            source.filename
+        ))
+    };
+    if len > MAX_IMAGE_BYTES {
+        return Err(unusable(format!(
+            "{len} bytes is more than the {MAX_IMAGE_BYTES} a PNG or WebP may have to be checked"
+        )));
     }
+    let original = fs::read(&path).map_err(|e| not_staged(&[source], &e.to_string()))?;
+    let processed = image::process(original, &source.filename, req.app.run.png_metadata)
+        .map_err(|e| unusable(e.to_string()))?;
+    let stored_len = processed.bytes.len() as u64;
+    if stored_len != len {
+        rewrite_synced(&path, &processed.bytes)
+            .map_err(|e| not_staged(&[source], &e.to_string()))?;
+    }
+    let size = (processed.width > 0 && processed.height > 0)
+        .then_some((processed.width, processed.height));
+    Ok((stored_len, size))
 }
 
-/// Stores every image and records the rows; on failure, spools them and says where.
+fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Stores every file and records the rows; on failure, spools them and says where.
 ///
-/// For remote storage the images are spooled *before* the upload (write-ahead) and the spool
-/// entry is removed once storage has them, so that even a gateway killed mid-upload loses
-/// nothing: the next start-up finishes the upload.
+/// For remote storage the files are spooled *before* the upload (write-ahead; a hard link, so
+/// nearly free) and the spool entry is removed once storage has them, so that even a gateway
+/// killed mid-upload loses nothing: the next start-up finishes the upload.
 fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Value>, ApiError> {
     let mut rows = rows_for(req, collected);
     let job_id = req.job.id().to_string();
@@ -179,9 +276,9 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
         if let Err(e) = req
             .app
             .spool
-            .save(&job_id, &pending_images(collected), &rows)
+            .save(&job_id, &pending_files(collected), &rows)
         {
-            log::warn!("job {job_id}: could not spool images before uploading: {e}");
+            log::warn!("job {job_id}: could not spool files before uploading: {e}");
         }
     }
     let stored = upload_and_record(req, collected, &mut rows);
@@ -198,10 +295,11 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
                 json!({
                     "url": row.url,
                     "key": c.key,
-                    "width": c.image.width,
-                    "height": c.image.height,
-                    "bytes": c.image.bytes.len(),
-                    "content_type": c.image.content_type,
+                    "kind": c.media.kind.as_str(),
+                    "content_type": c.media.content_type,
+                    "bytes": c.bytes,
+                    "width": c.width,
+                    "height": c.height,
                     "node": c.node,
                 })
             })
@@ -215,12 +313,13 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
     }
 }
 
-fn pending_images(collected: &[Collected]) -> Vec<PendingImage> {
+fn pending_files(collected: &[Collected]) -> Vec<PendingFile> {
     collected
         .iter()
-        .map(|c| {
-            let content_type = c.image.content_type.to_string();
-            (c.key.clone(), c.image.bytes.clone(), content_type)
+        .map(|c| PendingFile {
+            key: c.key.clone(),
+            path: c.path.clone(),
+            content_type: c.media.content_type.to_string(),
         })
         .collect()
 }
@@ -238,9 +337,11 @@ fn rows_for(req: &StoreRequest<'_>, collected: &[Collected]) -> Vec<ImageRecord>
             image_index: index as u32,
             storage_key: c.key.clone(),
             url: String::new(),
-            width: c.image.width,
-            height: c.image.height,
-            bytes: c.image.bytes.len() as u64,
+            width: c.width,
+            height: c.height,
+            bytes: c.bytes,
+            kind: c.media.kind.as_str().to_string(),
+            content_type: c.media.content_type.to_string(),
             seed: req.seed,
             params: req.params.clone(),
             created_at: created_at.clone(),
@@ -257,12 +358,12 @@ fn upload_and_record(
         row.url = req
             .app
             .storage
-            .put_image(&c.key, &c.image.bytes, c.image.content_type)?;
+            .put_file(&c.key, &c.path, c.media.content_type)?;
     }
     req.app.storage.record(rows)
 }
 
-/// Keeps the images on disk for a later upload and builds the `storage_failed` error.
+/// Keeps the files on disk for a later upload and builds the `storage_failed` error.
 fn spool(
     req: &StoreRequest<'_>,
     collected: &[Collected],
@@ -271,20 +372,16 @@ fn spool(
 ) -> ApiError {
     let comfyui_files: Vec<&ImageRef> = collected.iter().map(|c| &c.source).collect();
     let job_id = req.job.id().to_string();
-    match req
-        .app
-        .spool
-        .save(&job_id, &pending_images(collected), rows)
-    {
+    match req.app.spool.save(&job_id, &pending_files(collected), rows) {
         Ok(dir) => {
             log::warn!(
-                "job {job_id}: storage failed ({cause}); images spooled in {}",
+                "job {job_id}: storage failed ({cause}); files spooled in {}",
                 dir.display()
             );
             ApiError::new(
                 ErrorCode::StorageFailed,
                 format!(
-                    "the images could not be stored ({cause}); they are kept in {} and will be \
+                    "the outputs could not be stored ({cause}); they are kept in {} and will be \
                      uploaded automatically when storage works again",
                     dir.display()
                 ),
@@ -303,11 +400,302 @@ fn spool(
             ApiError::new(
                 ErrorCode::StorageFailed,
                 format!(
-                    "the images could not be stored ({cause}) nor kept on local disk \
+                    "the outputs could not be stored ({cause}) nor kept on local disk \
                      ({spool_error}); ComfyUI still has them in its output folder"
                 ),
             )
             .with_details(json!({ "cause": cause.to_string(), "comfyui_files": comfyui_files }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::JobOptions;
+    use crate::app::App;
+    use crate::job::{GraphSource, Plan};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    /// A stand-in for ComfyUI's `/view`: serves the named files, 404 for anything else.
+    struct FakeView {
+        server: Arc<tiny_http::Server>,
+        url: String,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl FakeView {
+        fn start(files: Vec<(&'static str, Vec<u8>)>) -> FakeView {
+            let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+            let port = server.server_addr().to_ip().expect("tcp").port();
+            let serving = Arc::clone(&server);
+            let thread = thread::spawn(move || {
+                while let Ok(request) = serving.recv() {
+                    let file = files
+                        .iter()
+                        .find(|(name, _)| request.url().contains(&format!("filename={name}&")));
+                    let response = match file {
+                        Some((_, bytes)) => tiny_http::Response::from_data(bytes.clone()),
+                        None => tiny_http::Response::from_data(b"not found".to_vec())
+                            .with_status_code(404),
+                    };
+                    let _ = request.respond(response);
+                }
+            });
+            FakeView {
+                server,
+                url: format!("http://127.0.0.1:{port}"),
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for FakeView {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// An app storing on local disk in a fresh folder, with ComfyUI at `comfyui`.
+    fn local_app(comfyui: &str) -> (App, PathBuf) {
+        let data = std::env::temp_dir().join(format!("gateway-output-{}", ids::new_uuid()));
+        let vars = [
+            ("COMFYUI_URL", comfyui.to_string()),
+            (
+                "WORKFLOWS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into(),
+            ),
+            ("DATA_DIR", data.display().to_string()),
+            ("PUBLIC_BASE_URL", "http://127.0.0.1:8000".into()),
+        ];
+        let config = crate::config::Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("a valid config");
+        (App::new(config).expect("the app builds"), data)
+    }
+
+    /// An MP4 as ffmpeg writes it: `ftyp`, `mdat`, then `moov` with an 832x480 video track.
+    fn mp4() -> Vec<u8> {
+        fn bmff(kind: &[u8], contents: &[u8]) -> Vec<u8> {
+            let mut out = ((contents.len() + 8) as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(contents);
+            out
+        }
+        let mut tkhd = vec![0u8; 76];
+        tkhd.extend((832u32 << 16).to_be_bytes());
+        tkhd.extend((480u32 << 16).to_be_bytes());
+        let mut out = bmff(b"ftyp", b"isom\0\0\x02\0isomiso2avc1mp41");
+        out.extend(bmff(b"mdat", &[0x42; 5000]));
+        out.extend(bmff(b"moov", &bmff(b"trak", &bmff(b"tkhd", &tkhd))));
+        out
+    }
+
+    fn run_end(
+        app: &App,
+        comfyui: &str,
+        history: Value,
+        warnings: Vec<Value>,
+    ) -> (Arc<Job>, Result<Value, ApiError>) {
+        let plan = Plan {
+            workflow: "txt2video".into(),
+            source: GraphSource::Raw(json!({})),
+        };
+        let job = Arc::new(Job::new(plan, JobOptions::default(), 1));
+        let ctx = JobContext {
+            templates: Arc::clone(&app.templates),
+            storage: Arc::clone(&app.storage),
+            local: app.local.clone(),
+            spool: Arc::clone(&app.spool),
+            metrics: Arc::clone(&app.metrics),
+            run: app.run.clone(),
+        };
+        let client = ComfyClient::new(comfyui, Default::default()).expect("a valid URL");
+        let prompt_id = PromptId("p-video".into());
+        let result = collect_and_store(StoreRequest {
+            app: &ctx,
+            job: &job,
+            client: &client,
+            prompt_id: &prompt_id,
+            workflow: "txt2video",
+            params: json!({"seed": 7}),
+            seed: Some(7),
+            history: Some(HistoryEntry::from_value(&history).expect("an entry")),
+            timings: Timings {
+                created: Instant::now(),
+                started: None,
+                executed: None,
+            },
+            outputs: OutputTypes::default(),
+            warnings,
+        });
+        (job, result)
+    }
+
+    #[test]
+    fn a_video_a_gif_and_a_sound_are_stored_locally_with_their_kinds() {
+        let gif = b"GIF89a\x02\0\x03\0\x80\0\0\0\0\0\xff\xff\xff;".to_vec();
+        let flac = b"fLaC\0\0\0\x22 a sound".to_vec();
+        let view = FakeView::start(vec![
+            ("ComfyUI_00001_.mp4", mp4()),
+            ("AnimateDiff_00001.gif", gif.clone()),
+            ("ComfyUI_00001_.flac", flac.clone()),
+        ]);
+        let (app, data) = local_app(&view.url);
+        // As today's ComfyUI (SaveVideo, SaveAudio) and VideoHelperSuite report them.
+        let history = json!({
+            "outputs": {
+                "58": {"images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video",
+                                   "type": "output"}], "animated": [true]},
+                "60": {"gifs": [{"filename": "AnimateDiff_00001.gif", "subfolder": "",
+                                 "type": "output", "format": "image/gif"}]},
+                "61": {"audio": [{"filename": "ComfyUI_00001_.flac", "subfolder": "audio",
+                                  "type": "output"}]}
+            },
+            "status": {"status_str": "success", "completed": true, "messages": []}
+        });
+        let dropped = json!({"code": "output_dropped", "node": "70"});
+        let (job, result) = run_end(&app, &view.url, history, vec![dropped.clone()]);
+        let data_json = result.expect("stored");
+        let id = job.id().to_string();
+        let images = data_json["images"].as_array().expect("a list");
+        let summary: Vec<(String, &str, &str, Value, Value)> = images
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap_or_default().to_string(),
+                    i["kind"].as_str().unwrap_or_default(),
+                    i["content_type"].as_str().unwrap_or_default(),
+                    i["width"].clone(),
+                    i["height"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    format!("{id}/0.mp4"),
+                    "video",
+                    "video/mp4",
+                    json!(832),
+                    json!(480)
+                ),
+                (
+                    format!("{id}/1.gif"),
+                    "image",
+                    "image/gif",
+                    json!(2),
+                    json!(3)
+                ),
+                (
+                    format!("{id}/2.flac"),
+                    "audio",
+                    "audio/flac",
+                    json!(null),
+                    json!(null)
+                ),
+            ]
+        );
+        assert_eq!(images[0]["bytes"], mp4().len());
+        assert_eq!(
+            images[0]["url"],
+            format!("http://127.0.0.1:8000/images/{id}/0.mp4")
+        );
+        assert_eq!(data_json["warnings"], json!([dropped]));
+
+        let local = app.local.as_ref().expect("local storage");
+        let stored =
+            |key: &str| fs::read(local.image_path(key).expect("servable")).expect("on disk");
+        assert_eq!(stored(&format!("{id}/0.mp4")), mp4());
+        assert_eq!(stored(&format!("{id}/1.gif")), gif);
+        assert_eq!(stored(&format!("{id}/2.flac")), flac);
+        let rows: Vec<ImageRecord> = fs::read_to_string(local.jsonl_path())
+            .expect("rows written")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a row"))
+            .collect();
+        let kinds: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.content_type.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("video", "video/mp4"),
+                ("image", "image/gif"),
+                ("audio", "audio/flac")
+            ]
+        );
+        assert_eq!((rows[2].width, rows[2].height), (None, None));
+        // Nothing left behind: no staged download, nothing spooled.
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        assert!(app.spool.pending().expect("listable").is_empty());
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
+
+    #[test]
+    fn a_file_comfyui_cannot_serve_is_comfyui_lost_and_leaves_nothing_staged() {
+        let view = FakeView::start(vec![("a.png", b"unused".to_vec())]);
+        let (app, data) = local_app(&view.url);
+        let history = json!({"outputs": {"58": {"images": [
+            {"filename": "gone.mp4", "subfolder": "video", "type": "output"}]}}});
+        let (_, result) = run_end(&app, &view.url, history, Vec::new());
+        let error = result.expect_err("the file is missing");
+        assert_eq!(error.code, ErrorCode::ComfyuiLost);
+        assert!(error.message.contains("gone.mp4"), "{}", error.message);
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        let stored = fs::read_dir(data.join("images")).map_or(0, |d| d.count());
+        assert_eq!(stored, 0, "nothing stored");
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
+
+    fn entry(outputs: Value) -> HistoryEntry {
+        HistoryEntry::from_value(&json!({"outputs": outputs})).expect("a history entry")
+    }
+
+    fn names(entry: &HistoryEntry, types: OutputTypes) -> Vec<&str> {
+        select_files(entry, types)
+            .into_iter()
+            .map(|f| f.file.filename.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn every_saved_file_is_selected_whatever_its_key_and_previews_as_the_template_says() {
+        let video_and_preview = entry(json!({
+            "9": {"images": [{"filename": "v.mp4", "subfolder": "video", "type": "output"}],
+                  "animated": [true]},
+            "12": {"gifs": [{"filename": "a.webm", "subfolder": "", "type": "output",
+                             "format": "video/webm"}]},
+            "14": {"audio": [{"filename": "s.flac", "subfolder": "audio", "type": "output"}]},
+            "20": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}
+        }));
+        let saved = ["v.mp4", "a.webm", "s.flac"];
+        assert_eq!(names(&video_and_preview, OutputTypes::default()), saved);
+        assert_eq!(names(&video_and_preview, OutputTypes::Saved), saved);
+        assert_eq!(names(&video_and_preview, OutputTypes::Previews), ["p.png"]);
+        assert_eq!(
+            names(&video_and_preview, OutputTypes::Both),
+            ["v.mp4", "a.webm", "s.flac", "p.png"]
+        );
+
+        // A graph that only previews: by default its previews are the result, as before.
+        let only_previews = entry(json!({
+            "20": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]}
+        }));
+        assert_eq!(names(&only_previews, OutputTypes::default()), ["p.png"]);
+        assert!(names(&only_previews, OutputTypes::Saved).is_empty());
     }
 }

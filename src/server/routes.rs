@@ -145,12 +145,14 @@ fn page(request: Request) {
         .with_header(reply::header("Cache-Control", "no-cache"))
         .with_header(reply::header("X-Content-Type-Options", "nosniff"))
         .with_header(reply::header("Referrer-Policy", "no-referrer"))
-        // The page loads nothing from elsewhere and talks only to this gateway; images may come
-        // from Supabase (any https origin) or be fetched into blob: URLs when a key is needed.
+        // The page loads nothing from elsewhere and talks only to this gateway; images, videos
+        // and sounds may come from Supabase (any https origin) or be fetched into blob: URLs
+        // when a key is needed; live previews arrive as data: URLs.
         .with_header(reply::header(
             "Content-Security-Policy",
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
              connect-src 'self'; img-src 'self' data: blob: https: http:; \
+             media-src 'self' blob: https: http:; \
              form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
         ));
     if let Err(e) = request.respond(response) {
@@ -381,10 +383,12 @@ fn image(app: &App, request: Request, key: &str) {
         Ok(file) => file,
         Err(_) => return reply::error(request, &ApiError::not_found(format!("image {key}"))),
     };
+    // Any stored kind (PNG, MP4, WAV, GLB...), typed by its key's extension; never as a page.
     let content_type = crate::image::content_type_for(key);
     let response = Response::from_file(file)
         .with_status_code(StatusCode(200))
         .with_header(reply::header("Content-Type", content_type))
+        .with_header(reply::header("X-Content-Type-Options", "nosniff"))
         // Keys are unique per job and images never change once stored.
         .with_header(reply::header(
             "Cache-Control",

@@ -1,9 +1,11 @@
-//! Local-disk storage, the default: images as files the gateway serves itself, metadata as JSON
-//! lines.
+//! Local-disk storage, the default: output files (images, videos, sounds, models) the gateway
+//! serves itself, metadata as JSON lines.
 //!
 //! Layout under `DATA_DIR`:
-//! - `images/{job_id}/{index}.png`: each image, written to a hidden temporary file in the same
-//!   folder, flushed to disk, then renamed into place, so a reader never sees half a file;
+//! - `images/{job_id}/{index}.{ext}`: each output file (`.png`, `.mp4`, `.gif`, `.wav`, ...: any
+//!   extension of [`crate::media::KNOWN`]), written to a hidden temporary file in the same
+//!   folder (a hard link or a streamed copy for [`Storage::put_file`]), flushed to disk, then
+//!   renamed into place, so a reader never sees half a file;
 //! - `generations.jsonl`: one [`ImageRecord`] per line, appended.
 //!
 //! Durability: both the image files and the JSONL file are `fsync`ed before the call returns, so
@@ -41,7 +43,7 @@ impl LocalStorage {
     }
 
     /// The file that serves `GET /images/{key}`, or `None` unless `key` has the exact form
-    /// `{uuid}/{digits}.{png|jpg|webp}`. Anything else (`..`, absolute paths, other names) is
+    /// `{uuid}/{digits}.{ext}` with an extension of [`crate::media::KNOWN`]. Anything else (`..`, absolute paths, other names) is
     /// refused, so a request can never reach outside `DATA_DIR/images`. The file may not exist.
     pub fn image_path(&self, key: &str) -> Option<PathBuf> {
         let (job, file) = parse_key(key)?;
@@ -132,11 +134,12 @@ impl LocalStorage {
         let (job_id, file) = parse_key(key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an image key"))?;
         let path = self.data_dir.join("images").join(key);
-        let bytes = fs::read(&path)?;
-        let size = bytes.len() as u64;
-        let (width, height) = crate::image::process(bytes, file, crate::image::PngMetadata::Keep)
-            .map(|image| (image.width, image.height))
-            .unwrap_or((0, 0));
+        let size = fs::metadata(&path)?.len();
+        let mut head = vec![0; 64 * 1024];
+        let read = io::Read::read(&mut fs::File::open(&path)?, &mut head)?;
+        head.truncate(read);
+        let media = crate::media::identify(&head, file);
+        let dimensions = crate::media::file_dimensions(&path, media, &head);
         let stored_at = fs::metadata(&path)?
             .modified()
             .ok()
@@ -154,9 +157,11 @@ impl LocalStorage {
                 .unwrap_or(0),
             storage_key: key.to_owned(),
             url: format!("{}/images/{key}", self.public_base_url),
-            width,
-            height,
+            width: dimensions.map(|(width, _)| width),
+            height: dimensions.map(|(_, height)| height),
             bytes: size,
+            kind: media.kind.as_str().to_string(),
+            content_type: media.content_type.to_string(),
             seed: None,
             params: serde_json::json!({
                 "reconciled": true,
@@ -209,6 +214,23 @@ impl Storage for LocalStorage {
             StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
         })?;
         write_atomically(&path, bytes).map_err(|e| StorageError::io(&operation, e))?;
+        Ok(format!("{}/images/{key}", self.public_base_url))
+    }
+
+    /// Puts a copy of the file at `DATA_DIR/images/{key}` atomically: a hard link when both are
+    /// on one file system (no byte is copied), else a streamed copy; synced, then renamed into
+    /// place. Returns `{public_base_url}/images/{key}`.
+    fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        _content_type: &str,
+    ) -> Result<String, StorageError> {
+        let operation = format!("storing {key} on local disk");
+        let path = self.image_path(key).ok_or_else(|| {
+            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
+        })?;
+        copy_atomically(source, &path).map_err(|e| StorageError::io(&operation, e))?;
         Ok(format!("{}/images/{key}", self.public_base_url))
     }
 
@@ -305,29 +327,47 @@ fn remove_leftovers(dir: &Path, depth: usize, done: &mut Reconciled) -> io::Resu
     Ok(())
 }
 
-/// Splits a key of the form `{uuid}/{digits}.{png|jpg|webp}` into its folder and file name.
+/// Splits a key of the form `{uuid}/{digits}.{ext}` into its folder and file name.
 fn parse_key(key: &str) -> Option<(&str, &str)> {
     let (job, file) = key.split_once('/')?;
     let (index, extension) = file.split_once('.')?;
     let index_ok =
         !index.is_empty() && index.len() <= 10 && index.bytes().all(|b| b.is_ascii_digit());
-    let extension_ok = matches!(extension, "png" | "jpg" | "webp");
+    let extension_ok = crate::media::is_key_extension(extension);
     (ids::is_uuid(job) && index_ok && extension_ok).then_some((job, file))
 }
 
-/// The `Content-Type` to serve a stored image with, from its key's extension.
+/// The `Content-Type` to serve a stored file with, from its key's extension; `None` for keys
+/// without a known one.
 pub fn content_type_for(key: &str) -> Option<&'static str> {
-    match key.rsplit_once('.')?.1 {
-        "png" => Some("image/png"),
-        "jpg" => Some("image/jpeg"),
-        "webp" => Some("image/webp"),
-        _ => None,
-    }
+    let (_, extension) = key.rsplit_once('.')?;
+    crate::media::is_key_extension(extension).then(|| crate::media::content_type_for_key(key))
 }
 
 /// Writes `bytes` to a hidden temporary file beside `path`, syncs it, and renames it over
 /// `path`: readers see the old file or the whole new one, never a part.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_atomically(path, |temp| {
+        let mut file = File::create(temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })
+}
+
+/// Puts a copy of `source` at `path` like [`write_atomically`]: a hard link when the file
+/// system allows it, else a streamed copy (never the whole file in memory).
+fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
+    replace_atomically(path, |temp| {
+        if fs::hard_link(source, temp).is_err() {
+            fs::copy(source, temp)?;
+        }
+        File::open(temp)?.sync_all()
+    })
+}
+
+/// Has `fill` write a hidden temporary file beside `path`, then renames it over `path`; the
+/// temporary file is removed if anything fails.
+fn replace_atomically(path: &Path, fill: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no folder"))?;
@@ -340,11 +380,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         file_name.to_string_lossy(),
         ids::new_uuid()
     ));
-    let written = File::create(&temp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    let renamed = written.and_then(|()| fs::rename(&temp, path));
+    let renamed = fill(&temp).and_then(|()| fs::rename(&temp, path));
     if renamed.is_err() {
         let _ = fs::remove_file(&temp);
     }
@@ -383,9 +419,11 @@ mod tests {
             image_index: index,
             storage_key: format!("{JOB}/{index}.png"),
             url: format!("http://127.0.0.1:8000/images/{JOB}/{index}.png"),
-            width: 64,
-            height: 64,
+            width: Some(64),
+            height: Some(64),
             bytes: 3,
+            kind: "image".into(),
+            content_type: "image/png".into(),
             seed: Some(seed),
             params: serde_json::json!({"prompt": "a fox", "seed": seed}),
             created_at: "2026-11-24T04:49:01Z".into(),
@@ -474,6 +512,11 @@ mod tests {
             format!("{JOB}/0.png"),
             format!("{JOB}/12.jpg"),
             format!("{JOB}/3.webp"),
+            format!("{JOB}/4.gif"),
+            format!("{JOB}/5.mp4"),
+            format!("{JOB}/6.wav"),
+            format!("{JOB}/7.glb"),
+            format!("{JOB}/8.bin"),
         ] {
             assert!(storage.image_path(&good).is_some(), "{good}");
         }
@@ -484,7 +527,9 @@ mod tests {
             format!("/{JOB}/0.png"),
             format!("{JOB}/0.png/x"),
             format!("{JOB}/..png"),
-            format!("{JOB}/0.gif"),
+            format!("{JOB}/0.html"),
+            format!("{JOB}/0.svg"),
+            format!("{JOB}/0.PNG"),
             format!("{JOB}/0.png.tmp"),
             format!("{JOB}/.0.png.tmp-1"),
             format!("{JOB}/-1.png"),
@@ -540,7 +585,54 @@ mod tests {
         assert_eq!(content_type_for("a/0.png"), Some("image/png"));
         assert_eq!(content_type_for("a/0.jpg"), Some("image/jpeg"));
         assert_eq!(content_type_for("a/0.webp"), Some("image/webp"));
-        assert_eq!(content_type_for("a/0.gif"), None);
+        assert_eq!(content_type_for("a/0.gif"), Some("image/gif"));
+        assert_eq!(content_type_for("a/0.mp4"), Some("video/mp4"));
+        assert_eq!(content_type_for("a/0.webm"), Some("video/webm"));
+        assert_eq!(content_type_for("a/0.flac"), Some("audio/flac"));
+        assert_eq!(content_type_for("a/0.html"), None);
+    }
+
+    #[test]
+    fn gifs_videos_and_sounds_are_stored_from_files_and_served_back() {
+        let dir = temp_dir();
+        let storage = LocalStorage::new(dir.clone(), "http://127.0.0.1:8000".into());
+        let staged = dir.join("staged");
+        for (index, (extension, bytes)) in [
+            ("gif", b"GIF89a\x01\0\x01\0".to_vec()),
+            ("mp4", b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec()),
+            ("wav", b"RIFF\x24\0\0\0WAVEfmt ".to_vec()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            fs::write(&staged, &bytes).expect("writable");
+            let key = format!("{JOB}/{index}.{extension}");
+            let content_type = content_type_for(&key).expect("a known extension");
+            let url = storage
+                .put_file(&key, &staged, content_type)
+                .expect("every kind is stored");
+            assert_eq!(url, format!("http://127.0.0.1:8000/images/{key}"));
+            let path = storage.image_path(&key).expect("and can be served");
+            assert_eq!(fs::read(&path).expect("stored"), bytes);
+            // The staged file stays for the caller, and later changes to it do not leak in.
+            fs::remove_file(&staged).expect("the staged file is still there");
+            assert_eq!(fs::read(&path).expect("still stored"), bytes);
+        }
+        let names: Vec<_> = fs::read_dir(dir.join("images").join(JOB))
+            .expect("the job folder exists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
+
+        let error = storage
+            .put_file(&format!("{JOB}/0.html"), &dir, "text/html")
+            .expect_err("not a storable key");
+        assert!(!error.is_transient());
+        let error = storage
+            .put_file(&format!("{JOB}/9.mp4"), &dir.join("missing"), "video/mp4")
+            .expect_err("no such file");
+        assert_eq!(error.kind(), super::super::ErrorKind::Io);
+        fs::remove_dir_all(dir).expect("cleanup");
     }
 
     /// A valid RGB PNG of the given size.
@@ -610,7 +702,7 @@ mod tests {
             rebuilt.url,
             format!("http://127.0.0.1:8000/images/{JOB}/1.png")
         );
-        assert_eq!((rebuilt.width, rebuilt.height), (3, 2));
+        assert_eq!((rebuilt.width, rebuilt.height), (Some(3), Some(2)));
         assert_eq!(rebuilt.bytes, png.len() as u64);
         assert_eq!(rebuilt.params["reconciled"], true);
         assert!(ids::is_uuid(&rebuilt.id));

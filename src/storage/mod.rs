@@ -1,4 +1,5 @@
-//! Where finished images and their metadata go: one small [`Storage`] interface, two backends.
+//! Where finished outputs (images, videos, audio, models...) and their metadata go: one small
+//! [`Storage`] interface, two backends.
 //!
 //! - [`local::LocalStorage`] (the default) writes images under `DATA_DIR/images/` and appends one
 //!   JSON line per image to `DATA_DIR/generations.jsonl`; the gateway serves the files itself.
@@ -18,6 +19,7 @@ pub mod supabase;
 use std::error::Error;
 use std::fmt;
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,11 @@ pub trait Storage: Send + Sync {
         content_type: &str,
     ) -> Result<String, StorageError>;
 
+    /// Stores the file at `path` at `key` like [`put_image`](Self::put_image), reading it as a
+    /// stream so that a large video never sits whole in memory. The file itself is left where it
+    /// is (the caller removes it); storing the same key twice replaces the object.
+    fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<String, StorageError>;
+
     /// Records metadata rows: all rows of one job in one call. Retrying a call that failed (or
     /// seemed to) does not create duplicate records in Supabase; see each backend for details.
     fn record(&self, rows: &[ImageRecord]) -> Result<(), StorageError>;
@@ -47,8 +54,8 @@ pub trait Storage: Send + Sync {
     fn check(&self) -> Result<(), StorageError>;
 }
 
-/// The metadata of one stored image: one row of the `generations` table, or one line of
-/// `generations.jsonl`.
+/// The metadata of one stored output file (an image, a video, a sound...): one row of the
+/// `generations` table, or one line of `generations.jsonl`.
 ///
 /// `seed` is a full `u64` and serializes as a JSON integer (serde_json writes integers exactly;
 /// nothing here goes through `f64`), so `18446744073709551615` survives the round trip.
@@ -68,18 +75,40 @@ pub struct ImageRecord {
     pub storage_key: String,
     /// Where clients download the image.
     pub url: String,
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
+    /// Width in pixels, where the format says it cheaply (images, MP4/MOV); `null` otherwise.
+    pub width: Option<u32>,
+    /// Height in pixels, like `width`.
+    pub height: Option<u32>,
     /// Size of the stored file in bytes.
     pub bytes: u64,
+    /// What the file is: `image`, `video`, `audio`, `model` or `other` (see
+    /// [`crate::media::Kind`]). Rows written before outputs had kinds read as `image`.
+    #[serde(default = "image_kind")]
+    pub kind: String,
+    /// The file's MIME type, e.g. `video/mp4`. Empty in rows written before it was recorded
+    /// (see [`ImageRecord::fill_in_content_type`]).
+    #[serde(default)]
+    pub content_type: String,
     /// The seed used, if the workflow has one.
     pub seed: Option<u64>,
     /// The parameters as resolved for this job.
     pub params: serde_json::Value,
     /// When the image was stored, RFC 3339 in UTC.
     pub created_at: String,
+}
+
+fn image_kind() -> String {
+    crate::media::Kind::Image.as_str().to_string()
+}
+
+impl ImageRecord {
+    /// Gives a row read from an older spool manifest, which had no `content_type`, the type its
+    /// storage key's extension names.
+    pub fn fill_in_content_type(&mut self) {
+        if self.content_type.is_empty() {
+            self.content_type = crate::media::content_type_for_key(&self.storage_key).to_string();
+        }
+    }
 }
 
 /// How often and how patiently to retry a transient failure.
@@ -438,9 +467,11 @@ mod tests {
             image_index: 0,
             storage_key: "j/0.png".into(),
             url: "u".into(),
-            width: 1,
-            height: 1,
+            width: Some(1),
+            height: Some(1),
             bytes: 1,
+            kind: "image".into(),
+            content_type: "image/png".into(),
             seed: Some(u64::MAX),
             params: serde_json::json!({}),
             created_at: "2026-01-01T00:00:00Z".into(),
@@ -449,5 +480,20 @@ mod tests {
         assert!(json.contains("\"seed\":18446744073709551615"), "{json}");
         let back: ImageRecord = serde_json::from_str(&json).expect("round trip");
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn rows_written_before_kinds_existed_still_read() {
+        let old = r#"{"id":"i","job_id":"j","prompt_id":null,"workflow":"w","image_index":0,
+            "storage_key":"j/0.jpg","url":"u","width":64,"height":48,"bytes":9,"seed":null,
+            "params":{},"created_at":"2026-01-01T00:00:00Z"}"#;
+        let mut row: ImageRecord = serde_json::from_str(old).expect("an old row");
+        assert_eq!((row.kind.as_str(), row.width), ("image", Some(64)));
+        row.fill_in_content_type();
+        assert_eq!(row.content_type, "image/jpeg");
+        // A sound has no size: null, not 0x0.
+        row.width = None;
+        let json = serde_json::to_value(&row).expect("serializes");
+        assert_eq!(json["width"], serde_json::Value::Null);
     }
 }

@@ -1,13 +1,17 @@
-//! The spool: a job's images and rows kept on local disk when storing them failed for good, so
-//! that nothing is lost and a later attempt can finish the job.
+//! The spool: a job's output files and rows kept on local disk when storing them failed for
+//! good, so that nothing is lost and a later attempt can finish the job.
 //!
 //! Layout under the spool folder (normally `DATA_DIR/spool/`):
 //!
 //! ```text
 //! {job_id}/manifest.json   the pending rows and, per image, its key, content type and file
-//! {job_id}/image-0         the image bytes, as they were to be uploaded
+//! {job_id}/image-0         the first file (any kind: PNG, MP4, FLAC...), as it was to be uploaded
 //! .tmp-{job_id}-{uuid}/    a save in progress (ignored; renamed into place when complete)
+//! .staging/{job_id}-{uuid}/ a job's downloads from ComfyUI in progress (see [`Staging`])
 //! ```
+//!
+//! Files come in as paths, not bytes: a save hard-links them (or, across file systems, copies
+//! them as a stream), so a 300 MB video is never held in memory and usually not even copied.
 //!
 //! A save is atomic: everything is written and synced in a hidden temporary folder that is then
 //! renamed to `{job_id}`, so [`Spool::pending`] never sees half a job. A flush uploads the images
@@ -19,7 +23,7 @@
 //! with that.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,8 +33,119 @@ use crate::ids;
 
 const MANIFEST: &str = "manifest.json";
 
-/// An image handed to [`Spool::save`]: its storage key, its bytes and its content type.
-pub type PendingImage = (String, Vec<u8>, String);
+const STAGING: &str = ".staging";
+
+/// A file handed to [`Spool::save`]: its storage key, where it is now, and its content type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFile {
+    /// Where it goes in storage, e.g. `{job_id}/0.mp4`.
+    pub key: String,
+    /// The file as it was to be uploaded; the spool links or copies it, never moves it.
+    pub path: PathBuf,
+    /// Its MIME type, e.g. `video/mp4`.
+    pub content_type: String,
+}
+
+/// A folder for one job's downloads from ComfyUI, on the spool's file system so that spooling
+/// them is a hard link. It is removed, with everything in it, when dropped.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    /// The path of a staged file named `name` (a plain name, e.g. `0.part`).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A file [`Staging::receive`] wrote: where it is, its first bytes and its size.
+#[derive(Debug)]
+pub struct Received {
+    /// The staged file.
+    pub path: PathBuf,
+    /// Its first bytes (up to the `head_len` asked for), to tell what it is.
+    pub head: Vec<u8>,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Why [`Staging::receive`] failed: reading the source, or writing the local file.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// The source failed (for a download: the connection broke, timed out, or sent too much).
+    Read(io::Error),
+    /// The staged file could not be written (disk full, permissions...).
+    Write(io::Error),
+}
+
+impl std::fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceiveError::Read(e) => write!(f, "reading the file: {e}"),
+            ReceiveError::Write(e) => write!(f, "writing the staged file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReceiveError::Read(e) | ReceiveError::Write(e) => Some(e),
+        }
+    }
+}
+
+/// Bytes moved per read while receiving: the only buffer a download needs, whatever its size.
+pub const RECEIVE_BUFFER: usize = 256 * 1024;
+
+impl Staging {
+    /// Copies `source` into the staged file `name` as it arrives, through one
+    /// [`RECEIVE_BUFFER`]-sized buffer, keeping the first `head_len` bytes aside; the file is
+    /// synced to disk before this returns.
+    pub fn receive(
+        &self,
+        name: &str,
+        source: &mut impl Read,
+        head_len: usize,
+    ) -> Result<Received, ReceiveError> {
+        let path = self.path(name);
+        let mut file = File::create(&path).map_err(ReceiveError::Write)?;
+        let mut buffer = vec![0u8; RECEIVE_BUFFER];
+        let mut head = Vec::new();
+        let mut bytes = 0u64;
+        loop {
+            let n = match source.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReceiveError::Read(e)),
+            };
+            let wanted = head_len.saturating_sub(head.len()).min(n);
+            head.extend_from_slice(&buffer[..wanted]);
+            file.write_all(&buffer[..n]).map_err(ReceiveError::Write)?;
+            bytes += n as u64;
+        }
+        file.sync_all().map_err(ReceiveError::Write)?;
+        Ok(Received { path, head, bytes })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("removing staged downloads {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
 
 /// A folder of jobs whose images still have to reach storage.
 #[derive(Debug, Clone)]
@@ -89,19 +204,40 @@ impl Spool {
         &self.dir
     }
 
-    /// Keeps a job's images (`(key, bytes, content_type)`) and pending rows, replacing anything
-    /// spooled earlier for the same job. Returns the job's folder, `{dir}/{job_id}`. Either the
-    /// whole job is saved or, on error, nothing changes.
+    /// A new, empty staging folder for `job_id`'s downloads (see [`Staging`]).
+    pub fn staging(&self, job_id: &str) -> io::Result<Staging> {
+        check_job_id(job_id)?;
+        let dir = self
+            .dir
+            .join(STAGING)
+            .join(format!("{job_id}-{}", ids::new_uuid()));
+        fs::create_dir_all(&dir)?;
+        Ok(Staging { dir })
+    }
+
+    /// Removes downloads a gateway stopped mid-job left behind; call once at start-up, before
+    /// any job runs.
+    pub fn clear_staging(&self) -> io::Result<()> {
+        match fs::remove_dir_all(self.dir.join(STAGING)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps a job's files and pending rows, replacing anything spooled earlier for the same
+    /// job. Returns the job's folder, `{dir}/{job_id}`. Either the whole job is saved or, on
+    /// error, nothing changes. The files are hard-linked where possible, else copied; the
+    /// originals stay where they are.
     pub fn save(
         &self,
         job_id: &str,
-        images: &[PendingImage],
+        files: &[PendingFile],
         rows: &[ImageRecord],
     ) -> io::Result<PathBuf> {
         check_job_id(job_id)?;
         let temp = self.dir.join(format!(".tmp-{job_id}-{}", ids::new_uuid()));
         let result =
-            write_job(&temp, job_id, images, rows).and_then(|()| self.publish(&temp, job_id));
+            write_job(&temp, job_id, files, rows).and_then(|()| self.publish(&temp, job_id));
         if result.is_err() {
             let _ = fs::remove_dir_all(&temp);
         }
@@ -140,7 +276,7 @@ impl Spool {
         Ok(jobs)
     }
 
-    /// Uploads one spooled job's images, sets each row's `url` from the upload, records the
+    /// Uploads one spooled job's files, sets each row's `url` from the upload, records the
     /// rows, and then deletes the job's folder. Returns the rows as recorded. On any failure the
     /// folder stays for the next flush.
     pub fn flush_one(
@@ -153,10 +289,11 @@ impl Spool {
         let job_dir = self.dir.join(job_id);
         let manifest = read_manifest(&job_dir).map_err(|e| StorageError::io(&operation, e))?;
         let mut rows = manifest.rows;
+        rows.iter_mut().for_each(ImageRecord::fill_in_content_type);
         for image in &manifest.images {
-            let bytes = read_image(&job_dir, &image.file)
+            let path = spooled_file(&job_dir, &image.file)
                 .map_err(|e| StorageError::io(format!("{operation}: reading {}", image.key), e))?;
-            let url = storage.put_image(&image.key, &bytes, &image.content_type)?;
+            let url = storage.put_file(&image.key, &path, &image.content_type)?;
             for row in rows.iter_mut().filter(|row| row.storage_key == image.key) {
                 row.url = url.clone();
             }
@@ -170,7 +307,7 @@ impl Spool {
             );
         }
         log::info!(
-            "{operation}: {} images stored in {}",
+            "{operation}: {} files stored in {}",
             manifest.images.len(),
             storage.kind()
         );
@@ -221,21 +358,21 @@ fn check_job_id(job_id: &str) -> io::Result<()> {
     }
 }
 
-/// Writes the images and the manifest into a new folder `dir`, synced to disk.
+/// Links (or copies) the files and writes the manifest into a new folder `dir`, synced to disk.
 fn write_job(
     dir: &Path,
     job_id: &str,
-    images: &[PendingImage],
+    files: &[PendingFile],
     rows: &[ImageRecord],
 ) -> io::Result<()> {
     fs::create_dir(dir)?;
-    let mut spooled = Vec::with_capacity(images.len());
-    for (n, (key, bytes, content_type)) in images.iter().enumerate() {
+    let mut spooled = Vec::with_capacity(files.len());
+    for (n, pending) in files.iter().enumerate() {
         let file = format!("image-{n}");
-        write_synced(&dir.join(&file), bytes)?;
+        link_or_copy_synced(&pending.path, &dir.join(&file))?;
         spooled.push(SpooledImage {
-            key: key.clone(),
-            content_type: content_type.clone(),
+            key: pending.key.clone(),
+            content_type: pending.content_type.clone(),
             file,
         });
     }
@@ -250,9 +387,17 @@ fn write_job(
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    fs::write(path, bytes)?;
+    File::open(path)?.sync_all()
+}
+
+/// A hard link to `source` at `target` (no byte copied), or a streamed copy across file
+/// systems; synced to disk either way.
+fn link_or_copy_synced(source: &Path, target: &Path) -> io::Result<()> {
+    if fs::hard_link(source, target).is_err() {
+        fs::copy(source, target)?;
+    }
+    File::open(target)?.sync_all()
 }
 
 /// Makes a folder's entries (new files, renames) durable.
@@ -265,8 +410,8 @@ fn read_manifest(job_dir: &Path) -> io::Result<Manifest> {
     serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Reads an image named in a manifest; the name must be a plain file inside the job folder.
-fn read_image(job_dir: &Path, file: &str) -> io::Result<Vec<u8>> {
+/// The path of a file named in a manifest; the name must be a plain file inside the job folder.
+fn spooled_file(job_dir: &Path, file: &str) -> io::Result<PathBuf> {
     let plain = file.starts_with("image-") && !file.contains(['/', '\\']) && !file.contains("..");
     if !plain {
         return Err(io::Error::new(
@@ -274,7 +419,9 @@ fn read_image(job_dir: &Path, file: &str) -> io::Result<Vec<u8>> {
             format!("manifest names an unexpected file {file:?}"),
         ));
     }
-    fs::read(job_dir.join(file))
+    let path = job_dir.join(file);
+    fs::metadata(&path)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -306,8 +453,29 @@ mod tests {
             self.rows.lock().expect("test lock").extend_from_slice(rows);
             Ok(())
         }
+        fn put_file(&self, key: &str, path: &Path, ct: &str) -> Result<String, StorageError> {
+            let bytes = fs::read(path).map_err(|e| StorageError::io("reading", e))?;
+            self.put_image(key, &bytes, ct)
+        }
         fn check(&self) -> Result<(), StorageError> {
             Ok(())
+        }
+    }
+
+    /// A file outside the spool, as a job's staging folder holds it.
+    fn staged(spool: &Spool, key: &str, bytes: &[u8], content_type: &str) -> PendingFile {
+        let dir = spool
+            .dir()
+            .parent()
+            .expect("temp")
+            .join(format!("staged-{}", ids::new_uuid()));
+        fs::create_dir_all(&dir).expect("writable");
+        let path = dir.join("0.part");
+        fs::write(&path, bytes).expect("writable");
+        PendingFile {
+            key: key.into(),
+            path,
+            content_type: content_type.into(),
         }
     }
 
@@ -325,9 +493,11 @@ mod tests {
             image_index: index,
             storage_key: format!("{job}/{index}.png"),
             url: String::new(),
-            width: 8,
-            height: 8,
+            width: Some(8),
+            height: Some(8),
             bytes: 3,
+            kind: "image".into(),
+            content_type: "image/png".into(),
             seed: Some(u64::MAX),
             params: serde_json::json!({}),
             created_at: "2026-11-24T04:49:01Z".into(),
@@ -338,21 +508,17 @@ mod tests {
     fn save_then_flush_delivers_everything_and_empties_the_spool() {
         let spool = spool();
         let job = ids::new_uuid();
-        let images = vec![
-            (
-                format!("{job}/0.png"),
-                b"one".to_vec(),
-                "image/png".to_string(),
-            ),
-            (
-                format!("{job}/1.png"),
-                b"two".to_vec(),
-                "image/png".to_string(),
-            ),
+        let files = vec![
+            staged(&spool, &format!("{job}/0.png"), b"one", "image/png"),
+            staged(&spool, &format!("{job}/1.mp4"), b"two", "video/mp4"),
         ];
         let path = spool
-            .save(&job, &images, &[row(&job, 0), row(&job, 1)])
+            .save(&job, &files, &[row(&job, 0), row(&job, 1)])
             .expect("saved");
+        // The originals stay where they were; the spool has its own copies (or links).
+        for file in &files {
+            fs::remove_file(&file.path).expect("the original is still there");
+        }
         assert_eq!(path, spool.dir().join(&job));
         assert_eq!(
             spool.pending().expect("listable"),
@@ -361,8 +527,20 @@ mod tests {
 
         let storage = Memory::default();
         let rows = spool.flush_one(&job, &storage).expect("flushed");
-        assert_eq!(*storage.images.lock().expect("lock"), images);
-        assert_eq!(rows[1].url, format!("mem://{job}/1.png"));
+        let want = vec![
+            (
+                format!("{job}/0.png"),
+                b"one".to_vec(),
+                "image/png".to_string(),
+            ),
+            (
+                format!("{job}/1.mp4"),
+                b"two".to_vec(),
+                "video/mp4".to_string(),
+            ),
+        ];
+        assert_eq!(*storage.images.lock().expect("lock"), want);
+        assert_eq!(rows[0].url, format!("mem://{job}/0.png"));
         assert_eq!(*storage.rows.lock().expect("lock"), rows);
         assert!(!path.exists());
         assert!(spool.pending().expect("listable").is_empty());
@@ -373,11 +551,7 @@ mod tests {
     fn a_failed_flush_keeps_the_job_and_saving_again_replaces_it() {
         let spool = spool();
         let job = ids::new_uuid();
-        let image = (
-            format!("{job}/0.png"),
-            b"v1".to_vec(),
-            "image/png".to_string(),
-        );
+        let image = staged(&spool, &format!("{job}/0.png"), b"v1", "image/png");
         spool.save(&job, &[image], &[row(&job, 0)]).expect("saved");
         let failing = Memory {
             fail: true,
@@ -391,11 +565,7 @@ mod tests {
             std::slice::from_ref(&job)
         );
 
-        let image = (
-            format!("{job}/0.png"),
-            b"v2".to_vec(),
-            "image/png".to_string(),
-        );
+        let image = staged(&spool, &format!("{job}/0.png"), b"v2", "image/png");
         spool
             .save(&job, &[image], &[row(&job, 0)])
             .expect("saved again");
@@ -411,6 +581,107 @@ mod tests {
         let storage = Memory::default();
         spool.flush_one(&job, &storage).expect("flushed");
         assert_eq!(storage.images.lock().expect("lock")[0].1, b"v2");
+        fs::remove_dir_all(spool.dir()).expect("cleanup");
+    }
+
+    /// A reader that hands out `len` generated bytes, then fails if told to.
+    struct Generated {
+        left: usize,
+        fail_at_end: bool,
+    }
+
+    impl Read for Generated {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return match self.fail_at_end {
+                    true => Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset")),
+                    false => Ok(0),
+                };
+            }
+            let n = buf.len().min(self.left).min(10_000);
+            buf[..n].fill(b'v');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn receiving_writes_the_whole_stream_and_keeps_only_its_head() {
+        let spool = spool();
+        let staging = spool.staging(&ids::new_uuid()).expect("created");
+        let len = 3 * RECEIVE_BUFFER + 17;
+        let mut source = Generated {
+            left: len,
+            fail_at_end: false,
+        };
+        let received = staging
+            .receive("0.part", &mut source, 100)
+            .expect("received");
+        assert_eq!(received.bytes, len as u64);
+        assert_eq!(received.head, vec![b'v'; 100]);
+        assert_eq!(
+            fs::metadata(&received.path).expect("staged").len(),
+            len as u64
+        );
+
+        let mut broken = Generated {
+            left: 5,
+            fail_at_end: true,
+        };
+        let error = staging
+            .receive("1.part", &mut broken, 100)
+            .expect_err("the source broke");
+        assert!(matches!(error, ReceiveError::Read(_)), "{error:?}");
+        fs::remove_dir_all(spool.dir()).expect("cleanup");
+    }
+
+    #[test]
+    fn staging_folders_vanish_when_dropped_and_are_not_spooled_jobs() {
+        let spool = spool();
+        let job = ids::new_uuid();
+        let staging = spool.staging(&job).expect("created");
+        fs::write(staging.path("0.part"), b"half a video").expect("writable");
+        assert!(spool.pending().expect("listable").is_empty());
+        assert_eq!(spool.image_count(), 0);
+        let dir = staging.dir().to_path_buf();
+        drop(staging);
+        assert!(!dir.exists());
+
+        // Left behind by a gateway that stopped mid-job: cleared at start-up.
+        let left = spool.staging(&job).expect("created");
+        fs::write(left.path("0.part"), b"x").expect("writable");
+        std::mem::forget(left);
+        spool.clear_staging().expect("cleared");
+        assert!(!spool.dir().join(STAGING).exists());
+        spool.clear_staging().expect("nothing to clear is fine");
+        assert!(spool.staging("../x").is_err());
+        fs::remove_dir_all(spool.dir()).expect("cleanup");
+    }
+
+    #[test]
+    fn manifests_from_before_content_types_were_recorded_still_flush() {
+        let spool = spool();
+        let job = ids::new_uuid();
+        let image = staged(&spool, &format!("{job}/0.jpg"), b"jpeg", "image/jpeg");
+        let mut old_row = row(&job, 0);
+        old_row.storage_key = format!("{job}/0.jpg");
+        let dir = spool.save(&job, &[image], &[old_row]).expect("saved");
+        // Rewrite the manifest as an older gateway wrote it: no kind, no content_type.
+        let manifest = dir.join(MANIFEST);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&manifest).expect("readable")).expect("JSON");
+        for row in json["rows"].as_array_mut().expect("rows") {
+            let row = row.as_object_mut().expect("a row");
+            row.remove("kind");
+            row.remove("content_type");
+        }
+        fs::write(&manifest, json.to_string()).expect("writable");
+        let storage = Memory::default();
+        let rows = spool.flush_one(&job, &storage).expect("flushed");
+        assert_eq!(
+            (rows[0].kind.as_str(), rows[0].content_type.as_str()),
+            ("image", "image/jpeg")
+        );
         fs::remove_dir_all(spool.dir()).expect("cleanup");
     }
 

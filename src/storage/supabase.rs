@@ -3,8 +3,9 @@
 //! The exchanges follow the Supabase Storage API server and PostgREST as captured from the real
 //! services:
 //!
-//! - upload: `POST /storage/v1/object/{bucket}/{key}` with the bytes and `x-upsert: true`. Keys
-//!   are unique per job (`{job_id}/{index}.png`), so the only way a key already exists is that an
+//! - upload: `POST /storage/v1/object/{bucket}/{key}` with the bytes, their `Content-Type`
+//!   (`image/png`, `video/mp4`, `audio/flac`, ...) and `x-upsert: true`; large files stream from
+//!   disk with a `Content-Length`. Keys are unique per job (`{job_id}/{index}.{ext}`), so the only way a key already exists is that an
 //!   earlier try of the same upload got through before its answer was lost; overwriting it with
 //!   the same bytes is harmless, and that is what makes a retry safe.
 //! - URL: public (`/storage/v1/object/public/{bucket}/{key}`) when the TTL is 0, else a signed
@@ -134,6 +135,44 @@ impl SupabaseStorage {
 
     /// Uploads `bytes` to `key`, replacing any object already there; retries transient failures.
     pub fn upload(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<(), StorageError> {
+        self.upload_with(key, content_type, |request| request.send(bytes))
+    }
+
+    /// Uploads the file at `path` to `key` like [`upload`](Self::upload), streaming it from
+    /// disk with its `Content-Length` (a 300 MB video never sits in memory); each retry reopens
+    /// the file. The request may take `request_timeout` plus one second per MiB, so a large
+    /// video is not cut off by a timeout meant for API calls.
+    pub fn upload_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let operation = format!("uploading {key} to Supabase");
+        // Checked once up front: a missing file is not worth retrying.
+        let len = std::fs::metadata(path)
+            .map_err(|e| StorageError::io(format!("{operation}: reading {}", path.display()), e))?
+            .len();
+        let timeout = self.options.request_timeout + Duration::from_secs(len / (1024 * 1024));
+        self.upload_with(key, content_type, |request| {
+            let file = std::fs::File::open(path).map_err(ureq::Error::Io)?;
+            request
+                .config()
+                .timeout_per_call(Some(timeout))
+                .build()
+                .send(file)
+        })
+    }
+
+    /// One upload to `key`, retried; `send` sends the prepared request with the body.
+    fn upload_with(
+        &self,
+        key: &str,
+        content_type: &str,
+        send: impl Fn(
+            ureq::RequestBuilder<ureq::typestate::WithBody>,
+        ) -> Result<Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(), StorageError> {
         let operation = format!("uploading {key} to Supabase");
         let url = format!(
             "{}/storage/v1/object/{}/{}",
@@ -147,7 +186,7 @@ impl SupabaseStorage {
                 .header("Content-Type", content_type)
                 .header("x-upsert", "true")
                 .header("cache-control", "max-age=3600");
-            match self.answer(&operation, request.send(bytes)) {
+            match self.answer(&operation, send(request)) {
                 Ok(_) => Ok(()),
                 // Only reachable if the server ignored x-upsert: then a retry finding the key
                 // means the earlier try stored it.
@@ -203,6 +242,14 @@ impl SupabaseStorage {
         }
     }
 
+    /// The public URL of a stored object, or a signed one when `signed_url_ttl_secs` is above 0.
+    fn url_for(&self, key: &str) -> Result<String, StorageError> {
+        match self.options.signed_url_ttl_secs {
+            0 => Ok(self.public_url(key)),
+            ttl => self.signed_url(key, ttl),
+        }
+    }
+
     /// Adds the key headers every Supabase request needs.
     fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         request
@@ -247,10 +294,19 @@ impl Storage for SupabaseStorage {
         content_type: &str,
     ) -> Result<String, StorageError> {
         self.upload(key, bytes, content_type)?;
-        match self.options.signed_url_ttl_secs {
-            0 => Ok(self.public_url(key)),
-            ttl => self.signed_url(key, ttl),
-        }
+        self.url_for(key)
+    }
+
+    /// Uploads the file streaming from disk (retrying transient failures), then returns its URL
+    /// as [`put_image`](Storage::put_image) does.
+    fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> Result<String, StorageError> {
+        self.upload_file(key, path, content_type)?;
+        self.url_for(key)
     }
 
     /// Upserts all rows in one request on `(job_id, image_index)`, so a retry (ours, or a later

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 pub use graph::check_raw_graph;
 pub use input_image::InputImage;
 pub use params::{ParamDefault, ParamErrors, ParamSpec, ParamType, Target};
-pub use template::{BuildError, Resolved, Template, TemplateProblem};
+pub use template::{BuildError, OutputTypes, Resolved, Template, TemplateProblem};
 
 /// All templates of a workflows directory, by name.
 #[derive(Debug, Clone, Default)]

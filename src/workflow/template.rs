@@ -25,6 +25,59 @@ pub struct Template {
     pub parameters: BTreeMap<String, ParamSpec>,
     /// The API-format graph as the file has it; parameters fill copies of it.
     pub graph: Map<String, Value>,
+    /// Which of ComfyUI's file types a job keeps (the file's `outputs` field).
+    pub outputs: OutputTypes,
+}
+
+/// Which of ComfyUI's file types a job collects and stores: a template's `"outputs"` field.
+///
+/// ComfyUI writes saved files (`SaveImage`, `SaveVideo`, `SaveAudio`...) with type `output`, and
+/// previews (`PreviewImage`, `PreviewAudio`...) with type `temp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputTypes {
+    /// No `outputs` field: the saved files, or the previews when the graph saved none (so that a
+    /// graph ending in `PreviewImage` still gives its images).
+    #[default]
+    SavedOrPreviews,
+    /// `["output"]`: saved files only.
+    Saved,
+    /// `["temp"]`: previews only.
+    Previews,
+    /// `["output", "temp"]`: both.
+    Both,
+}
+
+impl OutputTypes {
+    /// Reads a template's `outputs` list: `"output"` and/or `"temp"`, at least one.
+    fn from_list(list: &[String]) -> Result<OutputTypes, String> {
+        if let Some(odd) = list
+            .iter()
+            .find(|t| !matches!(t.as_str(), "output" | "temp"))
+        {
+            return Err(format!(
+                "{odd:?} is not a ComfyUI file type: use \"output\" and/or \"temp\""
+            ));
+        }
+        let has = |name: &str| list.iter().any(|t| t == name);
+        match (has("output"), has("temp")) {
+            (true, true) => Ok(OutputTypes::Both),
+            (true, false) => Ok(OutputTypes::Saved),
+            (false, true) => Ok(OutputTypes::Previews),
+            (false, false) => Err("the list is empty: name \"output\" and/or \"temp\"".into()),
+        }
+    }
+
+    /// Whether a file of ComfyUI type `kind` (`output`, `temp`, ...) is wanted, given whether the
+    /// prompt saved any `output` file at all.
+    pub fn wants(self, kind: &str, saved_any: bool) -> bool {
+        let temp = kind == "temp";
+        match self {
+            OutputTypes::SavedOrPreviews => temp != saved_any,
+            OutputTypes::Saved => !temp,
+            OutputTypes::Previews => temp,
+            OutputTypes::Both => true,
+        }
+    }
 }
 
 /// A template file exactly as written.
@@ -36,6 +89,8 @@ struct TemplateFile {
     #[serde(default)]
     parameters: BTreeMap<String, ParamFile>,
     graph: Map<String, Value>,
+    #[serde(default)]
+    outputs: Option<Vec<String>>,
 }
 
 /// Why a template file's contents were refused. [`super::TemplateError`] adds the file.
@@ -47,6 +102,8 @@ pub enum TemplateProblem {
     Name(String),
     /// The graph is malformed: a node without `class_type`/`inputs`, a link to a missing node.
     Graph(String),
+    /// The `outputs` list names something other than `output` and `temp`, or nothing.
+    Outputs(String),
     /// A parameter is incoherent or targets something the graph does not have.
     Parameter {
         /// The parameter's name.
@@ -65,6 +122,7 @@ impl fmt::Display for TemplateProblem {
                 "template name {name:?} may only use letters, digits, '-', '_' and '.'"
             ),
             TemplateProblem::Graph(reason) => write!(f, "graph: {reason}"),
+            TemplateProblem::Outputs(reason) => write!(f, "outputs: {reason}"),
             TemplateProblem::Parameter { name, reason } => {
                 write!(f, "parameter {name:?}: {reason}")
             }
@@ -137,6 +195,10 @@ impl Template {
         }
         let file: TemplateFile = serde_json::from_str(text).map_err(TemplateProblem::Json)?;
         check_graph(&file.graph).map_err(TemplateProblem::Graph)?;
+        let outputs = match &file.outputs {
+            None => OutputTypes::default(),
+            Some(list) => OutputTypes::from_list(list).map_err(TemplateProblem::Outputs)?,
+        };
         let mut parameters = BTreeMap::new();
         let mut written: BTreeMap<Target, String> = BTreeMap::new();
         for (param, raw) in file.parameters {
@@ -164,6 +226,7 @@ impl Template {
             description: file.description,
             parameters,
             graph: file.graph,
+            outputs,
         })
     }
 

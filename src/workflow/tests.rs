@@ -544,3 +544,49 @@ fn raw_graphs_are_checked_for_shape_only() {
     assert!(broken.0.contains_key("graph.3"));
     assert_eq!(broken.0.len(), 3);
 }
+
+#[test]
+fn a_templates_outputs_field_chooses_saved_files_previews_or_both() {
+    let parse = |outputs: Option<Value>| {
+        let mut text = json!({"graph": {"9": {"class_type": "SaveVideo", "inputs": {}}}});
+        if let Some(outputs) = outputs {
+            text["outputs"] = outputs;
+        }
+        Template::parse("video", &text.to_string())
+    };
+    let types = |outputs| parse(Some(outputs)).map(|t| t.outputs);
+    assert_eq!(
+        parse(None).expect("no field").outputs,
+        OutputTypes::SavedOrPreviews
+    );
+    assert_eq!(types(json!(["output"])).expect("valid"), OutputTypes::Saved);
+    assert_eq!(
+        types(json!(["temp"])).expect("valid"),
+        OutputTypes::Previews
+    );
+    assert_eq!(
+        types(json!(["temp", "output"])).expect("valid"),
+        OutputTypes::Both
+    );
+    for (bad, why) in [
+        (json!([]), "outputs: the list is empty"),
+        (
+            json!(["input"]),
+            "outputs: \"input\" is not a ComfyUI file type",
+        ),
+        (json!("output"), "not a valid template file"),
+    ] {
+        let problem = types(bad).expect_err("refused").to_string();
+        assert!(problem.starts_with(why), "{problem}");
+    }
+
+    // Without the field, previews count only when nothing was saved.
+    let default = OutputTypes::default();
+    assert!(default.wants("output", true) && !default.wants("temp", true));
+    assert!(default.wants("temp", false));
+    assert!(!OutputTypes::Saved.wants("temp", false));
+    assert!(OutputTypes::Both.wants("temp", true) && OutputTypes::Both.wants("output", true));
+    assert!(
+        OutputTypes::Previews.wants("temp", true) && !OutputTypes::Previews.wants("output", true)
+    );
+}

@@ -142,6 +142,65 @@ async function checkParsers(page) {
   'JSON reader keeps 64-bit integers exact and leaves strings alone', JSON.stringify(json));
 }
 
+/** Outputs of every kind and live previews, shown from synthetic events (the simulator makes PNGs only). */
+async function checkOutputsAndPreviews(page) {
+  const shownOutputs = await page.evaluate(() => {
+    showResult({
+      images: [
+        { url: '/images/j/0.png', kind: 'image', content_type: 'image/png', width: 64, height: 48, bytes: 2048 },
+        { url: '/images/j/1.mp4', kind: 'video', content_type: 'video/mp4', width: 832, height: 480, bytes: 3145728 },
+        { url: '/images/j/2.flac', kind: 'audio', content_type: 'audio/flac', width: null, height: null, bytes: 4096 },
+        { url: '/images/j/3.glb', kind: 'model', content_type: 'model/gltf-binary', width: null, height: null, bytes: 1024 },
+      ],
+      warnings: [{ code: 'output_dropped', node: '12', message: 'output node 12 (SaveAudio) will not run: node 10 (KSampler): Value not in list' }],
+      params: {},
+    });
+    const figures = [...document.querySelectorAll('#images figure')].map((f) => ({
+      kind: f.dataset.kind,
+      media: f.firstElementChild.tagName,
+      controls: f.firstElementChild.hasAttribute('controls'),
+      caption: f.querySelector('figcaption').textContent,
+    }));
+    const warnings = document.querySelector('#warnings');
+    const result = { figures, warnings: warnings.hidden ? '' : warnings.textContent };
+    resetJobView();
+    return result;
+  });
+  const [image, video, audio, model] = shownOutputs.figures;
+  check(image.media === 'IMG' && video.media === 'VIDEO' && video.controls && audio.media === 'AUDIO'
+    && audio.controls && model.media === 'FIGCAPTION' && model.caption.includes('model/gltf-binary · 1 KB · download'),
+  'the result shows images, <video> and <audio> with controls, and other files as a link', JSON.stringify(shownOutputs.figures));
+  check(video.caption.startsWith('832×480 · video/mp4 · 3.0 MB') && !audio.caption.includes('×'),
+    'captions give sizes only where known', JSON.stringify(shownOutputs.figures));
+  check(shownOutputs.warnings.includes('output node 12 (SaveAudio) will not run'),
+    'warnings (outputs a partial graph dropped) are shown with the result', shownOutputs.warnings);
+
+  const preview = await page.evaluate(() => {
+    const png = 'data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==';
+    const running = { done: false };
+    const img = document.querySelector('#live-preview');
+    showPreview(running, { job_id: 'j', node: '3', content_type: 'image/png', image: png });
+    const whileRunning = { hidden: img.hidden, src: img.getAttribute('src'), alt: img.alt };
+    showPreview(running, { image: 'javascript:alert(1)' });
+    const afterBad = img.getAttribute('src');
+    showPreview({ done: true }, { image: png.replace('iVBOR', 'iVBOX') });
+    const afterDone = img.getAttribute('src');
+    hidePreview();
+    document.querySelector('#previews').checked = true;
+    const body = requestBody(selectedWorkflow()).text;
+    document.querySelector('#previews').checked = false;
+    const without = requestBody(selectedWorkflow()).text;
+    return { whileRunning, afterBad, afterDone, png, hiddenAfter: img.hidden, body, without };
+  });
+  check(!preview.whileRunning.hidden && preview.whileRunning.src === preview.png
+    && preview.whileRunning.alt === 'Live preview from node 3',
+  'a preview event shows its picture while the job runs', JSON.stringify(preview.whileRunning));
+  check(preview.afterBad === preview.png && preview.afterDone === preview.png && preview.hiddenAfter,
+    'only data:image URLs are shown, none after the job ended, and the preview hides at the end');
+  check(preview.body.includes('"previews":true') && !preview.without.includes('previews'),
+    'the live-previews checkbox asks for "previews": true', preview.body);
+}
+
 // ---- The tour without an API key. ----
 
 async function tour(browser) {
@@ -167,6 +226,7 @@ async function tour(browser) {
   await page.selectOption('#workflow', 'txt2img');
 
   await checkParsers(page);
+  await checkOutputsAndPreviews(page);
 
   // Bad input: the gateway's invalid_params details are shown per field.
   await fillTxt2img(page, { prompt: '', steps: 500 });

@@ -328,10 +328,14 @@ fn generations_table() -> Table {
             "width",
             "height",
             "bytes",
+            "kind",
+            "content_type",
             "seed",
             "params",
             "created_at",
         ],
+        // As the README's CREATE TABLE (and ALTER TABLE) leave it: width and height may be null
+        // (a sound has neither); kind and content_type have defaults.
         not_null: &[
             "id",
             "job_id",
@@ -339,9 +343,9 @@ fn generations_table() -> Table {
             "image_index",
             "storage_key",
             "url",
-            "width",
-            "height",
             "bytes",
+            "kind",
+            "content_type",
         ],
         unique: &[&["id"], &["job_id", "image_index"]],
         rows: Vec::new(),
@@ -956,6 +960,10 @@ fn complete_row(table: &Table, name: &str, row: Value) -> Result<Value, Reply> {
         ));
     }
     fields.entry("params").or_insert_with(|| json!({}));
+    fields.entry("kind").or_insert_with(|| json!("image"));
+    fields
+        .entry("content_type")
+        .or_insert_with(|| json!("image/png"));
     fields
         .entry("created_at")
         .or_insert_with(|| json!("2026-11-24T04:49:01.705+00:00"));
