@@ -47,6 +47,7 @@ pub mod api;
 pub mod app;
 pub mod comfyui;
 pub mod config;
+pub mod convert;
 pub mod ids;
 pub mod image;
 pub mod job;

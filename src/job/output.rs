@@ -140,6 +140,11 @@ fn fetch_images(req: &StoreRequest<'_>, entry: &HistoryEntry) -> Result<Vec<Coll
                     source.filename
                 ))
             })?;
+        // Output conversion (issue 10): the request's `output_format`/`quality` once the job
+        // carries its `RequestOptions`; PNG (the default) stores the image as it is.
+        let output = crate::api::RequestOptions::default();
+        let image = crate::convert::for_storage(image, output.output_format, output.quality)
+            .map_err(|e| ApiError::internal(format!("converting {}: {e}", source.filename)))?;
         let key = format!("{}/{index}.{}", req.job.id(), extension(image.content_type));
         collected.push(Collected {
             node,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tiny_http::{Method, Request, Response, StatusCode};
 
 use super::{auth, reply};
-use crate::api::{ApiError, ErrorCode, GenerateRequest};
+use crate::api::{ApiError, ErrorCode, JobRequest};
 use crate::app::App;
 use crate::ids::JobId;
 use crate::job::{self, Job, JobState};
@@ -195,8 +195,10 @@ fn workflow(app: &App, request: Request, name: &str) {
 /// Reads, parses and submits a generation request; the job exists once this returns `Ok`.
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
-    let parsed = GenerateRequest::parse(&body, &app.config.default_workflow)?;
-    job::submit(app, parsed)
+    let request = JobRequest::parse(&body, &app.config.default_workflow)?;
+    // TODO(lead, issue 10): `request.options` (priority, previews, output_format, quality) go
+    // with the job once the job code carries them; see `job::output` for the conversion.
+    job::submit(app, request.generate)
 }
 
 fn wants_json(request: &Request) -> bool {
