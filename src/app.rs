@@ -15,7 +15,7 @@ use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
 use crate::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use crate::storage::{RetryPolicy, Storage};
-use crate::workflow::Templates;
+use crate::workflow::{Installed, Templates};
 
 /// Everything a request or a job needs.
 pub struct App {
@@ -37,6 +37,9 @@ pub struct App {
     pub run: RunSettings,
     /// Counters for `GET /metrics`.
     pub metrics: Metrics,
+    /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
+    /// demand. The backend monitor calls `installed.refresh(url)` when a backend restarts.
+    pub installed: Installed,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -83,7 +86,9 @@ impl App {
             png_metadata: config.png_metadata,
             ..RunSettings::default()
         };
+        let installed = Installed::new(&backends, &templates);
         Ok(App {
+            installed,
             jobs: JobRegistry::new(config.max_active_jobs, config.job_retention),
             templates,
             backends,

@@ -52,6 +52,7 @@ pub mod ids;
 pub mod image;
 pub mod job;
 pub mod metrics;
+pub mod openapi;
 pub mod percent;
 pub mod server;
 pub mod sim;

@@ -8,6 +8,8 @@ mod auth;
 mod reply;
 mod routes;
 
+pub use routes::{Body, ENDPOINTS, Endpoint, ROUTER_ERRORS};
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
