@@ -143,6 +143,13 @@ impl Installed {
     ) -> (BTreeMap<String, ParamChoices>, BTreeMap<String, String>) {
         let mut unavailable = BTreeMap::new();
         let mut readable = Vec::new();
+        let has_strings = template
+            .parameters
+            .values()
+            .any(|spec| spec.kind == ParamType::String);
+        if !has_strings {
+            return (BTreeMap::new(), unavailable); // nothing to look up: ComfyUI is not asked
+        }
         for backend in &self.backends {
             let url = backend.client.base_url();
             match self.cached(backend) {
