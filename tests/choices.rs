@@ -21,6 +21,10 @@ struct FakeObjectInfo {
     url: String,
     checkpoints: Arc<Mutex<Vec<String>>>,
     prompts: Arc<Mutex<usize>>,
+    /// `/object_info` requests received.
+    reads: Arc<Mutex<usize>>,
+    /// While true, `/object_info` answers 500.
+    broken: Arc<Mutex<bool>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -35,16 +39,28 @@ impl FakeObjectInfo {
                 .collect::<Vec<_>>(),
         ));
         let prompts = Arc::new(Mutex::new(0));
+        let reads = Arc::new(Mutex::new(0));
+        let broken = Arc::new(Mutex::new(false));
         let (serving, list, count) = (
             Arc::clone(&server),
             Arc::clone(&checkpoints),
             Arc::clone(&prompts),
         );
+        let (read_count, is_broken) = (Arc::clone(&reads), Arc::clone(&broken));
         let thread = std::thread::spawn(move || {
             while let Ok(mut request) = serving.recv() {
                 let mut body = Vec::new();
                 let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
                 let url = request.url().to_string();
+                if url.starts_with("/object_info") {
+                    *read_count.lock().expect("reads") += 1;
+                    if *is_broken.lock().expect("broken") {
+                        let _ = request.respond(
+                            tiny_http::Response::from_string("boom").with_status_code(500),
+                        );
+                        continue;
+                    }
+                }
                 let answer = match url.as_str() {
                     "/object_info/CheckpointLoaderSimple" => {
                         let list = list.lock().expect("list").clone();
@@ -74,6 +90,8 @@ impl FakeObjectInfo {
             url: format!("http://127.0.0.1:{port}"),
             checkpoints,
             prompts,
+            reads,
+            broken,
             thread: Some(thread),
         }
     }
@@ -304,4 +322,34 @@ fn a_backend_that_cannot_be_read_leaves_free_text_and_says_so() {
     let (status, body) = h.post_json("/workflows/refresh", &json!({}));
     assert_eq!(status, 200);
     assert!(body["backends"][&dead].is_string(), "{body}");
+}
+
+#[test]
+fn a_failed_read_is_not_repeated_by_every_request_until_refreshed() {
+    let fake = FakeObjectInfo::start(&["a.safetensors"]);
+    *fake.broken.lock().expect("broken") = true;
+    let h = Harness::with(backends(&[&fake.url]));
+    let reads = || *fake.reads.lock().expect("reads");
+    let (_, schema) = h.get_json("/workflows/txt2img");
+    assert!(
+        schema["choices_unavailable"][&fake.url]
+            .as_str()
+            .is_some_and(|why| why.contains("500")),
+        "{schema}"
+    );
+    let after_first = reads();
+    assert_eq!(after_first, 1, "the first failing class ends the read");
+    for _ in 0..3 {
+        h.get_json("/workflows/txt2img");
+    }
+    assert_eq!(reads(), after_first, "not asked again within RETRY_AFTER");
+    *fake.broken.lock().expect("broken") = false;
+    let (_, body) = h.post_json("/workflows/refresh", &json!({}));
+    assert_eq!(body["backends"][&fake.url], Value::Null);
+    let (_, schema) = h.get_json("/workflows/txt2img");
+    assert_eq!(
+        strings(&schema["parameters"]["checkpoint"]["choices"]),
+        ["a.safetensors"]
+    );
+    assert!(schema.get("choices_unavailable").is_none());
 }

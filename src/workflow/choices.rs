@@ -44,7 +44,6 @@ struct Backend {
 type Combos = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
 /// What is known of one backend.
-#[derive(Clone)]
 enum State {
     /// Not asked yet.
     Unread,
@@ -256,16 +255,20 @@ impl Installed {
 
     /// The backend's combos, reading it when it was never read or failed long enough ago.
     fn cached(&self, backend: &Backend) -> Result<Arc<Combos>, String> {
-        let state = backend
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match state {
-            State::Read(combos) => Ok(combos),
-            State::Failed { reason, at } if at.elapsed() < RETRY_AFTER => Err(reason),
-            _ => self.read(backend),
+        {
+            let mut state = backend.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match &mut *state {
+                State::Read(combos) => return Ok(Arc::clone(combos)),
+                State::Failed { reason, at } if at.elapsed() < RETRY_AFTER => {
+                    return Err(reason.clone());
+                }
+                // This request retries; the others keep the failure meanwhile instead of all
+                // waiting on the same unresponsive backend.
+                State::Failed { at, .. } => *at = Instant::now(),
+                State::Unread => {}
+            }
         }
+        self.read(backend)
     }
 
     /// Asks the backend now (the lock is not held meanwhile) and keeps the answer.
