@@ -519,6 +519,33 @@ mod tests {
     }
 
     #[test]
+    fn for_storage_updates_the_image_or_keeps_it() {
+        let png = png_image(12, 10, png::ColorType::Rgba, png::BitDepth::Eight);
+        let processed = ProcessedImage {
+            bytes: png.clone(),
+            width: 12,
+            height: 10,
+            content_type: "image/png",
+        };
+        let webp = for_storage(processed.clone(), OutputFormat::Webp, None).expect("converts");
+        assert_eq!(
+            (webp.content_type, webp.width, webp.height),
+            ("image/webp", 12, 10)
+        );
+        assert_eq!(webp_pixels(&webp.bytes).0, (12, 10));
+        let same = for_storage(processed.clone(), OutputFormat::Png, None).expect("no-op");
+        assert_eq!(same, processed);
+        let jpeg_in = ProcessedImage {
+            bytes: b"\xff\xd8\xff\xe0".to_vec(),
+            width: 0,
+            height: 0,
+            content_type: "image/jpeg",
+        };
+        let kept = for_storage(jpeg_in.clone(), OutputFormat::Webp, None).expect("kept");
+        assert_eq!(kept, jpeg_in);
+    }
+
+    #[test]
     fn a_broken_png_is_an_error_not_a_panic() {
         let mut png = png_image(8, 8, png::ColorType::Rgb, png::BitDepth::Eight);
         png.truncate(png.len() / 2);
