@@ -28,6 +28,7 @@ use serde_json::{Map, Value, json};
 use comfyui_gateway::app::App;
 use comfyui_gateway::comfyui::Monitor;
 use comfyui_gateway::config::Config;
+use comfyui_gateway::convert::{self, OutputFormat};
 use comfyui_gateway::image::{self, PngMetadata};
 use comfyui_gateway::server::Server;
 use comfyui_gateway::workflow::Templates;
@@ -140,6 +141,7 @@ fn main() -> BenchResult<()> {
     let templates = bench_templates()?;
     let connections = bench_connections()?;
     let large = bench_large_output()?;
+    let conversion = bench_conversion()?;
 
     print_jobs(&mut out, "1. Gateway overhead per job", &json_runs)?;
     print_jobs(&mut out, "2. Streaming", &sse_runs)?;
@@ -149,6 +151,7 @@ fn main() -> BenchResult<()> {
     print_templates(&mut out, &templates)?;
     print_connections(&mut out, &connections)?;
     print_large_output(&mut out, &large)?;
+    print_conversion(&mut out, &conversion)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
@@ -1539,5 +1542,101 @@ fn print_large_output(out: &mut String, large: &LargeOutput) -> BenchResult<()> 
         large.peak_rss_kib.saturating_sub(large.rss_before_kib) as f64 / 1024.0,
         mib(large.heap_peak_above_start as f64),
     )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8: output conversion
+
+/// One conversion of one image.
+struct ConversionRow {
+    side: u32,
+    kind: &'static str,
+    format: &'static str,
+    input_bytes: usize,
+    per_image: Duration,
+    output_bytes: usize,
+}
+
+/// A `side`×`side` RGB PNG of gradients with pixel noise of amplitude `mask + 1`: 31 compresses
+/// about as badly as a detailed generated picture, 3 about as well as a flat illustration.
+fn noisy_png(side: u32, mask: u64) -> BenchResult<Vec<u8>> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state & mask) as u8
+    };
+    let n = side as usize;
+    let mut pixels = Vec::with_capacity(n * n * 3);
+    for y in 0..n {
+        for x in 0..n {
+            pixels.push(((x * 256 / n) as u8).wrapping_add(noise()));
+            pixels.push(((y * 256 / n) as u8).wrapping_add(noise()));
+            pixels.push((((x + y) * 128 / n) as u8).wrapping_add(noise()));
+        }
+    }
+    encode_rgb(&pixels, side, side, None)
+}
+
+fn bench_conversion() -> BenchResult<Vec<ConversionRow>> {
+    note("7. output conversion");
+    let mut rows = Vec::new();
+    for (side, kind, mask) in [
+        (1024, "noisy", 0x1f),
+        (1024, "smooth", 0x03),
+        (2048, "noisy", 0x1f),
+        (2048, "smooth", 0x03),
+    ] {
+        let input = noisy_png(side, mask)?;
+        let targets = [
+            ("jpeg q90", OutputFormat::Jpeg, Some(90)),
+            ("webp lossless", OutputFormat::Webp, None),
+        ];
+        for (format, target, quality) in targets {
+            let run = || -> BenchResult<Vec<u8>> {
+                let converted =
+                    convert::convert(std::hint::black_box(&input), "image/png", target, quality)?
+                        .ok_or("a PNG is always converted")?;
+                Ok(converted.bytes)
+            };
+            let output_bytes = run()?.len();
+            let runs = if side == 1024 { 5 } else { 3 };
+            let started = Instant::now();
+            for _ in 0..runs {
+                std::hint::black_box(run()?);
+            }
+            rows.push(ConversionRow {
+                side,
+                kind,
+                format,
+                input_bytes: input.len(),
+                per_image: started.elapsed() / runs,
+                output_bytes,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn print_conversion(out: &mut String, rows: &[ConversionRow]) -> BenchResult<()> {
+    let mb = |bytes: usize| bytes as f64 / 1e6;
+    writeln!(
+        out,
+        "\n7. Output conversion (convert::convert: PNG decode + encode), RGB images\n\
+         image              to              ms/image   PNG in MB   out MB"
+    )?;
+    for row in rows {
+        writeln!(
+            out,
+            "{:<17}  {:<14}  {:>8.1}  {:>10.2}  {:>7.2}",
+            format!("{0}x{0} {1}", row.side, row.kind),
+            row.format,
+            ms(row.per_image),
+            mb(row.input_bytes),
+            mb(row.output_bytes)
+        )?;
+    }
     Ok(())
 }

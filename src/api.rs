@@ -1,13 +1,14 @@
 //! The HTTP contract's vocabulary: error codes, the error body, and generation requests.
 //!
 //! Every error a client sees, as an HTTP body or as the terminal `error` event of a stream, is an
-//! [`ApiError`]: one of the codes of the README, a sentence for a person, and machine-readable
+//! [`ApiError`]: one of the codes of `DESIGN.md`, a sentence for a person, and machine-readable
 //! details. The mapping from a code to its HTTP status lives here and nowhere else.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::fmt;
 
+use crate::convert::OutputFormat;
 use crate::webhook::WebhookRequest;
 
 /// The error codes of the contract, each with its one HTTP status.
@@ -58,25 +59,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the contract's order.
-    pub const ALL: [ErrorCode; 17] = [
+    /// Every code, in the order the README's tables list them (the OpenAPI document and its
+    /// drift test walk this list).
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidParams,
+        ErrorCode::Unauthorized,
         ErrorCode::UnknownWorkflow,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Cancelled,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
-        ErrorCode::Unauthorized,
-        ErrorCode::Overloaded,
-        ErrorCode::ComfyuiUnavailable,
         ErrorCode::ComfyuiRejected,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
         ErrorCode::ExecutionFailed,
         ErrorCode::ComfyuiLost,
-        ErrorCode::Timeout,
         ErrorCode::StorageFailed,
-        ErrorCode::Cancelled,
-        ErrorCode::Internal,
+        ErrorCode::ComfyuiUnavailable,
+        ErrorCode::Timeout,
+        ErrorCode::MalformedRequest,
+        ErrorCode::ExpectationFailed,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The code named `name` on the wire.
@@ -84,6 +89,50 @@ impl ErrorCode {
         ErrorCode::ALL
             .into_iter()
             .find(|code| code.as_str() == name)
+    }
+
+    /// A sentence saying when a client sees this code (for the OpenAPI document).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "the body is not JSON",
+            ErrorCode::InvalidParams => {
+                "a parameter is wrong; details.fields names each bad field and why"
+            }
+            ErrorCode::UnknownWorkflow => "no workflow template has that name",
+            ErrorCode::NotFound => "no such path, job or image",
+            ErrorCode::MethodNotAllowed => "the path exists, not with this method (see Allow)",
+            ErrorCode::PayloadTooLarge => "the body is larger than MAX_BODY_BYTES",
+            ErrorCode::UnsupportedMediaType => "the body is not sent as application/json",
+            ErrorCode::Unauthorized => "API_KEYS is set and the key is missing or wrong",
+            ErrorCode::Overloaded => {
+                "MAX_QUEUED_JOBS jobs are waiting already; Retry-After says when to retry"
+            }
+            ErrorCode::ComfyuiUnavailable => {
+                "no ComfyUI answered; details.backends says why for each"
+            }
+            ErrorCode::ComfyuiRejected => {
+                "ComfyUI's validation refused the graph; details.node_errors is ComfyUI's own"
+            }
+            ErrorCode::ExecutionFailed => "a node raised while ComfyUI ran the graph",
+            ErrorCode::ComfyuiLost => "ComfyUI went away and the job's fate could not be told",
+            ErrorCode::Timeout => "the job ran longer than JOB_TIMEOUT_SECS",
+            ErrorCode::StorageFailed => {
+                "the images could not be stored; details.spool_dir says where they are kept"
+            }
+            ErrorCode::Cancelled => "the job was cancelled (JSON answers only)",
+            ErrorCode::Internal => "a bug or an unexpected condition inside the gateway",
+            ErrorCode::MalformedRequest => {
+                "the request's framing is ambiguous (Content-Length with Transfer-Encoding, a \
+                 repeated or malformed Content-Length, a coding other than chunked); the \
+                 connection is closed"
+            }
+            ErrorCode::ExpectationFailed => {
+                "Expect: 100-continue for a body over MAX_BODY_BYTES; do not send it"
+            }
+            ErrorCode::TooManyConnections => {
+                "MAX_CONNECTIONS requests are being answered; Retry-After says when to retry"
+            }
+        }
     }
 
     /// The code as it appears on the wire.
@@ -216,7 +265,7 @@ pub enum GenerateRequest {
     Template {
         /// Template name.
         workflow: String,
-        /// Every key of the body but `workflow`.
+        /// Every key of the body but `workflow` and the [`COMMON_FIELDS`].
         params: Map<String, Value>,
     },
     /// Run a raw API-format graph as it is.
@@ -224,85 +273,6 @@ pub enum GenerateRequest {
         /// Node id -> `{"class_type", "inputs"}`.
         graph: Value,
     },
-}
-
-/// How a job is run, whatever it generates: the request fields that are not template
-/// parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct JobOptions {
-    /// `priority`: higher runs first; FIFO within a priority. Default 0.
-    #[serde(default)]
-    pub priority: i64,
-    /// `previews`: stream the sampler's live preview images as `preview` events.
-    #[serde(default)]
-    pub previews: bool,
-    /// `webhook`: where to send the job's events, checked for shape (the allowed hosts and the
-    /// secret are checked by `webhook::Webhooks`).
-    #[serde(default)]
-    pub webhook: Option<WebhookRequest>,
-}
-
-impl JobOptions {
-    /// The request fields this struct reads; they are taken out before template parameters.
-    pub const FIELDS: [&'static str; 3] = ["priority", "previews", "webhook"];
-
-    /// Takes the job options out of a request body's fields.
-    pub fn take_from(fields: &mut Map<String, Value>) -> Result<JobOptions, ApiError> {
-        let mut options = JobOptions::default();
-        match fields.remove("priority") {
-            None | Some(Value::Null) => {}
-            Some(value) => {
-                options.priority = value.as_i64().ok_or_else(|| {
-                    invalid_field("priority", "must be a whole number (higher runs first)")
-                })?;
-            }
-        }
-        match fields.remove("previews") {
-            None | Some(Value::Null) => {}
-            Some(Value::Bool(previews)) => options.previews = previews,
-            Some(_) => return Err(invalid_field("previews", "must be true or false")),
-        }
-        options.webhook = match fields.remove("webhook") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(WebhookRequest::from_json(&value)?),
-        };
-        Ok(options)
-    }
-}
-
-/// A generation request and how to run it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRequest {
-    /// What to generate.
-    pub generate: GenerateRequest,
-    /// How to run it.
-    pub options: JobOptions,
-}
-
-impl JobRequest {
-    /// Parses a request body. `default_workflow` is used when the body names none.
-    pub fn parse(body: &[u8], default_workflow: &str) -> Result<JobRequest, ApiError> {
-        let mut fields = parse_object(body)?;
-        let options = JobOptions::take_from(&mut fields)?;
-        let generate = GenerateRequest::from_fields(fields, default_workflow)?;
-        Ok(JobRequest { generate, options })
-    }
-}
-
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    match value {
-        Value::Object(fields) => Ok(fields),
-        _ => Err(ApiError::new(
-            ErrorCode::InvalidParams,
-            "the request body must be a JSON object",
-        )),
-    }
 }
 
 impl GenerateRequest {
@@ -313,19 +283,36 @@ impl GenerateRequest {
             GenerateRequest::Graph { .. } => "graph",
         }
     }
+}
 
+/// A whole generation request: what to generate, and how the job should treat it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// The template and its parameters, or a raw graph.
+    pub generate: GenerateRequest,
+    /// The [`COMMON_FIELDS`], checked and typed.
+    pub options: RequestOptions,
+}
+
+impl JobRequest {
     /// Parses a request body. `default_workflow` is used when the body names none.
     ///
-    /// Only the shape is checked here; the template checks the parameters themselves.
-    pub fn parse(body: &[u8], default_workflow: &str) -> Result<GenerateRequest, ApiError> {
-        GenerateRequest::from_fields(parse_object(body)?, default_workflow)
-    }
-
-    /// The request a body's fields describe, once the job options are taken out.
-    pub fn from_fields(
-        mut fields: Map<String, Value>,
-        default_workflow: &str,
-    ) -> Result<GenerateRequest, ApiError> {
+    /// The common fields are checked here (every bad one reported); the template checks its
+    /// own parameters later.
+    pub fn parse(body: &[u8], default_workflow: &str) -> Result<JobRequest, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(mut fields) = value else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParams,
+                "the request body must be a JSON object",
+            ));
+        };
+        let options = RequestOptions::take_from(&mut fields)?;
         if let Some(graph) = fields.remove("graph") {
             if let Some(other) = fields.keys().next() {
                 return Err(invalid_field(
@@ -333,17 +320,182 @@ impl GenerateRequest {
                     "cannot be combined with \"graph\": a raw graph takes no template parameters",
                 ));
             }
-            return Ok(GenerateRequest::Graph { graph });
+            let generate = GenerateRequest::Graph { graph };
+            return Ok(JobRequest { generate, options });
         }
         let workflow = match fields.remove("workflow") {
             None | Some(Value::Null) => default_workflow.to_string(),
             Some(Value::String(name)) => name,
             Some(_) => return Err(invalid_field("workflow", "must be a string")),
         };
-        Ok(GenerateRequest::Template {
+        let generate = GenerateRequest::Template {
             workflow,
             params: fields,
-        })
+        };
+        Ok(JobRequest { generate, options })
+    }
+}
+
+/// How a job treats its request, whatever the template: the [`COMMON_FIELDS`], typed.
+///
+/// Saved with the job, so that a job resumed after a restart is treated the same.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// Queue order among waiting jobs: higher first, default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Whether the job's stream carries the sampler's preview frames.
+    #[serde(default)]
+    pub previews: bool,
+    /// The format images are stored in (`png`: as ComfyUI made them).
+    #[serde(default)]
+    pub output_format: OutputFormat,
+    /// JPEG quality, 1 to 100 (only with `output_format: "jpeg"`; `None`: the default, 90).
+    #[serde(default)]
+    pub quality: Option<u8>,
+    /// Where to send the job's events, checked for shape (the allowed hosts and the secret are
+    /// checked by `webhook::Webhooks`).
+    #[serde(default)]
+    pub webhook: Option<WebhookRequest>,
+}
+
+/// A request field that every generation request may carry, next to its template parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct CommonField {
+    /// The key in the request body.
+    pub name: &'static str,
+    /// The field's JSON Schema, with its description, default and an example.
+    pub schema: fn() -> Value,
+}
+
+/// The request fields that are not template parameters. [`RequestOptions::take_from`] parses
+/// exactly these (a test keeps the two in step) and the OpenAPI document shows them in every
+/// request schema.
+pub const COMMON_FIELDS: &[CommonField] = &[
+    CommonField {
+        name: "priority",
+        schema: || {
+            json!({"type": "integer", "default": 0, "minimum": i32::MIN, "maximum": i32::MAX,
+                   "description": "Queue order among waiting jobs: higher runs first.",
+                   "examples": [10]})
+        },
+    },
+    CommonField {
+        name: "webhook",
+        schema: || {
+            json!({"type": "object", "required": ["url"], "additionalProperties": false,
+                   "description": "Where to POST this job's events (signed per Standard Webhooks).",
+                   "properties": {
+                       "url": {"type": "string", "format": "uri"},
+                       "events": {"type": "array", "uniqueItems": true,
+                                  "items": {"enum": ["queued", "progress", "complete", "error", "cancelled"]},
+                                  "default": ["queued", "complete", "error", "cancelled"]}},
+                   "examples": [{"url": "https://example.com/hook", "events": ["complete", "error"]}]})
+        },
+    },
+    CommonField {
+        name: "previews",
+        schema: || {
+            json!({"type": "boolean", "default": false,
+                   "description": "Send the sampler's preview images while the job runs.",
+                   "examples": [true]})
+        },
+    },
+    CommonField {
+        name: "output_format",
+        schema: || {
+            let names: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.as_str()).collect();
+            json!({"type": "string", "enum": names, "default": "png",
+                   "description": "Store images as PNG (as ComfyUI made them), JPEG, or lossless \
+                                   WebP. Converted files carry no metadata; non-image outputs \
+                                   are never converted.",
+                   "examples": ["webp"]})
+        },
+    },
+    CommonField {
+        name: "quality",
+        schema: || {
+            json!({"type": "integer", "minimum": 1, "maximum": 100,
+                   "default": OutputFormat::DEFAULT_JPEG_QUALITY,
+                   "description": "JPEG quality; only with output_format \"jpeg\".",
+                   "examples": [85]})
+        },
+    },
+];
+
+impl RequestOptions {
+    /// Removes the [`COMMON_FIELDS`] from a request body and checks them, reporting every bad
+    /// one in `details.fields`.
+    pub fn take_from(fields: &mut Map<String, Value>) -> Result<RequestOptions, ApiError> {
+        let mut options = RequestOptions::default();
+        let mut problems = Map::new();
+        let mut bad = |name: &str, problem: String| {
+            problems.insert(name.to_string(), Value::String(problem));
+        };
+        for field in COMMON_FIELDS {
+            let Some(value) = fields.remove(field.name) else {
+                continue;
+            };
+            if value.is_null() {
+                continue; // null means "the default", as if left out
+            }
+            match field.name {
+                "priority" => match value.as_i64().and_then(|n| i32::try_from(n).ok()) {
+                    Some(n) => options.priority = n,
+                    None => bad(
+                        field.name,
+                        format!("must be an integer from {} to {}", i32::MIN, i32::MAX),
+                    ),
+                },
+                "previews" => match value.as_bool() {
+                    Some(b) => options.previews = b,
+                    None => bad(field.name, "must be true or false".into()),
+                },
+                "output_format" => match value.as_str().and_then(OutputFormat::parse) {
+                    Some(format) => options.output_format = format,
+                    None => bad(field.name, "must be one of: png, jpeg, webp".into()),
+                },
+                "quality" => match value.as_u64().and_then(|q| u8::try_from(q).ok()) {
+                    Some(q @ 1..=100) => options.quality = Some(q),
+                    _ => bad(field.name, "must be an integer from 1 to 100".into()),
+                },
+                "webhook" => match WebhookRequest::from_json(&value) {
+                    Ok(webhook) => options.webhook = Some(webhook),
+                    Err(error) => match error.details["fields"].as_object() {
+                        Some(fields) => {
+                            for (name, problem) in fields {
+                                bad(name, problem.as_str().unwrap_or("invalid").to_string());
+                            }
+                        }
+                        None => bad(field.name, error.message),
+                    },
+                },
+                _ => {}
+            }
+        }
+        if options.quality.is_some() && options.output_format != OutputFormat::Jpeg {
+            bad(
+                "quality",
+                format!(
+                    "applies only to output_format \"jpeg\" ({} is {})",
+                    options.output_format,
+                    if options.output_format == OutputFormat::Webp {
+                        "lossless"
+                    } else {
+                        "as ComfyUI made it"
+                    }
+                ),
+            );
+        }
+        if problems.is_empty() {
+            return Ok(options);
+        }
+        let summary: Vec<String> = problems
+            .iter()
+            .map(|(name, problem)| format!("{name}: {}", problem.as_str().unwrap_or_default()))
+            .collect();
+        Err(ApiError::new(ErrorCode::InvalidParams, summary.join("; "))
+            .with_details(json!({ "fields": problems })))
     }
 }
 
@@ -380,18 +532,19 @@ mod tests {
             (ErrorCode::Timeout, 504),
             (ErrorCode::Cancelled, 409),
             (ErrorCode::ComfyuiUnavailable, 503),
-            (ErrorCode::MalformedRequest, 400),
-            (ErrorCode::ExpectationFailed, 417),
-            (ErrorCode::TooManyConnections, 503),
         ];
         for (code, status) in expected {
             assert_eq!(code.http_status(), status, "{code}");
         }
     }
 
+    fn parse(body: &[u8]) -> Result<JobRequest, ApiError> {
+        JobRequest::parse(body, "txt2img")
+    }
+
     #[test]
     fn template_request_uses_default_workflow() {
-        let req = GenerateRequest::parse(br#"{"prompt": "a fox", "seed": 1}"#, "txt2img");
+        let req = parse(br#"{"prompt": "a fox", "seed": 1}"#).map(|r| r.generate);
         let Ok(GenerateRequest::Template { workflow, params }) = req else {
             panic!("expected a template request, got {req:?}");
         };
@@ -401,26 +554,98 @@ mod tests {
 
     #[test]
     fn graph_request_takes_no_other_keys() {
-        let ok = GenerateRequest::parse(br#"{"graph": {"1": {}}}"#, "txt2img");
-        assert!(matches!(ok, Ok(GenerateRequest::Graph { .. })));
-        let err = GenerateRequest::parse(br#"{"graph": {}, "seed": 3}"#, "txt2img");
+        let ok = parse(br#"{"graph": {"1": {}}, "output_format": "webp"}"#);
+        let ok = ok.expect("a graph with a common field");
+        assert!(matches!(ok.generate, GenerateRequest::Graph { .. }));
+        assert_eq!(ok.options.output_format, OutputFormat::Webp);
+        let err = parse(br#"{"graph": {}, "seed": 3}"#);
         assert_eq!(err.map_err(|e| e.code), Err(ErrorCode::InvalidParams));
     }
 
     #[test]
-    fn job_options_come_out_before_template_parameters() {
-        let req = JobRequest::parse(br#"{"prompt": "x", "priority": -3, "previews": true}"#, "t")
-            .expect("valid");
-        assert_eq!(req.options.priority, -3);
-        assert!(req.options.previews);
+    fn bad_bodies_get_their_codes() {
+        let code = |body: &[u8]| JobRequest::parse(body, "x").map_err(|e| e.code);
+        assert_eq!(code(b"{not json"), Err(ErrorCode::InvalidJson));
+        assert_eq!(code(b"[1, 2]"), Err(ErrorCode::InvalidParams));
+        assert_eq!(code(br#"{"workflow": 7}"#), Err(ErrorCode::InvalidParams));
+    }
+
+    #[test]
+    fn common_fields_are_typed_and_leave_the_template_parameters() {
+        let body = br#"{"prompt": "a fox", "priority": 5, "previews": true,
+                        "output_format": "jpeg", "quality": 70}"#;
+        let req = parse(body).expect("valid");
+        let options = RequestOptions {
+            priority: 5,
+            previews: true,
+            output_format: OutputFormat::Jpeg,
+            quality: Some(70),
+            webhook: None,
+        };
+        assert_eq!(req.options, options);
         let GenerateRequest::Template { params, .. } = req.generate else {
             panic!("a template request");
         };
-        assert_eq!(params.len(), 1);
-        let graph = JobRequest::parse(br#"{"graph": {"1": {}}, "priority": 2}"#, "t");
-        assert_eq!(graph.map(|r| r.options.priority), Ok(2));
-        let bad = JobRequest::parse(br#"{"priority": 1.5}"#, "t").map_err(|e| e.code);
-        assert_eq!(bad, Err(ErrorCode::InvalidParams));
+        assert_eq!(params.keys().collect::<Vec<_>>(), ["prompt"]);
+        let defaults = parse(br#"{"prompt": "x"}"#).expect("valid").options;
+        assert_eq!(defaults, RequestOptions::default());
+        assert_eq!(defaults.output_format, OutputFormat::Png);
+    }
+
+    #[test]
+    fn bad_common_fields_are_all_named() {
+        let err = parse(
+            br#"{"priority": 1.5, "previews": "yes", "output_format": "gif",
+                             "quality": 0}"#,
+        )
+        .expect_err("all four are wrong");
+        assert_eq!(err.code, ErrorCode::InvalidParams);
+        let fields = err.details["fields"].as_object().expect("fields");
+        for name in ["priority", "previews", "output_format", "quality"] {
+            assert!(fields.contains_key(name), "{name} in {fields:?}");
+        }
+    }
+
+    #[test]
+    fn quality_is_for_jpeg_only() {
+        for body in [
+            br#"{"output_format": "webp", "quality": 80}"#.as_slice(),
+            br#"{"output_format": "png", "quality": 80}"#,
+            br#"{"quality": 80}"#,
+        ] {
+            let err = parse(body).expect_err("quality without jpeg");
+            assert!(
+                err.details["fields"]["quality"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("only to output_format \"jpeg\"")),
+                "{err:?}"
+            );
+        }
+        assert!(parse(br#"{"output_format": "jpeg", "quality": 100}"#).is_ok());
+        assert!(parse(br#"{"output_format": "jpeg", "quality": 101}"#).is_err());
+    }
+
+    #[test]
+    fn the_common_field_list_and_the_parser_agree() {
+        // Every listed field is taken out of the body (none left for the template), and its
+        // schema's example parses.
+        let mut fields = Map::new();
+        for field in COMMON_FIELDS {
+            let schema = (field.schema)();
+            assert!(
+                schema["description"].is_string(),
+                "{} has a description",
+                field.name
+            );
+            let example = schema["examples"][0].clone();
+            assert!(!example.is_null(), "{} has an example", field.name);
+            fields.insert(field.name.to_string(), example);
+        }
+        fields.insert("output_format".into(), json!("jpeg"));
+        let result = RequestOptions::take_from(&mut fields);
+        assert!(fields.is_empty(), "left for the template: {fields:?}");
+        let options = result.expect("every example parses");
+        assert!(options.webhook.is_some());
     }
 
     #[test]
@@ -439,26 +664,57 @@ mod tests {
         assert!(parsed.options.webhook.is_some());
         let bad = JobRequest::parse(br#"{"webhook": {"url": "ftp://h/"}}"#, "txt2img");
         let error = bad.expect_err("refused");
-        assert_eq!(
-            error.details["fields"]["webhook.url"]
-                .as_str()
-                .map(|s| s.is_empty()),
-            Some(false)
+        assert!(
+            error.details["fields"]["webhook.url"].is_string(),
+            "{error:?}"
         );
     }
 
     #[test]
-    fn error_codes_round_trip_by_name() {
+    fn error_codes_and_options_round_trip_through_json() {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_name(code.as_str()), Some(code));
         }
+        let body = br#"{"priority": 3, "previews": true, "output_format": "jpeg", "quality": 70,
+                        "webhook": {"url": "https://h.example/in", "events": ["complete"]}}"#;
+        let options = JobRequest::parse(body, "t").expect("valid").options;
+        let saved = serde_json::to_string(&options).expect("serialisable");
+        let back: RequestOptions = serde_json::from_str(&saved).expect("readable");
+        assert_eq!(back, options);
     }
 
     #[test]
-    fn bad_bodies_get_their_codes() {
-        let code = |body: &[u8]| GenerateRequest::parse(body, "x").map_err(|e| e.code);
-        assert_eq!(code(b"{not json"), Err(ErrorCode::InvalidJson));
-        assert_eq!(code(b"[1, 2]"), Err(ErrorCode::InvalidParams));
-        assert_eq!(code(br#"{"workflow": 7}"#), Err(ErrorCode::InvalidParams));
+    fn every_code_is_listed_once() {
+        // A new variant must get a number here (the match is exhaustive), and then this test
+        // fails until ALL lists it.
+        fn ordinal(code: ErrorCode) -> usize {
+            use ErrorCode::*;
+            match code {
+                InvalidJson => 0,
+                InvalidParams => 1,
+                UnknownWorkflow => 2,
+                NotFound => 3,
+                MethodNotAllowed => 4,
+                PayloadTooLarge => 5,
+                UnsupportedMediaType => 6,
+                Unauthorized => 7,
+                Overloaded => 8,
+                ComfyuiUnavailable => 9,
+                ComfyuiRejected => 10,
+                ExecutionFailed => 11,
+                ComfyuiLost => 12,
+                Timeout => 13,
+                StorageFailed => 14,
+                Cancelled => 15,
+                Internal => 16,
+                MalformedRequest => 17,
+                ExpectationFailed => 18,
+                TooManyConnections => 19,
+            }
+        }
+        let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| ordinal(*c)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..ErrorCode::ALL.len()).collect::<Vec<_>>());
+        assert!(ErrorCode::ALL.iter().all(|c| !c.meaning().is_empty()));
     }
 }

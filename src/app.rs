@@ -18,7 +18,7 @@ use crate::storage::spool::Spool;
 use crate::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use crate::storage::{RetryPolicy, Storage};
 use crate::webhook::Webhooks;
-use crate::workflow::Templates;
+use crate::workflow::{Installed, Templates};
 
 /// Everything a request or a job needs.
 pub struct App {
@@ -47,6 +47,9 @@ pub struct App {
     /// Jobs read back from `DATA_DIR` that the engine resumes when it starts.
     restored: Mutex<Option<Restored>>,
     engine: OnceLock<Arc<Engine>>,
+    /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
+    /// demand, and read again when a backend comes back after a restart.
+    pub installed: Arc<Installed>,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -121,6 +124,7 @@ impl App {
                 webhooks_dir.display()
             ))
         })?;
+        let installed = Arc::new(Installed::new(&backends, &templates));
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
         // Restored jobs keep sending their webhooks (a finished one may still complete from
@@ -131,6 +135,7 @@ impl App {
             }
         }
         Ok(App {
+            installed,
             jobs,
             webhooks,
             templates: Arc::new(templates),
@@ -166,6 +171,7 @@ impl App {
             spool: Arc::clone(&self.spool),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
+            on_comeback: Some(self.comeback_hook()),
         };
         let engine = Arc::new(Engine::new(
             ctx,
@@ -176,6 +182,17 @@ impl App {
         ));
         engine.start(restored.waiting, restored.on_backends)?;
         Ok(self.engine.get_or_init(|| engine))
+    }
+
+    /// What happens when a backend comes back after a restart: its installed models are read
+    /// again.
+    fn comeback_hook(&self) -> crate::job::ComebackHook {
+        let installed = Arc::clone(&self.installed);
+        Box::new(move |url: &str| {
+            if let Err(e) = installed.refresh(url) {
+                log::warn!("cannot read the models installed on {url}: {e}");
+            }
+        })
     }
 
     /// The job engine, once started.

@@ -149,9 +149,14 @@ fn wrong_method_and_unknown_path() {
 #[test]
 fn comfyui_validation_failure_is_422_with_node_errors() {
     let h = Harness::start();
-    let mut body = small_txt2img("x");
-    body["checkpoint"] = json!("not-installed.safetensors");
-    let (status, answer) = h.post_json("/generate", &body);
+    // Templates are checked against the installed models before queueing (tests/choices.rs);
+    // a raw graph is not, so ComfyUI's own validation answers for it.
+    let file = common::harness::workflows_dir().join("txt2img.json");
+    let template: Value =
+        serde_json::from_str(&std::fs::read_to_string(file).expect("the template")).expect("JSON");
+    let mut graph = template["graph"].clone();
+    graph["4"]["inputs"]["ckpt_name"] = json!("not-installed.safetensors");
+    let (status, answer) = h.post_json("/generate", &json!({ "graph": graph }));
     assert_eq!(
         (status, code(&answer)),
         (422, "comfyui_rejected"),

@@ -339,6 +339,30 @@ impl ComfyClient {
         self.json_body(&url, response)
     }
 
+    /// `GET /object_info`: every node class ComfyUI knows, keyed by class name, with its inputs
+    /// (`input.required` / `input.optional`: name → `[type or list of choices, options]`).
+    /// Large on a real install (megabytes with custom nodes); prefer
+    /// [`node_info`](Self::node_info) for a few classes.
+    pub fn object_info(&self) -> Result<Value, ComfyError> {
+        let url = self.url("/object_info");
+        let response = self.call(&url, self.agent.get(&url))?;
+        self.json_body(&url, response)
+    }
+
+    /// `GET /object_info/{class}`: one node class's definition, or `None` when this ComfyUI has
+    /// no such class (a custom node that is not installed).
+    pub fn node_info(&self, class: &str) -> Result<Option<Value>, ComfyError> {
+        let url = self.url(&format!("/object_info/{}", crate::percent::encode(class)));
+        let response = self.call(&url, self.agent.get(&url))?;
+        match self.json_body(&url, response)? {
+            Value::Object(mut classes) => Ok(classes.remove(class)),
+            _ => Err(bad_response(
+                &url,
+                "the node definition is not a JSON object",
+            )),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -1121,5 +1145,31 @@ mod tests {
     fn the_client_is_shareable_between_threads() {
         fn assert_send_sync<T: Send + Sync + Clone>() {}
         assert_send_sync::<ComfyClient>();
+    }
+
+    #[test]
+    fn node_info_reads_one_class_and_none_for_an_unknown_one() {
+        let fake = FakeComfy::start(|r| match r.url.as_str() {
+            "/object_info/CheckpointLoaderSimple" => reply(
+                200,
+                r#"{"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.safetensors"]]}}}}"#,
+            ),
+            "/object_info" => reply(200, r#"{"KSampler": {}, "SaveImage": {}}"#),
+            _ => reply(200, "{}"),
+        });
+        let client = fake.client();
+        let info = client
+            .node_info("CheckpointLoaderSimple")
+            .expect("answered")
+            .expect("known class");
+        assert_eq!(
+            info["input"]["required"]["ckpt_name"][0][0],
+            "a.safetensors"
+        );
+        assert_eq!(fake.next_request().method, "GET");
+        assert_eq!(client.node_info("My Node").expect("answered"), None);
+        assert_eq!(fake.next_request().url, "/object_info/My%20Node");
+        let all = client.object_info().expect("answered");
+        assert!(all["KSampler"].is_object() && all["SaveImage"].is_object());
     }
 }

@@ -64,6 +64,10 @@ impl Default for RunSettings {
     }
 }
 
+/// Called with a backend's base URL when it comes back after being unreachable (ComfyUI
+/// restarted: its installed models may have changed, and its models must be loaded again).
+pub type ComebackHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Everything the job code uses, shared by its threads.
 pub struct JobContext {
     /// The workflow templates.
@@ -78,4 +82,6 @@ pub struct JobContext {
     pub metrics: Arc<Metrics>,
     /// Tunables.
     pub run: RunSettings,
+    /// What to do when a backend comes back (see [`ComebackHook`]).
+    pub on_comeback: Option<ComebackHook>,
 }

@@ -384,6 +384,9 @@ impl Engine {
         if came_back {
             if let Some(backend) = self.backends.get(index) {
                 log::info!("ComfyUI at {} is back", backend.url());
+                if let Some(hook) = &self.ctx.on_comeback {
+                    hook(backend.url());
+                }
             }
         }
         self.wake();

@@ -20,7 +20,7 @@ mod store;
 mod ticker;
 
 pub use backend::{Backend, BackendStatus};
-pub use context::{JobContext, RunSettings};
+pub use context::{ComebackHook, JobContext, RunSettings};
 pub use engine::{Engine, RestoredRun};
 pub use log::{Event, EventKind, EventLog, Subscription, WaitingTick};
 pub use plan::{GraphSource, Plan};
@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::api::{ApiError, ErrorCode, JobOptions};
+use crate::api::{ApiError, ErrorCode, RequestOptions};
 use crate::comfyui::{PreviewFormat, WsEvent};
 use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
@@ -146,7 +146,7 @@ pub struct Job {
     created: Instant,
     ticket: Ticket,
     plan: Plan,
-    options: JobOptions,
+    options: RequestOptions,
     cancel_requested: AtomicBool,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
@@ -158,7 +158,7 @@ pub struct Job {
 
 impl Job {
     /// A new job in state `queued` with no events yet; `seq` orders it among its priority.
-    pub fn new(plan: Plan, options: JobOptions, seq: u64) -> Job {
+    pub fn new(plan: Plan, options: RequestOptions, seq: u64) -> Job {
         let id = JobId::new();
         let log = EventLog::new(id.as_str());
         let now_ms = timestamp::unix_millis();
@@ -205,7 +205,7 @@ impl Job {
     }
 
     /// How the job runs.
-    pub fn options(&self) -> &JobOptions {
+    pub fn options(&self) -> &RequestOptions {
         &self.options
     }
 
@@ -775,7 +775,7 @@ mod tests {
             source: GraphSource::Raw(json!({})),
         };
         let _ = GenerateRequest::Graph { graph: json!({}) };
-        Job::new(plan, JobOptions::default(), 1)
+        Job::new(plan, RequestOptions::default(), 1)
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::{Job, JobContext};
 use crate::api::{ApiError, ErrorCode};
 use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
+use crate::convert;
 use crate::ids::{self, PromptId};
 use crate::image;
 use crate::media::{self, MediaType};
@@ -206,11 +207,11 @@ fn fetch_one(
             ReceiveError::Write(e) => local(e.to_string()),
         })?;
     let media = media::identify(&received.head, &source.filename);
-    let (bytes, size) = if matches!(media, media::PNG | media::WEBP) {
-        check_and_strip(req, source, received.path.clone(), received.bytes)?
+    let (media, bytes, size) = if matches!(media, media::PNG | media::WEBP) {
+        check_and_strip(req, source, media, received.path.clone(), received.bytes)?
     } else {
         let size = media::file_dimensions(&received.path, media, &received.head);
-        (received.bytes, size)
+        (media, received.bytes, size)
     };
     Ok(Collected {
         node: file.node_id.clone(),
@@ -224,14 +225,16 @@ fn fetch_one(
     })
 }
 
-/// Reads a staged PNG or WebP, checks it, strips ComfyUI's metadata per `OUTPUT_METADATA`, and
-/// rewrites the staged file if that changed it. Returns its size in bytes and in pixels.
+/// Reads a staged PNG or WebP, checks it, strips ComfyUI's metadata per `OUTPUT_METADATA`,
+/// converts it to the request's `output_format`, and rewrites the staged file if any of that
+/// changed it. Returns its type, its size in bytes and in pixels.
 fn check_and_strip(
     req: &StoreRequest<'_>,
     source: &ImageRef,
+    media: MediaType,
     path: PathBuf,
     len: u64,
-) -> Result<(u64, Option<(u32, u32)>), ApiError> {
+) -> Result<(MediaType, u64, Option<(u32, u32)>), ApiError> {
     let unusable = |why: String| {
         ApiError::internal(format!(
             "ComfyUI's image {} is unusable: {why}",
@@ -246,14 +249,31 @@ fn check_and_strip(
     let original = fs::read(&path).map_err(|e| not_staged(&[source], &e.to_string()))?;
     let processed = image::process(original, &source.filename, req.app.run.png_metadata)
         .map_err(|e| unusable(e.to_string()))?;
-    let stored_len = processed.bytes.len() as u64;
-    if stored_len != len {
-        rewrite_synced(&path, &processed.bytes)
-            .map_err(|e| not_staged(&[source], &e.to_string()))?;
+    let options = req.job.options();
+    let converted = convert::convert(
+        &processed.bytes,
+        processed.content_type,
+        options.output_format,
+        options.quality,
+    )
+    .map_err(|e| unusable(format!("converting it to {}: {e}", options.output_format)))?;
+    let (media, bytes, width, height) = match converted {
+        Some(converted) => {
+            let media = match converted.content_type {
+                "image/jpeg" => media::JPEG,
+                "image/webp" => media::WEBP,
+                _ => media::PNG,
+            };
+            (media, converted.bytes, converted.width, converted.height)
+        }
+        None => (media, processed.bytes, processed.width, processed.height),
+    };
+    let stored_len = bytes.len() as u64;
+    if stored_len != len || media != media::identify(&bytes, &source.filename) {
+        rewrite_synced(&path, &bytes).map_err(|e| not_staged(&[source], &e.to_string()))?;
     }
-    let size = (processed.width > 0 && processed.height > 0)
-        .then_some((processed.width, processed.height));
-    Ok((stored_len, size))
+    let size = (width > 0 && height > 0).then_some((width, height));
+    Ok((media, stored_len, size))
 }
 
 fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -412,7 +432,7 @@ fn spool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::JobOptions;
+    use crate::api::RequestOptions;
     use crate::app::App;
     use crate::job::{GraphSource, Plan};
     use std::sync::Arc;
@@ -508,7 +528,7 @@ mod tests {
             workflow: "txt2video".into(),
             source: GraphSource::Raw(json!({})),
         };
-        let job = Arc::new(Job::new(plan, JobOptions::default(), 1));
+        let job = Arc::new(Job::new(plan, RequestOptions::default(), 1));
         let ctx = JobContext {
             templates: Arc::clone(&app.templates),
             storage: Arc::clone(&app.storage),
@@ -516,6 +536,7 @@ mod tests {
             spool: Arc::clone(&app.spool),
             metrics: Arc::clone(&app.metrics),
             run: app.run.clone(),
+            on_comeback: None,
         };
         let client = ComfyClient::new(comfyui, Default::default()).expect("a valid URL");
         let prompt_id = PromptId("p-video".into());

@@ -16,14 +16,14 @@ pub struct Ticket {
     /// Requeued jobs (their backend failed before starting them) go before any other.
     requeued: Reverse<bool>,
     /// Higher first.
-    priority: Reverse<i64>,
+    priority: Reverse<i32>,
     /// Arrival order within a priority.
     seq: u64,
 }
 
 impl Ticket {
     /// A new arrival with `priority`, the `seq`-th job accepted.
-    pub fn new(priority: i64, seq: u64) -> Ticket {
+    pub fn new(priority: i32, seq: u64) -> Ticket {
         Ticket {
             requeued: Reverse(false),
             priority: Reverse(priority),

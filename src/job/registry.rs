@@ -99,7 +99,7 @@ impl JobRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::JobOptions;
+    use crate::api::RequestOptions;
     use crate::job::{GraphSource, JobState, Plan};
 
     fn job() -> Arc<Job> {
@@ -107,7 +107,7 @@ mod tests {
             workflow: "graph".into(),
             source: GraphSource::Raw(serde_json::json!({})),
         };
-        Arc::new(Job::new(plan, JobOptions::default(), 1))
+        Arc::new(Job::new(plan, RequestOptions::default(), 1))
     }
 
     #[test]

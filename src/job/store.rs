@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::log::Event;
 use super::plan::PlanRecord;
-use crate::api::{ApiError, JobOptions};
+use crate::api::{ApiError, RequestOptions};
 use crate::ids::{JobId, PromptId};
 
 /// A job as saved.
@@ -30,7 +30,7 @@ pub struct JobRecord {
     /// The same, in Unix milliseconds.
     pub created_unix_ms: u64,
     /// Priority and the other request options.
-    pub options: JobOptions,
+    pub options: RequestOptions,
     /// What to run.
     pub plan: PlanRecord,
     /// The state's API name.

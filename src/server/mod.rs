@@ -11,6 +11,8 @@ mod reply;
 mod routes;
 pub mod socket;
 
+pub use routes::{Body, ENDPOINTS, Endpoint, ROUTER_ERRORS};
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::io;

@@ -1,12 +1,12 @@
-//! Routing and the endpoint handlers of the HTTP API the README describes.
+//! Routing and the endpoint handlers of the HTTP API the README documents.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tiny_http::{Method, Request, Response, StatusCode};
+use tiny_http::{Request, Response, StatusCode};
 
 use super::{FrontDoor, auth, framing, reply};
-use crate::api::{ApiError, ErrorCode, JobRequest};
+use crate::api::{ApiError, ErrorCode, GenerateRequest, JobRequest};
 use crate::app::App;
 use crate::ids::JobId;
 use crate::job::{Engine, Job, JobState};
@@ -19,49 +19,325 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// The web page served at `GET /`, built into the binary so it needs no files beside it.
 const PAGE: &str = include_str!("page.html");
 
-/// What a request's path names.
-#[derive(Debug, PartialEq)]
-enum Route {
+/// What an endpoint answers with, for the OpenAPI document: each names one documented body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// The web page (`text/html`).
     Page,
+    /// This API's OpenAPI document.
+    OpenApi,
+    /// `{"status": "ok"}`.
     Health,
+    /// `{"status": "ready" | "not_ready", "reasons": [...]}`.
     Ready,
-    Workflows,
-    Workflow(String),
-    Generate,
-    Jobs,
-    Job(String),
-    JobEvents(String),
-    Image(String),
+    /// Prometheus text.
     Metrics,
+    /// `{"default", "workflows": [template schema...]}`.
+    WorkflowList,
+    /// One template's schema.
+    Workflow,
+    /// `{"backends": {url: null | reason}}` after re-reading `/object_info`.
+    Refreshed,
+    /// A generation request: template parameters and common fields, or a raw graph.
+    GenerateRequest,
+    /// The job's events as Server-Sent Events (or the `complete` data as JSON).
+    Events,
+    /// `{"job_id", "status_url", "events_url"}`.
+    JobCreated,
+    /// `GET /jobs/{id}`'s snapshot.
+    Job,
+    /// A stored image file.
+    Image,
 }
 
-impl Route {
-    fn parse(path: &str) -> Option<Route> {
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        Some(match segments.as_slice() {
-            [] => Route::Page,
-            ["health"] => Route::Health,
-            ["ready"] => Route::Ready,
-            ["metrics"] => Route::Metrics,
-            ["workflows"] => Route::Workflows,
-            ["workflows", name] => Route::Workflow(name.to_string()),
-            ["generate"] => Route::Generate,
-            ["jobs"] => Route::Jobs,
-            ["jobs", id] => Route::Job(id.to_string()),
-            ["jobs", id, "events"] => Route::JobEvents(id.to_string()),
-            ["images", job, file] => Route::Image(format!("{job}/{file}")),
-            _ => return None,
-        })
+/// One method on one path: what dispatch calls, and what the OpenAPI document describes.
+///
+/// Adding an endpoint is adding one row to [`ENDPOINTS`]; the OpenAPI document and its drift
+/// test pick it up from there.
+pub struct Endpoint {
+    /// `GET`, `POST`, `DELETE`...
+    pub method: &'static str,
+    /// The path, with `{name}` for each variable segment.
+    pub path: &'static str,
+    /// A stable name for generated clients (`getJob`).
+    pub operation_id: &'static str,
+    /// One line for people.
+    pub summary: &'static str,
+    /// Whether it answers without an API key (when `API_KEYS` is set).
+    pub public: bool,
+    /// The request body it reads, if any.
+    pub request: Option<Body>,
+    /// The non-error answers: status and body.
+    pub answers: &'static [(u16, Body)],
+    /// The error codes it can answer with (401 `unauthorized` is implied unless `public`).
+    pub errors: &'static [ErrorCode],
+    handler: fn(&Arc<App>, Request, &Call<'_>),
+}
+
+impl Endpoint {
+    /// Every error code it can answer with, `unauthorized` included unless it is public.
+    pub fn error_codes(&self) -> Vec<ErrorCode> {
+        let mut codes = self.errors.to_vec();
+        if !self.public && !codes.contains(&ErrorCode::Unauthorized) {
+            codes.push(ErrorCode::Unauthorized);
+        }
+        codes
     }
 
-    /// The methods this route answers.
-    fn methods(&self) -> &'static [Method] {
-        match self {
-            Route::Generate | Route::Jobs => &[Method::Post],
-            Route::Job(_) => &[Method::Get, Method::Delete],
-            _ => &[Method::Get],
-        }
+    /// Every status it can answer with, sorted: its answers' and its error codes'.
+    pub fn statuses(&self) -> Vec<u16> {
+        let mut statuses: Vec<u16> = self.answers.iter().map(|(status, _)| *status).collect();
+        statuses.extend(self.error_codes().iter().map(|code| code.http_status()));
+        statuses.sort_unstable();
+        statuses.dedup();
+        statuses
     }
+
+    /// The values of the path's `{variables}` if `path` matches, in order.
+    fn matches(&self, path: &str) -> Option<Vec<String>> {
+        let want = self.path.split('/').filter(|s| !s.is_empty());
+        let got: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if want.clone().count() != got.len() {
+            return None;
+        }
+        let mut values = Vec::new();
+        for (pattern, segment) in want.zip(&got) {
+            if pattern.starts_with('{') {
+                values.push(segment.to_string());
+            } else if pattern != *segment {
+                return None;
+            }
+        }
+        Some(values)
+    }
+}
+
+/// What a handler learns of its request besides the request itself.
+struct Call<'a> {
+    /// The path's `{variables}`, in order.
+    params: Vec<String>,
+    /// The query string, without `?`.
+    query: String,
+    /// The front door, for refusals that must also close the connection.
+    door: &'a FrontDoor,
+}
+
+impl Call<'_> {
+    fn param(&self, index: usize) -> &str {
+        self.params.get(index).map_or("", String::as_str)
+    }
+}
+
+/// Errors of every request that starts a job.
+const START_ERRORS: [ErrorCode; 8] = [
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidParams,
+    ErrorCode::UnknownWorkflow,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::Overloaded,
+    ErrorCode::ComfyuiUnavailable,
+    ErrorCode::ComfyuiRejected,
+];
+
+/// Codes the router answers for any path: an unknown path, a known path with another method;
+/// and what the front door answers before routing: ambiguous framing, a declared body over the
+/// limit (413, or 417 to `Expect: 100-continue`), and too many connections at once.
+pub const ROUTER_ERRORS: [ErrorCode; 6] = [
+    ErrorCode::NotFound,
+    ErrorCode::MethodNotAllowed,
+    ErrorCode::MalformedRequest,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::ExpectationFailed,
+    ErrorCode::TooManyConnections,
+];
+
+/// Every endpoint of the gateway: dispatch walks this table, and so does the OpenAPI document.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "GET",
+        path: "/",
+        operation_id: "getPage",
+        summary: "The web page: pick a workflow, fill its form, watch the job",
+        public: true,
+        request: None,
+        answers: &[(200, Body::Page)],
+        errors: &[],
+        handler: |_, request, _| page(request),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/openapi.json",
+        operation_id: "getOpenApi",
+        summary: "This document: every endpoint, event and error, and each template's parameters",
+        public: false,
+        request: None,
+        answers: &[(200, Body::OpenApi)],
+        errors: &[],
+        handler: |app, request, _| reply::json(request, 200, &crate::openapi::document(app)),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/health",
+        operation_id: "getHealth",
+        summary: "Whether the process serves (never needs a key)",
+        public: true,
+        request: None,
+        answers: &[(200, Body::Health)],
+        errors: &[],
+        handler: |_, request, _| reply::json(request, 200, &json!({ "status": "ok" })),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/ready",
+        operation_id: "getReady",
+        summary: "Whether a ComfyUI answers and storage is usable",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Ready), (503, Body::Ready)],
+        errors: &[],
+        handler: |app, request, _| ready(app, request),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/metrics",
+        operation_id: "getMetrics",
+        summary: "Prometheus metrics",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Metrics)],
+        errors: &[],
+        handler: |app, request, _| metrics(app, request),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/workflows",
+        operation_id: "listWorkflows",
+        summary: "The workflow templates with their parameter schemas",
+        public: false,
+        request: None,
+        answers: &[(200, Body::WorkflowList)],
+        errors: &[],
+        handler: |app, request, _| workflows(app, request),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/workflows/refresh",
+        operation_id: "refreshWorkflowChoices",
+        summary: "Read the installed models (ComfyUI's /object_info) of every backend again",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Refreshed)],
+        errors: &[],
+        handler: |app, request, _| refresh(app, request),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/workflows/{name}",
+        operation_id: "getWorkflow",
+        summary: "One template's parameter schema, with the installed choices",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Workflow)],
+        errors: &[ErrorCode::UnknownWorkflow],
+        handler: |app, request, call| workflow(app, request, call.param(0)),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/generate",
+        operation_id: "generate",
+        summary: "Run a job and stream its events (or, with Accept: application/json, wait for its result)",
+        public: false,
+        request: Some(Body::GenerateRequest),
+        answers: &[(200, Body::Events)],
+        errors: &[
+            START_ERRORS[0],
+            START_ERRORS[1],
+            START_ERRORS[2],
+            START_ERRORS[3],
+            START_ERRORS[4],
+            START_ERRORS[5],
+            START_ERRORS[6],
+            START_ERRORS[7],
+            // After the job started, JSON answers carry the job's error with its status.
+            ErrorCode::ExecutionFailed,
+            ErrorCode::ComfyuiLost,
+            ErrorCode::Timeout,
+            ErrorCode::StorageFailed,
+            ErrorCode::Cancelled,
+            ErrorCode::Internal,
+        ],
+        handler: |app, request, call| generate(app, call.door, request),
+    },
+    Endpoint {
+        method: "POST",
+        path: "/jobs",
+        operation_id: "createJob",
+        summary: "Start a job that runs without a client attached",
+        public: false,
+        request: Some(Body::GenerateRequest),
+        answers: &[(202, Body::JobCreated)],
+        errors: &START_ERRORS,
+        handler: |app, request, call| create_job(app, call.door, request),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/jobs/{id}",
+        operation_id: "getJob",
+        summary: "A job's state, progress, result or error",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Job)],
+        errors: &[ErrorCode::NotFound],
+        handler: |app, request, call| get_job(app, request, call.param(0)),
+    },
+    Endpoint {
+        method: "DELETE",
+        path: "/jobs/{id}",
+        operation_id: "cancelJob",
+        summary: "Cancel a job; answers the job once it ended (waits up to 30 s)",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Job)],
+        errors: &[ErrorCode::NotFound],
+        handler: |app, request, call| cancel_job(app, request, call.param(0)),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/jobs/{id}/events",
+        operation_id: "getJobEvents",
+        summary: "Replay a job's events after Last-Event-ID, then follow it live",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Events)],
+        errors: &[ErrorCode::NotFound],
+        handler: |app, request, call| job_events(app, request, call.param(0), &call.query),
+    },
+    Endpoint {
+        method: "GET",
+        path: "/images/{job_id}/{file}",
+        operation_id: "getImage",
+        summary: "A stored image (local storage only; immutable)",
+        public: false,
+        request: None,
+        answers: &[(200, Body::Image)],
+        errors: &[ErrorCode::NotFound],
+        handler: |app, request, call| {
+            image(
+                app,
+                request,
+                &format!("{}/{}", call.param(0), call.param(1)),
+            );
+        },
+    },
+];
+
+/// The endpoints whose path matches, with the path's variables.
+fn route(path: &str) -> Vec<(&'static Endpoint, Vec<String>)> {
+    ENDPOINTS
+        .iter()
+        .filter_map(|endpoint| Some((endpoint, endpoint.matches(path)?)))
+        .collect()
 }
 
 /// Answers one request, on its own thread.
@@ -90,42 +366,44 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
             return door.refuse(request, &error, &[]);
         }
     }
-    let route = Route::parse(path);
-    // The page holds no data and asks for the key itself, so it must load without one.
-    let open = matches!(route, Some(Route::Health | Route::Page))
-        && matches!(method, Method::Get | Method::Head);
+    let matching = route(path);
+    // The page and /health hold no data (the page asks for the key itself), so they answer
+    // without one; a HEAD is answered like the GET it mirrors.
+    let method_name = if method.as_str() == "HEAD" {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let open = matching
+        .iter()
+        .any(|(endpoint, _)| endpoint.public && endpoint.method == method_name);
     if !open {
         if let Err(error) = auth::check(&request, &app.config.api_keys) {
             return reply::error(request, &error);
         }
     }
-    let Some(route) = route else {
+    if matching.is_empty() {
         return reply::error(request, &ApiError::not_found(path));
-    };
-    let allowed = route.methods();
-    if !allowed.contains(&method) {
-        let allow: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+    }
+    let Some((endpoint, params)) = matching
+        .iter()
+        .find(|(endpoint, _)| endpoint.method == method.as_str())
+    else {
+        let mut allow: Vec<&str> = matching.iter().map(|(e, _)| e.method).collect();
+        allow.dedup();
         let error = ApiError::new(
             ErrorCode::MethodNotAllowed,
             format!("{path} answers {}, not {method}", allow.join(", ")),
         );
         let headers = vec![reply::header("Allow", &allow.join(", "))];
         return reply::json_with(request, 405, &error.to_body(), headers);
-    }
-    match route {
-        Route::Page => page(request),
-        Route::Health => reply::json(request, 200, &json!({ "status": "ok" })),
-        Route::Ready => ready(app, request),
-        Route::Workflows => workflows(app, request),
-        Route::Workflow(name) => workflow(app, request, &name),
-        Route::Generate => generate(app, door, request),
-        Route::Jobs => create_job(app, door, request),
-        Route::Job(id) if method == Method::Delete => cancel_job(app, request, &id),
-        Route::Job(id) => get_job(app, request, &id),
-        Route::JobEvents(id) => job_events(app, request, &id, query),
-        Route::Image(key) => image(app, request, &key),
-        Route::Metrics => metrics(app, request),
-    }
+    };
+    let call = Call {
+        params: params.clone(),
+        query: query.to_string(),
+        door,
+    };
+    (endpoint.handler)(app, request, &call);
 }
 
 /// Answers an error that happened before a job existed; a body found too large while reading
@@ -204,7 +482,7 @@ fn workflows(app: &App, request: Request) {
         .templates
         .names()
         .filter_map(|name| app.templates.get(name))
-        .map(|template| template.schema())
+        .map(|template| app.installed.schema(template))
         .collect();
     let body = json!({ "default": app.config.default_workflow, "workflows": list });
     reply::json(request, 200, &body);
@@ -212,7 +490,7 @@ fn workflows(app: &App, request: Request) {
 
 fn workflow(app: &App, request: Request, name: &str) {
     match app.templates.get(name) {
-        Some(template) => reply::json(request, 200, &template.schema()),
+        Some(template) => reply::json(request, 200, &app.installed.schema(template)),
         None => reply::error(
             request,
             &ApiError::new(
@@ -223,10 +501,42 @@ fn workflow(app: &App, request: Request, name: &str) {
     }
 }
 
+/// `POST /workflows/refresh`: reads every backend's `/object_info` again.
+fn refresh(app: &App, request: Request) {
+    let backends = app.installed.refresh_all();
+    reply::json(request, 200, &json!({ "backends": backends }));
+}
+
+/// Refuses a template request naming a combo value (a model...) that is not installed, listing
+/// the installed ones, together with every other bad parameter.
+fn check_installed(app: &App, request: &JobRequest) -> Result<(), ApiError> {
+    let GenerateRequest::Template { workflow, params } = &request.generate else {
+        return Ok(());
+    };
+    let Some(template) = app.templates.get(workflow) else {
+        return Ok(()); // unknown_workflow, from the job code
+    };
+    let Err((mut errors, installed)) = app.installed.check(template, params) else {
+        return Ok(());
+    };
+    if let Err(others) = template.resolve(params) {
+        for (field, message) in others.0 {
+            errors.insert(field, message);
+        }
+    }
+    let mut details = errors.to_details();
+    details["installed"] = json!(installed);
+    Err(
+        ApiError::new(ErrorCode::InvalidParams, format!("{workflow}: {errors}"))
+            .with_details(details),
+    )
+}
+
 /// Reads, parses and submits a generation request; the job exists once this returns `Ok`.
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
     let parsed = JobRequest::parse(&body, &app.config.default_workflow)?;
+    check_installed(app, &parsed)?;
     let events = app.webhooks.sink_for(parsed.options.webhook.clone())?;
     engine(app)?.submit(parsed, events)
 }
@@ -403,20 +713,45 @@ fn image(app: &App, request: Request, key: &str) {
 mod tests {
     use super::*;
 
+    fn only(path: &str) -> Vec<(&'static str, Vec<String>)> {
+        route(path)
+            .into_iter()
+            .map(|(endpoint, params)| (endpoint.method, params))
+            .collect()
+    }
+
     #[test]
     fn routes_parse() {
-        assert_eq!(Route::parse("/"), Some(Route::Page));
-        assert_eq!(Route::parse("/health"), Some(Route::Health));
+        assert_eq!(only("/"), [("GET", vec![])]);
+        assert_eq!(only("/health"), [("GET", vec![])]);
+        assert_eq!(only("/jobs/abc/events"), [("GET", vec!["abc".to_string()])]);
         assert_eq!(
-            Route::parse("/jobs/abc/events"),
-            Some(Route::JobEvents("abc".into()))
+            only("/images/j/0.png"),
+            [("GET", vec!["j".to_string(), "0.png".to_string()])]
         );
-        assert_eq!(
-            Route::parse("/images/j/0.png"),
-            Some(Route::Image("j/0.png".into()))
-        );
-        assert_eq!(Route::parse("/nope"), None);
-        assert_eq!(Route::parse("/jobs/a/b"), None);
+        let job: Vec<&str> = only("/jobs/x").iter().map(|(m, _)| *m).collect();
+        assert_eq!(job, ["GET", "DELETE"]);
+        assert!(route("/nope").is_empty());
+        assert!(route("/jobs/a/b").is_empty());
+        // A template may be called "refresh": GET reads it, POST refreshes the choices.
+        let refresh: Vec<&str> = only("/workflows/refresh").iter().map(|(m, _)| *m).collect();
+        assert_eq!(refresh, ["POST", "GET"]);
+    }
+
+    #[test]
+    fn the_table_has_one_row_per_method_and_path() {
+        let mut seen = std::collections::HashSet::new();
+        for endpoint in ENDPOINTS {
+            assert!(
+                seen.insert((endpoint.method, endpoint.path)),
+                "{} {} twice",
+                endpoint.method,
+                endpoint.path
+            );
+            assert!(!endpoint.statuses().is_empty());
+        }
+        let ids: std::collections::HashSet<_> = ENDPOINTS.iter().map(|e| e.operation_id).collect();
+        assert_eq!(ids.len(), ENDPOINTS.len(), "operation ids are unique");
     }
 
     #[test]

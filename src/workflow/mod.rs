@@ -38,6 +38,7 @@
 //! assert_eq!(graph["1"]["inputs"]["steps"], 30);
 //! ```
 
+mod choices;
 mod graph;
 mod input_image;
 mod params;
@@ -50,6 +51,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use choices::{Installed, ParamChoices, RETRY_AFTER, combo_values};
 pub use graph::check_raw_graph;
 pub use input_image::InputImage;
 pub use params::{ParamDefault, ParamErrors, ParamSpec, ParamType, Target};
