@@ -207,11 +207,14 @@ fn fetch_one(
             ReceiveError::Write(e) => local(e.to_string()),
         })?;
     let media = media::identify(&received.head, &source.filename);
-    let (media, bytes, size) = if matches!(media, media::PNG | media::WEBP) {
+    let Checked { media, bytes, size } = if matches!(media, media::PNG | media::WEBP) {
         check_and_strip(req, source, media, received.path.clone(), received.bytes)?
     } else {
-        let size = media::file_dimensions(&received.path, media, &received.head);
-        (media, received.bytes, size)
+        Checked {
+            media,
+            bytes: received.bytes,
+            size: media::file_dimensions(&received.path, media, &received.head),
+        }
     };
     Ok(Collected {
         node: file.node_id.clone(),
@@ -225,6 +228,13 @@ fn fetch_one(
     })
 }
 
+/// A staged file as it will be stored: its type, its length, and its size in pixels if known.
+struct Checked {
+    media: MediaType,
+    bytes: u64,
+    size: Option<(u32, u32)>,
+}
+
 /// Reads a staged PNG or WebP, checks it, strips ComfyUI's metadata per `OUTPUT_METADATA`,
 /// converts it to the request's `output_format`, and rewrites the staged file if any of that
 /// changed it. Returns its type, its size in bytes and in pixels.
@@ -234,7 +244,7 @@ fn check_and_strip(
     media: MediaType,
     path: PathBuf,
     len: u64,
-) -> Result<(MediaType, u64, Option<(u32, u32)>), ApiError> {
+) -> Result<Checked, ApiError> {
     let unusable = |why: String| {
         ApiError::internal(format!(
             "ComfyUI's image {} is unusable: {why}",
@@ -272,8 +282,11 @@ fn check_and_strip(
     if stored_len != len || media != media::identify(&bytes, &source.filename) {
         rewrite_synced(&path, &bytes).map_err(|e| not_staged(&[source], &e.to_string()))?;
     }
-    let size = (width > 0 && height > 0).then_some((width, height));
-    Ok((media, stored_len, size))
+    Ok(Checked {
+        media,
+        bytes: stored_len,
+        size: (width > 0 && height > 0).then_some((width, height)),
+    })
 }
 
 fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
