@@ -46,6 +46,14 @@ fn a_thousand_queued_jobs_all_complete_through_one_websocket() {
         .filter(|r| r.path.starts_with("/ws"))
         .count();
     assert_eq!(sockets, 1, "one websocket for the whole batch");
+    // ComfyUI broadcasts `status` to every socket on each queue change: with one socket that is
+    // a few messages per job, not one per job per waiting job.
+    let stats = h.sim.ws_stats();
+    assert_eq!(stats.accepted, 1);
+    assert!(
+        stats.status_sent <= 4 * 1000 + 10,
+        "status messages grow linearly with the jobs: {stats:?}"
+    );
     assert_eq!(h.app.metrics.jobs_finished("completed"), 1000);
 }
 

@@ -250,3 +250,36 @@ fn housekeeping_uploads_the_spool_as_soon_as_it_starts() {
     );
     assert_eq!(fake.rows().len(), 1);
 }
+
+#[test]
+fn a_job_spooled_before_a_restart_is_completed_by_the_restarted_gateway() {
+    let data = common::harness::TestDir::new();
+    let with_data = || Options {
+        supabase: true,
+        vars: vec![("DATA_DIR", data.path().display().to_string())],
+        ..Options::default()
+    };
+    let job_id = {
+        let h = Harness::with(with_data());
+        h.supabase.as_ref().expect("fake").set_down(true);
+        let (status, answer) = h.post_json("/generate", &small_txt2img("outage"));
+        assert_eq!(status, 502, "{answer}");
+        answer["error"]["details"]["job_id"]
+            .as_str()
+            .expect("job id")
+            .to_string()
+    }; // the gateway stops here, its job and its spooled image left in DATA_DIR
+    let h = Harness::with(with_data());
+    let (_, before) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(before["error"]["code"], "storage_failed", "{before}");
+    assert_eq!(
+        h.app.flush_spool(),
+        1,
+        "the restarted gateway uploads the spool"
+    );
+    let (_, job) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(job["state"], "completed", "{job}");
+    let rows = h.supabase.as_ref().expect("fake").rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["job_id"], job_id.as_str());
+}
