@@ -17,6 +17,7 @@ use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
 use crate::storage::supabase::{SupabaseOptions, SupabaseStorage};
 use crate::storage::{RetryPolicy, Storage};
+use crate::warmup::Warmup;
 use crate::webhook::Webhooks;
 use crate::workflow::{Installed, Templates};
 
@@ -44,6 +45,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Signed webhooks: each job's sink, and the delivery threads (started by `serve`).
     pub webhooks: Webhooks,
+    /// The warm-up run on each backend (`WARMUP_WORKFLOW`), if configured.
+    pub warmup: Option<Arc<Warmup>>,
     /// Jobs read back from `DATA_DIR` that the engine resumes when it starts.
     restored: Mutex<Option<Restored>>,
     engine: OnceLock<Arc<Engine>>,
@@ -125,6 +128,13 @@ impl App {
             ))
         })?;
         let installed = Arc::new(Installed::new(&backends, &templates));
+        let warmup = match &config.warmup {
+            Some(spec) => Some(Arc::new(
+                Warmup::new(spec.clone(), &templates, config.job_timeout)
+                    .map_err(|e| StartupError(format!("WARMUP_WORKFLOW={spec}: {e}")))?,
+            )),
+            None => None,
+        };
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
         // Restored jobs keep sending their webhooks (a finished one may still complete from
@@ -136,6 +146,7 @@ impl App {
         }
         Ok(App {
             installed,
+            warmup,
             jobs,
             webhooks,
             templates: Arc::new(templates),
@@ -184,13 +195,27 @@ impl App {
         Ok(self.engine.get_or_init(|| engine))
     }
 
-    /// What happens when a backend comes back after a restart: its installed models are read
-    /// again.
+    /// What happens when a backend is first reached or comes back after a restart: its
+    /// installed models are read again, and the warm-up runs there.
     fn comeback_hook(&self) -> crate::job::ComebackHook {
         let installed = Arc::clone(&self.installed);
-        Box::new(move |url: &str| {
-            if let Err(e) = installed.refresh(url) {
-                log::warn!("cannot read the models installed on {url}: {e}");
+        let warmup = self.warmup.clone();
+        Box::new(move |client: &ComfyClient| {
+            if let Some(warmup) = &warmup {
+                warmup.start(client.clone());
+            }
+            let installed = Arc::clone(&installed);
+            let url = client.base_url().to_string();
+            // Reading /object_info may take a while on a big install: off the monitor thread.
+            let spawned = std::thread::Builder::new()
+                .name("object-info".into())
+                .spawn(move || {
+                    if let Err(e) = installed.refresh(&url) {
+                        log::warn!("cannot read the models installed on {url}: {e}");
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a thread to read installed models: {e}");
             }
         })
     }

@@ -10,6 +10,7 @@
 //! [`Config::from_lookup`], a pure function of a lookup closure, so tests need not touch the
 //! process environment; [`Config::from_env`] feeds it the real environment layered over `.env`.
 
+use crate::warmup::WarmupSpec;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -89,6 +90,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// `WEBHOOK_*`: the default webhook, the signing secret, allowed hosts and retry window.
     pub webhook: WebhookConfig,
+    /// `WARMUP_WORKFLOW`: a template (and parameters) run on each backend when the gateway
+    /// first reaches it and when it comes back after a restart (default none).
+    pub warmup: Option<WarmupSpec>,
 }
 
 /// Webhook settings (`WEBHOOK_URL`, `WEBHOOK_SECRET`, `WEBHOOK_ALLOWED_HOSTS`,
@@ -263,6 +267,13 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         png_metadata: output_metadata(vars)?,
         log_filter: vars.get_or("RUST_LOG", "info"),
         webhook: webhook(vars)?,
+        warmup: match vars.get("WARMUP_WORKFLOW") {
+            Some(raw) => Some(
+                WarmupSpec::parse(&raw)
+                    .map_err(|expected| ConfigError::new("WARMUP_WORKFLOW", &raw, expected))?,
+            ),
+            None => None,
+        },
         idle_timeout: Duration::from_secs(whole_number(vars, &IDLE_TIMEOUT_SECS)?),
         max_connections: usize::try_from(whole_number(vars, &MAX_CONNECTIONS)?)
             .unwrap_or(usize::MAX),
@@ -759,6 +770,7 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("webhook", &self.webhook)
+            .field("warmup", &self.warmup)
             .finish()
     }
 }

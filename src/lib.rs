@@ -61,5 +61,6 @@ pub mod server;
 pub mod sse;
 pub mod storage;
 pub mod timestamp;
+pub mod warmup;
 pub mod webhook;
 pub mod workflow;

@@ -261,9 +261,16 @@ impl Backend {
     /// A new websocket is open under `client_id`: every prompt held so far was queued under
     /// an older id, so each becomes orphaned and is reconciled through `/history` and `/queue`.
     fn connected(&self, engine: &Engine, client_id: String) {
-        let (came_back, abandoned) = {
+        let (fresh, abandoned) = {
             let mut state = self.lock();
             let came_back = state.was_up && state.down_since.is_some();
+            if came_back {
+                log::info!("ComfyUI at {} is back", self.url());
+            }
+            // Whether ComfyUI restarted cannot be told from a websocket that merely dropped (a
+            // restarted ComfyUI may answer the very first reconnect), so every new connection
+            // counts as fresh: the hook's work (a warm-up, re-reading models) is cheap.
+            let fresh = true;
             state.status = BackendStatus::Up;
             state.client_id = Some(client_id);
             state.down_since = None;
@@ -272,7 +279,7 @@ impl Backend {
             for job in state.jobs.values() {
                 job.with_run(|run| run.orphaned = true);
             }
-            (came_back, std::mem::take(&mut state.abandoned))
+            (fresh, std::mem::take(&mut state.abandoned))
         };
         log::info!("ComfyUI at {} is connected", self.url());
         for prompt_id in abandoned {
@@ -287,7 +294,7 @@ impl Backend {
             }
         }
         self.reconcile(engine);
-        engine.backend_up(self.index, came_back);
+        engine.backend_up(self.index, fresh);
     }
 
     /// The websocket could not be opened (or reopened): the backend is skipped. Prompts it had

@@ -64,9 +64,10 @@ impl Default for RunSettings {
     }
 }
 
-/// Called with a backend's base URL when it comes back after being unreachable (ComfyUI
-/// restarted: its installed models may have changed, and its models must be loaded again).
-pub type ComebackHook = Box<dyn Fn(&str) + Send + Sync>;
+/// Called with a backend's client when the gateway first reaches it, and each time its
+/// websocket reconnects (ComfyUI may have restarted: its installed models may have changed, and
+/// its models must be loaded again). Runs on the backend's monitor thread: it must not block.
+pub type ComebackHook = Box<dyn Fn(&crate::comfyui::ComfyClient) + Send + Sync>;
 
 /// Everything the job code uses, shared by its threads.
 pub struct JobContext {

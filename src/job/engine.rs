@@ -379,13 +379,12 @@ impl Engine {
             .observe(job.created().elapsed());
     }
 
-    /// A backend (re)connected; `came_back` after it had been unreachable.
-    pub(super) fn backend_up(&self, index: usize, came_back: bool) {
-        if came_back {
+    /// A backend (re)connected; `fresh` when it may have restarted meanwhile.
+    pub(super) fn backend_up(&self, index: usize, fresh: bool) {
+        if fresh {
             if let Some(backend) = self.backends.get(index) {
-                log::info!("ComfyUI at {} is back", backend.url());
                 if let Some(hook) = &self.ctx.on_comeback {
-                    hook(backend.url());
+                    hook(backend.client());
                 }
             }
         }

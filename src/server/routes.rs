@@ -455,7 +455,18 @@ fn ready(app: &App, request: Request) {
             false
         }
     };
-    let status = if comfyui_ok && storage_ok { 200 } else { 503 };
+    let warm_problems = app
+        .warmup
+        .as_ref()
+        .map(|w| w.problems())
+        .unwrap_or_default();
+    let warmed_up = warm_problems.is_empty();
+    reasons.extend(warm_problems);
+    let status = if comfyui_ok && storage_ok && warmed_up {
+        200
+    } else {
+        503
+    };
     let state = if status == 200 { "ready" } else { "not_ready" };
     reply::json(
         request,
