@@ -36,7 +36,7 @@ def queue(n):
         answer = session.post(f"{GATEWAY}/jobs", json=body, timeout=60)
         if answer.status_code != 429:
             break
-        # MAX_ACTIVE_JOBS unfinished jobs already: wait as long as Retry-After says, then retry.
+        # MAX_QUEUED_JOBS jobs waiting already: wait as long as Retry-After says, then retry.
         time.sleep(float(answer.headers.get("Retry-After", "1")))
     if answer.status_code != 202:
         sys.exit(f"job {n} was refused (HTTP {answer.status_code}): {answer.text}")

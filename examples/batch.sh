@@ -35,7 +35,7 @@ for ((n = 1; n <= COUNT; n++)); do
     status=$(curl -sS -o "$tmp/answer" -D "$tmp/head" -w '%{http_code}' ${auth[@]+"${auth[@]}"} \
       -H 'Content-Type: application/json' -d "$body" "$GATEWAY/jobs")
     [ "$status" = 429 ] || break
-    # MAX_ACTIVE_JOBS unfinished jobs already: wait as long as Retry-After says, then retry.
+    # MAX_QUEUED_JOBS jobs waiting already: wait as long as Retry-After says, then retry.
     sleep "$(tr -d '\r' < "$tmp/head" | sed -n 's/^[Rr]etry-[Aa]fter: *//p' | grep . || echo 1)"
   done
   if [ "$status" != 202 ]; then

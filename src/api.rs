@@ -30,7 +30,7 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// `API_KEYS` is set and the request carries no valid key.
     Unauthorized,
-    /// `MAX_ACTIVE_JOBS` unfinished jobs already.
+    /// `MAX_QUEUED_JOBS` jobs waiting already.
     Overloaded,
     /// No ComfyUI backend answered.
     ComfyuiUnavailable,

@@ -21,7 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(240);
 /// A gateway whose simulator takes no time per step, accepting the whole batch at once.
 fn gateway() -> Harness {
     let mut options = Options::step_ms(0);
-    options.vars = vec![("MAX_ACTIVE_JOBS", "1000".to_string())];
+    options.vars = vec![("MAX_QUEUED_JOBS", "1000".to_string())];
     Harness::with(options)
 }
 
