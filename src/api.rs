@@ -1,8 +1,9 @@
 //! The HTTP contract's vocabulary: error codes, the error body, and generation requests.
 //!
 //! Every error a client sees, as an HTTP body or as the terminal `error` event of a stream, is an
-//! [`ApiError`]: one of the codes of `DESIGN.md`, a sentence for a person, and machine-readable
-//! details. The mapping from a code to its HTTP status lives here and nowhere else.
+//! [`ApiError`]: one of the contract's codes (the README lists them), a sentence for a person,
+//! and machine-readable details. The mapping from a code to its HTTP status lives here and
+//! nowhere else.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
