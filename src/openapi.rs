@@ -46,8 +46,45 @@ pub fn document(app: &App) -> Value {
         },
         "servers": [{"url": app.config.public_base_url.trim_end_matches('/')}],
         "paths": paths,
+        "webhooks": webhooks(),
         "components": components(app),
         "x-router-errors": ROUTER_ERRORS.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+/// The webhooks a job can send (its request's `webhook`, or `WEBHOOK_URL`): one POST per event,
+/// signed per the Standard Webhooks specification.
+fn webhooks() -> Value {
+    let header = |name: &str, description: &str| {
+        json!({"name": name, "in": "header", "required": true,
+               "schema": {"type": "string"}, "description": description})
+    };
+    let bodies: Vec<Value> = EVENTS
+        .iter()
+        .filter(|kind| !matches!(kind, EventKind::Dispatched | EventKind::Preview))
+        .map(|kind| {
+            json!({"allOf": [
+                {"$ref": format!("#/components/schemas/{}", event_component(*kind))},
+                {"type": "object", "required": ["type"],
+                 "properties": {"type": {"const": kind.as_str()}}}]})
+        })
+        .collect();
+    json!({
+        "jobEvent": {"post": {
+            "summary": "One of a job's events (queued, complete, error, cancelled; progress on request)",
+            "description": "The body is the matching SSE event's data plus `job_id` and `type`. \
+                Delivered at least once: a non-2xx answer or none is retried with exponential \
+                backoff and jitter for WEBHOOK_RETRY_HOURS, with the same webhook-id. Verify \
+                the signature with any Standard Webhooks library and WEBHOOK_SECRET.",
+            "parameters": [
+                header("webhook-id", "Stable across the retries of one delivery (msg_...)."),
+                header("webhook-timestamp", "Unix seconds of this attempt."),
+                header("webhook-signature", "v1, + base64 HMAC-SHA256 of id.timestamp.body."),
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {
+                "schema": {"oneOf": bodies}}}},
+            "responses": {"2XX": {"description": "Delivered; anything else is retried."}},
+        }},
     })
 }
 
