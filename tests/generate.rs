@@ -377,3 +377,50 @@ fn workflows_and_health_describe_the_gateway() {
     let (status, ready) = h.get_json("/ready");
     assert_eq!(status, 200, "{ready}");
 }
+
+#[test]
+fn output_format_converts_images_before_storage_without_metadata() {
+    let h = Harness::start();
+    for (format, extension, content_type, magic) in [
+        ("jpeg", "jpg", "image/jpeg", &b"\xff\xd8\xff"[..]),
+        ("webp", "webp", "image/webp", &b"RIFF"[..]),
+    ] {
+        let mut body = small_txt2img(&format!("as {format}"));
+        body["output_format"] = json!(format);
+        if format == "jpeg" {
+            body["quality"] = json!(80);
+        }
+        let (status, result) = h.post_json("/generate", &body);
+        assert_eq!(status, 200, "{result}");
+        let image = &result["images"][0];
+        assert_eq!(image["content_type"], content_type, "{result}");
+        assert!(
+            image["key"]
+                .as_str()
+                .is_some_and(|k| k.ends_with(&format!("/0.{extension}"))),
+            "{result}"
+        );
+        assert_eq!(
+            (image["width"].as_u64(), image["height"].as_u64()),
+            (Some(64), Some(64))
+        );
+        let (status, bytes) = h.get_bytes(image["url"].as_str().expect("url"));
+        assert_eq!(status, 200);
+        assert!(bytes.starts_with(magic), "{format}: stored in that format");
+        assert_eq!(image["bytes"].as_u64(), Some(bytes.len() as u64));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("\"class_type\""),
+            "no workflow carried into the {format}"
+        );
+    }
+    let (status, answer) = h.post_json(
+        "/generate",
+        &json!({"workflow": "invert", "output_format": "webp", "quality": 50}),
+    );
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_params")),
+        "quality is for JPEG only: {answer}"
+    );
+}
