@@ -298,6 +298,64 @@ fn a_template_that_keeps_temp_outputs_stores_videohelpersuites_previews_too() {
 }
 
 #[test]
+fn animated_pngs_and_webms_saved_under_images_keep_what_they_are() {
+    let h = Harness::start();
+    let graph = json!({
+        "1": frames(),
+        "4": {"class_type": "SaveWEBM", "inputs": {"images": ["1", 0], "filename_prefix": "ComfyUI",
+              "codec": "vp9", "fps": 24, "crf": 32}},
+        "19": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["1", 0],
+               "filename_prefix": "anim", "fps": 6, "compress_level": 4}},
+    });
+    let result = generate(&h, &json!({"graph": graph}));
+    let job = job_id(&result);
+    assert_eq!(
+        summary(&result),
+        [
+            (
+                format!("{job}/0.webm"),
+                "video".into(),
+                "video/webm".into(),
+                Value::Null,
+                Value::Null,
+                "4".into()
+            ),
+            (
+                format!("{job}/1.png"),
+                "image".into(),
+                "image/png".into(),
+                json!(16),
+                json!(8),
+                "19".into()
+            ),
+        ],
+        "{result}"
+    );
+    let (_, _, apng) = served(result["images"][1]["url"].as_str().expect("a url"));
+    let reader = png::Decoder::new(std::io::Cursor::new(&apng))
+        .read_info()
+        .expect("a PNG");
+    let frames = reader.info().animation_control().map(|a| a.num_frames);
+    assert_eq!(
+        frames,
+        Some(3),
+        "still animated after its metadata was stripped"
+    );
+    assert!(
+        common::png_text_chunks(&apng).is_empty(),
+        "no workflow left in it"
+    );
+
+    // Asking for JPEG converts still pictures only: the WebM stays a WebM, and the animation
+    // keeps its frames rather than becoming a JPEG of the first one.
+    let asked = generate(&h, &json!({"graph": graph, "output_format": "jpeg"}));
+    let types: Vec<String> = summary(&asked).into_iter().map(|s| s.2).collect();
+    assert_eq!(types, ["video/webm", "image/png"], "{asked}");
+    let (_, _, kept) = served(asked["images"][1]["url"].as_str().expect("a url"));
+    assert!(kept == apng, "the same animated PNG");
+}
+
+#[test]
 fn sounds_are_stored_as_audio_without_a_size() {
     let h = Harness::start();
     let result = generate(&h, &json!({"graph": audio_graph()}));
@@ -363,6 +421,84 @@ fn a_video_is_uploaded_to_supabase_as_video_mp4_and_its_row_says_so() {
     );
     assert_eq!(row["bytes"].as_u64(), Some(original.len() as u64));
     assert_eq!(result["images"][0]["kind"], "video");
+}
+
+#[test]
+fn a_video_and_a_sound_kept_through_a_supabase_outage_reach_it_with_their_types() {
+    let h = Harness::with(Options {
+        supabase: true,
+        ..Options::default()
+    });
+    let fake = h.supabase.as_ref().expect("the fake Supabase");
+    fake.set_down(true);
+    let mut graph = audio_graph();
+    for (id, node) in video_graph().as_object().expect("an object") {
+        graph[id] = node.clone();
+    }
+    let (status, answer) = h.post_json("/generate", &json!({"graph": graph}));
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_failed", "{answer}");
+    let job = answer["error"]["details"]["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+
+    fake.set_down(false);
+    assert_eq!(h.app.flush_spool(), 1, "the spooled job is stored");
+    let objects = fake.objects();
+    let types: Vec<(String, String)> = objects
+        .iter()
+        .map(|(key, object)| (key.clone(), object.content_type.clone()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            (format!("images/{job}/0.mp4"), "video/mp4".to_string()),
+            (format!("images/{job}/1.flac"), "audio/flac".to_string()),
+            (format!("images/{job}/2.mp3"), "audio/mpeg".to_string()),
+            (format!("images/{job}/3.opus"), "audio/ogg".to_string()),
+        ]
+    );
+    let rows: Vec<(Value, Value)> = fake
+        .rows()
+        .iter()
+        .map(|r| (r["kind"].clone(), r["width"].clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("video"), json!(16)),
+            (json!("audio"), Value::Null),
+            (json!("audio"), Value::Null),
+            (json!("audio"), Value::Null),
+        ]
+    );
+    let (_, record) = h.get_json(&format!("/jobs/{job}"));
+    assert_eq!(record["state"], "completed", "{record}");
+    let images = &record["result"]["images"];
+    assert_eq!(images[0]["kind"], "video", "{record}");
+    assert_eq!(images[0]["content_type"], "video/mp4");
+    assert_eq!(images[3]["content_type"], "audio/ogg");
+}
+
+#[test]
+fn a_large_video_is_stored_whole() {
+    const MEGABYTES: u64 = 20;
+    let h = Harness::start();
+    let mut graph = video_graph();
+    graph["3"]["inputs"]["megabytes"] = json!(MEGABYTES);
+    let result = generate(&h, &json!({"graph": graph}));
+    let image = &result["images"][0];
+    assert_eq!(
+        image["bytes"].as_u64(),
+        Some(MEGABYTES * 1024 * 1024),
+        "{result}"
+    );
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(16), Some(8))
+    );
+    assert_served_as_made(&h, &result, &["images"]);
 }
 
 #[test]
@@ -474,8 +610,10 @@ fn an_unknown_node_class_is_comfyui_rejected_naming_the_node() {
     assert_eq!(error["code"], "comfyui_rejected", "{body}");
     assert_eq!(error["details"]["type"], "missing_node_type", "{body}");
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains("KSamplerTurbo"), "{message}");
-    assert!(message.contains('3'), "{message}");
+    assert!(
+        message.contains("KSamplerTurbo") && message.contains("Node ID '#3'"),
+        "{message}"
+    );
 
     let mut stream = h.generate_stream(&json!({"graph": unknown_node_graph()}));
     assert_eq!(stream.status, 200);
