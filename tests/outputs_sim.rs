@@ -36,7 +36,8 @@ fn video_combine(format: &str, save_output: bool) -> Value {
            "pingpong": false, "save_output": save_output}})
 }
 
-/// A sampled sound (nodes 10 to 14) saved as FLAC (15), MP3 (16) and Opus (17).
+/// A sampled sound (nodes 10 to 14) saved as FLAC (15), MP3 (16) and Opus (17) by ComfyUI's
+/// own nodes.
 fn audio_graph() -> Value {
     json!({
         "10": {"class_type": "CheckpointLoaderSimple",
@@ -53,6 +54,14 @@ fn audio_graph() -> Value {
         "17": {"class_type": "SaveAudioOpus", "inputs": {"audio": ["14", 0],
                "filename_prefix": "audio/ComfyUI", "quality": "128k"}}
     })
+}
+
+/// [`audio_graph`] with a WAV saver too (node 18), as several custom node packs have.
+fn audio_graph_with_wav() -> Value {
+    let mut graph = audio_graph();
+    graph["18"] = json!({"class_type": "SaveAudioWAV",
+                         "inputs": {"audio": ["14", 0], "filename_prefix": "audio/ComfyUI"}});
+    graph
 }
 
 /// A txt2img graph whose sampler (node 3) takes `steps` steps, saved by node 9.
@@ -358,7 +367,7 @@ fn animated_pngs_and_webms_saved_under_images_keep_what_they_are() {
 #[test]
 fn sounds_are_stored_as_audio_without_a_size() {
     let h = Harness::start();
-    let result = generate(&h, &json!({"graph": audio_graph()}));
+    let result = generate(&h, &json!({"graph": audio_graph_with_wav()}));
     let job = job_id(&result);
     let sound = |index: u32, extension: &str, content_type: &str, node: &str| {
         (
@@ -376,10 +385,11 @@ fn sounds_are_stored_as_audio_without_a_size() {
             sound(0, "flac", "audio/flac", "15"),
             sound(1, "mp3", "audio/mpeg", "16"),
             sound(2, "opus", "audio/ogg", "17"),
+            sound(3, "wav", "audio/wav", "18"),
         ],
         "{result}"
     );
-    assert_served_as_made(&h, &result, &["audio", "audio", "audio"]);
+    assert_served_as_made(&h, &result, &["audio", "audio", "audio", "audio"]);
 }
 
 #[test]
@@ -642,8 +652,8 @@ fn previewing(format: PreviewFormat) -> Harness {
     })
 }
 
-/// Runs a previewed (or not) txt2img job to its end on a fresh stream; its events, and whether
-/// the stream ended right after the terminal event.
+/// Runs a txt2img job (asking for previews or not) to completion on a fresh stream, checks
+/// that the stream ends right after its terminal event, and returns its events.
 fn run_previewed(h: &Harness, seed: u64, previews: bool) -> Vec<SseEvent> {
     let body = json!({"graph": txt2img_graph(seed, 24), "previews": previews});
     let mut stream = h.generate_stream(&body);
@@ -655,9 +665,19 @@ fn run_previewed(h: &Harness, seed: u64, previews: bool) -> Vec<SseEvent> {
     events
 }
 
+/// ComfyUI's prompt id, from the stream's `dispatched` event.
+fn prompt_of(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .find(|e| e.event == "dispatched")
+        .and_then(|e| e.data["prompt_id"].as_str())
+        .expect("a dispatched event with the prompt id")
+        .to_string()
+}
+
 /// Checks the stream's previews: each a data URL of `content_type` whose bytes start with
 /// `magic`, from the sampler, right after a progress event (so at most one per tick).
-fn assert_previews(events: &[SseEvent], content_type: &str, magic: &[u8]) -> usize {
+fn assert_previews(events: &[SseEvent], content_type: &str, magic: &[u8]) {
     let mut previews = 0;
     for (at, event) in events.iter().enumerate() {
         if event.event != "preview" {
@@ -682,7 +702,7 @@ fn assert_previews(events: &[SseEvent], content_type: &str, magic: &[u8]) -> usi
         assert!(
             bytes.starts_with(magic),
             "{content_type}: {:?}",
-            &bytes[..8]
+            bytes.get(..8)
         );
     }
     let progress = events.iter().filter(|e| e.event == "progress").count();
@@ -691,32 +711,17 @@ fn assert_previews(events: &[SseEvent], content_type: &str, magic: &[u8]) -> usi
         previews <= progress,
         "{previews} previews for {progress} ticks"
     );
-    previews
 }
 
 #[test]
 fn previews_reach_a_stream_that_asked_for_them_at_most_once_per_tick() {
     let h = previewing(PreviewFormat::Jpeg);
-    let sim_events = h.sim.events();
-
     let events = run_previewed(&h, 1, true);
     assert_previews(&events, "image/jpeg", &[0xFF, 0xD8, 0xFF]);
-    let prompt_id = events[1].data["prompt_id"].as_str().expect("a prompt id");
-    wait_for(
-        &sim_events,
-        "the first prompt's end",
-        |e| matches!(e, SimEvent::Finished { prompt_id: p, .. } if p == prompt_id),
-    );
 
     h.sim.set_previews(Some(PreviewFormat::Png));
     let events = run_previewed(&h, 2, true);
     assert_previews(&events, "image/png", b"\x89PNG\r\n\x1a\n");
-    let prompt_id = events[1].data["prompt_id"].as_str().expect("a prompt id");
-    wait_for(
-        &sim_events,
-        "the second prompt's end",
-        |e| matches!(e, SimEvent::Finished { prompt_id: p, .. } if p == prompt_id),
-    );
 
     // A job that did not ask gets none, though ComfyUI sent them.
     let before = h.sim.ws_stats().previews_sent;
@@ -736,7 +741,7 @@ fn the_gateway_asks_for_previews_that_name_their_prompt() {
     let h = previewing(PreviewFormat::Jpeg);
     let sim_events = h.sim.events();
     let events = run_previewed(&h, 4, true);
-    let prompt_id = events[1].data["prompt_id"].as_str().expect("a prompt id");
+    let prompt_id = prompt_of(&events);
     let mut previews = Vec::new();
     loop {
         match wait_for(&sim_events, "the prompt's previews and end", |e| {
