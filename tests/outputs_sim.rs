@@ -737,6 +737,34 @@ fn previews_reach_a_stream_that_asked_for_them_at_most_once_per_tick() {
 }
 
 #[test]
+fn each_job_gets_the_previews_of_its_own_prompt_only() {
+    let h = previewing(PreviewFormat::Png);
+    // Two jobs at once, their samplers told apart by node id (3 and 30).
+    let mut other = txt2img_graph(7, 24);
+    let sampler = other
+        .as_object_mut()
+        .and_then(|nodes| nodes.remove("3"))
+        .expect("node 3");
+    other["30"] = sampler;
+    other["8"]["inputs"]["samples"] = json!(["30", 0]);
+    let mut first = h.generate_stream(&json!({"graph": txt2img_graph(6, 24), "previews": true}));
+    let mut second = h.generate_stream(&json!({"graph": other, "previews": true}));
+    for (stream, node) in [(&mut first, "3"), (&mut second, "30")] {
+        assert_eq!(stream.status, 200);
+        let events = stream.until_terminal();
+        let last = events.last().expect("a terminal event");
+        assert_eq!(last.event, "complete", "{:?}", last.data);
+        let nodes: Vec<&Value> = events
+            .iter()
+            .filter(|e| e.event == "preview")
+            .map(|e| &e.data["node"])
+            .collect();
+        assert!(!nodes.is_empty(), "job with node {node} saw previews");
+        assert!(nodes.iter().all(|n| *n == node), "{node}: {nodes:?}");
+    }
+}
+
+#[test]
 fn the_gateway_asks_for_previews_that_name_their_prompt() {
     let h = previewing(PreviewFormat::Jpeg);
     let sim_events = h.sim.events();
