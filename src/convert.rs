@@ -8,8 +8,9 @@
 //! - PNG in (8 or 16 bits per channel; gray, gray+alpha, RGB, RGBA or palette): decoded to 8-bit
 //!   samples (16-bit samples keep their high byte), then encoded in the target format.
 //! - Still WebP in: decoded with `image-webp` (already in the tree for encoding) and re-encoded.
-//! - JPEG in, animated WebP, and anything that is not an image: stored as it is ([`convert`]
-//!   answers `Ok(None)`). Decoding JPEG would need one more crate for a case ComfyUI's own
+//! - JPEG in, animated PNG (APNG, e.g. from `SaveAnimatedPNG`), animated WebP, and anything
+//!   that is not an image: stored as it is ([`convert`] answers `Ok(None)`): a still format
+//!   would keep one frame of an animation. Decoding JPEG would need one more crate for a case ComfyUI's own
 //!   `SaveImage` never produces (it writes PNG), so it is not worth it.
 //! - JPEG has no transparency: pixels are composited onto white, so a transparent background
 //!   comes out white rather than as whatever colour the transparent pixels happen to hold.
@@ -152,7 +153,7 @@ const MAX_DECODED_BYTES: usize = 1024 * 1024 * 1024;
 /// Converts `bytes` (a file of MIME type `content_type`) to `format`.
 ///
 /// `Ok(None)` means "store the bytes as they are": the file is already in that format, is not
-/// an image, or is an image this module does not decode (JPEG, animated WebP). `quality` (1 to
+/// an image, or is an image this module does not decode (JPEG, animated PNG or WebP). `quality` (1 to
 /// 100) applies to JPEG only; the caller has refused it for other formats.
 pub fn convert(
     bytes: &[u8],
@@ -165,11 +166,11 @@ pub fn convert(
     }
     let pixels = match content_type {
         "image/png" => decode_png(bytes)?,
-        "image/webp" => match decode_webp(bytes)? {
-            Some(pixels) => pixels,
-            None => return Ok(None),
-        },
+        "image/webp" => decode_webp(bytes)?,
         _ => return Ok(None),
+    };
+    let Some(pixels) = pixels else {
+        return Ok(None);
     };
     let bytes = match format {
         OutputFormat::Jpeg => encode_jpeg(
@@ -206,7 +207,7 @@ pub fn for_storage(
                 && image.content_type.starts_with("image/")
             {
                 log::info!(
-                    "an output in {} is stored as it is: only PNG and still WebP are converted to {format}",
+                    "an output in {} is stored as it is: only still PNG and WebP are converted to {format}",
                     image.content_type
                 );
             }
@@ -232,7 +233,8 @@ enum Layout {
     Rgba,
 }
 
-fn decode_png(bytes: &[u8]) -> Result<Pixels, ConvertError> {
+/// A still PNG's pixels; `None` for an animation (stored as it is).
+fn decode_png(bytes: &[u8]) -> Result<Option<Pixels>, ConvertError> {
     let limits = png::Limits {
         bytes: MAX_DECODED_BYTES,
     };
@@ -240,6 +242,9 @@ fn decode_png(bytes: &[u8]) -> Result<Pixels, ConvertError> {
     // Palette and low bit depths expand to 8 bits; 16-bit samples keep their high byte.
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(ConvertError::DecodePng)?;
+    if reader.info().animation_control().is_some() {
+        return Ok(None);
+    }
     let size = reader.output_buffer_size().ok_or_else(|| {
         ConvertError::Encode("the decoded image would not fit in memory".to_owned())
     })?;
@@ -263,12 +268,12 @@ fn decode_png(bytes: &[u8]) -> Result<Pixels, ConvertError> {
             .copied()
             .collect();
     }
-    Ok(Pixels {
+    Ok(Some(Pixels {
         width: frame.width,
         height: frame.height,
         layout,
         samples,
-    })
+    }))
 }
 
 /// A still WebP's pixels; `None` for an animation (stored as it is).
@@ -472,7 +477,7 @@ mod tests {
         let webp = convert(&png, "image/png", OutputFormat::Webp, None)
             .expect("converts")
             .expect("converted");
-        let original = decode_png(&png).expect("decodes");
+        let original = decode_png(&png).expect("decodes").expect("a still PNG");
         assert_eq!(webp_pixels(&webp.bytes).1, original.samples);
     }
 
@@ -521,6 +526,19 @@ mod tests {
             None
         );
         assert_eq!(keep(b"RIFF", "video/mp4", OutputFormat::Jpeg), None);
+        // An animated PNG keeps its frames: no format here would.
+        let mut apng = Vec::new();
+        let mut encoder = png::Encoder::new(&mut apng, 4, 4);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_animated(2, 0).expect("two frames");
+        let mut writer = encoder.write_header().expect("header");
+        for frame in [[0u8; 48], [255u8; 48]] {
+            writer.write_image_data(&frame).expect("a frame");
+        }
+        writer.finish().expect("finish");
+        for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+            assert_eq!(keep(&apng, "image/png", format), None, "{format}");
+        }
         // A WebP asked as PNG is decoded and re-encoded.
         let webp = convert(&png, "image/png", OutputFormat::Webp, None)
             .expect("converts")

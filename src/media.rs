@@ -236,10 +236,54 @@ pub fn content_type_for_key(key: &str) -> &'static str {
 
 /// WebM and Matroska share the EBML container; the header's `DocType` tells them apart.
 fn matroska_flavour(head: &[u8]) -> MediaType {
-    // The EBML header is a few dozen bytes; the DocType element (ID 0x4282) holds the name.
-    let header = &head[..head.len().min(64)];
-    let says = |name: &[u8]| header.windows(name.len()).any(|w| w == name);
-    if says(b"webm") { WEBM } else { MKV }
+    match ebml_doc_type(head) {
+        Some(b"webm") => WEBM,
+        _ => MKV,
+    }
+}
+
+/// The `DocType` (element ID 0x4282, without zero padding) of the EBML header that starts
+/// `head`. The header's elements are walked, since a muxer may write each size in one to eight
+/// bytes: the DocType can sit well past the first few dozen bytes.
+fn ebml_doc_type(head: &[u8]) -> Option<&[u8]> {
+    // Past the header's own ID (0x1A45DFA3): its size, then its child elements.
+    let rest = head.get(4..)?;
+    let (size, size_len) = ebml_vint(rest)?;
+    let body = rest.get(size_len..)?;
+    let body = &body[..body.len().min(usize::try_from(size).unwrap_or(usize::MAX))];
+    let mut at = 0;
+    while at < body.len() {
+        let id_len = body[at].leading_zeros() as usize + 1;
+        let id = body.get(at..at + id_len).filter(|_| id_len <= 4)?;
+        let (len, len_len) = ebml_vint(body.get(at + id_len..)?)?;
+        let start = at + id_len + len_len;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        if id == [0x42, 0x82] {
+            let value = body.get(start..end)?;
+            let unpadded = value
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |last| last + 1);
+            return Some(&value[..unpadded]);
+        }
+        at = end;
+    }
+    None
+}
+
+/// An EBML variable-length integer at the start of `bytes`: its value (without the length
+/// marker) and its length, 1 to 8 bytes. The reserved all-ones value ("unknown size") comes back
+/// as `u64::MAX`.
+fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    let len = first.leading_zeros() as usize + 1;
+    let raw = bytes.get(..len).filter(|_| len <= 8)?;
+    let marker_free = first & 0xffu8.checked_shr(len as u32).unwrap_or(0);
+    let value = raw[1..].iter().fold(u64::from(marker_free), |value, &b| {
+        value << 8 | u64::from(b)
+    });
+    let unknown = (1u64 << (7 * len)) - 1;
+    Some((if value == unknown { u64::MAX } else { value }, len))
 }
 
 /// An Ogg stream's first page names its codec right after the page header.
@@ -485,6 +529,39 @@ mod tests {
             assert_eq!(sniff(&bytes), Some(want), "{:02x?}", &bytes[..8]);
             assert_eq!(identify(&bytes, "ComfyUI_00001_.png"), want);
         }
+    }
+
+    #[test]
+    fn webm_is_told_from_matroska_by_the_doc_type_wherever_the_header_puts_it() {
+        // Every size in eight bytes, as some muxers write them: the DocType starts 80 bytes in.
+        let element = |id: &[u8], value: &[u8]| {
+            let mut out = id.to_vec();
+            out.push(0x01);
+            out.extend_from_slice(&(value.len() as u64).to_be_bytes()[1..]);
+            out.extend_from_slice(value);
+            out
+        };
+        let file = |doc_type: &[u8]| {
+            let mut header = Vec::new();
+            for id in [[0x42, 0x86], [0x42, 0xf7], [0x42, 0xf2], [0x42, 0xf3]] {
+                header.extend(element(&id, &1u32.to_be_bytes()));
+            }
+            header.extend(element(&[0x42, 0x82], doc_type));
+            header.extend(element(&[0x42, 0x87], &[4]));
+            let mut out = element(&[0x1a, 0x45, 0xdf, 0xa3], &header);
+            // A Segment of unknown size whose contents mention the other name.
+            out.extend_from_slice(&[0x18, 0x53, 0x80, 0x67, 0x01, 0xff, 0xff, 0xff, 0xff]);
+            out.extend_from_slice(&[0xff, 0xff, 0xff]);
+            out.extend_from_slice(b"title: webm or matroska");
+            out
+        };
+        assert_eq!(sniff(&file(b"webm")), Some(WEBM));
+        assert_eq!(sniff(&file(b"webm\0\0")), Some(WEBM), "zero padding");
+        assert_eq!(sniff(&file(b"matroska")), Some(MKV));
+        // A header cut short or of unreadable shape is still some Matroska.
+        assert_eq!(sniff(&file(b"webm")[..40]), Some(MKV));
+        assert_eq!(sniff(&[0x1a, 0x45, 0xdf, 0xa3, 0x00]), Some(MKV));
+        assert_eq!(sniff(&[0x1a, 0x45, 0xdf, 0xa3, 0x81, 0x00]), Some(MKV));
     }
 
     #[test]

@@ -173,12 +173,19 @@ impl EventLog {
     ///
     /// Watchers whose receiving end is gone (the client disconnected) are dropped here. After a
     /// terminal event every watcher's channel is closed, which ends their streams.
+    ///
+    /// Only the newest preview is kept for replay (previews are large and stale once a newer one
+    /// exists), and none once the job has ended.
     pub fn push(&mut self, kind: EventKind, data: String) -> Arc<Event> {
         let event = Arc::new(Event {
             id: self.take_id(),
             kind,
             data,
         });
+        if kind == EventKind::Preview || kind.is_terminal() {
+            self.events
+                .retain(|e| !matches!(e, Stored::Full(old) if old.kind == EventKind::Preview));
+        }
         self.events.push(Stored::Full(Arc::clone(&event)));
         self.deliver(&event);
         if kind.is_terminal() {
@@ -324,6 +331,17 @@ mod tests {
         assert_eq!(data["queue_position"], 7);
         assert_eq!(data["state"], "queued");
         assert_eq!(data["job_id"], "j1");
+    }
+
+    #[test]
+    fn only_the_newest_preview_is_kept_and_none_after_the_end() {
+        let mut log = EventLog::new("j");
+        log.push(EventKind::Preview, "{}".into());
+        log.push(EventKind::Progress, "{}".into());
+        log.push(EventKind::Preview, "{}".into());
+        assert_eq!(ids(&log.subscribe(0).replay), [2, 3]);
+        log.push(EventKind::Complete, "{}".into());
+        assert_eq!(ids(&log.subscribe(0).replay), [2, 4]);
     }
 
     #[test]

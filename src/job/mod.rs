@@ -339,14 +339,12 @@ impl Job {
         if inner.state.is_finished() {
             return;
         }
-        let mut data = json!({
+        let data = json!({
             "prompt_id": prompt_id,
             "backend": backend_url,
             "workflow": self.workflow,
+            "warnings": warnings,
         });
-        if !warnings.is_empty() {
-            data["warnings"] = json!(warnings);
-        }
         inner.warnings = warnings;
         let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
         tracker.set_queue_position(Some(0));
