@@ -357,18 +357,7 @@ impl Backend {
 
     /// Asks ComfyUI about every held prompt and acts on what it says.
     fn reconcile(&self, engine: &Engine) {
-        let held = self.held();
-        if held.is_empty() {
-            return;
-        }
-        let queue = self.client.get_queue();
-        for (prompt_id, job) in held {
-            let fate = match &queue {
-                Ok(queue) => probe(&self.client, &prompt_id, queue),
-                Err(e) => Fate::Unreachable(e.to_string()),
-            };
-            self.act_on(engine, &prompt_id, &job, fate);
-        }
+        self.probe_and_act(engine, self.held(), false);
     }
 
     /// Looks up prompts ComfyUI has said nothing about for `silence`: a message lost on the way
@@ -388,24 +377,7 @@ impl Backend {
                 .unwrap_or(false)
             })
             .collect();
-        if silent.is_empty() {
-            return;
-        }
-        let queue = self.client.get_queue();
-        for (prompt_id, job) in silent {
-            let fate = match &queue {
-                Ok(queue) => probe(&self.client, &prompt_id, queue),
-                Err(e) => Fate::Unreachable(e.to_string()),
-            };
-            if let Fate::Finished(_) = fate {
-                log::warn!(
-                    "job {}: prompt {prompt_id} ended without a websocket message; read from \
-                     /history",
-                    job.id()
-                );
-            }
-            self.act_on(engine, &prompt_id, &job, fate);
-        }
+        self.probe_and_act(engine, silent, true);
     }
 
     /// Looks up the orphaned prompts (those whose messages cannot reach the gateway).
@@ -415,15 +387,28 @@ impl Backend {
             .into_iter()
             .filter(|(_, job)| job.with_run(|run| run.orphaned).unwrap_or(false))
             .collect();
-        if orphans.is_empty() {
+        self.probe_and_act(engine, orphans, false);
+    }
+
+    /// Reads `/queue` once and the fate of each prompt, and acts on it; `unheard` logs the
+    /// prompts found finished, whose end the websocket should have told.
+    fn probe_and_act(&self, engine: &Engine, prompts: Vec<(PromptId, Arc<Job>)>, unheard: bool) {
+        if prompts.is_empty() {
             return;
         }
         let queue = self.client.get_queue();
-        for (prompt_id, job) in orphans {
+        for (prompt_id, job) in prompts {
             let fate = match &queue {
                 Ok(queue) => probe(&self.client, &prompt_id, queue),
                 Err(e) => Fate::Unreachable(e.to_string()),
             };
+            if unheard && matches!(fate, Fate::Finished(_)) {
+                log::warn!(
+                    "job {}: prompt {prompt_id} ended without a websocket message; read from \
+                     /history",
+                    job.id()
+                );
+            }
             self.act_on(engine, &prompt_id, &job, fate);
         }
     }
