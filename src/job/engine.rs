@@ -370,13 +370,14 @@ impl Engine {
         self.wake();
     }
 
-    /// ComfyUI started a job's prompt. Not saved: after a restart, `/queue` and `/history`
-    /// tell whether a prompt ran, which is all the saved prompt id is needed for.
+    /// ComfyUI started a job's prompt. Saved, so that a gateway restarted while a restarted
+    /// ComfyUI forgot the prompt knows it ran (`comfyui_lost`) rather than sending it again.
     pub(super) fn started(&self, job: &Job) {
         self.ctx
             .metrics
             .time_to_first_progress
             .observe(job.created().elapsed());
+        self.save(job);
     }
 
     /// A backend (re)connected; `fresh` when it may have restarted meanwhile.
