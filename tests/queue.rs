@@ -205,3 +205,54 @@ fn a_reconnected_websocket_gets_a_fresh_client_id_and_no_job_is_left_behind() {
         "a fresh client id each time"
     );
 }
+
+#[test]
+fn after_both_restart_a_started_prompt_is_lost_and_a_waiting_one_is_sent_again() {
+    let data = common::harness::TestDir::new();
+    let options = |more: Vec<(&'static str, String)>| {
+        let mut options = Options::step_ms(150);
+        options.vars = vec![("DATA_DIR", data.path().display().to_string())];
+        options.vars.extend(more);
+        options
+    };
+    let first = Harness::with(options(vec![]));
+    let sim_events = first.sim.events();
+    let mut long = small_txt2img_steps("runs when both restart", 30);
+    long["seed"] = json!(1);
+    let running = create(&first, &long);
+    let waiting = create(&first, &small_txt2img_steps("waits in ComfyUI's queue", 3));
+    common::wait_for(&sim_events, "the first prompt running", |e| {
+        matches!(e, SimEvent::Step { .. })
+    });
+    let mut events = first.get_stream(&format!("/jobs/{waiting}/events"), &[]);
+    while let Some(event) = events.next_event() {
+        if event.event == "dispatched" {
+            break;
+        }
+    }
+    drop(events);
+    // The gateway stops (its jobs saved), and ComfyUI restarts, forgetting both prompts.
+    let Harness {
+        gateway, app, sim, ..
+    } = first;
+    drop(gateway);
+    drop(app);
+    sim.crash();
+    sim.restart().expect("the simulator restarts");
+    let second = Harness::with(options(vec![("COMFYUI_URL", sim.url())]));
+    let (event, data) = outcome(&second, &running);
+    assert_eq!(
+        (event.as_str(), data["code"].as_str()),
+        ("error", Some("comfyui_lost")),
+        "{data}"
+    );
+    let (event, data) = outcome(&second, &waiting);
+    assert_eq!(event, "complete", "sent again: {data}");
+}
+
+/// A small txt2img job with `steps` sampler steps.
+fn small_txt2img_steps(prompt: &str, steps: u64) -> Value {
+    let mut body = common::harness::small_txt2img(prompt);
+    body["steps"] = json!(steps);
+    body
+}
