@@ -119,7 +119,8 @@ fn millis(d: Duration) -> u64 {
 /// poll for it briefly.
 fn wait_for_history(req: &StoreRequest<'_>) -> Result<HistoryEntry, ApiError> {
     let give_up = Instant::now() + req.app.run.history_wait;
-    let mut pause = Duration::from_millis(20);
+    // Short first pauses: ComfyUI writes history right after it announces success.
+    let mut pause = Duration::from_millis(5);
     loop {
         let last_error = match req.client.get_history(req.prompt_id) {
             Ok(Some(entry)) => return Ok(entry),
