@@ -34,6 +34,9 @@ use comfyui_gateway::server::Server;
 use comfyui_gateway::workflow::Templates;
 use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 
+#[path = "gateway/queue.rs"]
+mod queue;
+
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Every socket the bench opens gives up after this long, so a wedged gateway ends the run.
@@ -132,6 +135,25 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
+    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five.
+    let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
+    let queue_only = [
+        "queue",
+        "streams",
+        "burst",
+        "backends",
+        "added-latency",
+        "previews",
+    ]
+    .iter()
+    .any(|name| std::env::args().any(|arg| arg == *name));
+    if queue_only {
+        queue_sections(&mut out, &asked)?;
+        writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
+        print!("{out}");
+        return Ok(());
+    }
     // Memory first, so "idle" really is a fresh process.
     let memory = bench_memory()?;
     let json_runs = bench_json()?;
@@ -152,8 +174,29 @@ fn main() -> BenchResult<()> {
     print_connections(&mut out, &connections)?;
     print_large_output(&mut out, &large)?;
     print_conversion(&mut out, &conversion)?;
+    queue_sections(&mut out, &|_| true)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
+    Ok(())
+}
+
+/// Runs and prints the queue sections `wanted` names (see `benches/gateway/queue.rs`).
+fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResult<()> {
+    if wanted("streams") {
+        queue::print_streams(out, &queue::bench_streams()?)?;
+    }
+    if wanted("burst") {
+        queue::print_burst(out, &queue::bench_burst()?)?;
+    }
+    if wanted("backends") {
+        queue::print_backends(out, &queue::bench_backends()?)?;
+    }
+    if wanted("added-latency") {
+        queue::print_added_latency(out, &queue::bench_added_latency()?)?;
+    }
+    if wanted("previews") {
+        queue::print_previews(out, &queue::bench_previews()?)?;
+    }
     Ok(())
 }
 
@@ -321,6 +364,8 @@ impl Received {
 struct SseStream {
     reader: BufReader<TcpStream>,
     pending: String,
+    /// Bytes of the body's chunks so far (chunk framing not counted).
+    bytes: usize,
 }
 
 impl SseStream {
@@ -351,6 +396,7 @@ impl SseStream {
         Ok(SseStream {
             reader,
             pending: String::new(),
+            bytes: 0,
         })
     }
 
@@ -381,6 +427,7 @@ impl SseStream {
         let mut chunk = vec![0; size + 2];
         self.reader.read_exact(&mut chunk)?;
         chunk.truncate(size);
+        self.bytes += size;
         self.pending.push_str(std::str::from_utf8(&chunk)?);
         Ok(size > 0)
     }
