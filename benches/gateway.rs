@@ -136,12 +136,14 @@ fn main() -> BenchResult<()> {
         return Ok(());
     }
     // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
-    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five.
+    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five;
+    // `-- burst-heap` is the in-process heap part of `burst` alone.
     let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
     let queue_only = [
         "queue",
         "streams",
         "burst",
+        "burst-heap",
         "backends",
         "added-latency",
         "previews",
@@ -185,8 +187,12 @@ fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResul
     if wanted("streams") {
         queue::print_streams(out, &queue::bench_streams()?)?;
     }
+    if wanted("burst-heap") && !wanted("burst") {
+        queue::print_burst_heap(out, &queue::bench_burst_heap()?)?;
+    }
     if wanted("burst") {
         queue::print_burst(out, &queue::bench_burst()?)?;
+        queue::print_burst_heap(out, &queue::bench_burst_heap()?)?;
     }
     if wanted("backends") {
         queue::print_backends(out, &queue::bench_backends()?)?;
@@ -271,10 +277,20 @@ impl Stack {
         step_delay: Duration,
         vars: &[(&'static str, &str)],
     ) -> BenchResult<Stack> {
-        let sim = ComfySim::start(SimOptions {
+        let sim = SimOptions {
             step_delay,
             ..SimOptions::default()
-        })?;
+        };
+        Stack::start_with(root, sim, vars)
+    }
+
+    /// Like [`Stack::start_in`], with the simulator's options given whole.
+    fn start_with(
+        root: &Path,
+        sim: SimOptions,
+        vars: &[(&'static str, &str)],
+    ) -> BenchResult<Stack> {
+        let sim = ComfySim::start(sim)?;
         let data_dir = root.join(format!(
             "comfyui-gateway-bench-{}",
             comfyui_gateway::ids::new_uuid()

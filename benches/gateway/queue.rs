@@ -622,6 +622,83 @@ pub(super) fn bench_burst() -> BenchResult<Burst> {
     })
 }
 
+/// Jobs of the in-process heap measurement.
+const HEAP_JOBS: usize = 2_000;
+
+/// The live heap (counting allocator) of an in-process gateway around a burst of queued jobs.
+pub(super) struct BurstHeap {
+    jobs: usize,
+    completed: u64,
+    /// Heap per job while all wait.
+    waiting: f64,
+    /// Heap per finished job kept by the gateway (the simulator's history released).
+    finished_gateway: f64,
+    /// Heap per finished job kept by the simulator (its history and files).
+    finished_sim: f64,
+}
+
+/// The same burst, smaller, against a gateway in the bench's own process, whose live heap the
+/// counting allocator tells apart from allocator slack.
+pub(super) fn bench_burst_heap() -> BenchResult<BurstHeap> {
+    note("10. heap per waiting and per finished job (in-process)");
+    let sim = SimOptions {
+        step_delay: Duration::ZERO,
+        record_requests: false,
+        ..SimOptions::default()
+    };
+    let stack = super::Stack::start_with(
+        &std::env::temp_dir(),
+        sim,
+        &[("MAX_QUEUED_JOBS", "10000"), ("JOB_TIMEOUT_SECS", "120")],
+    )?;
+    let url = stack.gateway.url();
+    let completed = || stack.app.metrics.jobs_finished("completed");
+    let wait_for = |total: u64| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while completed() < total && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let warm = agent();
+    for _ in 0..20 {
+        queue_job(&warm, &url, &invert_request())?;
+    }
+    wait_for(20);
+    drop(warm);
+    stack.sim.pause();
+    let heap = || super::HEAP_LIVE.load(Ordering::Relaxed) as f64;
+    let before = heap();
+    let (refused, first) = queue_jobs(&url, BURST_CLIENTS, HEAP_JOBS, &invert_request);
+    if refused > 0 {
+        return Err(format!("{refused} jobs refused; the first: {first:?}").into());
+    }
+    let waiting = heap();
+    stack.sim.resume();
+    wait_for(20 + HEAP_JOBS as u64);
+    let drained = heap();
+    stack.sim.restart()?;
+    let restarted = heap();
+    let per_job = |bytes: f64| bytes / HEAP_JOBS as f64;
+    Ok(BurstHeap {
+        jobs: HEAP_JOBS,
+        completed: completed().saturating_sub(20),
+        waiting: per_job(waiting - before),
+        finished_gateway: per_job(restarted - before),
+        finished_sim: per_job(drained - restarted),
+    })
+}
+
+pub(super) fn print_burst_heap(out: &mut String, h: &BurstHeap) -> BenchResult<()> {
+    writeln!(
+        out,
+        "heap, in-process gateway, {} jobs the same way (completed {}): {:.0} B per waiting job; \
+         per finished job {:.0} B kept by the gateway (for JOB_RETENTION_SECS) + {:.0} B by the \
+         simulator's history",
+        h.jobs, h.completed, h.waiting, h.finished_gateway, h.finished_sim
+    )?;
+    Ok(())
+}
+
 pub(super) fn print_burst(out: &mut String, b: &Burst) -> BenchResult<()> {
     let per_job = |bytes: f64| bytes / b.queued.max(1) as f64;
     writeln!(
