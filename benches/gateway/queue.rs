@@ -841,6 +841,9 @@ const LATENCY_JOBS: usize = 200;
 
 pub(super) struct AddedLatency {
     side: u32,
+    /// `GET /history/{id}` per job: more than 1 when the first read came before ComfyUI wrote
+    /// the entry, and the gateway waited 20 ms to read it again.
+    history_reads_per_job: f64,
     jobs: usize,
     total: Summary,
     added: Summary,
@@ -850,7 +853,11 @@ pub(super) struct AddedLatency {
 
 pub(super) fn bench_added_latency() -> BenchResult<Vec<AddedLatency>> {
     note("12. added latency per job");
-    let sim = quiet_sim(Duration::ZERO)?;
+    // The request log counts the `/history` reads per job (a few hundred small requests).
+    let sim = ComfySim::start(SimOptions {
+        step_delay: Duration::ZERO,
+        ..SimOptions::default()
+    })?;
     let gateway = GatewayProcess::start(&[sim.url()], &[("JOB_TIMEOUT_SECS", "120")])?;
     let url = gateway.url();
     let agent = agent();
@@ -870,6 +877,7 @@ pub(super) fn bench_added_latency() -> BenchResult<Vec<AddedLatency>> {
             let mut added = Vec::with_capacity(LATENCY_JOBS);
             let mut phases = [0.0; 3];
             let mut image_bytes = 0;
+            let requests_before = sim.requests().len();
             for _ in 0..LATENCY_JOBS {
                 color += 1;
                 let sent = Instant::now();
@@ -883,8 +891,15 @@ pub(super) fn bench_added_latency() -> BenchResult<Vec<AddedLatency>> {
                 }
                 image_bytes = result["images"][0]["bytes"].as_u64().unwrap_or(0);
             }
+            let history_reads = sim
+                .requests()
+                .iter()
+                .skip(requests_before)
+                .filter(|r| r.path.starts_with("/history/"))
+                .count();
             Ok(AddedLatency {
                 side,
+                history_reads_per_job: history_reads as f64 / LATENCY_JOBS as f64,
                 jobs: LATENCY_JOBS,
                 total: Summary::of(totals),
                 added: Summary::of(added),
@@ -901,13 +916,14 @@ pub(super) fn print_added_latency(out: &mut String, rows: &[AddedLatency]) -> Be
         "\n12. Added latency per job: POST /generate (JSON), invert, 1 client, local storage, \
          simulator step delay 0,\n    the gateway in its own process; added = client's time \
          minus ComfyUI's `running` (timings_ms, whole ms)\n\
-         image      PNG KB  jobs  total p50 ms  added mean/p50/p95/p99 ms   queued/running/storing ms"
+         image      PNG KB  jobs  total p50 ms  added mean/p50/p95/p99 ms   queued/running/storing ms  \
+         /history reads per job"
     )?;
     for r in rows {
         let a = &r.added;
         writeln!(
             out,
-            "{:<9}  {:>6.0}  {:>4}  {:>12.2}  {:>25}   {:.1} / {:.1} / {:.1}",
+            "{:<9}  {:>6.0}  {:>4}  {:>12.2}  {:>25}   {:>25}  {:.2}",
             format!("{0}x{0}", r.side),
             r.image_bytes as f64 / 1e3,
             r.jobs,
@@ -919,9 +935,11 @@ pub(super) fn print_added_latency(out: &mut String, rows: &[AddedLatency]) -> Be
                 ms(a.p95),
                 ms(a.p99)
             ),
-            r.phases[0],
-            r.phases[1],
-            r.phases[2],
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                r.phases[0], r.phases[1], r.phases[2]
+            ),
+            r.history_reads_per_job,
         )?;
     }
     writeln!(
