@@ -519,13 +519,17 @@ pub(super) fn print_streams(out: &mut String, batches: &[StreamBatch]) -> BenchR
                 b.idle.threads, b.peak_threads, b.after.threads
             ),
             b.progress_events,
-            format!(
-                "{:.0} / {:.0} / {:.0} / {:.0}",
-                ms(g.mean),
-                ms(g.p50),
-                ms(g.p99),
-                ms(g.max)
-            ),
+            if g.count == 0 {
+                "- (all ended within a tick)".to_string()
+            } else {
+                format!(
+                    "{:.0} / {:.0} / {:.0} / {:.0}",
+                    ms(g.mean),
+                    ms(g.p50),
+                    ms(g.p99),
+                    ms(g.max)
+                )
+            },
             format!("{:.0} / {:.0} / {:.0}", ms(q.p50), ms(q.p99), ms(q.max)),
         )?;
     }
