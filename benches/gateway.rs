@@ -1,5 +1,6 @@
 //! `make bench` (`cargo bench --bench gateway`): throughput, latency, memory and CPU figures for
-//! the gateway, measured in-process against the ComfyUI simulator on 127.0.0.1.
+//! the gateway, measured against the ComfyUI simulator on 127.0.0.1: in-process for sections 1
+//! to 8, with the gateway as its own process for the queue sections 9 to 13 (`gateway/queue.rs`).
 //!
 //! It prints a table and asserts nothing about time: the figures depend on the machine. It fails
 //! only when the gateway does not do its job (a request answered with an error, a missing event),
@@ -33,6 +34,9 @@ use comfyui_gateway::image::{self, PngMetadata};
 use comfyui_gateway::server::Server;
 use comfyui_gateway::workflow::Templates;
 use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
+
+#[path = "gateway/queue.rs"]
+mod queue;
 
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -132,6 +136,27 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
+    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five;
+    // `-- burst-heap` is the in-process heap part of `burst` alone.
+    let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
+    let queue_only = [
+        "queue",
+        "streams",
+        "burst",
+        "burst-heap",
+        "backends",
+        "added-latency",
+        "previews",
+    ]
+    .iter()
+    .any(|name| std::env::args().any(|arg| arg == *name));
+    if queue_only {
+        queue_sections(&mut out, &asked)?;
+        writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
+        print!("{out}");
+        return Ok(());
+    }
     // Memory first, so "idle" really is a fresh process.
     let memory = bench_memory()?;
     let json_runs = bench_json()?;
@@ -152,8 +177,33 @@ fn main() -> BenchResult<()> {
     print_connections(&mut out, &connections)?;
     print_large_output(&mut out, &large)?;
     print_conversion(&mut out, &conversion)?;
+    queue_sections(&mut out, &|_| true)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
+    Ok(())
+}
+
+/// Runs and prints the queue sections `wanted` names (see `benches/gateway/queue.rs`).
+fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResult<()> {
+    if wanted("streams") {
+        queue::print_streams(out, &queue::bench_streams()?)?;
+    }
+    if wanted("burst-heap") && !wanted("burst") {
+        queue::print_burst_heap(out, &queue::bench_burst_heap()?)?;
+    }
+    if wanted("burst") {
+        queue::print_burst(out, &queue::bench_burst()?)?;
+        queue::print_burst_heap(out, &queue::bench_burst_heap()?)?;
+    }
+    if wanted("backends") {
+        queue::print_backends(out, &queue::bench_backends()?)?;
+    }
+    if wanted("added-latency") {
+        queue::print_added_latency(out, &queue::bench_added_latency()?)?;
+    }
+    if wanted("previews") {
+        queue::print_previews(out, &queue::bench_previews()?)?;
+    }
     Ok(())
 }
 
@@ -194,7 +244,8 @@ fn header(out: &mut String) -> BenchResult<()> {
     )?;
     writeln!(
         out,
-        "commit:  {commit}, {} build, simulator and gateway in one process on 127.0.0.1",
+        "commit:  {commit}, {} build, on 127.0.0.1: simulator and gateway in one process for \
+         sections 1-8, the gateway in its own process for 9-13",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -228,10 +279,20 @@ impl Stack {
         step_delay: Duration,
         vars: &[(&'static str, &str)],
     ) -> BenchResult<Stack> {
-        let sim = ComfySim::start(SimOptions {
+        let sim = SimOptions {
             step_delay,
             ..SimOptions::default()
-        })?;
+        };
+        Stack::start_with(root, sim, vars)
+    }
+
+    /// Like [`Stack::start_in`], with the simulator's options given whole.
+    fn start_with(
+        root: &Path,
+        sim: SimOptions,
+        vars: &[(&'static str, &str)],
+    ) -> BenchResult<Stack> {
+        let sim = ComfySim::start(sim)?;
         let data_dir = root.join(format!(
             "comfyui-gateway-bench-{}",
             comfyui_gateway::ids::new_uuid()
@@ -321,6 +382,8 @@ impl Received {
 struct SseStream {
     reader: BufReader<TcpStream>,
     pending: String,
+    /// Bytes of the body's chunks so far (chunk framing not counted).
+    bytes: usize,
 }
 
 impl SseStream {
@@ -351,6 +414,7 @@ impl SseStream {
         Ok(SseStream {
             reader,
             pending: String::new(),
+            bytes: 0,
         })
     }
 
@@ -381,6 +445,7 @@ impl SseStream {
         let mut chunk = vec![0; size + 2];
         self.reader.read_exact(&mut chunk)?;
         chunk.truncate(size);
+        self.bytes += size;
         self.pending.push_str(std::str::from_utf8(&chunk)?);
         Ok(size > 0)
     }

@@ -13,9 +13,21 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// Binds `listen` (`HOST:PORT`) as a standard listener.
+/// How many connections the listener's queues hold before the kernel turns new ones away.
+/// The standard library asks for 128, which a burst of clients overflows (a script opening
+/// 1,000 streams at once): the kernel then answers with SYN cookies and resets a share of those
+/// connections. The kernel caps the value at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Binds `listen` (`HOST:PORT`) as a standard listener with a backlog of [`LISTEN_BACKLOG`].
 pub fn bind(listen: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen)?;
+    // Calling listen again on a listening socket only changes its backlog.
+    // SAFETY: listen takes a descriptor number and an int, and changes no memory.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(listener)
 }
 
 /// Sets the read and write timeouts of `listener`, which accepted sockets inherit on Linux: a
@@ -245,6 +257,27 @@ mod tests {
             accepted.write_timeout().expect("readable option"),
             Some(Duration::from_millis(1500))
         );
+    }
+
+    #[test]
+    fn a_burst_of_clients_waits_in_the_accept_queue() {
+        // Where the kernel caps the backlog low (somaxconn 128 before Linux 5.4), only that many.
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        let burst = somaxconn.min(300);
+        let listener = bind("127.0.0.1:0").expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        let clients: Vec<TcpStream> = (0..burst)
+            .map(|n| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("client {n} of {burst} could not connect: {e}"))
+            })
+            .collect();
+        if cfg!(target_os = "linux") {
+            assert_eq!(accept_queue_len(&listener), Some(clients.len() as u32));
+        }
     }
 
     #[test]
