@@ -60,6 +60,8 @@ struct State {
     abandoned: Vec<PromptId>,
     /// Since when the backend has been unreachable.
     down_since: Option<Instant>,
+    /// When its websocket last delivered anything (or opened).
+    last_heard: Option<Instant>,
     /// Whether the backend was ever up (for telling a comeback from the first connection).
     was_up: bool,
 }
@@ -88,6 +90,7 @@ impl Backend {
                 forgotten_set: HashSet::new(),
                 abandoned: Vec::new(),
                 down_since: None,
+                last_heard: None,
                 was_up: false,
             }),
         }
@@ -111,6 +114,14 @@ impl Backend {
     /// Whether it is connected.
     pub fn status(&self) -> BackendStatus {
         self.lock().status.clone()
+    }
+
+    /// Whether it is connected and its websocket delivered something within `recently`: a
+    /// ComfyUI that has just died may not have been noticed yet by a quiet socket.
+    pub fn heard_within(&self, recently: Duration) -> bool {
+        let state = self.lock();
+        state.status == BackendStatus::Up
+            && state.last_heard.is_some_and(|at| at.elapsed() < recently)
     }
 
     /// Prompts it holds for the gateway.
@@ -201,6 +212,7 @@ impl Backend {
 
     /// Routes one websocket message to the job of its prompt.
     fn route(&self, engine: &Engine, event: WsEvent) {
+        self.lock().last_heard = Some(Instant::now());
         if let WsEvent::Preview {
             format,
             bytes,
@@ -272,6 +284,7 @@ impl Backend {
             // counts as fresh: the hook's work (a warm-up, re-reading models) is cheap.
             let fresh = true;
             state.status = BackendStatus::Up;
+            state.last_heard = Some(Instant::now());
             state.client_id = Some(client_id);
             state.down_since = None;
             state.executing = None;

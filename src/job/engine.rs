@@ -268,20 +268,25 @@ impl Engine {
         Ok(job)
     }
 
-    /// Refuses a submission when no backend is connected and none answers a quick call.
+    /// Refuses a submission when no backend answers. A backend whose websocket spoke within
+    /// the last moments is taken at its word (a busy batch costs no extra call); any other is
+    /// asked `/system_stats`, so that a ComfyUI that just died, or one whose socket is still
+    /// connecting, is judged by what it answers now.
     fn check_a_backend_answers(&self) -> Result<(), ApiError> {
+        const RECENTLY: Duration = Duration::from_millis(250);
+        if self.backends.iter().any(|b| b.heard_within(RECENTLY)) {
+            return Ok(());
+        }
         let mut reasons = Vec::new();
         for backend in &self.backends {
-            match backend.status() {
-                BackendStatus::Up => return Ok(()),
-                BackendStatus::Down(reason) => match backend.client().system_stats() {
-                    // Answering HTTP: its websocket is moments away.
-                    Ok(_) => return Ok(()),
-                    Err(e) => {
-                        log::debug!("ComfyUI at {} is down ({reason}): {e}", backend.url());
-                        reasons.push(json!({ "url": backend.url(), "reason": e.to_string() }));
+            match backend.client().system_stats() {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    if let BackendStatus::Down(why) = backend.status() {
+                        log::debug!("ComfyUI at {} is down ({why}): {e}", backend.url());
                     }
-                },
+                    reasons.push(json!({ "url": backend.url(), "reason": e.to_string() }));
+                }
             }
         }
         self.ctx.metrics.comfyui_error();
