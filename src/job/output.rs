@@ -120,7 +120,7 @@ fn millis(d: Duration) -> u64 {
 fn wait_for_history(req: &StoreRequest<'_>) -> Result<HistoryEntry, ApiError> {
     let give_up = Instant::now() + req.app.run.history_wait;
     // Short first pauses: ComfyUI writes history right after it announces success.
-    let mut pause = Duration::from_millis(5);
+    let mut pause = Duration::from_millis(2);
     loop {
         let last_error = match req.client.get_history(req.prompt_id) {
             Ok(Some(entry)) => return Ok(entry),
