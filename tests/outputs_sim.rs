@@ -619,6 +619,10 @@ fn an_unknown_node_class_is_comfyui_rejected_naming_the_node() {
     let error = &body["error"];
     assert_eq!(error["code"], "comfyui_rejected", "{body}");
     assert_eq!(error["details"]["type"], "missing_node_type", "{body}");
+    assert_eq!(
+        error["details"]["extra_info"]["class_type"], "KSamplerTurbo",
+        "ComfyUI's extra_info names the node for programs: {body}"
+    );
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("KSamplerTurbo") && message.contains("Node ID '#3'"),

@@ -33,6 +33,9 @@ pub enum ComfyError {
         /// ComfyUI's `node_errors` as it sent them: node id → `{errors, dependent_outputs,
         /// class_type}`. `{}` when the fault is not with one node.
         node_errors: serde_json::Value,
+        /// ComfyUI's `error.extra_info` (for `missing_node_type`: `node_id`, `class_type`);
+        /// `{}` when absent.
+        extra_info: serde_json::Value,
     },
     /// ComfyUI answered with a status other than 2xx (and, for `/prompt`, other than a readable
     /// 400).
@@ -77,6 +80,7 @@ impl fmt::Display for ComfyError {
                 message,
                 details,
                 node_errors,
+                ..
             } => {
                 write!(f, "ComfyUI rejected the prompt")?;
                 if !error_type.is_empty() {
@@ -170,6 +174,7 @@ mod tests {
                     {"type": "value_smaller_than_min", "message": "Value smaller than min",
                      "details": "steps -1 < 1"}]}
             }),
+            extra_info: json!({}),
         };
         assert_eq!(
             err.to_string(),

@@ -483,12 +483,13 @@ fn rejection(body: &str) -> Option<ComfyError> {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let error = value.get("error")?;
     // Very old versions sent `error` as a bare string.
-    let (error_type, message, details) = match error {
-        Value::String(message) => (String::new(), message.clone(), String::new()),
-        Value::Object(_) => (
+    let (error_type, message, details, extra_info) = match error {
+        Value::String(message) => (String::new(), message.clone(), String::new(), json!({})),
+        Value::Object(fields) => (
             text(&error["type"]),
             text(&error["message"]),
             text(&error["details"]),
+            fields.get("extra_info").cloned().unwrap_or(json!({})),
         ),
         _ => return None,
     };
@@ -497,6 +498,7 @@ fn rejection(body: &str) -> Option<ComfyError> {
         message,
         details,
         node_errors: value.get("node_errors").cloned().unwrap_or(json!({})),
+        extra_info,
     })
 }
 

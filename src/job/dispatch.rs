@@ -164,8 +164,14 @@ fn rejected(error: &crate::comfyui::ComfyError) -> ApiError {
             error_type,
             details,
             node_errors,
+            extra_info,
             ..
-        } => json!({ "type": error_type, "details": details, "node_errors": node_errors }),
+        } => json!({
+            "type": error_type,
+            "details": details,
+            "node_errors": node_errors,
+            "extra_info": extra_info,
+        }),
         _ => json!({}),
     };
     // The Display names every failing node and input, which is what the client must fix.
