@@ -34,8 +34,8 @@ pub enum ComfyError {
         /// class_type}`. `{}` when the fault is not with one node.
         node_errors: serde_json::Value,
         /// ComfyUI's `error.extra_info` (for `missing_node_type`: `node_id`, `class_type`);
-        /// `{}` when absent.
-        extra_info: serde_json::Value,
+        /// `{}` when absent. Boxed: it is rare, and keeps the error small.
+        extra_info: Box<serde_json::Value>,
     },
     /// ComfyUI answered with a status other than 2xx (and, for `/prompt`, other than a readable
     /// 400).
@@ -174,7 +174,7 @@ mod tests {
                     {"type": "value_smaller_than_min", "message": "Value smaller than min",
                      "details": "steps -1 < 1"}]}
             }),
-            extra_info: json!({}),
+            extra_info: Box::new(json!({})),
         };
         assert_eq!(
             err.to_string(),

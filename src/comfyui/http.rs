@@ -498,7 +498,7 @@ fn rejection(body: &str) -> Option<ComfyError> {
         message,
         details,
         node_errors: value.get("node_errors").cloned().unwrap_or(json!({})),
-        extra_info,
+        extra_info: Box::new(extra_info),
     })
 }
 
