@@ -4,9 +4,10 @@
 //! ComfyUI, streams progress as Server-Sent Events once a second, stores the images (Supabase
 //! Storage, or local disk), records their metadata, and ends the stream with links to the images.
 //!
-//! The design is deliberately plain: blocking I/O, one OS thread per request and per job,
-//! crossbeam channels between them, no async runtime. `ARCHITECTURE.md` follows one request
-//! through the modules; the README documents the HTTP API.
+//! The design is deliberately plain: blocking I/O, one OS thread per client request, a fixed
+//! handful of threads that move queued jobs along (one per ComfyUI backend, a dispatcher, a
+//! ticker, a small output pool), crossbeam channels between them, no async runtime.
+//! `ARCHITECTURE.md` follows one job through the modules; the README documents the HTTP API.
 //!
 //! # The whole flow, in-process
 //!

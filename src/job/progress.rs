@@ -1,6 +1,7 @@
 //! Following one prompt through ComfyUI's websocket messages: progress and outcome.
 //!
-//! Pure logic: the job thread feeds it every message and reads a snapshot on each tick.
+//! Pure logic: the backend monitor feeds it every message of its prompt and the ticker reads a
+//! snapshot on each tick.
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 /// A place to keep generated images and one metadata record per image.
 ///
-/// Implementations are shared between job threads, hence `Send + Sync`; each call blocks until
-/// it has succeeded or failed for good (retries happen inside).
+/// Implementations are shared between the output workers, hence `Send + Sync`; each call blocks
+/// until it has succeeded or failed for good (retries happen inside).
 pub trait Storage: Send + Sync {
     /// A short name for logs and `/ready`: `"local"` or `"supabase"`.
     fn kind(&self) -> &'static str;
