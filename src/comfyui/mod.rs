@@ -5,7 +5,8 @@
 //! nothing of the gateway's own HTTP handlers, SSE or storage. Everything blocks, and everything
 //! is bounded by a timeout.
 //!
-//! One job drives it like this (names as in ComfyUI's own API examples):
+//! A single prompt can be driven like this (names as in ComfyUI's own API examples; the gateway
+//! itself keeps one such websocket per backend and routes its messages by `prompt_id`):
 //!
 //! ```no_run
 //! use std::time::Duration;
