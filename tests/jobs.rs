@@ -303,3 +303,31 @@ fn metrics_count_jobs_and_streams() {
         "{text}"
     );
 }
+
+#[test]
+fn a_job_that_cannot_be_saved_is_refused_and_not_run() {
+    let h = Harness::start();
+    let jobs = h.dir.path().join("jobs");
+    std::fs::remove_dir_all(&jobs).expect("the jobs folder exists");
+    std::fs::write(&jobs, b"not a folder").expect("writable");
+    let (status, answer) = h.post_json("/jobs", &small_txt2img("unsaved"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (500, Some("internal")),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("could not be saved"), "{message}");
+    assert_eq!(h.app.jobs.len(), 0, "a refused job is forgotten");
+    assert!(
+        h.sim
+            .requests()
+            .iter()
+            .all(|r| !(r.method == "POST" && r.path == "/prompt")),
+        "and never reaches ComfyUI"
+    );
+    std::fs::remove_file(&jobs).expect("removable");
+    std::fs::create_dir(&jobs).expect("creatable");
+    let (status, _) = h.post_json("/generate", &small_txt2img("saved again"));
+    assert_eq!(status, 200, "once DATA_DIR is writable again, jobs run");
+}

@@ -9,8 +9,8 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Weak};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::backend::{self, Backend, BackendStatus, Effect};
@@ -67,7 +67,6 @@ pub struct Engine {
     /// No more dispatching (shutdown): jobs still waiting stay saved for the next start.
     pub(super) draining: AtomicBool,
     stopped: AtomicBool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -102,7 +101,6 @@ impl Engine {
             new_jobs_rx,
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            threads: Mutex::new(Vec::new()),
         }
     }
 
@@ -144,28 +142,25 @@ impl Engine {
                 None => self.requeue(&job),
             }
         }
-        let mut threads = Vec::new();
+        // The threads are detached: each holds the engine weakly and ends within its poll
+        // interval once the engine is dropped or stopped.
         let weak = Arc::downgrade(self);
         for index in 0..self.backends.len() {
             let weak = Weak::clone(&weak);
-            threads.push(spawn(&format!("backend-{index}"), move || {
+            spawn(&format!("backend-{index}"), move || {
                 backend::monitor(weak, index)
-            })?);
+            })?;
         }
         let dispatcher = Weak::clone(&weak);
-        threads.push(spawn("dispatcher", move || dispatch::run(&dispatcher))?);
+        spawn("dispatcher", move || dispatch::run(&dispatcher))?;
         let (ticks, new_jobs) = (Weak::clone(&weak), self.new_jobs_rx.clone());
-        threads.push(spawn("ticker", move || ticker::run(&ticks, &new_jobs))?);
+        spawn("ticker", move || ticker::run(&ticks, &new_jobs))?;
         for worker in 0..self.ctx.run.output_workers.max(1) {
             let (weak, work) = (Weak::clone(&weak), self.outputs_rx.clone());
-            threads.push(spawn(&format!("output-{worker}"), move || {
+            spawn(&format!("output-{worker}"), move || {
                 output_worker(&weak, &work)
-            })?);
+            })?;
         }
-        self.threads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(threads);
         Ok(())
     }
 
@@ -174,19 +169,9 @@ impl Engine {
         &self.ctx
     }
 
-    /// Every job.
-    pub fn registry(&self) -> &JobRegistry {
-        &self.registry
-    }
-
     /// The backend at `index`.
     pub fn backend(&self, index: usize) -> Option<&Backend> {
         self.backends.get(index)
-    }
-
-    /// Every backend.
-    pub fn backends(&self) -> &[Backend] {
-        &self.backends
     }
 
     /// Jobs waiting in the gateway's queue.
@@ -234,12 +219,8 @@ impl Engine {
         self.check_a_backend_answers()?;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let job = Arc::new(Job::new(plan, request.options, seq));
-        if let Some(events) = events {
-            job.set_event_sink(events);
-        }
-        self.registry.insert(Arc::clone(&job));
-        self.queue.push(job.id().clone(), job.ticket());
-        let position = self.queue.position(job.id());
+        // Saved (its `queued` event included) before it can be dispatched or seen queued.
+        let position = self.queue.ahead_of(job.ticket());
         job.publish(
             EventKind::Queued,
             json!({
@@ -250,21 +231,20 @@ impl Engine {
                 "backend": null,
             }),
         );
-        if let Err(e) = job.save(&self.store) {
-            self.queue.remove(job.id());
-            self.registry.forget(job.id());
-            return Err(ApiError::internal(format!(
+        job.save(&self.store).map_err(|e| {
+            ApiError::internal(format!(
                 "the job could not be saved in {}: {e}",
                 self.store.dir().display()
-            )));
+            ))
+        })?;
+        if let Some(events) = events {
+            job.set_event_sink_from_start(events);
         }
+        self.registry.insert(Arc::clone(&job));
+        self.queue.push(job.id().clone(), job.ticket());
         let _ = self.new_jobs.send(Arc::clone(&job));
         self.wake();
-        log::info!(
-            "job {} queued ({} waiting)",
-            job.id(),
-            position.map_or(0, |p| p + 1)
-        );
+        log::info!("job {} queued ({} ahead of it)", job.id(), position);
         Ok(job)
     }
 
@@ -314,22 +294,18 @@ impl Engine {
     pub fn drain(&self, deadline: Instant) -> usize {
         self.draining.store(true, Ordering::SeqCst);
         for job in self.registry.unfinished() {
-            if job.prompt().is_some() || job.state() == JobState::Uploading {
+            if job.is_on_backend() {
                 job.wait_until_finished(Some(deadline));
             }
         }
         self.queue.len()
     }
 
-    /// Ends the threads (they notice within their poll interval).
+    /// Ends the threads (they notice within their poll interval; they are not joined, since
+    /// one of them may hold the last reference to the engine).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.wake();
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        // Joining could wait on a thread that holds the last reference to the engine; these
-        // threads end on their own within a poll interval, so they are only detached here.
-        drop(threads);
     }
 
     pub(super) fn wake(&self) {
@@ -385,14 +361,13 @@ impl Engine {
         self.save(job);
     }
 
-    /// A backend (re)connected; `fresh` when it may have restarted meanwhile.
-    pub(super) fn backend_up(&self, index: usize, fresh: bool) {
-        if fresh {
-            if let Some(backend) = self.backends.get(index) {
-                if let Some(hook) = &self.ctx.on_comeback {
-                    hook(backend.client());
-                }
-            }
+    /// A backend (re)connected. Whether ComfyUI restarted meanwhile cannot be told from a
+    /// websocket that merely dropped (a restarted ComfyUI may answer the very first reconnect),
+    /// so the comeback hook runs on every connection: its work (a warm-up, re-reading models)
+    /// is cheap.
+    pub(super) fn backend_up(&self, backend: &Backend) {
+        if let Some(hook) = &self.ctx.on_comeback {
+            hook(backend.client());
         }
         self.wake();
     }
@@ -442,8 +417,11 @@ impl Engine {
     }
 }
 
-fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    thread::Builder::new().name(name.to_string()).spawn(body)
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(body)
+        .map(drop)
 }
 
 /// An output worker: collects and stores the outputs of finished prompts, one job at a time.

@@ -229,6 +229,14 @@ impl EventLog {
         }
     }
 
+    /// Every event kept so far, oldest first, without subscribing.
+    pub fn events(&self) -> Vec<Arc<Event>> {
+        self.events
+            .iter()
+            .map(|e| e.materialise(&self.job_id))
+            .collect()
+    }
+
     /// The events worth saving across a restart: all but progress ticks and previews, which
     /// are stale by the time anyone could replay them.
     pub fn durable_events(&self) -> Vec<Event> {

@@ -258,6 +258,17 @@ impl Job {
         let _ = self.sink.set(sink);
     }
 
+    /// Like [`Job::set_event_sink`], and hands the sink the events published so far first (a
+    /// new job's `queued`, published before the job was saved and accepted).
+    pub(super) fn set_event_sink_from_start(&self, sink: Arc<dyn JobEvents>) {
+        let inner = self.lock();
+        if self.sink.set(sink).is_ok() {
+            for event in inner.log.events() {
+                self.tell_sink(&event);
+            }
+        }
+    }
+
     /// Hands an event to the sink, under the job's lock so the sink sees events in order.
     fn tell_sink(&self, event: &Event) {
         if let Some(sink) = self.sink.get() {
@@ -385,9 +396,9 @@ impl Job {
         inner.run.as_mut().map(f)
     }
 
-    /// The prompt and backend of the job's run, if it has one.
-    pub fn prompt(&self) -> Option<(usize, PromptId)> {
-        self.with_run(|run| (run.backend, run.prompt_id.clone()))
+    /// Whether the job has a prompt on a backend (sent, running or its outputs being stored).
+    pub fn is_on_backend(&self) -> bool {
+        self.with_run(|_| ()).is_some()
     }
 
     /// Feeds one of ComfyUI's messages about this job's prompt.
@@ -446,19 +457,21 @@ impl Job {
         }
     }
 
-    /// Publishes this tick's `progress` event (and the newest preview, at most one per tick).
-    /// `queue_position` is the job's place in the gateway's queue, if it waits there.
-    pub fn tick(&self, queue_position: Option<usize>) {
+    /// Publishes this tick's `progress` event (and the newest preview, at most one per tick);
+    /// returns false, publishing nothing, once the job has ended. `queue_position` is asked
+    /// only while the job waits in the gateway's queue.
+    pub fn tick(&self, queue_position: impl FnOnce(&JobId) -> Option<usize>) -> bool {
         let mut inner = self.lock();
         if inner.state.is_finished() {
-            return;
+            return false;
         }
         let elapsed_ms = self.elapsed_ms();
         let state = inner.state.as_str();
         let snapshot = match inner.run.as_ref() {
             None => {
                 let tick = WaitingTick {
-                    queue_position: queue_position.map(|p| p.min(u32::MAX as usize) as u32),
+                    queue_position: queue_position(&self.id)
+                        .map(|p| p.min(u32::MAX as usize) as u32),
                     elapsed_ms,
                 };
                 inner.log.push_waiting(tick);
@@ -468,7 +481,7 @@ impl Job {
                         &tick.to_json(self.id.as_str()),
                     );
                 }
-                return;
+                return true;
             }
             Some(run) => {
                 let mut snapshot = run.tracker.snapshot(state, elapsed_ms);
@@ -489,6 +502,7 @@ impl Job {
             let text = self.with_job_id(data);
             inner.log.push(EventKind::Preview, text);
         }
+        true
     }
 
     /// Output branches ComfyUI dropped at validation.
@@ -832,7 +846,7 @@ mod tests {
     fn a_saved_job_comes_back_with_its_events_and_later_ids() {
         let job = job();
         job.publish(EventKind::Queued, json!({}));
-        job.tick(Some(3));
+        job.tick(|_| Some(3));
         job.dispatched(0, "http://c", PromptId("p".into()), &json!({}), vec![]);
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");

@@ -63,6 +63,8 @@ pub trait JobQueue: Send + Sync {
     fn positions(&self) -> HashMap<JobId, usize>;
     /// One job's place in line, if it waits.
     fn position(&self, id: &JobId) -> Option<usize>;
+    /// How many waiting jobs go before `ticket` (the place a job with it would take).
+    fn ahead_of(&self, ticket: Ticket) -> usize;
 }
 
 /// The in-memory queue: an ordered map from ticket to job, and the way back.
@@ -127,6 +129,10 @@ impl JobQueue for MemoryQueue {
         let ticket = lines.tickets.get(id)?;
         Some(lines.by_ticket.range(..*ticket).count())
     }
+
+    fn ahead_of(&self, ticket: Ticket) -> usize {
+        self.lock().by_ticket.range(..ticket).count()
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +154,11 @@ mod tests {
         assert_eq!(queue.positions()[&ids[1]], 0);
         assert_eq!(queue.positions()[&ids[3]], 3);
         assert_eq!(queue.position(&ids[2]), Some(2));
+        assert_eq!(
+            queue.ahead_of(Ticket::new(1, 9)),
+            1,
+            "behind priority 5 only"
+        );
         assert_eq!(
             drain(&queue),
             [
