@@ -153,7 +153,7 @@ fn wait_for_jobs(app: &App, grace: Duration) {
         log::info!("{waiting} waiting jobs are saved and resume at the next start");
     }
     for job in app.jobs.unfinished() {
-        if job.prompt().is_some() {
+        if job.is_on_backend() {
             log::warn!(
                 "job {} was still {} at shutdown; it is reconciled with ComfyUI at the next start",
                 job.id(),

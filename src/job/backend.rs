@@ -62,8 +62,6 @@ struct State {
     down_since: Option<Instant>,
     /// When its websocket last delivered anything (or opened).
     last_heard: Option<Instant>,
-    /// Whether the backend was ever up (for telling a comeback from the first connection).
-    was_up: bool,
 }
 
 /// One ComfyUI the gateway sends prompts to.
@@ -91,7 +89,6 @@ impl Backend {
                 abandoned: Vec::new(),
                 down_since: None,
                 last_heard: None,
-                was_up: false,
             }),
         }
     }
@@ -99,6 +96,11 @@ impl Backend {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update leaves the state consistent before anything can panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Its place in `COMFYUI_URL`.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Its HTTP client.
@@ -273,26 +275,17 @@ impl Backend {
     /// A new websocket is open under `client_id`: every prompt held so far was queued under
     /// an older id, so each becomes orphaned and is reconciled through `/history` and `/queue`.
     fn connected(&self, engine: &Engine, client_id: String) {
-        let (fresh, abandoned) = {
+        let abandoned = {
             let mut state = self.lock();
-            let came_back = state.was_up && state.down_since.is_some();
-            if came_back {
-                log::info!("ComfyUI at {} is back", self.url());
-            }
-            // Whether ComfyUI restarted cannot be told from a websocket that merely dropped (a
-            // restarted ComfyUI may answer the very first reconnect), so every new connection
-            // counts as fresh: the hook's work (a warm-up, re-reading models) is cheap.
-            let fresh = true;
             state.status = BackendStatus::Up;
             state.last_heard = Some(Instant::now());
             state.client_id = Some(client_id);
             state.down_since = None;
             state.executing = None;
-            state.was_up = true;
             for job in state.jobs.values() {
                 job.with_run(|run| run.orphaned = true);
             }
-            (fresh, std::mem::take(&mut state.abandoned))
+            std::mem::take(&mut state.abandoned)
         };
         log::info!("ComfyUI at {} is connected", self.url());
         for prompt_id in abandoned {
@@ -307,7 +300,7 @@ impl Backend {
             }
         }
         self.reconcile(engine);
-        engine.backend_up(self.index, fresh);
+        engine.backend_up(self);
     }
 
     /// The websocket could not be opened (or reopened): the backend is skipped. Prompts it had

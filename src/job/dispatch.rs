@@ -132,7 +132,7 @@ fn send_prompt(
     };
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
     job.dispatched(
-        backend_index(engine, backend),
+        backend.index(),
         backend.url(),
         queued.prompt_id.clone(),
         &graph,
@@ -147,14 +147,6 @@ fn send_prompt(
     backend.register(engine, queued.prompt_id, job, client_id);
     engine.save(job);
     Ok(())
-}
-
-fn backend_index(engine: &Engine, backend: &Backend) -> usize {
-    engine
-        .backends
-        .iter()
-        .position(|b| std::ptr::eq(b, backend))
-        .unwrap_or(0)
 }
 
 /// `422 comfyui_rejected` from ComfyUI's validation answer.

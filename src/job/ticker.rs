@@ -73,10 +73,7 @@ pub(super) fn run(engine: &Weak<Engine>, new_jobs: &Receiver<Arc<Job>>) {
             let Some(Reverse(Due { at, job })) = due.pop() else {
                 break;
             };
-            if job.is_finished() {
-                continue; // dropped: a finished job never ticks again
-            }
-            let position = if job.prompt().is_none() {
+            let ticked = job.tick(|id| {
                 let fresh = positions
                     .as_ref()
                     .is_some_and(|(computed, _)| computed.elapsed() < POSITIONS_FRESH);
@@ -85,11 +82,11 @@ pub(super) fn run(engine: &Weak<Engine>, new_jobs: &Receiver<Arc<Job>>) {
                 }
                 positions
                     .as_ref()
-                    .and_then(|(_, places)| places.get(job.id()).copied())
-            } else {
-                None
-            };
-            job.tick(position);
+                    .and_then(|(_, places)| places.get(id).copied())
+            });
+            if !ticked {
+                continue; // dropped: a finished job never ticks again
+            }
             let mut next = at + interval;
             if next <= now {
                 next = now + interval; // fell behind (a busy machine): keep the cadence, no burst
