@@ -98,11 +98,6 @@ impl Backend {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Its place in `COMFYUI_URL`.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// Its HTTP client.
     pub fn client(&self) -> &ComfyClient {
         &self.client

@@ -131,13 +131,7 @@ fn send_prompt(
         Err(error) => return Err(Refusal::Unreachable(error.to_string())),
     };
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
-    job.dispatched(
-        backend.index(),
-        backend.url(),
-        queued.prompt_id.clone(),
-        &graph,
-        warnings,
-    );
+    job.dispatched(backend.url(), queued.prompt_id.clone(), &graph, warnings);
     log::info!(
         "job {} sent to {} as prompt {}",
         job.id(),

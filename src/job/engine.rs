@@ -123,7 +123,7 @@ impl Engine {
                 .position(|b| b.url() == run.backend_url)
             {
                 Some(index) => {
-                    job.resume_run(index, &run);
+                    job.resume_run(&run);
                     self.backends[index].adopt(run.prompt_id.clone(), job);
                 }
                 None if run.started => {

@@ -82,16 +82,12 @@ impl JobState {
 
 /// A job's stay on one backend: from ComfyUI's acceptance of its prompt to the prompt's end.
 pub struct Run {
-    /// The backend's index in the engine.
-    pub backend: usize,
     /// The backend's base URL, as named in events and saved with the job.
     pub backend_url: String,
     /// ComfyUI's id for the prompt.
     pub prompt_id: PromptId,
     /// What ComfyUI's messages said so far.
     pub tracker: ProgressTracker,
-    /// When ComfyUI accepted the prompt.
-    pub dispatched: Instant,
     /// When ComfyUI started executing it.
     pub started: Option<Instant>,
     /// When execution ended.
@@ -340,7 +336,6 @@ impl Job {
     /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation.
     pub fn dispatched(
         &self,
-        backend: usize,
         backend_url: &str,
         prompt_id: PromptId,
         graph: &Value,
@@ -360,11 +355,9 @@ impl Job {
         let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
         tracker.set_queue_position(Some(0));
         inner.run = Some(Run {
-            backend,
             backend_url: backend_url.to_string(),
             tracker,
             prompt_id,
-            dispatched: Instant::now(),
             started: None,
             executed: None,
             orphaned: false,
@@ -742,19 +735,17 @@ impl Job {
     }
 
     /// Puts a restored job back on the backend that had its prompt, to be reconciled there.
-    pub fn resume_run(&self, backend: usize, saved: &store::RunRecord) {
+    pub fn resume_run(&self, saved: &store::RunRecord) {
         let mut inner = self.lock();
         if inner.state.is_finished() {
             return;
         }
         let now = Instant::now();
         inner.run = Some(Run {
-            backend,
             backend_url: saved.backend_url.clone(),
             prompt_id: saved.prompt_id.clone(),
             // The graph is not kept: progress after a restart counts steps, not nodes.
             tracker: ProgressTracker::new(saved.prompt_id.clone(), &Value::Null),
-            dispatched: now,
             started: saved.started.then_some(now),
             executed: None,
             orphaned: true,
@@ -847,7 +838,7 @@ mod tests {
         let job = job();
         job.publish(EventKind::Queued, json!({}));
         job.tick(|_| Some(3));
-        job.dispatched(0, "http://c", PromptId("p".into()), &json!({}), vec![]);
+        job.dispatched("http://c", PromptId("p".into()), &json!({}), vec![]);
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");
         let record: JobRecord = serde_json::from_str(&text).expect("readable");
