@@ -376,3 +376,38 @@ fn streams_and_waits_longer_than_the_idle_timeout_are_not_cut() {
     let (status, answer) = h.post_json("/generate", &body);
     assert_eq!(status, 200, "{answer}");
 }
+
+#[test]
+fn a_head_is_answered_like_the_get_it_mirrors_without_a_body() {
+    let h = Harness::with(Options {
+        vars: vec![("API_KEYS", "the-key".into())],
+        ..Options::default()
+    });
+    let head = |path: &str, auth: Option<&str>| {
+        let mut request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(auth) = auth {
+            request.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        exchange(h.gateway.addr(), request.as_bytes(), PROMPT)
+    };
+    // Open like their GETs, and answered with the head only.
+    for path in ["/health", "/"] {
+        let got = head(path, None);
+        assert_eq!(got.status(), 200, "{path}: {}", got.text);
+        assert!(got.closed, "{path}: {}", got.text);
+        assert!(
+            got.text.ends_with("\r\n\r\n"),
+            "{path}: no body: {}",
+            got.text
+        );
+    }
+    // The key is still needed where the GET needs it.
+    assert_eq!(head("/workflows", None).status(), 401);
+    let got = head("/workflows", Some("Bearer the-key"));
+    assert_eq!(got.status(), 200, "{}", got.text);
+    assert!(got.text.ends_with("\r\n\r\n"), "no body: {}", got.text);
+    // An event stream is written by hand, so it answers GET only.
+    let got = head("/jobs/no-such-job/events", Some("Bearer the-key"));
+    assert_eq!(got.status(), 405, "{}", got.text);
+}
