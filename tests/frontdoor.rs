@@ -5,6 +5,7 @@
 mod common;
 
 use common::harness::{Harness, Options, agent, small_txt2img};
+use common::raw_http::{send_and_read_until_closed, status_of};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +20,7 @@ struct Exchange {
 
 impl Exchange {
     fn status(&self) -> u16 {
-        self.text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        status_of(&self.text)
     }
 
     fn has_header(&self, line: &str) -> bool {
@@ -53,25 +50,9 @@ impl Exchange {
 fn exchange(addr: SocketAddr, bytes: &[u8], within: Duration) -> Exchange {
     let started = Instant::now();
     let mut socket = TcpStream::connect(addr).expect("the gateway accepts");
-    socket.write_all(bytes).expect("the request is sent");
-    let mut received = Vec::new();
-    let deadline = started + within;
-    let closed = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break false;
-        }
-        socket.set_read_timeout(Some(left)).expect("timeout");
-        let mut buf = [0u8; 8192];
-        match socket.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
+    let (text, closed) = send_and_read_until_closed(&mut socket, bytes, within);
     Exchange {
-        text: String::from_utf8_lossy(&received).into_owned(),
+        text,
         closed,
         took: started.elapsed(),
     }
