@@ -315,6 +315,41 @@ fn a_failed_delivery_is_retried_with_the_same_webhook_id() {
     );
 }
 
+#[test]
+fn a_receiver_4xx_is_retried_but_410_gone_stops_the_delivery_at_once() {
+    let receiver = HookReceiver::start();
+    // A 400 may be a receiver's passing bug: retried. A 410 says "never again": given up,
+    // though the retry window is far from over.
+    receiver.answer_next_with(&[400, 410]);
+    let h = signed(vec![], fast_retries);
+    let reports = h.app.webhooks.observe();
+    let request = with_webhook(
+        small_txt2img("gone"),
+        json!({"url": receiver.url("/in"), "events": ["complete"]}),
+    );
+    let (status, _) = h.post_json("/generate", &request);
+    assert_eq!(status, 200);
+    let first = receiver.next();
+    let second = receiver.next();
+    assert_eq!(first.id, second.id);
+    let outcomes: Vec<_> = [next_report(&reports), next_report(&reports)]
+        .iter()
+        .map(|r| (r.status, r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some(400), AttemptOutcome::WillRetry),
+            (Some(410), AttemptOutcome::GaveUp)
+        ]
+    );
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_give_ups_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_deliveries_total"), 0);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_pending"), 0);
+    assert!(pending_files(h.dir.path()).is_empty(), "given up: not kept");
+}
+
 /// The second gateway's observer, handed out of its `tweak` (a plain function).
 static RESTARTED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
 
