@@ -8,7 +8,7 @@
 use crossbeam_channel::{Receiver, Sender, select};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -181,30 +181,23 @@ fn attempt(
     let delivery = &pending.delivery;
     let result = post(shared, delivery);
     pending.attempts += 1;
-    let failure = match result {
-        Ok(()) => {
-            shared.store.remove(&delivery.id);
-            shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
-            log::debug!(
-                "webhook {} ({} of job {}) delivered on attempt {}",
-                delivery.id,
-                delivery.event,
-                delivery.job_id,
-                pending.attempts
-            );
-            shared.report(&pending, Some(200), AttemptOutcome::Delivered);
-            return;
-        }
-        Err(failure) => failure,
+    let Err(failure) = result else {
+        retire(shared, delivery, &shared.counters.delivered);
+        log::debug!(
+            "webhook {} ({} of job {}) delivered on attempt {}",
+            delivery.id,
+            delivery.event,
+            delivery.job_id,
+            pending.attempts
+        );
+        shared.report(&pending, Some(200), AttemptOutcome::Delivered);
+        return;
     };
     let delay = backoff(&shared.options, pending.attempts, failure.retry_after);
     let created = UNIX_EPOCH + Duration::from_secs(delivery.created_unix);
     let window_over = SystemTime::now() + delay > created + shared.options.retry_window;
     if failure.gone || window_over {
-        shared.store.remove(&delivery.id);
-        shared.counters.gave_up.fetch_add(1, Ordering::Relaxed);
-        shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        retire(shared, delivery, &shared.counters.gave_up);
         log::warn!(
             "webhook {} ({} of job {}) to {} given up after {} attempts: {}",
             delivery.id,
@@ -235,6 +228,14 @@ fn attempt(
         seq: *seq,
         pending,
     }));
+}
+
+/// Forgets a delivery that gets no more attempts (on disk and in the pending count), counting it
+/// in `ended`: delivered or given up.
+fn retire(shared: &Shared, delivery: &Delivery, ended: &AtomicU64) {
+    shared.store.remove(&delivery.id);
+    ended.fetch_add(1, Ordering::Relaxed);
+    shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Why an attempt failed.
