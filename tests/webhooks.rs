@@ -350,6 +350,28 @@ fn a_receiver_4xx_is_retried_but_410_gone_stops_the_delivery_at_once() {
     assert!(pending_files(h.dir.path()).is_empty(), "given up: not kept");
 }
 
+#[test]
+fn any_2xx_delivers_and_is_reported_as_answered() {
+    let receiver = HookReceiver::start();
+    receiver.answer_next_with(&[204]);
+    let h = signed(vec![], fast_retries);
+    let reports = h.app.webhooks.observe();
+    let request = with_webhook(
+        small_txt2img("no content"),
+        json!({"url": receiver.url("/in"), "events": ["complete"]}),
+    );
+    let (status, _) = h.post_json("/generate", &request);
+    assert_eq!(status, 200);
+    receiver.next().assert_verified();
+    let report = next_report(&reports);
+    assert_eq!(
+        (report.status, report.outcome),
+        (Some(204), AttemptOutcome::Delivered)
+    );
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_deliveries_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 0);
+}
+
 /// The second gateway's observer, handed out of its `tweak` (a plain function).
 static RESTARTED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
 

@@ -181,17 +181,20 @@ fn attempt(
     let delivery = &pending.delivery;
     let result = post(shared, delivery);
     pending.attempts += 1;
-    let Err(failure) = result else {
-        retire(shared, delivery, &shared.counters.delivered);
-        log::debug!(
-            "webhook {} ({} of job {}) delivered on attempt {}",
-            delivery.id,
-            delivery.event,
-            delivery.job_id,
-            pending.attempts
-        );
-        shared.report(&pending, Some(200), AttemptOutcome::Delivered);
-        return;
+    let failure = match result {
+        Ok(status) => {
+            retire(shared, delivery, &shared.counters.delivered);
+            log::debug!(
+                "webhook {} ({} of job {}) delivered on attempt {}",
+                delivery.id,
+                delivery.event,
+                delivery.job_id,
+                pending.attempts
+            );
+            shared.report(&pending, Some(status), AttemptOutcome::Delivered);
+            return;
+        }
+        Err(failure) => failure,
     };
     let delay = backoff(&shared.options, pending.attempts, failure.retry_after);
     let created = UNIX_EPOCH + Duration::from_secs(delivery.created_unix);
@@ -247,8 +250,8 @@ struct Failure {
     gone: bool,
 }
 
-/// Signs and posts one attempt, with this attempt's timestamp.
-fn post(shared: &Shared, delivery: &Delivery) -> Result<(), Failure> {
+/// Signs and posts one attempt, with this attempt's timestamp. Returns the receiver's 2xx status.
+fn post(shared: &Shared, delivery: &Delivery) -> Result<u16, Failure> {
     let failure = |reason: String, status| Failure {
         reason,
         status,
@@ -279,7 +282,7 @@ fn post(shared: &Shared, delivery: &Delivery) -> Result<(), Failure> {
     let response = response.map_err(|e| failure(e.to_string(), None))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
-        return Ok(());
+        return Ok(status);
     }
     let retry_after = response
         .headers()
