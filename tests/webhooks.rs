@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfyui_gateway::app::App;
 use comfyui_gateway::webhook::{AttemptOutcome, AttemptReport};
+use common::gateway_process::free_port;
 use common::harness::{Harness, Options, TestDir, small_txt2img};
 
 /// The Standard Webhooks specification's example secret.
@@ -239,12 +240,6 @@ fn pending_files(data_dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A port nothing listens on (for a moment: the test then starts its receiver there).
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("address")
-}
-
 #[test]
 fn webhooks_carry_the_sse_data_and_a_signature_any_verifier_accepts() {
     let receiver = HookReceiver::start();
@@ -378,7 +373,8 @@ static RESTARTED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
 #[test]
 fn pending_deliveries_survive_a_restart_and_keep_their_ids() {
     let data = TestDir::new();
-    let receiver_addr = free_port();
+    // Nothing listens there for a moment: the test then starts its receiver there.
+    let receiver_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let url = format!("http://{receiver_addr}/after-restart");
     let vars = || {
         vec![
@@ -619,7 +615,7 @@ fn webhook_targets_are_checked_before_anything_is_queued() {
         "webhook.url",
     );
     refused(
-        json!({"url": format!("http://127.0.0.1:{}/", free_port().port())}),
+        json!({"url": format!("http://127.0.0.1:{}/", free_port())}),
         "webhook.url",
     );
     refused(
