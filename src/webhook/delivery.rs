@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::signing::SigningKey;
 use super::store::{Delivery, Store};
-use super::target::{AllowedHosts, WebhookUrl};
+use super::target::{AllowedHosts, WebhookUrl, without_query};
 use crate::metrics::WebhookCounters;
 
 /// The tunables of delivery. Tests shorten the delays.
@@ -206,7 +206,7 @@ fn attempt(
             delivery.id,
             delivery.event,
             delivery.job_id,
-            redacted(&delivery.url),
+            without_query(&delivery.url),
             pending.attempts,
             failure.reason
         );
@@ -219,7 +219,7 @@ fn attempt(
         delivery.id,
         delivery.event,
         delivery.job_id,
-        redacted(&delivery.url),
+        without_query(&delivery.url),
         failure.reason,
         pending.attempts + 1,
         delay.as_secs()
@@ -322,10 +322,6 @@ pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn redacted(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or_default()
 }
 
 #[cfg(test)]
