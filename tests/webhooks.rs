@@ -430,6 +430,51 @@ fn pending_deliveries_survive_a_restart_and_keep_their_ids() {
     drop(second);
 }
 
+/// The observer of the gateway that resumes undeliverable webhooks, handed out of its `tweak`.
+static RESUMED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
+
+#[test]
+fn resumed_deliveries_that_can_never_succeed_are_given_up_at_once() {
+    let data = TestDir::new();
+    let pending = data.path().join("webhooks");
+    std::fs::create_dir_all(&pending).expect("writable");
+    // Left by an earlier run under other settings: a host no longer allowed, a broken URL.
+    for (id, url) in [
+        ("msg_disallowed", "http://elsewhere.example/in"),
+        ("msg_broken", "not a url"),
+    ] {
+        let delivery = json!({
+            "id": id, "url": url, "event": "complete", "job_id": "j",
+            "body": r#"{"job_id":"j","type":"complete"}"#,
+            "created_unix": SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs(),
+        });
+        std::fs::write(pending.join(format!("{id}.json")), delivery.to_string()).expect("writable");
+    }
+    let h = signed(
+        vec![
+            ("DATA_DIR", data.path().display().to_string()),
+            ("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1".into()),
+        ],
+        |app| {
+            fast_retries(app);
+            *RESUMED.lock().expect("lock") = Some(app.webhooks.observe());
+        },
+    );
+    let reports = RESUMED.lock().expect("lock").take().expect("observer");
+    let mut given_up: Vec<String> = (0..2)
+        .map(|_| {
+            let report = next_report(&reports);
+            assert_eq!(report.outcome, AttemptOutcome::GaveUp, "{report:?}");
+            report.webhook_id
+        })
+        .collect();
+    given_up.sort();
+    assert_eq!(given_up, ["msg_broken", "msg_disallowed"]);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 0);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_pending"), 0);
+    assert!(pending_files(data.path()).is_empty(), "given up: not kept");
+}
+
 #[test]
 fn a_webhook_that_never_answers_does_not_hold_up_the_job() {
     // Accepts connections (the backlog does) but never reads or answers them.

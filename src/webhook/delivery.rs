@@ -258,14 +258,16 @@ fn post(shared: &Shared, delivery: &Delivery) -> Result<u16, Failure> {
         retry_after: None,
         gone: false,
     };
-    if !shared
-        .allowed
-        .allows(&WebhookUrl::parse(&delivery.url).map_err(|e| failure(e, None))?)
-    {
-        return Err(Failure {
-            gone: true,
-            ..failure("its host is not in WEBHOOK_ALLOWED_HOSTS".into(), None)
-        });
+    // A URL that does not parse or is no longer allowed (a pending delivery from an earlier
+    // run, under other settings) would fail every attempt: given up at once.
+    let never = |reason: String| Failure {
+        gone: true,
+        ..failure(reason, None)
+    };
+    let url = WebhookUrl::parse(&delivery.url)
+        .map_err(|expected| never(format!("its URL is not {expected}")))?;
+    if !shared.allowed.allows(&url) {
+        return Err(never("its host is not in WEBHOOK_ALLOWED_HOSTS".into()));
     }
     let timestamp = unix_now();
     let signature = shared
