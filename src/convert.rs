@@ -118,6 +118,8 @@ pub enum ConvertError {
         /// Height in pixels.
         height: u32,
     },
+    /// The decoded pixels would not fit in memory (their size overflows).
+    DecodedTooLarge,
     /// The encoder refused the pixels.
     Encode(String),
 }
@@ -131,6 +133,9 @@ impl fmt::Display for ConvertError {
                 f,
                 "a {width}x{height} image cannot be stored as JPEG (at most 65535 pixels a side)"
             ),
+            ConvertError::DecodedTooLarge => {
+                f.write_str("the decoded image would not fit in memory")
+            }
             ConvertError::Encode(e) => write!(f, "encoding the converted image: {e}"),
         }
     }
@@ -245,9 +250,9 @@ fn decode_png(bytes: &[u8]) -> Result<Option<Pixels>, ConvertError> {
     if reader.info().animation_control().is_some() {
         return Ok(None);
     }
-    let size = reader.output_buffer_size().ok_or_else(|| {
-        ConvertError::Encode("the decoded image would not fit in memory".to_owned())
-    })?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or(ConvertError::DecodedTooLarge)?;
     let mut samples = vec![0; size];
     let frame = reader
         .next_frame(&mut samples)
@@ -285,9 +290,9 @@ fn decode_webp(bytes: &[u8]) -> Result<Option<Pixels>, ConvertError> {
     }
     decoder.set_memory_limit(MAX_DECODED_BYTES);
     let (width, height) = decoder.dimensions();
-    let size = decoder.output_buffer_size().ok_or_else(|| {
-        ConvertError::Encode("the decoded image would not fit in memory".to_owned())
-    })?;
+    let size = decoder
+        .output_buffer_size()
+        .ok_or(ConvertError::DecodedTooLarge)?;
     let mut samples = vec![0; size];
     decoder
         .read_image(&mut samples)

@@ -5,6 +5,7 @@
 mod common;
 
 use common::harness::{Harness, Options, agent, small_txt2img};
+use common::raw_http::{send_and_read_until_closed, status_of};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,11 +20,7 @@ struct Exchange {
 
 impl Exchange {
     fn status(&self) -> u16 {
-        self.text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        status_of(&self.text)
     }
 
     fn has_header(&self, line: &str) -> bool {
@@ -53,25 +50,9 @@ impl Exchange {
 fn exchange(addr: SocketAddr, bytes: &[u8], within: Duration) -> Exchange {
     let started = Instant::now();
     let mut socket = TcpStream::connect(addr).expect("the gateway accepts");
-    socket.write_all(bytes).expect("the request is sent");
-    let mut received = Vec::new();
-    let deadline = started + within;
-    let closed = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break false;
-        }
-        socket.set_read_timeout(Some(left)).expect("timeout");
-        let mut buf = [0u8; 8192];
-        match socket.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
+    let (text, closed) = send_and_read_until_closed(&mut socket, bytes, within);
     Exchange {
-        text: String::from_utf8_lossy(&received).into_owned(),
+        text,
         closed,
         took: started.elapsed(),
     }
@@ -375,4 +356,39 @@ fn streams_and_waits_longer_than_the_idle_timeout_are_not_cut() {
     body["prompt"] = serde_json::json!("waited for");
     let (status, answer) = h.post_json("/generate", &body);
     assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
+fn a_head_is_answered_like_the_get_it_mirrors_without_a_body() {
+    let h = Harness::with(Options {
+        vars: vec![("API_KEYS", "the-key".into())],
+        ..Options::default()
+    });
+    let head = |path: &str, auth: Option<&str>| {
+        let mut request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(auth) = auth {
+            request.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        request.push_str("\r\n");
+        exchange(h.gateway.addr(), request.as_bytes(), PROMPT)
+    };
+    // Open like their GETs, and answered with the head only.
+    for path in ["/health", "/"] {
+        let got = head(path, None);
+        assert_eq!(got.status(), 200, "{path}: {}", got.text);
+        assert!(got.closed, "{path}: {}", got.text);
+        assert!(
+            got.text.ends_with("\r\n\r\n"),
+            "{path}: no body: {}",
+            got.text
+        );
+    }
+    // The key is still needed where the GET needs it.
+    assert_eq!(head("/workflows", None).status(), 401);
+    let got = head("/workflows", Some("Bearer the-key"));
+    assert_eq!(got.status(), 200, "{}", got.text);
+    assert!(got.text.ends_with("\r\n\r\n"), "no body: {}", got.text);
+    // An event stream is written by hand, so it answers GET only.
+    let got = head("/jobs/no-such-job/events", Some("Bearer the-key"));
+    assert_eq!(got.status(), 405, "{}", got.text);
 }

@@ -13,9 +13,9 @@ mod common;
 use comfyui_sim::{ComfySim, SimOptions};
 use common::gateway_process::{Gateway, free_port};
 use common::harness::TestDir;
+use common::raw_http::{send_and_read_until_closed, status_of};
 use common::sse_client::SseStream;
 use serde_json::json;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
@@ -155,32 +155,7 @@ fn exchange(addr: SocketAddr, bytes: &[u8], within: Duration) -> (String, bool) 
 
 fn exchange_on(mut socket: TcpStream, bytes: &[u8], within: Duration) -> (String, bool) {
     // A proxy may answer and close before reading everything: that is a refusal too.
-    let _ = socket.write_all(bytes);
-    let deadline = Instant::now() + within;
-    let mut received = Vec::new();
-    let closed = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break false;
-        }
-        let _ = socket.set_read_timeout(Some(left));
-        let mut buf = [0u8; 8192];
-        match socket.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&received).into_owned(), closed)
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    send_and_read_until_closed(&mut socket, bytes, within)
 }
 
 /// A connection to `addr` from 127.0.0.2 (any 127/8 address is this machine on Linux), so the

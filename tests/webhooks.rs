@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfyui_gateway::app::App;
 use comfyui_gateway::webhook::{AttemptOutcome, AttemptReport};
+use common::gateway_process::free_port;
 use common::harness::{Harness, Options, TestDir, small_txt2img};
 
 /// The Standard Webhooks specification's example secret.
@@ -239,12 +240,6 @@ fn pending_files(data_dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A port nothing listens on (for a moment: the test then starts its receiver there).
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.local_addr().expect("address")
-}
-
 #[test]
 fn webhooks_carry_the_sse_data_and_a_signature_any_verifier_accepts() {
     let receiver = HookReceiver::start();
@@ -315,13 +310,71 @@ fn a_failed_delivery_is_retried_with_the_same_webhook_id() {
     );
 }
 
+#[test]
+fn a_receiver_4xx_is_retried_but_410_gone_stops_the_delivery_at_once() {
+    let receiver = HookReceiver::start();
+    // A 400 may be a receiver's passing bug: retried. A 410 says "never again": given up,
+    // though the retry window is far from over.
+    receiver.answer_next_with(&[400, 410]);
+    let h = signed(vec![], fast_retries);
+    let reports = h.app.webhooks.observe();
+    let request = with_webhook(
+        small_txt2img("gone"),
+        json!({"url": receiver.url("/in"), "events": ["complete"]}),
+    );
+    let (status, _) = h.post_json("/generate", &request);
+    assert_eq!(status, 200);
+    let first = receiver.next();
+    let second = receiver.next();
+    assert_eq!(first.id, second.id);
+    let outcomes: Vec<_> = [next_report(&reports), next_report(&reports)]
+        .iter()
+        .map(|r| (r.status, r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some(400), AttemptOutcome::WillRetry),
+            (Some(410), AttemptOutcome::GaveUp)
+        ]
+    );
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_give_ups_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_deliveries_total"), 0);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_pending"), 0);
+    assert!(pending_files(h.dir.path()).is_empty(), "given up: not kept");
+}
+
+#[test]
+fn any_2xx_delivers_and_is_reported_as_answered() {
+    let receiver = HookReceiver::start();
+    receiver.answer_next_with(&[204]);
+    let h = signed(vec![], fast_retries);
+    let reports = h.app.webhooks.observe();
+    let request = with_webhook(
+        small_txt2img("no content"),
+        json!({"url": receiver.url("/in"), "events": ["complete"]}),
+    );
+    let (status, _) = h.post_json("/generate", &request);
+    assert_eq!(status, 200);
+    receiver.next().assert_verified();
+    let report = next_report(&reports);
+    assert_eq!(
+        (report.status, report.outcome),
+        (Some(204), AttemptOutcome::Delivered)
+    );
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_deliveries_total"), 1);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 0);
+}
+
 /// The second gateway's observer, handed out of its `tweak` (a plain function).
 static RESTARTED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
 
 #[test]
 fn pending_deliveries_survive_a_restart_and_keep_their_ids() {
     let data = TestDir::new();
-    let receiver_addr = free_port();
+    // Nothing listens there for a moment: the test then starts its receiver there.
+    let receiver_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let url = format!("http://{receiver_addr}/after-restart");
     let vars = || {
         vec![
@@ -375,6 +428,51 @@ fn pending_deliveries_survive_a_restart_and_keep_their_ids() {
         "delivered: forgotten"
     );
     drop(second);
+}
+
+/// The observer of the gateway that resumes undeliverable webhooks, handed out of its `tweak`.
+static RESUMED: Mutex<Option<Receiver<AttemptReport>>> = Mutex::new(None);
+
+#[test]
+fn resumed_deliveries_that_can_never_succeed_are_given_up_at_once() {
+    let data = TestDir::new();
+    let pending = data.path().join("webhooks");
+    std::fs::create_dir_all(&pending).expect("writable");
+    // Left by an earlier run under other settings: a host no longer allowed, a broken URL.
+    for (id, url) in [
+        ("msg_disallowed", "http://elsewhere.example/in"),
+        ("msg_broken", "not a url"),
+    ] {
+        let delivery = json!({
+            "id": id, "url": url, "event": "complete", "job_id": "j",
+            "body": r#"{"job_id":"j","type":"complete"}"#,
+            "created_unix": SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs(),
+        });
+        std::fs::write(pending.join(format!("{id}.json")), delivery.to_string()).expect("writable");
+    }
+    let h = signed(
+        vec![
+            ("DATA_DIR", data.path().display().to_string()),
+            ("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1".into()),
+        ],
+        |app| {
+            fast_retries(app);
+            *RESUMED.lock().expect("lock") = Some(app.webhooks.observe());
+        },
+    );
+    let reports = RESUMED.lock().expect("lock").take().expect("observer");
+    let mut given_up: Vec<String> = (0..2)
+        .map(|_| {
+            let report = next_report(&reports);
+            assert_eq!(report.outcome, AttemptOutcome::GaveUp, "{report:?}");
+            report.webhook_id
+        })
+        .collect();
+    given_up.sort();
+    assert_eq!(given_up, ["msg_broken", "msg_disallowed"]);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_retries_total"), 0);
+    assert_eq!(metric(&h, "comfyui_gateway_webhook_pending"), 0);
+    assert!(pending_files(data.path()).is_empty(), "given up: not kept");
 }
 
 #[test]
@@ -562,7 +660,7 @@ fn webhook_targets_are_checked_before_anything_is_queued() {
         "webhook.url",
     );
     refused(
-        json!({"url": format!("http://127.0.0.1:{}/", free_port().port())}),
+        json!({"url": format!("http://127.0.0.1:{}/", free_port())}),
         "webhook.url",
     );
     refused(

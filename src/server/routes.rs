@@ -93,6 +93,15 @@ impl Endpoint {
         statuses
     }
 
+    /// Whether it answers `method`: its own, or a HEAD mirroring its GET (tiny_http leaves the
+    /// body out). Event streams are written by hand, body and all, so they answer GET only.
+    fn serves(&self, method: &str) -> bool {
+        self.method == method
+            || (method == "HEAD"
+                && self.method == "GET"
+                && !self.answers.iter().any(|(_, body)| *body == Body::Events))
+    }
+
     /// The values of the path's `{variables}` if `path` matches, in order.
     fn matches(&self, path: &str) -> Option<Vec<String>> {
         let want = self.path.split('/').filter(|s| !s.is_empty());
@@ -368,15 +377,10 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     }
     let matching = route(path);
     // The page and /health hold no data (the page asks for the key itself), so they answer
-    // without one; a HEAD is answered like the GET it mirrors.
-    let method_name = if method.as_str() == "HEAD" {
-        "GET"
-    } else {
-        method.as_str()
-    };
+    // without one.
     let open = matching
         .iter()
-        .any(|(endpoint, _)| endpoint.public && endpoint.method == method_name);
+        .any(|(endpoint, _)| endpoint.public && endpoint.serves(method.as_str()));
     if !open {
         if let Err(error) = auth::check(&request, &app.config.api_keys) {
             return reply::error(request, &error);
@@ -387,7 +391,7 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     }
     let Some((endpoint, params)) = matching
         .iter()
-        .find(|(endpoint, _)| endpoint.method == method.as_str())
+        .find(|(endpoint, _)| endpoint.serves(method.as_str()))
     else {
         let mut allow: Vec<&str> = matching.iter().map(|(e, _)| e.method).collect();
         allow.dedup();

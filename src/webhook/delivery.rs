@@ -8,13 +8,13 @@
 use crossbeam_channel::{Receiver, Sender, select};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::signing::SigningKey;
 use super::store::{Delivery, Store};
-use super::target::{AllowedHosts, WebhookUrl};
+use super::target::{AllowedHosts, WebhookUrl, without_query};
 use crate::metrics::WebhookCounters;
 
 /// The tunables of delivery. Tests shorten the delays.
@@ -182,10 +182,8 @@ fn attempt(
     let result = post(shared, delivery);
     pending.attempts += 1;
     let failure = match result {
-        Ok(()) => {
-            shared.store.remove(&delivery.id);
-            shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        Ok(status) => {
+            retire(shared, delivery, &shared.counters.delivered);
             log::debug!(
                 "webhook {} ({} of job {}) delivered on attempt {}",
                 delivery.id,
@@ -193,7 +191,7 @@ fn attempt(
                 delivery.job_id,
                 pending.attempts
             );
-            shared.report(&pending, Some(200), AttemptOutcome::Delivered);
+            shared.report(&pending, Some(status), AttemptOutcome::Delivered);
             return;
         }
         Err(failure) => failure,
@@ -202,15 +200,13 @@ fn attempt(
     let created = UNIX_EPOCH + Duration::from_secs(delivery.created_unix);
     let window_over = SystemTime::now() + delay > created + shared.options.retry_window;
     if failure.gone || window_over {
-        shared.store.remove(&delivery.id);
-        shared.counters.gave_up.fetch_add(1, Ordering::Relaxed);
-        shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        retire(shared, delivery, &shared.counters.gave_up);
         log::warn!(
             "webhook {} ({} of job {}) to {} given up after {} attempts: {}",
             delivery.id,
             delivery.event,
             delivery.job_id,
-            redacted(&delivery.url),
+            without_query(&delivery.url),
             pending.attempts,
             failure.reason
         );
@@ -223,7 +219,7 @@ fn attempt(
         delivery.id,
         delivery.event,
         delivery.job_id,
-        redacted(&delivery.url),
+        without_query(&delivery.url),
         failure.reason,
         pending.attempts + 1,
         delay.as_secs()
@@ -237,6 +233,14 @@ fn attempt(
     }));
 }
 
+/// Forgets a delivery that gets no more attempts (on disk and in the pending count), counting it
+/// in `ended`: delivered or given up.
+fn retire(shared: &Shared, delivery: &Delivery, ended: &AtomicU64) {
+    shared.store.remove(&delivery.id);
+    ended.fetch_add(1, Ordering::Relaxed);
+    shared.counters.pending.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Why an attempt failed.
 struct Failure {
     reason: String,
@@ -246,22 +250,24 @@ struct Failure {
     gone: bool,
 }
 
-/// Signs and posts one attempt, with this attempt's timestamp.
-fn post(shared: &Shared, delivery: &Delivery) -> Result<(), Failure> {
+/// Signs and posts one attempt, with this attempt's timestamp. Returns the receiver's 2xx status.
+fn post(shared: &Shared, delivery: &Delivery) -> Result<u16, Failure> {
     let failure = |reason: String, status| Failure {
         reason,
         status,
         retry_after: None,
         gone: false,
     };
-    if !shared
-        .allowed
-        .allows(&WebhookUrl::parse(&delivery.url).map_err(|e| failure(e, None))?)
-    {
-        return Err(Failure {
-            gone: true,
-            ..failure("its host is not in WEBHOOK_ALLOWED_HOSTS".into(), None)
-        });
+    // A URL that does not parse or is no longer allowed (a pending delivery from an earlier
+    // run, under other settings) would fail every attempt: given up at once.
+    let never = |reason: String| Failure {
+        gone: true,
+        ..failure(reason, None)
+    };
+    let url = WebhookUrl::parse(&delivery.url)
+        .map_err(|expected| never(format!("its URL is not {expected}")))?;
+    if !shared.allowed.allows(&url) {
+        return Err(never("its host is not in WEBHOOK_ALLOWED_HOSTS".into()));
     }
     let timestamp = unix_now();
     let signature = shared
@@ -278,7 +284,7 @@ fn post(shared: &Shared, delivery: &Delivery) -> Result<(), Failure> {
     let response = response.map_err(|e| failure(e.to_string(), None))?;
     let status = response.status().as_u16();
     if response.status().is_success() {
-        return Ok(());
+        return Ok(status);
     }
     let retry_after = response
         .headers()
@@ -318,10 +324,6 @@ pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn redacted(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or_default()
 }
 
 #[cfg(test)]

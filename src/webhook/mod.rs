@@ -344,6 +344,7 @@ impl JobEvents for JobWebhook {
         if self.queue.to_store.send(delivery).is_err() {
             // The service is gone (the process is ending): nothing will send it.
             self.queue.unsaved.fetch_sub(1, Ordering::SeqCst);
+            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -112,7 +112,7 @@ impl WebhookUrl {
 
     /// The URL without its query, for logs (a query may carry a token).
     pub fn redacted(&self) -> &str {
-        self.url.split(['?', '#']).next().unwrap_or_default()
+        without_query(&self.url)
     }
 }
 
@@ -120,6 +120,11 @@ impl fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.redacted())
     }
+}
+
+/// `url` without its query and fragment, for logs (a query may carry a token).
+pub(super) fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or_default()
 }
 
 fn unbracket(host: &str) -> &str {

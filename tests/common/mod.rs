@@ -5,6 +5,7 @@
 pub mod fake_supabase;
 pub mod gateway_process;
 pub mod harness;
+pub mod raw_http;
 pub mod sse_client;
 
 use serde_json::Value;
