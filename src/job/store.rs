@@ -93,14 +93,22 @@ impl JobStore {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Writes a job's record, replacing the previous one atomically.
+    /// Writes a job's record, replacing the previous one atomically (a temporary file renamed
+    /// over it; removed again if the write fails).
+    ///
+    /// Unlike stored images and webhook deliveries, records are not `fsync`ed: a job is saved
+    /// four times in its life, on the path of every request, and the page cache survives the
+    /// crashes this is for (`kill -9`, a panic); a power cut may lose the last seconds' states.
     pub fn save(&self, record: &JobRecord) -> io::Result<()> {
         let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!(".tmp-{}.json", record.id));
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        drop(file);
-        fs::rename(&tmp, self.path(&record.id))
+        let written = fs::File::create(&tmp)
+            .and_then(|mut file| file.write_all(&bytes))
+            .and_then(|()| fs::rename(&tmp, self.path(&record.id)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Removes a job's record (the job expired).
