@@ -636,6 +636,40 @@ mod tests {
     }
 
     #[test]
+    fn a_staging_disk_that_fails_is_a_write_error_not_a_read_error() {
+        let spool = spool();
+        let staging = spool.staging(&ids::new_uuid()).expect("created");
+        // A full disk: every write to /dev/full fails with ENOSPC.
+        #[cfg(target_os = "linux")]
+        {
+            std::os::unix::fs::symlink("/dev/full", staging.path("0.part")).expect("linked");
+            let mut source = Generated {
+                left: 2 * RECEIVE_BUFFER,
+                fail_at_end: false,
+            };
+            let error = staging
+                .receive("0.part", &mut source, 100)
+                .expect_err("the disk is full");
+            assert!(matches!(error, ReceiveError::Write(_)), "{error:?}");
+        }
+        // The staging folder is gone (removed under the gateway's feet).
+        fs::remove_dir_all(staging.dir()).expect("removable");
+        let mut source = Generated {
+            left: 10,
+            fail_at_end: false,
+        };
+        let error = staging
+            .receive("1.part", &mut source, 100)
+            .expect_err("nowhere to write");
+        assert!(matches!(error, ReceiveError::Write(_)), "{error:?}");
+        assert!(
+            error.to_string().starts_with("writing the staged file"),
+            "{error}"
+        );
+        fs::remove_dir_all(spool.dir()).expect("cleanup");
+    }
+
+    #[test]
     fn staging_folders_vanish_when_dropped_and_are_not_spooled_jobs() {
         let spool = spool();
         let job = ids::new_uuid();
