@@ -134,13 +134,17 @@ impl LocalStorage {
         let (job_id, file) = parse_key(key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an image key"))?;
         let path = self.data_dir.join("images").join(key);
-        let size = fs::metadata(&path)?.len();
-        let mut head = vec![0; 64 * 1024];
-        let read = io::Read::read(&mut fs::File::open(&path)?, &mut head)?;
-        head.truncate(read);
+        let metadata = fs::metadata(&path)?;
+        // As much of the head as the job's own identification saw (a JPEG's size may come after
+        // its EXIF), read to the end of that span even if one read returns less.
+        let mut head = Vec::new();
+        io::Read::read_to_end(
+            &mut io::Read::take(fs::File::open(&path)?, crate::media::HEAD_LEN as u64),
+            &mut head,
+        )?;
         let media = crate::media::identify(&head, file);
         let dimensions = crate::media::file_dimensions(&path, media, &head);
-        let stored_at = fs::metadata(&path)?
+        let stored_at = metadata
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -159,7 +163,7 @@ impl LocalStorage {
             url: format!("{}/images/{key}", self.public_base_url),
             width: dimensions.map(|(width, _)| width),
             height: dimensions.map(|(_, height)| height),
-            bytes: size,
+            bytes: metadata.len(),
             kind: media.kind.as_str().to_string(),
             content_type: media.content_type.to_string(),
             seed: None,
@@ -706,6 +710,27 @@ mod tests {
         assert_eq!(rebuilt.bytes, png.len() as u64);
         assert_eq!(rebuilt.params["reconciled"], true);
         assert!(ids::is_uuid(&rebuilt.id));
+
+        // A JPEG whose frame header comes after 128 KiB of EXIF and ICC segments still gets
+        // its size, as it did when the job stored it.
+        let mut jpeg = vec![0xff, 0xd8];
+        for _ in 0..2 {
+            jpeg.extend_from_slice(&[0xff, 0xe1, 0xff, 0xff]);
+            jpeg.extend(std::iter::repeat_n(0u8, 0xffff - 2));
+        }
+        jpeg.extend_from_slice(&[0xff, 0xc0, 0x00, 0x11, 8, 0x01, 0x2c, 0x01, 0x90]);
+        jpeg.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xff, 0xd9]);
+        let key = format!("{JOB}/2.jpg");
+        storage
+            .put_image(&key, &jpeg, "image/jpeg")
+            .expect("stored, then the process was killed before its row");
+        let done = storage.reconcile().expect("reconciles");
+        assert_eq!(done.rows_written, [key]);
+        let text = fs::read_to_string(storage.jsonl_path()).expect("rows");
+        let last = text.lines().last().expect("a row");
+        let rebuilt: ImageRecord = serde_json::from_str(last).expect("a row");
+        assert_eq!((rebuilt.width, rebuilt.height), (Some(400), Some(300)));
+        assert_eq!(rebuilt.content_type, "image/jpeg");
 
         let again = storage.reconcile().expect("reconciles");
         assert!(
