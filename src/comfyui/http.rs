@@ -999,7 +999,8 @@ mod tests {
         let history = |id: &str| client.get_history(&PromptId(id.into()));
         assert_eq!(history("running").expect("answer"), None);
         let done = history("done").expect("answer").expect("present");
-        assert_eq!(done.outputs[0].images[0].filename, "a.png");
+        let first = done.outputs[0].images().next().expect("an image");
+        assert_eq!(first.filename, "a.png");
         assert!(matches!(
             history("odd"),
             Err(ComfyError::BadResponse { .. })
