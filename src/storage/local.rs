@@ -361,12 +361,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Puts a copy of `source` at `path` like [`write_atomically`]: a hard link when the file
 /// system allows it, else a streamed copy (never the whole file in memory).
 fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
-    replace_atomically(path, |temp| {
-        if fs::hard_link(source, temp).is_err() {
-            fs::copy(source, temp)?;
-        }
-        File::open(temp)?.sync_all()
-    })
+    replace_atomically(path, |temp| super::link_or_copy_synced(source, temp))
 }
 
 /// Has `fill` write a hidden temporary file beside `path`, then renames it over `path`; the

@@ -369,7 +369,7 @@ fn write_job(
     let mut spooled = Vec::with_capacity(files.len());
     for (n, pending) in files.iter().enumerate() {
         let file = format!("image-{n}");
-        link_or_copy_synced(&pending.path, &dir.join(&file))?;
+        super::link_or_copy_synced(&pending.path, &dir.join(&file))?;
         spooled.push(SpooledImage {
             key: pending.key.clone(),
             content_type: pending.content_type.clone(),
@@ -389,15 +389,6 @@ fn write_job(
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::write(path, bytes)?;
     File::open(path)?.sync_all()
-}
-
-/// A hard link to `source` at `target` (no byte copied), or a streamed copy across file
-/// systems; synced to disk either way.
-fn link_or_copy_synced(source: &Path, target: &Path) -> io::Result<()> {
-    if fs::hard_link(source, target).is_err() {
-        fs::copy(source, target)?;
-    }
-    File::open(target)?.sync_all()
 }
 
 /// Makes a folder's entries (new files, renames) durable.
