@@ -43,11 +43,32 @@ impl LocalStorage {
     }
 
     /// The file that serves `GET /images/{key}`, or `None` unless `key` has the exact form
-    /// `{uuid}/{digits}.{ext}` with an extension of [`crate::media::KNOWN`]. Anything else (`..`, absolute paths, other names) is
-    /// refused, so a request can never reach outside `DATA_DIR/images`. The file may not exist.
+    /// `{uuid}/{digits}.{ext}` with an extension of [`crate::media::KNOWN`]. Anything else
+    /// (`..`, absolute paths, other names) is refused, so a request can never reach outside
+    /// `DATA_DIR/images`. The file may not exist.
     pub fn image_path(&self, key: &str) -> Option<PathBuf> {
         let (job, file) = parse_key(key)?;
         Some(self.data_dir.join("images").join(job).join(file))
+    }
+
+    /// Where clients download the file stored at `key`: `{public_base_url}/images/{key}`.
+    fn url_of(&self, key: &str) -> String {
+        format!("{}/images/{key}", self.public_base_url)
+    }
+
+    /// Has `write` put the file for `key` at its [`image_path`](Self::image_path) and returns
+    /// its URL; a key that path refuses is an error before anything is written.
+    fn store(
+        &self,
+        key: &str,
+        write: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<String, StorageError> {
+        let operation = format!("storing {key} on local disk");
+        let path = self.image_path(key).ok_or_else(|| {
+            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
+        })?;
+        write(&path).map_err(|e| StorageError::io(&operation, e))?;
+        Ok(self.url_of(key))
     }
 
     /// The `generations.jsonl` file rows are appended to.
@@ -160,7 +181,7 @@ impl LocalStorage {
                 .and_then(|(index, _)| index.parse().ok())
                 .unwrap_or(0),
             storage_key: key.to_owned(),
-            url: format!("{}/images/{key}", self.public_base_url),
+            url: self.url_of(key),
             width: dimensions.map(|(width, _)| width),
             height: dimensions.map(|(_, height)| height),
             bytes: metadata.len(),
@@ -213,12 +234,7 @@ impl Storage for LocalStorage {
         bytes: &[u8],
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        let operation = format!("storing image {key} on local disk");
-        let path = self.image_path(key).ok_or_else(|| {
-            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
-        })?;
-        write_atomically(&path, bytes).map_err(|e| StorageError::io(&operation, e))?;
-        Ok(format!("{}/images/{key}", self.public_base_url))
+        self.store(key, |path| write_atomically(path, bytes))
     }
 
     /// Puts a copy of the file at `DATA_DIR/images/{key}` atomically: a hard link when both are
@@ -230,12 +246,7 @@ impl Storage for LocalStorage {
         source: &Path,
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        let operation = format!("storing {key} on local disk");
-        let path = self.image_path(key).ok_or_else(|| {
-            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
-        })?;
-        copy_atomically(source, &path).map_err(|e| StorageError::io(&operation, e))?;
-        Ok(format!("{}/images/{key}", self.public_base_url))
+        self.store(key, |path| copy_atomically(source, path))
     }
 
     /// Appends one JSON line per row to `generations.jsonl` in a single write. A retry after a
