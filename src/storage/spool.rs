@@ -1,5 +1,7 @@
-//! The spool: a job's output files and rows kept on local disk when storing them failed for
-//! good, so that nothing is lost and a later attempt can finish the job.
+//! The spool: a job's output files and rows kept on local disk so that nothing is lost when
+//! storing them fails, and a later attempt can finish the job. With Supabase storage a job is
+//! saved here before its upload (write-ahead) and discarded once stored; a job whose storing
+//! failed for good is saved (again) and flushed later.
 //!
 //! Layout under the spool folder (normally `DATA_DIR/spool/`):
 //!
