@@ -472,3 +472,54 @@ fn files_of_every_kind_upload_from_disk_with_their_content_type_and_length() {
     assert_eq!(requests_to(&fake, "POST", "/storage/v1/object/").len(), 4);
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
+
+#[test]
+fn a_file_upload_failing_with_503_is_resent_whole_and_a_400_is_not_retried() {
+    let fake = FakeSupabase::start();
+    let storage = storage(&fake);
+    let job = new_uuid();
+    let dir = std::env::temp_dir().join(format!("gateway-upload-retry-{}", new_uuid()));
+    std::fs::create_dir_all(&dir).expect("the temp dir is writable");
+    let video: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
+    let path = dir.join("0.part");
+    std::fs::write(&path, &video).expect("writable");
+
+    // Supabase fails twice mid-upload: each retry reopens the file and sends all of it again.
+    let body = r#"{"message":"upstream connect error or disconnect/reset before headers"}"#;
+    fake.fail_next(Route::Upload, 2, 503, body);
+    let key = format!("{job}/0.mp4");
+    storage
+        .put_file(&key, &path, "video/mp4")
+        .expect("the third try succeeds");
+    let uploads = requests_to(&fake, "POST", "/storage/v1/object/images/");
+    assert_eq!(uploads.len(), 3);
+    let length = video.len().to_string();
+    for upload in &uploads {
+        assert_eq!(upload.header("content-length"), Some(length.as_str()));
+    }
+    assert!(
+        fake.objects()[&format!("images/{key}")].bytes == video,
+        "the stored video differs"
+    );
+    assert!(path.exists(), "the staged file is left for the caller");
+
+    // A refusal is permanent: one try, nothing stored, Supabase's words kept.
+    let body = r#"{"statusCode":"413","error":"Payload too large","message":"The object exceeded the maximum allowed size"}"#;
+    fake.fail_next(Route::Upload, 1, 400, body);
+    let key = format!("{job}/1.mp4");
+    let error = storage
+        .put_file(&key, &path, "video/mp4")
+        .expect_err("too large for the bucket");
+    assert!(!error.is_transient());
+    assert_eq!(error.status(), Some(413));
+    assert_eq!(
+        error.message(),
+        "The object exceeded the maximum allowed size"
+    );
+    assert_eq!(
+        requests_to(&fake, "POST", "/storage/v1/object/images/").len(),
+        4
+    );
+    assert!(!fake.objects().contains_key(&format!("images/{key}")));
+    std::fs::remove_dir_all(dir).expect("cleanup");
+}

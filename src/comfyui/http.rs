@@ -930,6 +930,44 @@ mod tests {
     }
 
     #[test]
+    fn a_view_answer_cut_short_is_a_read_error_not_a_shorter_file() {
+        // A ComfyUI that announces 100000 bytes, sends 1000 and closes the connection.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().expect("the client connects");
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut byte) {
+                    Ok(1) => request.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: 100000\r\n\r\n";
+            let _ = std::io::Write::write_all(&mut socket, head.as_bytes());
+            let _ = std::io::Write::write_all(&mut socket, &[7u8; 1000]);
+        });
+        let client = ComfyClient::new(&base, ClientOptions::default()).expect("valid URL");
+        let mut download = client
+            .open_file(&ImageRef {
+                filename: "ComfyUI_00001_.mp4".into(),
+                subfolder: String::new(),
+                kind: "output".into(),
+            })
+            .expect("the answer starts well");
+        assert_eq!(download.content_length, Some(100_000));
+        let mut got = Vec::new();
+        let error = download
+            .read_to_end(&mut got)
+            .expect_err("the body ended early");
+        assert!(got.len() <= 1000, "{} bytes", got.len());
+        assert_ne!(error.kind(), std::io::ErrorKind::Interrupted, "{error}");
+        server.join().expect("the fake server ends");
+    }
+
+    #[test]
     fn a_missing_image_is_a_404_status() {
         let fake = FakeComfy::start(|_| reply(404, ""));
         let err = fake
@@ -961,7 +999,8 @@ mod tests {
         let history = |id: &str| client.get_history(&PromptId(id.into()));
         assert_eq!(history("running").expect("answer"), None);
         let done = history("done").expect("answer").expect("present");
-        assert_eq!(done.outputs[0].images[0].filename, "a.png");
+        let first = done.outputs[0].images().next().expect("an image");
+        assert_eq!(first.filename, "a.png");
         assert!(matches!(
             history("odd"),
             Err(ComfyError::BadResponse { .. })

@@ -630,11 +630,19 @@ fn compare_digit_runs(a: &str, b: &str) -> Ordering {
 pub struct NodeOutput {
     /// The node id, e.g. `"9"`.
     pub node_id: String,
-    /// The files under its `images` key, in the order ComfyUI listed them. Since `SaveVideo`
-    /// lists its `.mp4` here too, these are not necessarily pictures.
-    pub images: Vec<ImageRef>,
     /// Every file it wrote, under any key (`images`, `gifs`, `audio`, `video`, `3d`, ...).
     pub files: Vec<OutputFile>,
+}
+
+impl NodeOutput {
+    /// The files under its `images` key, in the order ComfyUI listed them. Since `SaveVideo`
+    /// lists its `.mp4` here too, these are not necessarily pictures.
+    pub fn images(&self) -> impl Iterator<Item = &ImageRef> {
+        self.files
+            .iter()
+            .filter(|f| f.output_key == "images")
+            .map(|f| &f.file)
+    }
 }
 
 /// One file an output node wrote: any entry with a `filename` under any key of the node's
@@ -693,7 +701,7 @@ impl HistoryEntry {
     pub fn images(&self) -> impl Iterator<Item = (&str, &ImageRef)> {
         self.outputs
             .iter()
-            .flat_map(|o| o.images.iter().map(|i| (o.node_id.as_str(), i)))
+            .flat_map(|o| o.images().map(|i| (o.node_id.as_str(), i)))
     }
 
     /// Every file of every output node under any key (`images`, `gifs`, `audio`, `video`,
@@ -718,7 +726,6 @@ impl HistoryEntry {
             .iter()
             .map(|(node_id, output)| NodeOutput {
                 node_id: node_id.clone(),
-                images: images_of(output),
                 files: files_of(node_id, output),
             })
             .filter(|o| !o.files.is_empty())

@@ -43,11 +43,32 @@ impl LocalStorage {
     }
 
     /// The file that serves `GET /images/{key}`, or `None` unless `key` has the exact form
-    /// `{uuid}/{digits}.{ext}` with an extension of [`crate::media::KNOWN`]. Anything else (`..`, absolute paths, other names) is
-    /// refused, so a request can never reach outside `DATA_DIR/images`. The file may not exist.
+    /// `{uuid}/{digits}.{ext}` with an extension of [`crate::media::KNOWN`]. Anything else
+    /// (`..`, absolute paths, other names) is refused, so a request can never reach outside
+    /// `DATA_DIR/images`. The file may not exist.
     pub fn image_path(&self, key: &str) -> Option<PathBuf> {
         let (job, file) = parse_key(key)?;
         Some(self.data_dir.join("images").join(job).join(file))
+    }
+
+    /// Where clients download the file stored at `key`: `{public_base_url}/images/{key}`.
+    fn url_of(&self, key: &str) -> String {
+        format!("{}/images/{key}", self.public_base_url)
+    }
+
+    /// Has `write` put the file for `key` at its [`image_path`](Self::image_path) and returns
+    /// its URL; a key that path refuses is an error before anything is written.
+    fn store(
+        &self,
+        key: &str,
+        write: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<String, StorageError> {
+        let operation = format!("storing {key} on local disk");
+        let path = self.image_path(key).ok_or_else(|| {
+            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
+        })?;
+        write(&path).map_err(|e| StorageError::io(&operation, e))?;
+        Ok(self.url_of(key))
     }
 
     /// The `generations.jsonl` file rows are appended to.
@@ -134,13 +155,17 @@ impl LocalStorage {
         let (job_id, file) = parse_key(key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an image key"))?;
         let path = self.data_dir.join("images").join(key);
-        let size = fs::metadata(&path)?.len();
-        let mut head = vec![0; 64 * 1024];
-        let read = io::Read::read(&mut fs::File::open(&path)?, &mut head)?;
-        head.truncate(read);
+        let metadata = fs::metadata(&path)?;
+        // As much of the head as the job's own identification saw (a JPEG's size may come after
+        // its EXIF), read to the end of that span even if one read returns less.
+        let mut head = Vec::new();
+        io::Read::read_to_end(
+            &mut io::Read::take(fs::File::open(&path)?, crate::media::HEAD_LEN as u64),
+            &mut head,
+        )?;
         let media = crate::media::identify(&head, file);
         let dimensions = crate::media::file_dimensions(&path, media, &head);
-        let stored_at = fs::metadata(&path)?
+        let stored_at = metadata
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -156,10 +181,10 @@ impl LocalStorage {
                 .and_then(|(index, _)| index.parse().ok())
                 .unwrap_or(0),
             storage_key: key.to_owned(),
-            url: format!("{}/images/{key}", self.public_base_url),
+            url: self.url_of(key),
             width: dimensions.map(|(width, _)| width),
             height: dimensions.map(|(_, height)| height),
-            bytes: size,
+            bytes: metadata.len(),
             kind: media.kind.as_str().to_string(),
             content_type: media.content_type.to_string(),
             seed: None,
@@ -209,12 +234,7 @@ impl Storage for LocalStorage {
         bytes: &[u8],
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        let operation = format!("storing image {key} on local disk");
-        let path = self.image_path(key).ok_or_else(|| {
-            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
-        })?;
-        write_atomically(&path, bytes).map_err(|e| StorageError::io(&operation, e))?;
-        Ok(format!("{}/images/{key}", self.public_base_url))
+        self.store(key, |path| write_atomically(path, bytes))
     }
 
     /// Puts a copy of the file at `DATA_DIR/images/{key}` atomically: a hard link when both are
@@ -226,12 +246,7 @@ impl Storage for LocalStorage {
         source: &Path,
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        let operation = format!("storing {key} on local disk");
-        let path = self.image_path(key).ok_or_else(|| {
-            StorageError::invalid(&operation, "the key is not of the form {uuid}/{n}.{ext}")
-        })?;
-        copy_atomically(source, &path).map_err(|e| StorageError::io(&operation, e))?;
-        Ok(format!("{}/images/{key}", self.public_base_url))
+        self.store(key, |path| copy_atomically(source, path))
     }
 
     /// Appends one JSON line per row to `generations.jsonl` in a single write. A retry after a
@@ -357,12 +372,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Puts a copy of `source` at `path` like [`write_atomically`]: a hard link when the file
 /// system allows it, else a streamed copy (never the whole file in memory).
 fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
-    replace_atomically(path, |temp| {
-        if fs::hard_link(source, temp).is_err() {
-            fs::copy(source, temp)?;
-        }
-        File::open(temp)?.sync_all()
-    })
+    replace_atomically(path, |temp| super::link_or_copy_synced(source, temp))
 }
 
 /// Has `fill` write a hidden temporary file beside `path`, then renames it over `path`; the
@@ -706,6 +716,27 @@ mod tests {
         assert_eq!(rebuilt.bytes, png.len() as u64);
         assert_eq!(rebuilt.params["reconciled"], true);
         assert!(ids::is_uuid(&rebuilt.id));
+
+        // A JPEG whose frame header comes after 128 KiB of EXIF and ICC segments still gets
+        // its size, as it did when the job stored it.
+        let mut jpeg = vec![0xff, 0xd8];
+        for _ in 0..2 {
+            jpeg.extend_from_slice(&[0xff, 0xe1, 0xff, 0xff]);
+            jpeg.extend(std::iter::repeat_n(0u8, 0xffff - 2));
+        }
+        jpeg.extend_from_slice(&[0xff, 0xc0, 0x00, 0x11, 8, 0x01, 0x2c, 0x01, 0x90]);
+        jpeg.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xff, 0xd9]);
+        let key = format!("{JOB}/2.jpg");
+        storage
+            .put_image(&key, &jpeg, "image/jpeg")
+            .expect("stored, then the process was killed before its row");
+        let done = storage.reconcile().expect("reconciles");
+        assert_eq!(done.rows_written, [key]);
+        let text = fs::read_to_string(storage.jsonl_path()).expect("rows");
+        let last = text.lines().last().expect("a row");
+        let rebuilt: ImageRecord = serde_json::from_str(last).expect("a row");
+        assert_eq!((rebuilt.width, rebuilt.height), (Some(400), Some(300)));
+        assert_eq!(rebuilt.content_type, "image/jpeg");
 
         let again = storage.reconcile().expect("reconciles");
         assert!(

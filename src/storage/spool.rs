@@ -1,5 +1,7 @@
-//! The spool: a job's output files and rows kept on local disk when storing them failed for
-//! good, so that nothing is lost and a later attempt can finish the job.
+//! The spool: a job's output files and rows kept on local disk so that nothing is lost when
+//! storing them fails, and a later attempt can finish the job. With Supabase storage a job is
+//! saved here before its upload (write-ahead) and discarded once stored; a job whose storing
+//! failed for good is saved (again) and flushed later.
 //!
 //! Layout under the spool folder (normally `DATA_DIR/spool/`):
 //!
@@ -369,7 +371,7 @@ fn write_job(
     let mut spooled = Vec::with_capacity(files.len());
     for (n, pending) in files.iter().enumerate() {
         let file = format!("image-{n}");
-        link_or_copy_synced(&pending.path, &dir.join(&file))?;
+        super::link_or_copy_synced(&pending.path, &dir.join(&file))?;
         spooled.push(SpooledImage {
             key: pending.key.clone(),
             content_type: pending.content_type.clone(),
@@ -389,15 +391,6 @@ fn write_job(
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::write(path, bytes)?;
     File::open(path)?.sync_all()
-}
-
-/// A hard link to `source` at `target` (no byte copied), or a streamed copy across file
-/// systems; synced to disk either way.
-fn link_or_copy_synced(source: &Path, target: &Path) -> io::Result<()> {
-    if fs::hard_link(source, target).is_err() {
-        fs::copy(source, target)?;
-    }
-    File::open(target)?.sync_all()
 }
 
 /// Makes a folder's entries (new files, renames) durable.
@@ -632,6 +625,40 @@ mod tests {
             .receive("1.part", &mut broken, 100)
             .expect_err("the source broke");
         assert!(matches!(error, ReceiveError::Read(_)), "{error:?}");
+        fs::remove_dir_all(spool.dir()).expect("cleanup");
+    }
+
+    #[test]
+    fn a_staging_disk_that_fails_is_a_write_error_not_a_read_error() {
+        let spool = spool();
+        let staging = spool.staging(&ids::new_uuid()).expect("created");
+        // A full disk: every write to /dev/full fails with ENOSPC.
+        #[cfg(target_os = "linux")]
+        {
+            std::os::unix::fs::symlink("/dev/full", staging.path("0.part")).expect("linked");
+            let mut source = Generated {
+                left: 2 * RECEIVE_BUFFER,
+                fail_at_end: false,
+            };
+            let error = staging
+                .receive("0.part", &mut source, 100)
+                .expect_err("the disk is full");
+            assert!(matches!(error, ReceiveError::Write(_)), "{error:?}");
+        }
+        // The staging folder is gone (removed under the gateway's feet).
+        fs::remove_dir_all(staging.dir()).expect("removable");
+        let mut source = Generated {
+            left: 10,
+            fail_at_end: false,
+        };
+        let error = staging
+            .receive("1.part", &mut source, 100)
+            .expect_err("nowhere to write");
+        assert!(matches!(error, ReceiveError::Write(_)), "{error:?}");
+        assert!(
+            error.to_string().starts_with("writing the staged file"),
+            "{error}"
+        );
         fs::remove_dir_all(spool.dir()).expect("cleanup");
     }
 

@@ -131,6 +131,24 @@ pub(crate) fn stable_hash(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// A fast-compressing RGB8 PNG encoder writing to `out`, with one `tEXt` chunk per
+/// `(keyword, text)` already added.
+fn rgb_encoder<'a>(
+    out: &'a mut Vec<u8>,
+    w: u32,
+    h: u32,
+    texts: &[(String, String)],
+) -> Result<png::Encoder<'a, &'a mut Vec<u8>>, png::EncodingError> {
+    let mut encoder = png::Encoder::new(out, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    for (keyword, text) in texts {
+        encoder.add_text_chunk(keyword.clone(), text.clone())?;
+    }
+    Ok(encoder)
+}
+
 /// Encodes RGB8 pixels as PNG with one `tEXt` chunk per `(keyword, text)`.
 pub(crate) fn encode_png(
     w: u32,
@@ -139,13 +157,7 @@ pub(crate) fn encode_png(
     texts: &[(String, String)],
 ) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
-    for (keyword, text) in texts {
-        encoder.add_text_chunk(keyword.clone(), text.clone())?;
-    }
+    let encoder = rgb_encoder(&mut out, w, h, texts)?;
     let mut writer = encoder.write_header()?;
     writer.write_image_data(rgb)?;
     writer.finish()?;
@@ -162,13 +174,7 @@ pub(crate) fn encode_apng(
     texts: &[(String, String)],
 ) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fast);
-    for (keyword, text) in texts {
-        encoder.add_text_chunk(keyword.clone(), text.clone())?;
-    }
+    let mut encoder = rgb_encoder(&mut out, w, h, texts)?;
     encoder.set_animated(frames.len().max(1) as u32, 0)?;
     let delay_ms = (1000.0 / fps.max(0.01))
         .round()
