@@ -51,6 +51,7 @@ pub mod app;
 pub mod comfyui;
 pub mod config;
 pub mod convert;
+pub mod durable;
 pub mod ids;
 pub mod image;
 pub mod job;
