@@ -43,6 +43,7 @@ mod graph;
 mod input_image;
 mod params;
 mod template;
+pub mod ui;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,575 @@
+//! The conversion proper, following what the frontend's `graphToPrompt()` does: subgraph
+//! instances expanded into their inner nodes (ids `"INSTANCE:INNER"`), every input resolved
+//! through reroutes, frontend-only nodes, bypassed nodes and subgraph boundaries to the output
+//! that really feeds it, widget values mapped by the class's input order, and links to nodes that
+//! are not sent (muted ones) dropped at the end.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use super::NodeProblem;
+use super::defs::{ClassDef, NodeDefs, WidgetDef};
+use super::dynamic_prompt;
+use super::graph::{Graph, Node, SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE, Slot, Workflow};
+
+/// Node types that exist only in the frontend and are never sent to ComfyUI.
+pub const VIRTUAL_TYPES: [&str; 4] = ["Reroute", "PrimitiveNode", "Note", "MarkdownNote"];
+
+const MODE_NEVER: i64 = 2;
+const MODE_BYPASS: i64 = 4;
+
+/// One node of the flattened graph (the frontend's "executable node DTO").
+struct Dto {
+    /// `"12"`, or `"5:12"` inside instance 5.
+    exec_id: String,
+    /// Index of its graph in [`Workflow::graphs`].
+    graph: usize,
+    /// Index of the node in that graph.
+    node: usize,
+    /// The DTO of the subgraph instance it is inside.
+    parent: Option<usize>,
+    /// Its mode, or that of a muted or bypassed instance around it.
+    mode: i64,
+    /// For a subgraph instance: its slots as the definition has them (links from the saved
+    /// instance), and the values of its promoted widgets by slot.
+    instance: Option<Instance>,
+}
+
+struct Instance {
+    /// Index of the definition in [`Workflow::graphs`].
+    definition: usize,
+    inputs: Vec<Slot>,
+    outputs: Vec<String>,
+    promoted: Vec<Option<Value>>,
+}
+
+enum Resolved {
+    Link(String, usize),
+    Value(Value),
+}
+
+type Step<T> = Result<T, String>;
+
+/// Converts a workflow read by [`Workflow::read`]; problems are collected per node.
+pub fn convert(
+    workflow: &Workflow<'_>,
+    defs: &NodeDefs,
+    pick: &mut dyn FnMut(usize) -> usize,
+) -> Result<Map<String, Value>, Vec<NodeProblem>> {
+    let mut problems = Vec::new();
+    let overrides = primitive_values(workflow);
+    let mut flat = Flat {
+        workflow,
+        defs,
+        overrides,
+        dtos: Vec::new(),
+        by_exec: HashMap::new(),
+    };
+    flat.add_graph(0, &[], None, 0, &mut problems, 0);
+    let mut output = Map::new();
+    for index in 0..flat.dtos.len() {
+        match flat.emit(index, pick) {
+            Ok(Some((id, node))) => _ = output.insert(id, node),
+            Ok(None) => {}
+            Err(reason) => problems.push(flat.problem(index, reason)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Inputs fed by nodes that are not sent (muted ones) are dropped, as the frontend does.
+    let present: HashSet<String> = output.keys().cloned().collect();
+    for node in output.values_mut() {
+        if let Some(inputs) = node.get_mut("inputs").and_then(Value::as_object_mut) {
+            inputs.retain(|_, value| match value.as_array().map(Vec::as_slice) {
+                Some([Value::String(id), slot]) if slot.is_u64() => present.contains(id),
+                _ => true,
+            });
+        }
+    }
+    Ok(output)
+}
+
+/// PrimitiveNode values, which the frontend writes into the widgets they feed before
+/// converting: (graph, node id, widget name) → value.
+fn primitive_values(workflow: &Workflow<'_>) -> HashMap<(usize, String, String), Value> {
+    let mut out = HashMap::new();
+    for (g, graph) in workflow.graphs.iter().enumerate() {
+        for node in graph.nodes.iter().filter(|n| n.kind == "PrimitiveNode") {
+            let Some(value) = node.widgets_values.and_then(|v| v.get(0)) else {
+                continue;
+            };
+            for link in graph.links.values().filter(|l| l.origin == node.id) {
+                let Some(target) = graph.node_index.get(&link.target).map(|&i| &graph.nodes[i])
+                else {
+                    continue;
+                };
+                if let Some(slot) = target.inputs.get(link.target_slot) {
+                    let widget = slot.widget.clone().unwrap_or_else(|| slot.name.clone());
+                    out.insert((g, target.id.clone(), widget), value.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Flat<'w, 'a> {
+    workflow: &'w Workflow<'a>,
+    defs: &'w NodeDefs,
+    overrides: HashMap<(usize, String, String), Value>,
+    dtos: Vec<Dto>,
+    by_exec: HashMap<String, usize>,
+}
+
+impl Flat<'_, '_> {
+    /// Adds the nodes of graph `g` (inside the instances of `path`), expanding instances.
+    fn add_graph(
+        &mut self,
+        g: usize,
+        path: &[String],
+        parent: Option<usize>,
+        inherited: i64,
+        problems: &mut Vec<NodeProblem>,
+        depth: usize,
+    ) {
+        let graph = &self.workflow.graphs[g];
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let exec_id = path
+                .iter()
+                .map(String::as_str)
+                .chain([node.id.as_str()])
+                .collect::<Vec<_>>()
+                .join(":");
+            let mode = if inherited == MODE_NEVER || inherited == MODE_BYPASS {
+                inherited
+            } else {
+                node.mode
+            };
+            let definition = self.workflow.subgraph_index.get(&node.kind).copied();
+            let index = self.dtos.len();
+            self.by_exec.insert(exec_id.clone(), index);
+            self.dtos.push(Dto {
+                exec_id: exec_id.clone(),
+                graph: g,
+                node: n,
+                parent,
+                mode,
+                instance: definition.map(|d| self.instance(node, d)),
+            });
+            if let Some(d) = definition {
+                if depth > 32 || path.contains(&node.id) && g == d {
+                    problems.push(self.problem(
+                        index,
+                        "subgraphs are nested too deeply (a subgraph that contains itself?)".into(),
+                    ));
+                    continue;
+                }
+                let mut inner = path.to_vec();
+                inner.push(node.id.clone());
+                self.add_graph(d, &inner, Some(index), mode, problems, depth + 1);
+            }
+        }
+    }
+
+    /// An instance's slots, from its definition, and its promoted widget values.
+    fn instance(&self, node: &Node<'_>, definition: usize) -> Instance {
+        let def = &self.workflow.graphs[definition];
+        let inputs: Vec<Slot> = def
+            .io_inputs
+            .iter()
+            .enumerate()
+            .map(|(i, io)| {
+                let saved = node
+                    .inputs
+                    .iter()
+                    .find(|s| s.name == io.name)
+                    .or_else(|| node.inputs.get(i).filter(|s| s.name.is_empty()));
+                Slot {
+                    name: io.name.clone(),
+                    kind: io.kind.clone(),
+                    link: saved.and_then(|s| s.link),
+                    widget: None,
+                }
+            })
+            .collect();
+        // Inputs that feed a widget inside get a widget on the instance, in input order; the
+        // instance's widgets_values hold their values.
+        let saved_values = node.widgets_values.and_then(Value::as_array);
+        let mut promoted = Vec::new();
+        let mut next = 0;
+        for (i, io) in def.io_inputs.iter().enumerate() {
+            let inner = self.promoted_default(def, definition, i, &io.link_ids);
+            match inner {
+                Some(default) => {
+                    let value = saved_values
+                        .and_then(|v| v.get(next))
+                        .cloned()
+                        .unwrap_or(default);
+                    next += 1;
+                    promoted.push(Some(value));
+                }
+                None => promoted.push(None),
+            }
+        }
+        let outputs = def.io_outputs.iter().map(|o| o.kind.clone()).collect();
+        Instance {
+            definition,
+            inputs,
+            outputs,
+            promoted,
+        }
+    }
+
+    /// When subgraph input `slot` feeds a widget inside, that widget's saved value.
+    fn promoted_default(
+        &self,
+        def: &Graph<'_>,
+        g: usize,
+        slot: usize,
+        link_ids: &[i64],
+    ) -> Option<Value> {
+        let mut links: Vec<_> = link_ids.iter().filter_map(|id| def.links.get(id)).collect();
+        if links.is_empty() {
+            links = def
+                .links
+                .values()
+                .filter(|l| l.origin == SUBGRAPH_INPUT_NODE && l.origin_slot == slot)
+                .collect();
+        }
+        links.iter().find_map(|link| {
+            let target = &def.nodes[*def.node_index.get(&link.target)?];
+            let widget = target.inputs.get(link.target_slot)?.widget.clone()?;
+            let class = self.defs.get(&target.kind);
+            let values = class
+                .map(|c| self.widget_values(g, target, c))
+                .unwrap_or_default();
+            Some(
+                values
+                    .into_iter()
+                    .find(|(name, _, _)| *name == widget)
+                    .map_or(Value::Null, |(_, value, _)| value),
+            )
+        })
+    }
+
+    fn node(&self, index: usize) -> &Node<'_> {
+        let dto = &self.dtos[index];
+        &self.workflow.graphs[dto.graph].nodes[dto.node]
+    }
+
+    fn inputs(&self, index: usize) -> &[Slot] {
+        match &self.dtos[index].instance {
+            Some(instance) => &instance.inputs,
+            None => &self.node(index).inputs,
+        }
+    }
+
+    fn outputs(&self, index: usize) -> &[String] {
+        match &self.dtos[index].instance {
+            Some(instance) => &instance.outputs,
+            None => &self.node(index).outputs,
+        }
+    }
+
+    fn is_virtual(&self, index: usize) -> bool {
+        VIRTUAL_TYPES.contains(&self.node(index).kind.as_str())
+    }
+
+    fn problem(&self, index: usize, reason: String) -> NodeProblem {
+        let node = self.node(index);
+        NodeProblem {
+            id: self.dtos[index].exec_id.clone(),
+            node_type: node.kind.clone(),
+            title: self.title(node),
+            reason,
+        }
+    }
+
+    /// The node's title as the frontend shows it: the user's, else the class's display name.
+    fn title(&self, node: &Node<'_>) -> String {
+        match node.title {
+            Some(title) => title.to_owned(),
+            None => self
+                .defs
+                .get(&node.kind)
+                .map_or_else(|| node.kind.clone(), |def| def.display_name.clone()),
+        }
+    }
+
+    /// The widget values of a node: (name, value, whether it fits the widget's kind).
+    fn widget_values(
+        &self,
+        g: usize,
+        node: &Node<'_>,
+        class: &ClassDef,
+    ) -> Vec<(String, Value, bool)> {
+        let saved = node.widgets_values;
+        let mut cursor = 0;
+        let mut out = Vec::new();
+        for widget in &class.widgets {
+            let value = match saved {
+                Some(Value::Array(values)) => {
+                    let v = values.get(cursor).cloned();
+                    cursor += 1 + widget.companions;
+                    v
+                }
+                Some(Value::Object(by_name)) => by_name.get(&widget.name).cloned(),
+                _ => None,
+            };
+            let value = value.unwrap_or_else(|| widget.default.clone());
+            let fits = widget.kind.fits(&value);
+            let key = (g, node.id.clone(), widget.name.clone());
+            let value = self.overrides.get(&key).cloned().unwrap_or(value);
+            out.push((widget.name.clone(), value, fits));
+        }
+        out
+    }
+
+    /// The API-format node for DTO `index`, or `None` when it is not sent.
+    fn emit(
+        &self,
+        index: usize,
+        pick: &mut dyn FnMut(usize) -> usize,
+    ) -> Step<Option<(String, Value)>> {
+        let dto = &self.dtos[index];
+        if dto.instance.is_some()
+            || self.is_virtual(index)
+            || dto.mode == MODE_NEVER
+            || dto.mode == MODE_BYPASS
+        {
+            return Ok(None);
+        }
+        let node = self.node(index);
+        let Some(class) = self.defs.get(&node.kind) else {
+            return Err(missing_class(&node.kind));
+        };
+        let mut inputs = Map::new();
+        let mut misfits = Vec::new();
+        for (name, value, fits) in self.widget_values(dto.graph, node, class) {
+            if !fits {
+                let widget = class.widgets.iter().find(|w| w.name == name);
+                misfits.push(misfit(&name, widget, &value));
+            }
+            let value = match class.widgets.iter().find(|w| w.name == name) {
+                Some(w) if w.dynamic_prompt => match &value {
+                    Value::String(text) => Value::String(dynamic_prompt::resolve(text, pick)),
+                    _ => value,
+                },
+                _ => value,
+            };
+            inputs.insert(name, wrap(value));
+        }
+        if !misfits.is_empty() {
+            return Err(format!(
+                "its saved widget values do not fit this ComfyUI's definition of {} ({}); the \
+                 workflow may come from another version of the node: open it in this ComfyUI \
+                 and save it again",
+                node.kind,
+                misfits.join("; ")
+            ));
+        }
+        for slot in 0..self.inputs(index).len() {
+            let name = self.inputs(index)[slot].name.clone();
+            match self.resolve_input(index, slot, &mut HashSet::new(), None)? {
+                None => {}
+                Some(Resolved::Value(value)) => _ = inputs.insert(name, wrap(value)),
+                Some(Resolved::Link(id, origin_slot)) => {
+                    _ = inputs.insert(name, json!([id, origin_slot]))
+                }
+            }
+        }
+        let node_json = json!({
+            "inputs": inputs,
+            "class_type": node.kind,
+            "_meta": {"title": self.title(node)},
+        });
+        Ok(Some((dto.exec_id.clone(), node_json)))
+    }
+
+    fn resolve_input(
+        &self,
+        index: usize,
+        slot: usize,
+        visited: &mut HashSet<String>,
+        kind: Option<&str>,
+    ) -> Step<Option<Resolved>> {
+        let dto = &self.dtos[index];
+        if !visited.insert(format!("{}[I]{slot}", dto.exec_id)) {
+            return Err(format!("its links form a loop at node {}", dto.exec_id));
+        }
+        let Some(input) = self.inputs(index).get(slot) else {
+            return Err(format!(
+                "a link reaches its input #{slot}, which it does not have"
+            ));
+        };
+        let Some(link_id) = input.link else {
+            return Ok(None);
+        };
+        let graph = &self.workflow.graphs[dto.graph];
+        let Some(link) = graph.links.get(&link_id) else {
+            return Err(format!(
+                "input {:?} uses link {link_id}, which the workflow does not have",
+                input.name
+            ));
+        };
+        if let Some(parent) = dto.parent
+            && link.origin == SUBGRAPH_INPUT_NODE
+        {
+            let Some(instance) = &self.dtos[parent].instance else {
+                return Ok(None);
+            };
+            let Some(outer) = instance.inputs.get(link.origin_slot) else {
+                return Err(format!(
+                    "input {:?} comes from subgraph input #{}, which the subgraph does not have",
+                    input.name, link.origin_slot
+                ));
+            };
+            if outer.link.is_none() {
+                let promoted = instance.promoted.get(link.origin_slot).cloned().flatten();
+                return Ok(promoted.map(Resolved::Value));
+            }
+            return self.resolve_input(parent, link.origin_slot, visited, None);
+        }
+        let origin = self.sibling(index, &link.origin).ok_or_else(|| {
+            format!(
+                "input {:?} links to node {}, which the workflow does not have",
+                input.name, link.origin
+            )
+        })?;
+        let kind = kind.unwrap_or(&input.kind).to_owned();
+        self.resolve_output(origin, link.origin_slot, &kind, visited)
+    }
+
+    /// The DTO of node `id` in the same graph (and instance) as DTO `index`.
+    fn sibling(&self, index: usize, id: &str) -> Option<usize> {
+        let dto = &self.dtos[index];
+        let exec = match dto.exec_id.rsplit_once(':') {
+            Some((path, _)) => format!("{path}:{id}"),
+            None => id.to_owned(),
+        };
+        self.by_exec.get(&exec).copied()
+    }
+
+    fn resolve_output(
+        &self,
+        index: usize,
+        slot: usize,
+        kind: &str,
+        visited: &mut HashSet<String>,
+    ) -> Step<Option<Resolved>> {
+        let dto = &self.dtos[index];
+        if !visited.insert(format!("{}[O]{slot}", dto.exec_id)) {
+            return Err(format!("its links form a loop at node {}", dto.exec_id));
+        }
+        if dto.mode == MODE_BYPASS {
+            return match self.bypass_slot(index, slot, kind) {
+                Some(input) => self.resolve_input(index, input, visited, None),
+                None => Ok(None),
+            };
+        }
+        if let Some(instance) = &dto.instance {
+            let def = &self.workflow.graphs[instance.definition];
+            let link = def
+                .io_outputs
+                .get(slot)
+                .and_then(|io| io.link_ids.iter().find_map(|id| def.links.get(id)))
+                .or_else(|| {
+                    def.links
+                        .values()
+                        .find(|l| l.target == SUBGRAPH_OUTPUT_NODE && l.target_slot == slot)
+                });
+            let Some(link) = link else {
+                return Ok(None);
+            };
+            if link.origin == SUBGRAPH_INPUT_NODE {
+                return self.resolve_input(index, link.origin_slot, visited, None);
+            }
+            let inner = format!("{}:{}", dto.exec_id, link.origin);
+            let Some(&inner) = self.by_exec.get(&inner) else {
+                return Err(format!(
+                    "its subgraph output #{slot} comes from node {}, which the subgraph does not have",
+                    link.origin
+                ));
+            };
+            return self.resolve_output(inner, link.origin_slot, kind, visited);
+        }
+        if self.is_virtual(index) {
+            if slot < self.inputs(index).len() {
+                return self.resolve_input(index, slot, visited, Some(kind));
+            }
+            return Ok(None);
+        }
+        Ok(Some(Resolved::Link(dto.exec_id.clone(), slot)))
+    }
+
+    /// Which input of a bypassed node stands in for its output `slot` feeding a `kind` input:
+    /// the same slot if the types fit, else the first input of exactly that type, else the first
+    /// compatible one.
+    fn bypass_slot(&self, index: usize, slot: usize, kind: &str) -> Option<usize> {
+        let inputs = self.inputs(index);
+        if kind == "*" {
+            return if inputs.len() > slot {
+                Some(slot)
+            } else {
+                (!inputs.is_empty()).then_some(0)
+            };
+        }
+        let output = self.outputs(index).get(slot).map_or("*", String::as_str);
+        if let Some(same) = inputs.get(slot)
+            && connects(&same.kind, output)
+            && connects(&same.kind, kind)
+        {
+            return Some(slot);
+        }
+        inputs.iter().position(|i| i.kind == kind).or_else(|| {
+            inputs
+                .iter()
+                .position(|i| connects(&i.kind, output) && connects(&i.kind, kind))
+        })
+    }
+}
+
+/// Whether slots of types `a` and `b` may connect (litegraph's rule: `*` fits anything, case is
+/// ignored, `A,B` lists alternatives).
+fn connects(a: &str, b: &str) -> bool {
+    if a == "*" || b == "*" || a == b {
+        return true;
+    }
+    let (a, b) = (a.to_lowercase(), b.to_lowercase());
+    if !a.contains(',') && !b.contains(',') {
+        return a == b;
+    }
+    a.split(',').any(|x| b.split(',').any(|y| x == y))
+}
+
+/// Arrays would read as links: the frontend wraps them, and ComfyUI unwraps them.
+fn wrap(value: Value) -> Value {
+    match value {
+        Value::Array(items) => json!({"__value__": items}),
+        other => other,
+    }
+}
+
+fn missing_class(kind: &str) -> String {
+    if kind.starts_with("workflow>") || kind.starts_with("workflow/") {
+        return "it is a group node (a legacy frontend feature): open the workflow in ComfyUI, \
+                convert the group node to a subgraph and save it again"
+            .into();
+    }
+    format!(
+        "node type {kind:?} is not installed on ComfyUI: install the custom node pack that \
+         provides it (ComfyUI-Manager's \"Install Missing Custom Nodes\" finds it) and restart \
+         ComfyUI, or remove the node"
+    )
+}
+
+fn misfit(name: &str, widget: Option<&WidgetDef>, value: &Value) -> String {
+    let kind = widget.map_or("?", |w| w.kind.as_str());
+    let mut shown = value.to_string();
+    if shown.chars().count() > 60 {
+        shown = shown.chars().take(57).chain("...".chars()).collect();
+    }
+    format!("{name} ({kind}) holds {shown}")
+}
