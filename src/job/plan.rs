@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use crate::api::{ApiError, ErrorCode, GenerateRequest};
-use crate::workflow::{self, InputImage, Resolved, Templates};
+use crate::workflow::{self, InputImage, Resolved, Templates, WorkflowFailure};
 
 /// Where the graph comes from.
 #[derive(Debug, Clone)]
@@ -42,6 +42,16 @@ impl Plan {
     pub fn new(templates: &Templates, request: GenerateRequest) -> Result<Plan, ApiError> {
         match request {
             GenerateRequest::Graph { graph } => {
+                // A workflow as ComfyUI saves it is converted now: nothing is queued if it
+                // cannot be.
+                let graph = if workflow::ui::is_ui_format(&graph) {
+                    templates
+                        .convert_ui(&graph)
+                        .map(Value::Object)
+                        .map_err(|e| workflow_failure("graph", &e))?
+                } else {
+                    graph
+                };
                 workflow::check_raw_graph(&graph).map_err(|errors| {
                     ApiError::new(ErrorCode::InvalidParams, format!("graph: {errors}"))
                         .with_details(errors.to_details())
@@ -64,6 +74,13 @@ impl Plan {
                     ApiError::new(ErrorCode::InvalidParams, format!("{workflow}: {errors}"))
                         .with_details(errors.to_details())
                 })?;
+                if template.is_ui() {
+                    // Converted again when the job is sent; checked now so that a workflow
+                    // that cannot be converted is refused before anything is queued.
+                    template
+                        .api_graph()
+                        .map_err(|e| workflow_failure(&workflow, &e))?;
+                }
                 Ok(Plan {
                     workflow: workflow.clone(),
                     source: GraphSource::Template {
@@ -170,6 +187,26 @@ impl Plan {
                     },
                 })
             }
+        }
+    }
+}
+
+/// The answer to a workflow as ComfyUI saves it that could not be converted: 503
+/// `comfyui_unavailable` while the node definitions cannot be read, 400 `invalid_workflow`
+/// naming every node that cannot be converted otherwise. `what` is `"graph"` or the template.
+pub fn workflow_failure(what: &str, failure: &WorkflowFailure) -> ApiError {
+    match failure {
+        WorkflowFailure::Unavailable(e) => ApiError::new(
+            ErrorCode::ComfyuiUnavailable,
+            format!(
+                "{what} is a workflow as ComfyUI saves it; converting it needs the node \
+                 definitions of ComfyUI, which cannot be read yet: {e}"
+            ),
+        )
+        .with_details(json!({ "backends": e.backends })),
+        WorkflowFailure::Invalid(e) => {
+            ApiError::new(ErrorCode::InvalidWorkflow, format!("{what}: {e}"))
+                .with_details(json!({ "nodes": e.nodes() }))
         }
     }
 }

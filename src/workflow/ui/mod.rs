@@ -43,7 +43,7 @@ mod graph;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -75,6 +75,36 @@ pub fn classes_used(ui: &Value) -> BTreeSet<String> {
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// The nodes a UI workflow would send, by their API-format id (`"12"`, `"5:12"` inside
+/// subgraph instance 5), with their types; muted and bypassed ones included, frontend-only
+/// nodes and subgraph instances left out. Needs no node definitions.
+pub fn node_types(ui: &Value) -> Result<BTreeMap<String, String>, ConvertError> {
+    let workflow = graph::Workflow::read(ui).map_err(ConvertError::Shape)?;
+    let mut out = BTreeMap::new();
+    collect_nodes(&workflow, 0, "", &mut out, 0);
+    Ok(out)
+}
+
+fn collect_nodes(
+    workflow: &graph::Workflow<'_>,
+    g: usize,
+    prefix: &str,
+    out: &mut BTreeMap<String, String>,
+    depth: usize,
+) {
+    for node in &workflow.graphs[g].nodes {
+        let id = format!("{prefix}{}", node.id);
+        match workflow.subgraph_index.get(&node.kind) {
+            Some(&inner) if depth < 32 => {
+                collect_nodes(workflow, inner, &format!("{id}:"), out, depth + 1);
+            }
+            Some(_) => {}
+            None if VIRTUAL_TYPES.contains(&node.kind.as_str()) => {}
+            None => _ = out.insert(id, node.kind.clone()),
+        }
+    }
 }
 
 /// Converts a UI-format workflow to the API format, with the node definitions of the ComfyUI

@@ -28,22 +28,30 @@ fn widgets_map_by_input_order_and_the_seed_control_is_skipped() {
 
 #[test]
 fn control_filter_and_upload_slots_are_not_inputs() {
-    check(include_str!("../../../tests/fixtures/ui/companion_widgets.json"));
+    check(include_str!(
+        "../../../tests/fixtures/ui/companion_widgets.json"
+    ));
 }
 
 #[test]
 fn a_linked_widget_input_sends_the_link() {
-    check(include_str!("../../../tests/fixtures/ui/widget_input_link.json"));
+    check(include_str!(
+        "../../../tests/fixtures/ui/widget_input_link.json"
+    ));
 }
 
 #[test]
 fn primitives_set_the_widgets_they_feed_and_reroutes_pass_links_through() {
-    check(include_str!("../../../tests/fixtures/ui/primitive_and_reroute.json"));
+    check(include_str!(
+        "../../../tests/fixtures/ui/primitive_and_reroute.json"
+    ));
 }
 
 #[test]
 fn native_reroutes_are_only_drawing() {
-    check(include_str!("../../../tests/fixtures/ui/native_reroutes.json"));
+    check(include_str!(
+        "../../../tests/fixtures/ui/native_reroutes.json"
+    ));
 }
 
 #[test]
@@ -63,7 +71,9 @@ fn subgraphs_expand_with_the_frontends_ids() {
 
 #[test]
 fn dynamic_prompts_lose_comments_and_resolve_groups() {
-    check(include_str!("../../../tests/fixtures/ui/dynamic_prompt.json"));
+    check(include_str!(
+        "../../../tests/fixtures/ui/dynamic_prompt.json"
+    ));
 }
 
 #[test]
@@ -78,14 +88,21 @@ fn every_node_that_cannot_be_converted_is_named_with_its_reason() {
     let err = convert(&workflow, &defs()).expect_err("three broken nodes");
     let nodes = err.nodes();
     assert_eq!(
-        nodes.iter().map(|n| (n.id.as_str(), n.node_type.as_str())).collect::<Vec<_>>(),
+        nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.node_type.as_str()))
+            .collect::<Vec<_>>(),
         [("1", "FancyUpscaler"), ("2", "Latent"), ("3", "Decode")],
         "{err}"
     );
     assert_eq!(nodes[0].title, "Upscale ×4");
     assert!(nodes[0].reason.contains("not installed") && nodes[0].reason.contains("custom node"));
     assert_eq!(nodes[1].title, "Empty Latent");
-    assert!(nodes[1].reason.contains("width (INT) holds \"wide\""), "{}", nodes[1].reason);
+    assert!(
+        nodes[1].reason.contains("width (INT) holds \"wide\""),
+        "{}",
+        nodes[1].reason
+    );
     assert!(nodes[2].reason.contains("link 9"), "{}", nodes[2].reason);
     let text = err.to_string();
     assert!(text.starts_with("3 nodes cannot be converted"), "{text}");
@@ -94,7 +111,10 @@ fn every_node_that_cannot_be_converted_is_named_with_its_reason() {
 #[test]
 fn shapes_that_are_not_workflows_are_refused() {
     let no_id = json!({"nodes": [{"type": "Latent"}], "links": []});
-    assert!(matches!(convert(&no_id, &defs()), Err(ConvertError::Shape(_))));
+    assert!(matches!(
+        convert(&no_id, &defs()),
+        Err(ConvertError::Shape(_))
+    ));
     let only_notes = json!({"nodes": [{"id": 1, "type": "Note", "widgets_values": ["x"]}]});
     let err = convert(&only_notes, &defs()).expect_err("nothing to run");
     assert!(err.to_string().contains("no node that ComfyUI would run"));
@@ -102,7 +122,9 @@ fn shapes_that_are_not_workflows_are_refused() {
 
 #[test]
 fn the_api_format_is_not_mistaken_for_the_ui_format() {
-    assert!(!is_ui_format(&json!({"3": {"class_type": "KSampler", "inputs": {}}})));
+    assert!(!is_ui_format(
+        &json!({"3": {"class_type": "KSampler", "inputs": {}}})
+    ));
     assert!(!is_ui_format(&json!({"nodes": "x"})));
     assert!(is_ui_format(&json!({"nodes": [], "links": []})));
 }
