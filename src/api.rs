@@ -723,6 +723,7 @@ mod tests {
                 MalformedRequest => 17,
                 ExpectationFailed => 18,
                 TooManyConnections => 19,
+                InvalidWorkflow => 20,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| ordinal(*c)).collect();

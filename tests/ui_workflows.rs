@@ -14,8 +14,7 @@ fn fixtures() -> &'static Path {
 
 /// A gateway whose templates are the UI-format fixtures, on the simulator (or on `comfyui`).
 fn harness(comfyui: Option<String>) -> Harness {
-    let mut options = Options::default();
-    options.vars = vec![
+    let mut vars = vec![
         (
             "WORKFLOWS_DIR",
             fixtures().join("workflows").display().to_string(),
@@ -23,9 +22,12 @@ fn harness(comfyui: Option<String>) -> Harness {
         ("DEFAULT_WORKFLOW", "invert-ui".to_string()),
     ];
     if let Some(url) = comfyui {
-        options.vars.push(("COMFYUI_URL", url));
+        vars.push(("COMFYUI_URL", url));
     }
-    Harness::with(options)
+    Harness::with(Options {
+        vars,
+        ..Options::default()
+    })
 }
 
 fn saved_workflow() -> Value {
