@@ -91,8 +91,8 @@ pub fn convert(
     Ok(output)
 }
 
-/// PrimitiveNode values, which the frontend writes into the widgets they feed before
-/// converting: (graph, node id, widget name) → value.
+/// PrimitiveNode values, which the frontend writes into the widgets they feed (through legacy
+/// reroutes too) before converting: (graph, node id, widget name) → value.
 fn primitive_values(workflow: &Workflow<'_>) -> HashMap<(usize, String, String), Value> {
     let mut out = HashMap::new();
     for (g, graph) in workflow.graphs.iter().enumerate() {
@@ -100,14 +100,26 @@ fn primitive_values(workflow: &Workflow<'_>) -> HashMap<(usize, String, String),
             let Some(value) = node.widgets_values.and_then(|v| v.get(0)) else {
                 continue;
             };
-            for link in graph.links.values().filter(|l| l.origin == node.id) {
-                let Some(target) = graph.node_index.get(&link.target).map(|&i| &graph.nodes[i])
-                else {
+            let mut sources = vec![node.id.as_str()];
+            let mut seen = HashSet::new();
+            while let Some(source) = sources.pop() {
+                if !seen.insert(source) {
                     continue;
-                };
-                if let Some(slot) = target.inputs.get(link.target_slot) {
-                    let widget = slot.widget.clone().unwrap_or_else(|| slot.name.clone());
-                    out.insert((g, target.id.clone(), widget), value.clone());
+                }
+                for link in graph.links.values().filter(|l| l.origin == source) {
+                    let Some(target) = graph.node_index.get(&link.target).map(|&i| &graph.nodes[i])
+                    else {
+                        continue;
+                    };
+                    if target.kind == "Reroute" {
+                        sources.push(target.id.as_str());
+                    } else if let Some(widget) = target
+                        .inputs
+                        .get(link.target_slot)
+                        .and_then(|s| s.widget.clone())
+                    {
+                        out.insert((g, target.id.clone(), widget), value.clone());
+                    }
                 }
             }
         }
