@@ -6,10 +6,12 @@
 //! except inputs marked `forceInput`. Some widgets bring companions that take a slot of
 //! `widgets_values` but are never sent to ComfyUI:
 //! - the "control after generate" combo after an `INT` input with `control_after_generate`, or
-//!   named `seed` or `noise_seed` (the frontend's legacy rule);
+//!   named `seed` or `noise_seed` when the option is absent (the frontend's legacy rule);
 //! - the same control plus a filter text after a combo with `control_after_generate`;
-//! - the upload button after an input with `image_upload`, `video_upload`, `audio_upload` or
-//!   `file_upload`.
+//! - after the required inputs: the audio player (`audioUI`) of the audio loaders and savers,
+//!   and the upload button of a required combo with `image_upload`, `video_upload`,
+//!   `animated_image_upload` or (on an input named `audio`) `audio_upload`, in that order, as
+//!   the frontend's extensions add them to the required inputs. (`file_upload` adds nothing.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,7 +30,20 @@ pub struct WidgetDef {
     pub companions: usize,
     /// A multiline text whose `{a|b}` choices and comments the frontend resolves on queueing.
     pub dynamic_prompt: bool,
+    /// A widget the frontend adds that is not an input (`upload`, `audioUI`): it takes a slot
+    /// of `widgets_values` and is never sent.
+    pub frontend_only: bool,
 }
+
+/// Classes the frontend gives an audio player widget (`audioUI`) after their required inputs.
+const AUDIO_UI_CLASSES: [&str; 6] = [
+    "LoadAudio",
+    "SaveAudio",
+    "PreviewAudio",
+    "SaveAudioMP3",
+    "SaveAudioOpus",
+    "SaveAudioAdvanced",
+];
 
 /// The value kinds of widgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +139,23 @@ impl ClassDef {
                     widgets.push(widget);
                 }
             }
+            if group == "required" {
+                if AUDIO_UI_CLASSES.contains(&class) {
+                    widgets.push(frontend_only("audioUI"));
+                }
+                let media_upload = specs.values().any(|spec| {
+                    is_combo(spec)
+                        && ["image_upload", "video_upload", "animated_image_upload"]
+                            .iter()
+                            .any(|key| option_is_true(spec, key))
+                });
+                let audio_upload = specs
+                    .get("audio")
+                    .is_some_and(|spec| option_is_true(spec, "audio_upload"));
+                if media_upload || audio_upload {
+                    widgets.push(frontend_only("upload"));
+                }
+            }
         }
         let display_name = info
             .get("display_name")
@@ -209,14 +241,35 @@ fn ordered_names(
     }
 }
 
+fn frontend_only(name: &str) -> WidgetDef {
+    WidgetDef {
+        name: name.to_owned(),
+        kind: WidgetKind::Other,
+        default: Value::Null,
+        companions: 0,
+        dynamic_prompt: false,
+        frontend_only: true,
+    }
+}
+
+fn option_is_true(spec: &Value, key: &str) -> bool {
+    spec.get(1)
+        .and_then(|o| o.get(key))
+        .is_some_and(|v| v.as_bool() == Some(true))
+}
+
+fn is_combo(spec: &Value) -> bool {
+    match spec.get(0) {
+        Some(Value::Array(_)) => true,
+        Some(Value::String(t)) => t == "COMBO",
+        _ => false,
+    }
+}
+
 /// The widget an input spec `[type, options]` makes, if any.
 fn widget_def(name: &str, spec: &Value) -> Option<WidgetDef> {
     let options = spec.get(1).and_then(Value::as_object);
-    let flag = |key: &str| {
-        options
-            .and_then(|o| o.get(key))
-            .is_some_and(|v| v.as_bool() == Some(true))
-    };
+    let flag = |key: &str| option_is_true(spec, key);
     if flag("forceInput") {
         return None;
     }
@@ -239,25 +292,16 @@ fn widget_def(name: &str, spec: &Value) -> Option<WidgetDef> {
         },
         _ => return None,
     };
-    let control = options
-        .and_then(|o| o.get("control_after_generate"))
-        .is_some_and(|v| v.as_bool() == Some(true) || v.is_string());
-    let mut companions = match kind {
-        WidgetKind::Int if control || name == "seed" || name == "noise_seed" => 1,
+    // An explicit `false` wins over the legacy rule for `seed` and `noise_seed`.
+    let control = match options.and_then(|o| o.get("control_after_generate")) {
+        Some(v) => v.as_bool() == Some(true) || v.is_string(),
+        None => kind == WidgetKind::Int && (name == "seed" || name == "noise_seed"),
+    };
+    let companions = match kind {
+        WidgetKind::Int if control => 1,
         WidgetKind::Combo if control => 2,
         _ => 0,
     };
-    if [
-        "image_upload",
-        "video_upload",
-        "audio_upload",
-        "file_upload",
-    ]
-    .iter()
-    .any(|key| flag(key))
-    {
-        companions += 1;
-    }
     let default = options
         .and_then(|o| o.get("default"))
         .cloned()
@@ -274,5 +318,6 @@ fn widget_def(name: &str, spec: &Value) -> Option<WidgetDef> {
         default,
         companions,
         dynamic_prompt: kind == WidgetKind::String && flag("dynamicPrompts"),
+        frontend_only: false,
     })
 }

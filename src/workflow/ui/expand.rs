@@ -321,6 +321,10 @@ impl Flat<'_, '_> {
         let mut cursor = 0;
         let mut out = Vec::new();
         for widget in &class.widgets {
+            if widget.frontend_only {
+                cursor += 1;
+                continue;
+            }
             let value = match saved {
                 Some(Value::Array(values)) => {
                     let v = values.get(cursor).cloned();
