@@ -66,7 +66,7 @@ pub fn convert(
         dtos: Vec::new(),
         by_exec: HashMap::new(),
     };
-    flat.add_graph(0, &[], None, 0, &mut problems, 0);
+    flat.add_graph(0, &[], None, &mut problems, &mut Vec::new());
     let mut output = Map::new();
     for index in 0..flat.dtos.len() {
         match flat.emit(index, pick) {
@@ -137,15 +137,17 @@ struct Flat<'w, 'a> {
 
 impl Flat<'_, '_> {
     /// Adds the nodes of graph `g` (inside the instances of `path`), expanding instances.
+    /// `chain` holds the graphs being expanded, outermost first: a subgraph that contains
+    /// itself is a problem, not an endless expansion.
     fn add_graph(
         &mut self,
         g: usize,
         path: &[String],
         parent: Option<usize>,
-        inherited: i64,
         problems: &mut Vec<NodeProblem>,
-        depth: usize,
+        chain: &mut Vec<usize>,
     ) {
+        chain.push(g);
         let graph = &self.workflow.graphs[g];
         for (n, node) in graph.nodes.iter().enumerate() {
             let exec_id = path
@@ -154,11 +156,9 @@ impl Flat<'_, '_> {
                 .chain([node.id.as_str()])
                 .collect::<Vec<_>>()
                 .join(":");
-            let mode = if inherited == MODE_NEVER || inherited == MODE_BYPASS {
-                inherited
-            } else {
-                node.mode
-            };
+            // Inner nodes keep their own modes, as in the frontend (which sets them when an
+            // instance is muted or bypassed).
+            let mode = node.mode;
             let definition = self.workflow.subgraph_index.get(&node.kind).copied();
             let index = self.dtos.len();
             self.by_exec.insert(exec_id.clone(), index);
@@ -171,18 +171,21 @@ impl Flat<'_, '_> {
                 instance: definition.map(|d| self.instance(node, d)),
             });
             if let Some(d) = definition {
-                if depth > 32 || path.contains(&node.id) && g == d {
+                if chain.contains(&d) {
                     problems.push(self.problem(
                         index,
-                        "subgraphs are nested too deeply (a subgraph that contains itself?)".into(),
+                        "its subgraph contains itself: open the workflow in ComfyUI and fix the \
+                         subgraph"
+                            .into(),
                     ));
                     continue;
                 }
                 let mut inner = path.to_vec();
                 inner.push(node.id.clone());
-                self.add_graph(d, &inner, Some(index), mode, problems, depth + 1);
+                self.add_graph(d, &inner, Some(index), problems, chain);
             }
         }
+        chain.pop();
     }
 
     /// An instance's slots, from its definition, and its promoted widget values.
@@ -209,17 +212,26 @@ impl Flat<'_, '_> {
         // Inputs that feed a widget inside get a widget on the instance, in input order; the
         // instance's widgets_values hold their values.
         let saved_values = node.widgets_values.and_then(Value::as_array);
+        let inner: Vec<Option<(Value, usize)>> = def
+            .io_inputs
+            .iter()
+            .enumerate()
+            .map(|(i, io)| self.promoted_default(def, definition, i, &io.link_ids))
+            .collect();
+        // A promoted seed brings its "control after generate" slot along when the instance's
+        // values have room for it (the layout of the widget inside).
+        let widgets = inner.iter().flatten().count();
+        let with_companions = saved_values.is_some_and(|v| v.len() > widgets);
         let mut promoted = Vec::new();
         let mut next = 0;
-        for (i, io) in def.io_inputs.iter().enumerate() {
-            let inner = self.promoted_default(def, definition, i, &io.link_ids);
-            match inner {
-                Some(default) => {
+        for found in inner {
+            match found {
+                Some((default, companions)) => {
                     let value = saved_values
                         .and_then(|v| v.get(next))
                         .cloned()
                         .unwrap_or(default);
-                    next += 1;
+                    next += 1 + if with_companions { companions } else { 0 };
                     promoted.push(Some(value));
                 }
                 None => promoted.push(None),
@@ -234,14 +246,15 @@ impl Flat<'_, '_> {
         }
     }
 
-    /// When subgraph input `slot` feeds a widget inside, that widget's saved value.
+    /// When subgraph input `slot` feeds a widget inside, that widget's saved value and the
+    /// number of frontend-only slots that follow it.
     fn promoted_default(
         &self,
         def: &Graph<'_>,
         g: usize,
         slot: usize,
         link_ids: &[i64],
-    ) -> Option<Value> {
+    ) -> Option<(Value, usize)> {
         let mut links: Vec<_> = link_ids.iter().filter_map(|id| def.links.get(id)).collect();
         if links.is_empty() {
             links = def
@@ -257,12 +270,14 @@ impl Flat<'_, '_> {
             let values = class
                 .map(|c| self.widget_values(g, target, c))
                 .unwrap_or_default();
-            Some(
-                values
-                    .into_iter()
-                    .find(|(name, _, _)| *name == widget)
-                    .map_or(Value::Null, |(_, value, _)| value),
-            )
+            let companions = class
+                .and_then(|c| c.widgets.iter().find(|w| w.name == widget))
+                .map_or(0, |w| w.companions);
+            let value = values
+                .into_iter()
+                .find(|(name, _, _)| *name == widget)
+                .map_or(Value::Null, |(_, value, _)| value);
+            Some((value, companions))
         })
     }
 

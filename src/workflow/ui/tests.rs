@@ -109,6 +109,27 @@ fn every_node_that_cannot_be_converted_is_named_with_its_reason() {
 }
 
 #[test]
+fn a_subgraph_that_contains_itself_is_refused_not_expanded_forever() {
+    let id = "0f0f0f0f-0000-4000-8000-000000000001";
+    let workflow = json!({
+        "nodes": [{"id": 1, "type": id, "mode": 0, "inputs": []}],
+        "links": [],
+        "definitions": {"subgraphs": [{
+            "id": id, "name": "loop", "inputs": [], "outputs": [], "links": [],
+            "nodes": [
+                {"id": 2, "type": id, "mode": 0, "inputs": []},
+                {"id": 3, "type": id, "mode": 0, "inputs": []}
+            ]
+        }]}
+    });
+    let err = convert(&workflow, &defs()).expect_err("a cycle");
+    let nodes = err.nodes();
+    assert_eq!(nodes.len(), 2, "{err}");
+    assert_eq!(nodes[0].id, "1:2");
+    assert!(nodes[0].reason.contains("contains itself"));
+}
+
+#[test]
 fn shapes_that_are_not_workflows_are_refused() {
     let no_id = json!({"nodes": [{"type": "Latent"}], "links": []});
     assert!(matches!(
