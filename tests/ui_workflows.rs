@@ -188,3 +188,46 @@ fn until_node_definitions_can_be_read_a_ui_template_says_so_and_requests_get_503
     assert!(message.contains("node definitions"), "{message}");
     assert!(refused["error"]["details"]["backends"].is_object());
 }
+
+/// How many `/object_info/{class}` requests the simulator has answered.
+fn definition_reads(h: &Harness) -> usize {
+    h.sim
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/object_info/"))
+        .count()
+}
+
+#[test]
+fn node_definitions_are_read_once_and_again_after_a_refresh() {
+    let h = harness(None);
+    let before = definition_reads(&h);
+    let (status, _) = h.post_json(
+        "/generate",
+        &json!({"workflow": "invert-ui", "width": 8, "height": 8}),
+    );
+    assert_eq!(status, 200);
+    let first = definition_reads(&h) - before;
+    // EmptyImage, ImageInvert, SaveImage: one request each.
+    assert_eq!(first, 3, "each class the workflow uses is read once");
+    let (status, _) = h.post_json("/jobs", &json!({"graph": saved_workflow()}));
+    assert_eq!(status, 202);
+    let (status, _) = h.get_json("/workflows");
+    assert_eq!(status, 200);
+    assert_eq!(
+        definition_reads(&h) - before,
+        first,
+        "then they come from the cache"
+    );
+
+    let (status, _) = h.post_json("/workflows/refresh", &json!({}));
+    assert_eq!(status, 200);
+    let (status, schema) = h.get_json("/workflows/invert-ui");
+    assert_eq!(status, 200);
+    assert_eq!(schema["available"], true);
+    assert_eq!(
+        definition_reads(&h) - before,
+        2 * first,
+        "a refresh reads them again when next needed"
+    );
+}
