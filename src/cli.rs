@@ -17,7 +17,7 @@ usage: comfyui-gateway                 serve (configured by environment variable
        comfyui-gateway --help | --version
 
 convert: print the API-format graph (what ComfyUI's /prompt takes) of WORKFLOW, a workflow as
-ComfyUI saves it (.json) or a PNG or WebP that ComfyUI wrote. The node definitions come from
+ComfyUI saves it (.json) or a PNG or WebP that ComfyUI wrote (- reads the standard input). The node definitions come from
 the ComfyUI at URL (default: COMFYUI_URL's first entry, else http://127.0.0.1:8188) or from
 FILE, a saved GET /object_info answer.";
 
@@ -118,8 +118,14 @@ fn parse_convert(args: &[String], default_comfyui: &str) -> Result<Command, Usag
 /// Runs `convert`: the API graph as pretty JSON on `out`, or the reasons it could not be made.
 /// A workflow already in the API format is printed as it is.
 pub fn convert(workflow: &PathBuf, defs: &DefsSource, out: &mut dyn Write) -> Result<(), String> {
-    let bytes =
-        std::fs::read(workflow).map_err(|e| format!("cannot read {}: {e}", workflow.display()))?;
+    let bytes = if workflow.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(|e| format!("cannot read the standard input: {e}"))?;
+        bytes
+    } else {
+        std::fs::read(workflow).map_err(|e| format!("cannot read {}: {e}", workflow.display()))?
+    };
     let saved =
         ui::workflow_from_file(&bytes).map_err(|e| format!("{}: {e}", workflow.display()))?;
     let api = if ui::is_ui_format(&saved) {

@@ -83,6 +83,35 @@ fn convert_prints_the_api_graph_with_definitions_from_a_file() {
 }
 
 #[test]
+fn convert_reads_the_standard_input_given_as_a_dash() {
+    let dir = TestDir::new();
+    let (workflow, expected) = saved_from_case(&dir, "bypassed.json");
+    let info = fixture("object_info.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_comfyui-gateway"))
+        .args([
+            "convert",
+            "-",
+            "--object-info",
+            info.to_str().expect("utf-8"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let text = std::fs::read(&workflow).expect("readable");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &text).expect("written");
+    let out = child.wait_with_output().expect("it ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(printed, expected);
+}
+
+#[test]
 fn convert_reads_the_workflow_a_png_from_comfyui_carries() {
     let dir = TestDir::new();
     let (workflow, expected) = saved_from_case(&dir, "basic.json");
