@@ -1,27 +1,66 @@
 //! The frontend's dynamic prompts: on queueing, a text widget marked `dynamicPrompts` loses its
-//! comments (`/* ... */` and `// ...` to the end of the line) and each `{a|b|c}` group becomes one
-//! of its options, drawn at random (groups nest; `\{`, `\}`, `\|` and `\\` are literal).
+//! comments (`/* ... */`, and `// ...` to the end of the line) and each `{a|b|c}` group becomes
+//! one of its options, drawn at random; the chosen option is itself resolved the same way, so
+//! groups nest. A backslash keeps the next character from being read as syntax; at the end
+//! `\{`, `\}` and `\|` lose their backslash, other escapes keep it (as the frontend does).
 
 /// Resolves `text` as the frontend does when it queues a prompt. `pick(n)` chooses an option
 /// index below `n` (at random in the gateway; fixed in tests).
 pub fn resolve(text: &str, pick: &mut dyn FnMut(usize) -> usize) -> String {
-    let clean = strip_comments(text);
-    let chars: Vec<char> = clean.chars().collect();
+    let chars: Vec<char> = strip_comments(text).chars().collect();
     let mut pos = 0;
     let mut out = String::new();
-    while pos < chars.len() {
-        let (text, _) = parse_until(&chars, &mut pos, false, pick);
-        out.push_str(&text);
-        if pos < chars.len() {
-            // A stray `}` or `|` at the top level is plain text.
-            out.push(chars[pos]);
-            pos += 1;
+    while let Some(&c) = chars.get(pos) {
+        pos += 1;
+        match c {
+            '\\' => escape(&chars, &mut pos, &mut out),
+            '{' => out.push_str(&choice(&chars, &mut pos, pick)),
+            _ => out.push(c),
         }
     }
-    out
+    unescape(&out)
 }
 
-/// Removes `/* ... */` (across lines) and `// ...` (to the end of the line).
+/// Keeps a backslash and the character after it. The frontend appends the next character
+/// whatever it is, which after a final backslash is JavaScript's `undefined`.
+fn escape(chars: &[char], pos: &mut usize, out: &mut String) {
+    out.push('\\');
+    match chars.get(*pos) {
+        Some(&next) => out.push(next),
+        None => out.push_str("undefined"),
+    }
+    *pos += 1;
+}
+
+/// Reads a group after its `{` up to the matching `}` (or the end) and resolves one option.
+fn choice(chars: &[char], pos: &mut usize, pick: &mut dyn FnMut(usize) -> usize) -> String {
+    let mut options = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    while let Some(&c) = chars.get(*pos) {
+        *pos += 1;
+        match c {
+            '\\' => {
+                escape(chars, pos, &mut current);
+                continue;
+            }
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            '|' if depth == 0 => {
+                options.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    options.push(current);
+    let chosen = pick(options.len()).min(options.len() - 1);
+    resolve(&options[chosen], pick)
+}
+
+/// Removes `/* ... */` (across lines) and `// ...` up to the end of the line, leftmost first.
 fn strip_comments(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -31,7 +70,11 @@ fn strip_comments(text: &str) -> String {
         {
             rest = &after[end + 2..];
         } else if rest.starts_with("//") {
-            rest = rest.find('\n').map_or("", |end| &rest[end..]);
+            // JavaScript's `.` stops at any line terminator.
+            let end = rest
+                .find(['\n', '\r', '\u{2028}', '\u{2029}'])
+                .unwrap_or(rest.len());
+            rest = &rest[end..];
         } else {
             let mut chars = rest.chars();
             if let Some(c) = chars.next() {
@@ -43,48 +86,22 @@ fn strip_comments(text: &str) -> String {
     out
 }
 
-/// Reads text up to an unescaped `|` or `}` (when `in_group`) or the end, resolving groups.
-/// Returns the text and whether it stopped at `|`.
-fn parse_until(
-    chars: &[char],
-    pos: &mut usize,
-    in_group: bool,
-    pick: &mut dyn FnMut(usize) -> usize,
-) -> (String, bool) {
-    let mut out = String::new();
-    while let Some(&c) = chars.get(*pos) {
-        match c {
-            '\\' if *pos + 1 < chars.len() => {
-                out.push(chars[*pos + 1]);
-                *pos += 2;
-            }
-            '{' => {
-                *pos += 1;
-                let mut options = Vec::new();
-                loop {
-                    let (option, more) = parse_until(chars, pos, true, pick);
-                    options.push(option);
-                    if more {
-                        *pos += 1; // past '|'
-                        continue;
-                    }
-                    if *pos < chars.len() {
-                        *pos += 1; // past '}'
-                    }
-                    break;
-                }
-                let chosen = pick(options.len()).min(options.len() - 1);
-                out.push_str(&options[chosen]);
-            }
-            '|' | '}' if in_group => return (out, c == '|'),
-            '|' | '}' => return (out, false),
-            _ => {
-                out.push(c);
-                *pos += 1;
-            }
+/// `\{`, `\}` and `\|` become the character alone.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\'
+            && let Some(&next) = chars.peek()
+            && matches!(next, '{' | '}' | '|')
+        {
+            out.push(next);
+            chars.next();
+            continue;
         }
+        out.push(c);
     }
-    (out, false)
+    out
 }
 
 #[cfg(test)]
@@ -107,5 +124,16 @@ mod tests {
         assert_eq!(resolve("{a|{b|c}} d", &mut |n| n - 1), "c d");
         assert_eq!(first("x | y } z"), "x | y } z");
         assert_eq!(first("unclosed {a|b"), "unclosed a");
+        assert_eq!(first("{|empty first}"), "");
+    }
+
+    #[test]
+    fn only_brace_and_bar_escapes_lose_their_backslash() {
+        assert_eq!(first(r"a \| b \{c\} C:\path"), r"a | b {c} C:\path");
+        assert_eq!(first(r"{x\|y|z}"), "x|y");
+        assert_eq!(
+            first("/* unclosed comment stays"),
+            "/* unclosed comment stays"
+        );
     }
 }
