@@ -5,7 +5,9 @@
 //! files are kept in the spool so that nothing finished is lost.
 //!
 //! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
-//! read to check their structure and strip ComfyUI's metadata (they are a few MB).
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3 and
+//! MP4 files are stripped in place on disk ([`crate::strip`]); every other file is stored
+//! byte for byte as ComfyUI wrote it.
 
 use serde_json::{Value, json};
 use std::fs;
@@ -18,10 +20,11 @@ use crate::api::{ApiError, ErrorCode};
 use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
 use crate::convert;
 use crate::ids::{self, PromptId};
-use crate::image;
+use crate::image::{self, PngMetadata};
 use crate::media::{self, MediaType};
 use crate::storage::spool::{PendingFile, ReceiveError, Staging};
 use crate::storage::{ImageRecord, StorageError};
+use crate::strip::{self, StripError};
 use crate::timestamp;
 use crate::workflow::OutputTypes;
 
@@ -211,6 +214,17 @@ fn fetch_one(
     let Checked { media, bytes, size } = if matches!(media, media::PNG | media::WEBP) {
         check_and_strip(req, source, media, received.path.clone(), received.bytes)?
     } else {
+        if req.app.run.png_metadata == PngMetadata::Strip {
+            strip::strip_in_place(&received.path, media).map_err(|e| match e {
+                StripError::Io(e) => local(e.to_string()),
+                malformed => ApiError::internal(format!(
+                    "ComfyUI's file {} is unusable: {malformed}; ComfyUI still has it in its \
+                     output folder",
+                    source.filename
+                ))
+                .with_details(json!({ "comfyui_file": source })),
+            })?;
+        }
         Checked {
             media,
             bytes: received.bytes,
@@ -291,10 +305,7 @@ fn check_and_strip(
 }
 
 fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    crate::durable::write_bytes(path, bytes)
 }
 
 /// Stores every file and records the rows; on failure, spools them and says where.
@@ -577,7 +588,10 @@ mod tests {
     #[test]
     fn a_video_a_gif_and_a_sound_are_stored_locally_with_their_kinds() {
         let gif = b"GIF89a\x02\0\x03\0\x80\0\0\0\0\0\xff\xff\xff;".to_vec();
-        let flac = b"fLaC\0\0\0\x22 a sound".to_vec();
+        // STREAMINFO (the last metadata block), then frames.
+        let mut flac = b"fLaC\x80\0\0\x22".to_vec();
+        flac.extend([7; 34]);
+        flac.extend_from_slice(b"\xff\xf8 a sound");
         let view = FakeView::start(vec![
             ("ComfyUI_00001_.mp4", mp4()),
             ("AnimateDiff_00001.gif", gif.clone()),
