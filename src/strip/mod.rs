@@ -1,10 +1,12 @@
-//! Metadata stripping for the outputs too large to read whole: FLAC, MP3 and MP4 (also MOV and
-//! M4A). ComfyUI's savers write the prompt and workflow into each container's own tags
-//! (`SaveAudio`: Vorbis comments; `SaveAudioMP3`: ID3v2 `TXXX` frames; `SaveVideo`: an
-//! `mdta` `meta`/`keys`/`ilst` box under `moov/udta`), and `OUTPUT_METADATA=strip` removes them.
+//! Metadata stripping for the outputs too large to read whole: FLAC, MP3, MP4 (also MOV and
+//! M4A) and Ogg (Opus, Vorbis). ComfyUI's savers write the prompt and workflow into each
+//! container's own tags (`SaveAudio`: Vorbis comments; `SaveAudioMP3`: ID3v2 `TXXX` frames;
+//! `SaveAudioOpus`: `OpusTags` comments; `SaveVideo`: an `mdta` `meta`/`keys`/`ilst` box under
+//! `moov/udta`), and `OUTPUT_METADATA=strip` removes them. One file per container.
 //!
 //! Every stripper works **in place and keeps the file's size**: the metadata is overwritten with
-//! the container's own kind of filler (a FLAC `PADDING` block, ID3v2 padding, an MP4 `free` box),
+//! the container's own kind of filler (a FLAC `PADDING` block, ID3v2 padding, an MP4 `free` box,
+//! zeros after an Ogg comment list),
 //! so no audio frame or sample moves, MP4 chunk offsets (`stco`/`co64`) stay right without
 //! rewriting them, and a video of hundreds of MB costs a few reads and writes of its headers,
 //! never a copy. The staged file is synced afterwards. Memory is bounded by one FLAC metadata
@@ -16,6 +18,7 @@
 mod flac;
 mod mp3;
 mod mp4;
+mod ogg;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -31,7 +34,7 @@ pub enum StripError {
     Io(io::Error),
     /// The container is broken where its metadata is.
     Malformed {
-        /// `FLAC`, `MP3` or `MP4`.
+        /// `FLAC`, `MP3`, `MP4` or `Ogg`.
         format: &'static str,
         /// Byte offset of the problem.
         offset: u64,
@@ -70,7 +73,16 @@ impl From<io::Error> for StripError {
 
 /// Whether [`strip_in_place`] knows where `media`'s metadata is.
 pub fn handles(media: MediaType) -> bool {
-    [media::FLAC, media::MP3, media::MP4, media::MOV, media::M4A].contains(&media)
+    [
+        media::FLAC,
+        media::MP3,
+        media::MP4,
+        media::MOV,
+        media::M4A,
+        media::OPUS,
+        media::OGG,
+    ]
+    .contains(&media)
 }
 
 /// Overwrites the metadata of the file at `path` (of type `media`) in place, keeping its size,
@@ -85,6 +97,8 @@ pub fn strip_in_place(path: &Path, media: MediaType) -> Result<u64, StripError> 
         flac::strip(&mut file)?
     } else if media == media::MP3 {
         mp3::strip(&mut file)?
+    } else if media == media::OPUS || media == media::OGG {
+        ogg::strip(&mut file)?
     } else {
         mp4::strip(&mut file)?
     };
