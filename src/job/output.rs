@@ -507,8 +507,14 @@ mod tests {
 
     /// An app storing on local disk in a fresh folder, with ComfyUI at `comfyui`.
     fn local_app(comfyui: &str) -> (App, PathBuf) {
+        local_app_with(comfyui, "strip")
+    }
+
+    /// [`local_app`] with `OUTPUT_METADATA` set to `metadata`.
+    fn local_app_with(comfyui: &str, metadata: &str) -> (App, PathBuf) {
         let data = std::env::temp_dir().join(format!("gateway-output-{}", ids::new_uuid()));
         let vars = [
+            ("OUTPUT_METADATA", metadata.to_string()),
             ("COMFYUI_URL", comfyui.to_string()),
             (
                 "WORKFLOWS_DIR",
@@ -706,6 +712,45 @@ mod tests {
         assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
         let stored = fs::read_dir(data.join("images")).map_or(0, |d| d.count());
         assert_eq!(stored, 0, "nothing stored");
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
+
+    #[test]
+    fn a_broken_sound_is_refused_when_stripping_and_stored_as_made_when_keeping() {
+        // A FLAC whose comment block claims more bytes than the file holds.
+        let broken = b"fLaC\x84\0\x10\0 cut short".to_vec();
+        let view = FakeView::start(vec![("ComfyUI_00001_.flac", broken.clone())]);
+        let history = json!({"outputs": {"61": {"audio": [
+            {"filename": "ComfyUI_00001_.flac", "subfolder": "audio", "type": "output"}]}}});
+
+        let (app, data) = local_app(&view.url);
+        let (_, result) = run_end(&app, &view.url, history.clone(), Vec::new());
+        let error = result.expect_err("it cannot be stripped");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(
+            error.message.contains("ComfyUI_00001_.flac")
+                && error.message.contains("malformed FLAC")
+                && error.message.contains("ComfyUI still has it"),
+            "{}",
+            error.message
+        );
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        assert_eq!(
+            fs::read_dir(data.join("images")).map_or(0, |d| d.count()),
+            0
+        );
+        fs::remove_dir_all(data).expect("cleanup");
+
+        let (app, data) = local_app_with(&view.url, "keep");
+        let (job, result) = run_end(&app, &view.url, history, Vec::new());
+        let stored = result.expect("kept as it is");
+        assert_eq!(stored["images"][0]["key"], format!("{}/0.flac", job.id()));
+        let local = app.local.as_ref().expect("local storage");
+        let key = format!("{}/0.flac", job.id());
+        let path = local.image_path(&key).expect("servable");
+        assert_eq!(fs::read(path).expect("on disk"), broken);
         drop(view);
         fs::remove_dir_all(data).expect("cleanup");
     }
