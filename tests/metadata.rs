@@ -1,7 +1,7 @@
 //! Files as ComfyUI made them, and its metadata stripped wherever it writes it: every kind of
 //! output, end to end through the gateway against the simulator (which writes the prompt where
 //! ComfyUI's savers do: PNG `tEXt`, APNG `comf`, WebP `EXIF`, FLAC and Opus comments, MP3
-//! `TXXX`, MP4 `mdta` metadata). With `OUTPUT_METADATA=keep` every file is stored byte for
+//! `TXXX`, MP4 `mdta` metadata, WebM `Tags`). With `OUTPUT_METADATA=keep` every file is stored byte for
 //! byte; with `strip` (the default) no trace of the prompt is left and every file still parses,
 //! checked here with parsers of the test's own.
 
@@ -205,8 +205,9 @@ fn with_strip_no_prompt_is_left_anywhere_and_every_file_still_parses() {
             "flac" => check_flac(stored, original),
             "mp3" => check_mp3(stored, original),
             "opus" => check_ogg(stored, original),
+            "webm" => check_webm(stored, original),
             // Nothing to strip: stored as made.
-            "webm" | "gif" | "wav" => assert!(stored == original, "{}", output.extension),
+            "gif" | "wav" => assert!(stored == original, "{}", output.extension),
             other => panic!("unexpected {other}"),
         }
     }
@@ -473,4 +474,39 @@ fn check_ogg(stored: &[u8], original: &[u8]) {
     }
     assert!(pages >= 2, "OpusHead and OpusTags");
     assert_eq!(stored[at..], original[at..], "the audio after the headers");
+}
+
+/// The EBML header and the segment's elements walk to the end; `Tags` became `Void`, `Tracks`
+/// and everything after are as they were.
+fn check_webm(stored: &[u8], original: &[u8]) {
+    /// `(id, header length, data length)` of the element at `at`.
+    fn element(bytes: &[u8], at: usize) -> (u32, usize, usize) {
+        let id_len = bytes[at].leading_zeros() as usize + 1;
+        let id = bytes[at..at + id_len]
+            .iter()
+            .fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+        let size_len = bytes[at + id_len].leading_zeros() as usize + 1;
+        let mut size = u64::from(bytes[at + id_len]) & (0xff >> size_len);
+        for &b in &bytes[at + id_len + 1..at + id_len + size_len] {
+            size = (size << 8) | u64::from(b);
+        }
+        (id, id_len + size_len, size as usize)
+    }
+    let (id, header, size) = element(stored, 0);
+    assert_eq!(id, 0x1A45_DFA3);
+    let segment = header + size;
+    let (id, header, _) = element(stored, segment);
+    assert_eq!(id, 0x1853_8067);
+    let mut at = segment + header;
+    let mut ids = Vec::new();
+    while at < stored.len() {
+        let (id, header, size) = element(stored, at);
+        ids.push(id);
+        at += header + size;
+    }
+    assert_eq!(at, stored.len(), "the elements end with the file");
+    assert!(ids.contains(&0x1654_AE6B), "Tracks kept: {ids:x?}");
+    assert!(!ids.contains(&0x1254_C367), "no Tags left: {ids:x?}");
+    assert_eq!(stored[..segment + header], original[..segment + header]);
+    assert_eq!(stored.len(), original.len());
 }

@@ -1,16 +1,19 @@
 //! Metadata stripping for the outputs too large to read whole: FLAC, MP3, MP4 (also MOV and
-//! M4A) and Ogg (Opus, Vorbis). ComfyUI's savers write the prompt and workflow into each
-//! container's own tags (`SaveAudio`: Vorbis comments; `SaveAudioMP3`: ID3v2 `TXXX` frames;
-//! `SaveAudioOpus`: `OpusTags` comments; `SaveVideo`: an `mdta` `meta`/`keys`/`ilst` box under
-//! `moov/udta`), and `OUTPUT_METADATA=strip` removes them. One file per container.
+//! M4A), Ogg (Opus, Vorbis) and WebM/Matroska. ComfyUI's savers write the prompt and workflow
+//! into each container's own tags (`SaveAudio`: Vorbis comments; `SaveAudioMP3`: ID3v2 `TXXX`
+//! frames; `SaveAudioOpus`: `OpusTags` comments; `SaveVideo`: an `mdta` `meta`/`keys`/`ilst`
+//! box under `moov/udta`; `SaveWEBM`: Matroska `Tags`), and `OUTPUT_METADATA=strip` removes
+//! them. One file per container.
 //!
 //! Every stripper works **in place and keeps the file's size**: the metadata is overwritten with
 //! the container's own kind of filler (a FLAC `PADDING` block, ID3v2 padding, an MP4 `free` box,
-//! zeros after an Ogg comment list),
+//! zeros after an Ogg comment list, an EBML `Void` element),
 //! so no audio frame or sample moves, MP4 chunk offsets (`stco`/`co64`) stay right without
 //! rewriting them, and a video of hundreds of MB costs a few reads and writes of its headers,
-//! never a copy. The staged file is synced afterwards. Memory is bounded by one FLAC metadata
-//! block (at most 16 MiB by the format) and a 64 KiB buffer.
+//! never a copy. The staged file is synced afterwards. Memory is bounded by the one metadata
+//! structure read whole (a FLAC comment block: at most 16 MiB by the format; an Ogg comment
+//! packet, refused above 64 MiB; a Matroska `SeekHead`, refused above 1 MiB) and a 64 KiB
+//! buffer.
 //!
 //! A file whose structure is broken where its metadata should be is an error
 //! ([`StripError::Malformed`]), never a panic and never a half-stripped success.
@@ -19,6 +22,7 @@ mod flac;
 mod mp3;
 mod mp4;
 mod ogg;
+mod webm;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -34,7 +38,7 @@ pub enum StripError {
     Io(io::Error),
     /// The container is broken where its metadata is.
     Malformed {
-        /// `FLAC`, `MP3`, `MP4` or `Ogg`.
+        /// `FLAC`, `MP3`, `MP4`, `Ogg` or `WebM`.
         format: &'static str,
         /// Byte offset of the problem.
         offset: u64,
@@ -81,6 +85,8 @@ pub fn handles(media: MediaType) -> bool {
         media::M4A,
         media::OPUS,
         media::OGG,
+        media::WEBM,
+        media::MKV,
     ]
     .contains(&media)
 }
@@ -99,6 +105,8 @@ pub fn strip_in_place(path: &Path, media: MediaType) -> Result<u64, StripError> 
         mp3::strip(&mut file)?
     } else if media == media::OPUS || media == media::OGG {
         ogg::strip(&mut file)?
+    } else if media == media::WEBM || media == media::MKV {
+        webm::strip(&mut file)?
     } else {
         mp4::strip(&mut file)?
     };

@@ -93,9 +93,9 @@ pub(crate) struct MediaSave {
 /// A media file's bytes, or what the executor still has to write with the prompt's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum MediaData {
-    /// A file without metadata (WebM, GIF, WAV).
+    /// A file without metadata (GIF, WAV).
     Ready(FileData),
-    /// A container that carries the metadata in its tags (FLAC, MP3, Opus, MP4).
+    /// A container that carries the metadata in its tags (FLAC, MP3, Opus, MP4, WebM).
     Tagged(media::Recipe),
     /// SaveAnimatedPNG's frames, to become an APNG with the metadata in `comf` chunks.
     AnimatedPng { frames: Frames, fps: f64 },
@@ -426,8 +426,13 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
         }
         "SaveWEBM" => {
             let frames = inputs.frames("images")?;
-            let data = media::webm(frames.width, frames.height, frames.pictures.len(), total);
-            core("webm", MediaData::Ready(data))
+            let data = MediaData::Tagged(media::Recipe::Webm {
+                width: frames.width,
+                height: frames.height,
+                frame_count: frames.pictures.len(),
+                total,
+            });
+            core("webm", data)
         }
         _ => {
             let frames = inputs.frames("images")?;
@@ -449,7 +454,15 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
                     "gif",
                     MediaData::Ready(media::gif(&frames, frame_rate, total)),
                 ),
-                "video/webm" => ("webm", MediaData::Ready(media::webm(w, h, n, total))),
+                "video/webm" => (
+                    "webm",
+                    MediaData::Tagged(media::Recipe::Webm {
+                        width: w,
+                        height: h,
+                        frame_count: n,
+                        total,
+                    }),
+                ),
                 "video/h265-mp4" => ("mp4", mp4(true)),
                 _ => ("mp4", mp4(false)),
             };

@@ -6,8 +6,9 @@
 //! The containers ComfyUI tags carry its metadata the way ffmpeg writes it for ComfyUI's savers
 //! ([`Recipe::build`] with the prompt and each `extra_pnginfo` entry): FLAC Vorbis comments
 //! (`prompt=...`, then `encoder=`) and a `PADDING` block, an ID3v2.4 tag of `TXXX` frames in
-//! MP3, `OpusTags` comments in Opus, and `mdta` metadata (`moov/udta/meta` with `hdlr`, `keys`,
-//! `ilst`) in MP4, whose `stco` points at the sample bytes in `mdat`.
+//! MP3, `OpusTags` comments in Opus, Matroska `Tags` (`PROMPT`, ...) in WebM, and `mdta`
+//! metadata (`moov/udta/meta` with `hdlr`, `keys`, `ilst`) in MP4, whose `stco` points at the
+//! sample bytes in `mdat`.
 //!
 //! Each builder takes an optional total size: the header then declares sizes that cover it and
 //! the file is stored as a head plus filler produced while it is served ([`FileData::Padded`]),
@@ -52,6 +53,13 @@ pub(crate) enum Recipe {
         hevc: bool,
         total: Option<u64>,
     },
+    /// SaveWEBM and VideoHelperSuite's WebMs.
+    Webm {
+        width: u32,
+        height: u32,
+        frame_count: usize,
+        total: Option<u64>,
+    },
     /// SaveAudio.
     Flac {
         seconds: f64,
@@ -81,6 +89,12 @@ impl Recipe {
                 hevc,
                 total,
             } => mp4(width, height, frame_count, fps, hevc, total, tags),
+            Recipe::Webm {
+                width,
+                height,
+                frame_count,
+                total,
+            } => webm(width, height, frame_count, total, tags),
             Recipe::Flac {
                 seconds,
                 hash,
@@ -236,9 +250,27 @@ fn ebml(id: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Matroska `Tags` as ffmpeg writes a file's metadata: one `Tag` (empty `Targets`: the whole
+/// file) with a `SimpleTag` per entry, its name upper-cased.
+fn matroska_tags(tags: &[(String, String)]) -> Vec<u8> {
+    let mut tag = ebml(&[0x63, 0xC0], &[]);
+    for (key, value) in tags {
+        let mut simple = ebml(&[0x45, 0xA3], key.to_uppercase().as_bytes());
+        simple.extend(ebml(&[0x44, 0x87], value.as_bytes()));
+        tag.extend(ebml(&[0x67, 0xC8], &simple));
+    }
+    ebml(&[0x12, 0x54, 0xC3, 0x67], &ebml(&[0x73, 0x73], &tag))
+}
+
 /// A WebM file: the EBML header (DocType `webm`), a Segment of unknown size holding a video
-/// track with its pixel size, then a Void element over the rest.
-pub(crate) fn webm(width: u32, height: u32, frame_count: usize, total: Option<u64>) -> FileData {
+/// track with its pixel size and `tags` in a `Tags` element, then a Void element over the rest.
+pub(crate) fn webm(
+    width: u32,
+    height: u32,
+    frame_count: usize,
+    total: Option<u64>,
+    tags: &[(String, String)],
+) -> FileData {
     let uint = |id: &[u8], v: u32| ebml(id, &v.to_be_bytes());
     let mut header = Vec::new();
     header.extend(uint(&[0x42, 0x86], 1));
@@ -261,6 +293,7 @@ pub(crate) fn webm(width: u32, height: u32, frame_count: usize, total: Option<u6
     ]);
     head.push(0xFF);
     head.extend(tracks);
+    head.extend(matroska_tags(&with_encoder(tags)));
     let void_header = 1 + 8;
     let void_size = match total {
         Some(len) => len.saturating_sub(head.len() as u64 + void_header),
@@ -640,7 +673,7 @@ mod tests {
             b"ftypisom"
         );
         assert_eq!(
-            &bytes(&webm(64, 32, 4, None))[..4],
+            &bytes(&webm(64, 32, 4, None, &[]))[..4],
             &[0x1A, 0x45, 0xDF, 0xA3]
         );
         let wave = bytes(&wav(0.1, 1, None));
