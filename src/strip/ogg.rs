@@ -6,7 +6,9 @@
 //! comment count of zero, then zeros (RFC 7845 lets an `OpusTags` packet end in padding whose
 //! first byte has its low bit clear; a Vorbis comment header gets its framing bit, after which
 //! decoders read nothing). Page boundaries, lacing and sequence numbers stay as they were; only
-//! the CRCs of the pages that hold the packet are computed again. Audio pages are not touched.
+//! the CRCs of the pages that hold the packet are computed again. Audio pages, and a Vorbis setup
+//! header sharing the comment header's page, are not touched. Ogg streams of other codecs (FLAC,
+//! Speex, Theora) are left as they are.
 
 use std::fs::File;
 
@@ -71,47 +73,55 @@ impl Page {
     }
 }
 
-/// Blanks the comments of the stream's comment header; returns the bytes blanked.
+/// Blanks the comments of the stream's comment header; returns the bytes blanked. A stream of
+/// another codec (FLAC or Speex in Ogg, ...) is left alone.
 pub(super) fn strip(file: &mut File) -> Result<u64, StripError> {
     let len = file.metadata()?.len();
     let first = read_page(file, 0, len)?;
-    // The identification header is alone on the first page; the comment header starts the next.
+    let mut signature = [0u8; 8];
+    let readable = first.body_len().min(8) as usize;
+    read_at(file, first.body_at, &mut signature[..readable])?;
+    if !signature.starts_with(b"OpusHead") && !signature.starts_with(b"\x01vorbis") {
+        return Ok(0);
+    }
+    // The identification header is alone on the first page; the comment header starts the
+    // next one and ends at its first lacing value below 255 (Vorbis's setup header may follow
+    // it on the same page: those bytes are not touched).
     let mut pages = Vec::new();
     let mut at = first.end();
-    let mut packet_len = 0usize;
+    let mut packet = Vec::new();
     loop {
         let page = read_page(file, at, len)?;
-        packet_len += page.body_len() as usize;
-        if packet_len > MAX_PACKET {
+        let mut body = vec![0u8; page.body_len() as usize];
+        read_at(file, page.body_at, &mut body)?;
+        let end_segment = page.lacing.iter().position(|&s| s < 255);
+        let take: usize = page.lacing[..end_segment.map_or(page.lacing.len(), |i| i + 1)]
+            .iter()
+            .map(|&s| usize::from(s))
+            .sum();
+        packet.extend_from_slice(&body[..take]);
+        if packet.len() > MAX_PACKET {
             return Err(malformed(at, "the comment header is larger than 64 MiB"));
         }
-        let ends = page.lacing.last().is_some_and(|&last| last < 255);
         at = page.end();
-        pages.push(page);
-        if ends {
+        pages.push((page, body, take));
+        if end_segment.is_some() {
             break;
         }
     }
-    let mut packet = Vec::with_capacity(packet_len);
-    for page in &pages {
-        let mut body = vec![0u8; page.body_len() as usize];
-        read_at(file, page.body_at, &mut body)?;
-        packet.extend(body);
-    }
-    let packet_at = pages[0].body_at;
+    let packet_at = pages[0].0.body_at;
     let Some(blank) = blank_comments(&packet).map_err(|reason| malformed(packet_at, reason))?
     else {
         return Ok(0);
     };
     let blanked = (packet.len() - blank.kept) as u64;
     let mut from = 0;
-    for page in &pages {
-        let n = page.body_len() as usize;
-        let body = &blank.packet[from..from + n];
-        from += n;
+    for (page, mut body, take) in pages {
+        body[..take].copy_from_slice(&blank.packet[from..from + take]);
+        from += take;
         let mut whole = page.header.clone();
         whole[22..26].copy_from_slice(&[0; 4]);
-        whole.extend_from_slice(body);
+        whole.extend_from_slice(&body);
         let crc = ogg_crc(&whole);
         whole[22..26].copy_from_slice(&crc.to_le_bytes());
         write_at(file, page.at, &whole)?;
@@ -308,19 +318,50 @@ mod tests {
     }
 
     #[test]
-    fn a_vorbis_comment_header_keeps_its_framing_bit() {
+    fn a_vorbis_comment_header_keeps_its_framing_bit_and_the_setup_header_beside_it() {
         let mut sequence = 0;
         let mut original = pages(&mut sequence, 2, b"\x01vorbis identification");
         let mut header = comments(b"\x03vorbis", &["workflow={}".into()]);
         header.push(1);
-        original.extend(pages(&mut sequence, 0, &header));
+        let setup = b"\x05vorbis setup header".to_vec();
+        // Both packets on one page, as libvorbis writes them.
+        let mut page = pages(&mut sequence, 0, &[header.clone(), setup.clone()].concat());
+        let segments = usize::from(page[26]);
+        assert_eq!(segments, 1);
+        page[26] = 2;
+        page.splice(27..28, [header.len() as u8, setup.len() as u8]);
+        page[22..26].copy_from_slice(&[0; 4]);
+        let crc = ogg_crc(&page);
+        page[22..26].copy_from_slice(&crc.to_le_bytes());
+        original.extend(page);
         let file = Scratch::new("b.ogg", &original);
         super::super::strip_in_place(&file.path, crate::media::OGG).expect("valid");
         let pages = check_pages(&file.bytes());
         let mut expected = comments(b"\x03vorbis", &[]);
         expected.push(1);
         assert!(pages[1].1.starts_with(&expected));
+        assert!(
+            pages[1].1.ends_with(&setup),
+            "the setup header is untouched"
+        );
         assert!(!contains(&file.bytes(), b"workflow"));
+    }
+
+    #[test]
+    fn other_codecs_in_ogg_are_left_alone() {
+        let mut sequence = 0;
+        let mut flac = pages(&mut sequence, 2, b"\x7fFLAC\x01\x00\x00\x01fLaC");
+        flac.extend(pages(
+            &mut sequence,
+            0,
+            b"\x84\0\0\x10 vorbis comment block",
+        ));
+        let file = Scratch::new("c.oga", &flac);
+        assert_eq!(
+            super::super::strip_in_place(&file.path, crate::media::OGG).expect("not ours"),
+            0
+        );
+        assert_eq!(file.bytes(), flac);
     }
 
     #[test]
@@ -333,7 +374,7 @@ mod tests {
             assert!(error.to_string().starts_with("malformed Ogg"), "{error}");
         }
         let mut sequence = 0;
-        let mut odd = pages(&mut sequence, 2, b"OpusHead");
+        let mut odd = pages(&mut sequence, 2, b"OpusHead\x01\x02");
         odd.extend(pages(&mut sequence, 0, b"not a comment header"));
         let file = Scratch::new("d.opus", &odd);
         assert!(super::super::strip_in_place(&file.path, crate::media::OPUS).is_err());
