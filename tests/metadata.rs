@@ -7,8 +7,9 @@
 
 mod common;
 
+use comfyui_sim::SimEvent;
 use common::harness::{Harness, Options};
-use common::{contains, get_json_from};
+use common::{contains, get_json_from, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -169,8 +170,13 @@ fn with_keep_every_kind_is_stored_byte_for_byte_as_comfyui_made_it() {
             output.extension
         );
         assert!(
+            !contains(&output.original, b"workflow"),
+            "node {}: the gateway sends no extra_pnginfo, so ComfyUI writes no workflow",
+            output.node
+        );
+        assert!(
             contains(&output.original, b"class_type")
-                || ["webm", "gif", "wav"].contains(&output.extension.as_str()),
+                || ["gif", "wav"].contains(&output.extension.as_str()),
             "node {}: the simulator wrote the prompt into the {}",
             output.node,
             output.extension
@@ -251,6 +257,70 @@ fn a_still_webp_from_save_animated_webp_stays_a_webp_unless_another_format_is_as
     let (result, outputs) = run(&h, &json!({"graph": graph, "output_format": "jpeg"}));
     assert_eq!(kinds(&outputs), [("12", "jpg")], "{result}");
     assert!(outputs[0].stored.starts_with(&[0xff, 0xd8, 0xff]));
+}
+
+#[test]
+fn the_simulator_writes_the_workflow_only_when_extra_pnginfo_carries_it() {
+    let h = Harness::start();
+    let kinds = every_kind();
+    let mut graph = json!({});
+    for id in [
+        "1", "2", "3", "4", "5", "6", "10", "11", "12", "14", "15", "16", "20", "21", "22", "23",
+        "24", "25",
+    ] {
+        graph[id] = kinds[id].clone();
+    }
+    let events = h.sim.events();
+    let body = json!({
+        "prompt": graph, "client_id": "ui",
+        "extra_data": {"extra_pnginfo": {"workflow": {"nodes": [{"type": "SecretNodeType"}]}}}
+    });
+    let mut response = common::harness::agent()
+        .post(format!("{}/prompt", h.sim.url()))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .expect("the simulator answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().expect("a body")).expect("JSON");
+    let prompt_id = answer["prompt_id"]
+        .as_str()
+        .expect("a prompt id")
+        .to_string();
+    wait_for(
+        &events,
+        "the prompt to finish",
+        |e| matches!(e, SimEvent::Finished { prompt_id: p, .. } if *p == prompt_id),
+    );
+    let (_, history) = get_json_from(&format!("{}/history/{prompt_id}", h.sim.url()));
+    let outputs = history[&prompt_id]["outputs"].as_object().expect("outputs");
+    let mut seen = Vec::new();
+    for (node, output) in outputs {
+        let entries = output
+            .as_object()
+            .expect("an output")
+            .values()
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter(|e| e.get("filename").is_some());
+        for entry in entries {
+            let url = format!(
+                "{}/view?filename={}&subfolder={}&type={}",
+                h.sim.url(),
+                entry["filename"].as_str().expect("a filename"),
+                entry["subfolder"].as_str().unwrap_or(""),
+                entry["type"].as_str().unwrap_or("output"),
+            );
+            let (_, bytes) = h.get_bytes(&url);
+            assert!(
+                contains(&bytes, b"SecretNodeType") && contains(&bytes, b"class_type"),
+                "node {node}: the workflow and the prompt in {url}"
+            );
+            seen.push(node.clone());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["10", "10", "11", "12", "15", "16", "23", "24", "25"]);
 }
 
 /// Every chunk in bounds with a right CRC, `IHDR` first and `IEND` last; the image (and each
