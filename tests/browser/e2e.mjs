@@ -399,6 +399,20 @@ function pngWithWorkflow(workflow) {
     chunk('IEND', Buffer.alloc(0))]);
 }
 
+/** A WebP whose EXIF carries `workflow:JSON`, as ComfyUI's WebP savers write it. */
+function webpWithWorkflow(workflow) {
+  const exif = Buffer.concat([Buffer.from('MM\0*\0\0\0\x08', 'latin1'),
+    Buffer.from('workflow:' + JSON.stringify(workflow) + '\0', 'latin1')]);
+  const chunk = Buffer.alloc(8);
+  chunk.write('EXIF', 0, 'latin1');
+  chunk.writeUInt32LE(exif.length, 4);
+  const body = Buffer.concat([Buffer.from('WEBP', 'latin1'), chunk, exif, Buffer.alloc(exif.length % 2)]);
+  const head = Buffer.alloc(8);
+  head.write('RIFF', 0, 'latin1');
+  head.writeUInt32LE(body.length, 4);
+  return Buffer.concat([head, body]);
+}
+
 async function savedWorkflowFile(page) {
   await page.selectOption('#workflow', ':file');
   check(await page.$eval('#workflow-file', (el) => el.type) === 'file' && await page.$$eval('#params input', (l) => l.length) === 1,
@@ -419,6 +433,14 @@ async function savedWorkflowFile(page) {
   check(await waitForEnd(page) === 'completed', 'a PNG from ComfyUI runs the workflow it carries', await shown(page));
   const fromPng = await imagesLoaded(page);
   check(fromPng.length === 1 && fromPng[0].naturalWidth === 24, 'the PNG\'s workflow made the image', JSON.stringify(fromPng));
+
+  await page.setInputFiles('#workflow-file', { name: 'ComfyUI_00002_.webp', mimeType: 'image/webp',
+    buffer: webpWithWorkflow(savedWorkflow(20, 12)) });
+  await page.waitForFunction(() => savedFile && savedFile.name.endsWith('.webp'));
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a WebP from ComfyUI runs the workflow it carries', await shown(page));
+  const fromWebp = await imagesLoaded(page);
+  check(fromWebp.length === 1 && fromWebp[0].naturalWidth === 20, 'the WebP\'s workflow made the image', JSON.stringify(fromWebp));
 
   const broken = savedWorkflow(8, 8, [{ id: 9, type: 'NotInstalledNode', mode: 0, title: 'Magic', inputs: [], outputs: [] }]);
   await page.setInputFiles('#workflow-file', { name: 'broken.json', mimeType: 'application/json',
