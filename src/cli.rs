@@ -131,13 +131,32 @@ pub fn convert(workflow: &PathBuf, defs: &DefsSource, out: &mut dyn Write) -> Re
     let api = if ui::is_ui_format(&saved) {
         let defs = load_defs(defs)?;
         serde_json::Value::Object(
-            ui::convert(&saved, &defs).map_err(|e| format!("{}: {e}", workflow.display()))?,
+            ui::convert(&saved, &defs).map_err(|e| conversion_failure(workflow, &e))?,
         )
     } else {
         saved
     };
     let text = serde_json::to_string_pretty(&api).map_err(|e| e.to_string())?;
     writeln!(out, "{text}").map_err(|e| format!("cannot write the result: {e}"))
+}
+
+/// The reasons, one node per line.
+fn conversion_failure(workflow: &std::path::Path, error: &ui::ConvertError) -> String {
+    match error {
+        ui::ConvertError::Nodes(nodes) => {
+            let s = if nodes.len() == 1 { "" } else { "s" };
+            let mut text = format!(
+                "{}: {} node{s} cannot be converted:",
+                workflow.display(),
+                nodes.len()
+            );
+            for node in nodes {
+                text.push_str(&format!("\n  {node}"));
+            }
+            text
+        }
+        other => format!("{}: {other}", workflow.display()),
+    }
 }
 
 fn load_defs(source: &DefsSource) -> Result<NodeDefs, String> {

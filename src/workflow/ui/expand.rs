@@ -374,7 +374,7 @@ impl Flat<'_, '_> {
         }
         let node = self.node(index);
         let Some(class) = self.defs.get(&node.kind) else {
-            return Err(missing_class(&node.kind));
+            return Err(missing_class(node));
         };
         let mut inputs = Map::new();
         let mut misfits = Vec::new();
@@ -583,17 +583,33 @@ fn wrap(value: Value) -> Value {
     }
 }
 
-fn missing_class(kind: &str) -> String {
+/// Why a node's type is unknown, and what to install: the pack the workflow names, if any.
+fn missing_class(node: &Node<'_>) -> String {
+    let kind = &node.kind;
     if kind.starts_with("workflow>") || kind.starts_with("workflow/") {
         return "it is a group node (a legacy frontend feature): open the workflow in ComfyUI, \
                 convert the group node to a subgraph and save it again"
             .into();
     }
-    format!(
-        "node type {kind:?} is not installed on ComfyUI: install the custom node pack that \
-         provides it (ComfyUI-Manager's \"Install Missing Custom Nodes\" finds it) and restart \
-         ComfyUI, or remove the node"
-    )
+    let saved_with = |version: Option<&str>| version.map_or(String::new(), |v| format!(" {v}"));
+    match node.pack {
+        Some(("comfy-core", version)) => format!(
+            "node type {kind:?} is not installed on ComfyUI: it is one of ComfyUI's own nodes \
+             (the workflow was saved with ComfyUI{}); update ComfyUI, or remove the node",
+            saved_with(version)
+        ),
+        Some((pack, version)) => format!(
+            "node type {kind:?} is not installed on ComfyUI: install the custom node pack \
+             {pack:?}{} (ComfyUI-Manager's \"Install Missing Custom Nodes\" finds it) and \
+             restart ComfyUI, or remove the node",
+            saved_with(version)
+        ),
+        None => format!(
+            "node type {kind:?} is not installed on ComfyUI: install the custom node pack that \
+             provides it (ComfyUI-Manager's \"Install Missing Custom Nodes\" finds it) and \
+             restart ComfyUI, or remove the node"
+        ),
+    }
 }
 
 fn misfit(name: &str, widget: Option<&WidgetDef>, value: &Value) -> String {

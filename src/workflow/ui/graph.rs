@@ -51,6 +51,10 @@ pub struct Node<'a> {
     pub outputs: Vec<String>,
     /// The saved widget values.
     pub widgets_values: Option<&'a Value>,
+    /// The node pack it comes from, as the frontend records it: the Comfy registry id
+    /// (`properties.cnr_id`, `comfy-core` for ComfyUI's own nodes) or the repository
+    /// (`properties.aux_id`), with the version (`properties.ver`).
+    pub pack: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// One input slot.
@@ -168,6 +172,7 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
             inputs,
             outputs,
             widgets_values: node.get("widgets_values"),
+            pack: pack_of(node),
         });
     }
     for link in value
@@ -203,6 +208,18 @@ fn read_link(value: &Value) -> Option<(i64, Link)> {
             target_slot: slot(field(4, "target_slot"))?,
         },
     ))
+}
+
+fn pack_of(node: &Value) -> Option<(&str, Option<&str>)> {
+    let properties = node.get("properties")?;
+    let text = |key: &str| {
+        properties
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let pack = text("cnr_id").or_else(|| text("aux_id"))?;
+    Some((pack, text("ver")))
 }
 
 fn read_io(value: Option<&Value>) -> Vec<IoSlot> {

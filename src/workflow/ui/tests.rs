@@ -79,7 +79,8 @@ fn dynamic_prompts_lose_comments_and_resolve_groups() {
 #[test]
 fn every_node_that_cannot_be_converted_is_named_with_its_reason() {
     let workflow = json!({"nodes": [
-        {"id": 1, "type": "FancyUpscaler", "mode": 0, "title": "Upscale ×4", "inputs": [], "widgets_values": []},
+        {"id": 1, "type": "FancyUpscaler", "mode": 0, "title": "Upscale ×4", "inputs": [], "widgets_values": [],
+         "properties": {"cnr_id": "comfyui-fancy-upscale", "ver": "1.2.0"}},
         {"id": 2, "type": "Latent", "mode": 0, "inputs": [], "widgets_values": ["wide", 512, 1]},
         {"id": 3, "type": "Decode", "mode": 0, "inputs": [{"name": "samples", "type": "LATENT", "link": 9}]},
         {"id": 4, "type": "FancyUpscaler", "mode": 2, "inputs": []},
@@ -96,7 +97,16 @@ fn every_node_that_cannot_be_converted_is_named_with_its_reason() {
         "{err}"
     );
     assert_eq!(nodes[0].title, "Upscale ×4");
-    assert!(nodes[0].reason.contains("not installed") && nodes[0].reason.contains("custom node"));
+    assert!(
+        nodes[0].reason.contains("not installed"),
+        "{}",
+        nodes[0].reason
+    );
+    assert!(
+        nodes[0].reason.contains("\"comfyui-fancy-upscale\" 1.2.0"),
+        "the pack the workflow names: {}",
+        nodes[0].reason
+    );
     assert_eq!(nodes[1].title, "Empty Latent");
     assert!(
         nodes[1].reason.contains("width (INT) holds \"wide\""),
