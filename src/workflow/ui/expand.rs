@@ -12,6 +12,7 @@ use super::NodeProblem;
 use super::defs::{ClassDef, NodeDefs, WidgetDef};
 use super::dynamic_prompt;
 use super::graph::{Graph, Node, SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE, Slot, Workflow};
+use super::replace::{self, DateParts, SAVE_NODE_TYPES};
 
 /// Node types that exist only in the frontend and are never sent to ComfyUI.
 pub const VIRTUAL_TYPES: [&str; 4] = ["Reroute", "PrimitiveNode", "Note", "MarkdownNote"];
@@ -358,6 +359,32 @@ impl Flat<'_, '_> {
         out
     }
 
+    /// A file name prefix with its `%NODE.WIDGET%` and `%date:...%` patterns replaced.
+    fn replace_in_name(&self, text: &str) -> String {
+        if !text.contains('%') {
+            return text.to_owned();
+        }
+        let lookup = |name: &str, widget: &str| -> Option<String> {
+            let all = || {
+                self.workflow
+                    .graphs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(g, graph)| graph.nodes.iter().map(move |node| (g, node)))
+            };
+            let (g, node) = all()
+                .find(|(_, node)| node.sr_name == Some(name))
+                .or_else(|| all().find(|(_, node)| self.title(node) == name))?;
+            let class = self.defs.get(&node.kind)?;
+            let (_, value, _) = self
+                .widget_values(g, node, class)
+                .into_iter()
+                .find(|(n, _, _)| n == widget)?;
+            Some(js_string(&value))
+        };
+        replace::apply(text, DateParts::now_utc(), &lookup)
+    }
+
     /// The API-format node for DTO `index`, or `None` when it is not sent.
     fn emit(
         &self,
@@ -388,6 +415,12 @@ impl Flat<'_, '_> {
                     Value::String(text) => Value::String(dynamic_prompt::resolve(text, pick)),
                     _ => value,
                 },
+                _ if name == "filename_prefix" && SAVE_NODE_TYPES.contains(&node.kind.as_str()) => {
+                    match &value {
+                        Value::String(text) => Value::String(self.replace_in_name(text)),
+                        _ => value,
+                    }
+                }
                 _ => value,
             };
             inputs.insert(name, wrap(value));
@@ -573,6 +606,20 @@ fn connects(a: &str, b: &str) -> bool {
         return a == b;
     }
     a.split(',').any(|x| b.split(',').any(|y| x == y))
+}
+
+/// A value as JavaScript's `value + ''` writes it (`1.0` is `1`, `null` is empty).
+fn js_string(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
+        Value::Array(items) => items.iter().map(js_string).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
 }
 
 /// Arrays would read as links: the frontend wraps them, and ComfyUI unwraps them.

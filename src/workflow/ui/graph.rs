@@ -55,6 +55,8 @@ pub struct Node<'a> {
     /// (`properties.cnr_id`, `comfy-core` for ComfyUI's own nodes) or the repository
     /// (`properties.aux_id`), with the version (`properties.ver`).
     pub pack: Option<(&'a str, Option<&'a str>)>,
+    /// Its "Node name for S&R" property: the name `%NODE.WIDGET%` replacements look for.
+    pub sr_name: Option<&'a str>,
 }
 
 /// One input slot.
@@ -173,6 +175,10 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
             outputs,
             widgets_values: node.get("widgets_values"),
             pack: pack_of(node),
+            sr_name: node
+                .get("properties")
+                .and_then(|p| p.get("Node name for S&R"))
+                .and_then(Value::as_str),
         });
     }
     for link in value

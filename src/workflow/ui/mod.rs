@@ -39,6 +39,7 @@ mod dynamic_prompt;
 mod embedded;
 mod expand;
 mod graph;
+mod replace;
 
 #[cfg(test)]
 mod tests;

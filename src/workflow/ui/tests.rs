@@ -167,3 +167,10 @@ fn the_classes_used_leave_out_frontend_nodes_and_instances() {
     let classes: Vec<String> = classes_used(&case["workflow"]).into_iter().collect();
     assert_eq!(classes, ["Decode", "Latent", "Loader", "Sampler"]);
 }
+
+#[test]
+fn save_nodes_get_their_file_name_patterns_replaced() {
+    check(include_str!(
+        "../../../tests/fixtures/ui/filename_replacements.json"
+    ));
+}
