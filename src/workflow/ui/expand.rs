@@ -372,8 +372,18 @@ impl Flat<'_, '_> {
                     .enumerate()
                     .flat_map(|(g, graph)| graph.nodes.iter().map(move |node| (g, node)))
             };
+            // Nodes of ComfyUI's classes get their type as S&R name when they have none (save
+            // nodes excepted), as the frontend gives it when it creates them.
+            let answers_to = |node: &Node<'_>| match node.sr_name {
+                Some(sr_name) => sr_name == name,
+                None => {
+                    node.kind == name
+                        && self.defs.get(name).is_some()
+                        && !SAVE_NODE_TYPES.contains(&name)
+                }
+            };
             let (g, node) = all()
-                .find(|(_, node)| node.sr_name == Some(name))
+                .find(|(_, node)| answers_to(node))
                 .or_else(|| all().find(|(_, node)| self.title(node) == name))?;
             let class = self.defs.get(&node.kind)?;
             let (_, value, _) = self
