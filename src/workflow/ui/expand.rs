@@ -59,7 +59,7 @@ pub fn convert(
     pick: &mut dyn FnMut(usize) -> usize,
 ) -> Result<Map<String, Value>, Vec<NodeProblem>> {
     let mut problems = Vec::new();
-    let overrides = primitive_values(workflow);
+    let (overrides, replaced) = primitive_values(workflow);
     let mut flat = Flat {
         workflow,
         defs,
@@ -67,6 +67,13 @@ pub fn convert(
         dtos: Vec::new(),
         by_exec: HashMap::new(),
     };
+    // Primitives marked "Run widget replace on values" pass through the file name replacements.
+    for key in replaced {
+        if let Some(Value::String(text)) = flat.overrides.get(&key).cloned() {
+            let value = Value::String(flat.replace_in_name(&text));
+            flat.overrides.insert(key, value);
+        }
+    }
     flat.add_graph(0, &[], None, &mut problems, &mut Vec::new());
     let mut output = Map::new();
     for index in 0..flat.dtos.len() {
@@ -92,10 +99,14 @@ pub fn convert(
     Ok(output)
 }
 
+/// A widget of a node of a graph: (graph, node id, widget name).
+type WidgetKey = (usize, String, String);
+
 /// PrimitiveNode values, which the frontend writes into the widgets they feed (through legacy
-/// reroutes too) before converting: (graph, node id, widget name) → value.
-fn primitive_values(workflow: &Workflow<'_>) -> HashMap<(usize, String, String), Value> {
+/// reroutes too) before converting, and the widgets whose primitive asks for text replacements.
+fn primitive_values(workflow: &Workflow<'_>) -> (HashMap<WidgetKey, Value>, Vec<WidgetKey>) {
     let mut out = HashMap::new();
+    let mut replaced = Vec::new();
     for (g, graph) in workflow.graphs.iter().enumerate() {
         for node in graph.nodes.iter().filter(|n| n.kind == "PrimitiveNode") {
             let Some(value) = node.widgets_values.and_then(|v| v.get(0)) else {
@@ -119,19 +130,23 @@ fn primitive_values(workflow: &Workflow<'_>) -> HashMap<(usize, String, String),
                         .get(link.target_slot)
                         .and_then(|s| s.widget.clone())
                     {
-                        out.insert((g, target.id.clone(), widget), value.clone());
+                        let key = (g, target.id.clone(), widget);
+                        if node.replace_values {
+                            replaced.push(key.clone());
+                        }
+                        out.insert(key, value.clone());
                     }
                 }
             }
         }
     }
-    out
+    (out, replaced)
 }
 
 struct Flat<'w, 'a> {
     workflow: &'w Workflow<'a>,
     defs: &'w NodeDefs,
-    overrides: HashMap<(usize, String, String), Value>,
+    overrides: HashMap<WidgetKey, Value>,
     dtos: Vec<Dto>,
     by_exec: HashMap<String, usize>,
 }

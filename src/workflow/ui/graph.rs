@@ -57,6 +57,8 @@ pub struct Node<'a> {
     pub pack: Option<(&'a str, Option<&'a str>)>,
     /// Its "Node name for S&R" property: the name `%NODE.WIDGET%` replacements look for.
     pub sr_name: Option<&'a str>,
+    /// A PrimitiveNode's "Run widget replace on values" property.
+    pub replace_values: bool,
 }
 
 /// One input slot.
@@ -179,6 +181,10 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
                 .get("properties")
                 .and_then(|p| p.get("Node name for S&R"))
                 .and_then(Value::as_str),
+            replace_values: node
+                .get("properties")
+                .and_then(|p| p.get("Run widget replace on values"))
+                .is_some_and(|v| v.as_bool() == Some(true)),
         });
     }
     for link in value
