@@ -366,9 +366,15 @@ impl Flat<'_, '_> {
                 _ => None,
             };
             let value = value.unwrap_or_else(|| widget.default.clone());
-            let fits = widget.kind.fits(&value);
             let key = (g, node.id.clone(), widget.name.clone());
-            let value = self.overrides.get(&key).cloned().unwrap_or(value);
+            let (value, fits) = match self.overrides.get(&key) {
+                // A primitive's value stands in for the saved one.
+                Some(value) => (value.clone(), true),
+                None => {
+                    let fits = widget.kind.fits(&value);
+                    (value, fits)
+                }
+            };
             out.push((widget.name.clone(), value, fits));
         }
         out
@@ -430,8 +436,15 @@ impl Flat<'_, '_> {
         };
         let mut inputs = Map::new();
         let mut misfits = Vec::new();
+        // A widget fed by a link does not send its saved value: its fit does not matter.
+        let linked: HashSet<&str> = node
+            .inputs
+            .iter()
+            .filter(|slot| slot.link.is_some())
+            .map(|slot| slot.widget.as_deref().unwrap_or(&slot.name))
+            .collect();
         for (name, value, fits) in self.widget_values(dto.graph, node, class) {
-            if !fits {
+            if !fits && !linked.contains(name.as_str()) {
                 let widget = class.widgets.iter().find(|w| w.name == name);
                 misfits.push(misfit(&name, widget, &value));
             }
