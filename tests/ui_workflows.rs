@@ -66,14 +66,6 @@ fn expected_invert(width: u64, height: u64, color: u64) -> Value {
     })
 }
 
-/// A port nothing listens on.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
-}
-
 #[test]
 fn a_ui_template_is_converted_and_its_parameters_land_on_its_ui_node_ids() {
     let h = harness(None);
@@ -167,7 +159,8 @@ fn a_ui_graph_that_cannot_be_converted_names_every_node_and_queues_nothing() {
 #[test]
 fn until_node_definitions_can_be_read_a_ui_template_says_so_and_requests_get_503() {
     // Start-up does not wait for ComfyUI: the gateway serves with nothing on the other end.
-    let h = harness(Some(closed_port_url()));
+    let refusing = common::RefusingPort::new();
+    let h = harness(Some(refusing.url()));
     let (status, list) = h.get_json("/workflows");
     assert_eq!(status, 200);
     let template = list["workflows"]
