@@ -193,9 +193,8 @@ fn convert_fails_with_every_reason_on_stderr() {
     );
 
     // No ComfyUI to read definitions from.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
+    let refusing = common::RefusingPort::new();
+    let url = refusing.url();
     let out = gateway(&[
         "convert",
         workflow.to_str().expect("utf-8"),
