@@ -132,7 +132,10 @@ impl Installed {
             .iter()
             .find(|b| b.client.base_url() == backend.trim_end_matches('/'));
         match found {
-            Some(b) => self.read(b).map(drop),
+            Some(b) => {
+                forget_defs(b);
+                self.read(b).map(drop)
+            }
             None => Err(format!("{backend} is not one of the configured backends")),
         }
     }
@@ -141,7 +144,10 @@ impl Installed {
     pub fn refresh_all(&self) -> BTreeMap<String, Option<String>> {
         self.backends
             .iter()
-            .map(|b| (b.client.base_url().to_string(), self.read(b).err()))
+            .map(|b| {
+                forget_defs(b);
+                (b.client.base_url().to_string(), self.read(b).err())
+            })
             .collect()
     }
 
@@ -305,10 +311,8 @@ impl Installed {
         self.read(backend)
     }
 
-    /// Asks the backend now (the lock is not held meanwhile) and keeps the answer. The node
-    /// definitions read before are forgotten, to be read again when next needed.
+    /// Asks the backend now (the lock is not held meanwhile) and keeps the answer.
     fn read(&self, backend: &Backend) -> Result<Arc<Combos>, String> {
-        *backend.defs.lock().unwrap_or_else(PoisonError::into_inner) = DefsCache::default();
         let result = read_combos(&backend.client, &self.classes).map(Arc::new);
         let state = match &result {
             Ok(combos) => State::Read(Arc::clone(combos)),
@@ -460,6 +464,11 @@ impl NodeDefsSource for Installed {
         }
         Ok(defs)
     }
+}
+
+/// Forgets the node definitions read from `backend`: they are read again when next needed.
+fn forget_defs(backend: &Backend) {
+    *backend.defs.lock().unwrap_or_else(PoisonError::into_inner) = DefsCache::default();
 }
 
 /// The definitions of `classes` one backend has, reading those it was never asked for.
