@@ -124,8 +124,9 @@ impl Installed {
     }
 
     /// Reads `backend` (a base URL as [`ComfyClient::base_url`] gives it) again now, e.g. after
-    /// it restarted with other models. Returns the reason when it could not be read; an unknown
-    /// URL is an error too.
+    /// it restarted with other models, and forgets the node definitions read from it (read again
+    /// when next needed). Returns the reason when it could not be read; an unknown URL is an
+    /// error too.
     pub fn refresh(&self, backend: &str) -> Result<(), String> {
         let found = self
             .backends
@@ -140,7 +141,8 @@ impl Installed {
         }
     }
 
-    /// Reads every backend again now; base URL → `null` when read, or the reason it was not.
+    /// Reads every backend again now (and forgets their node definitions); base URL → `null`
+    /// when read, or the reason it was not.
     pub fn refresh_all(&self) -> BTreeMap<String, Option<String>> {
         self.backends
             .iter()
