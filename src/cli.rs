@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::comfyui::{ClientOptions, ComfyClient};
@@ -20,6 +21,46 @@ convert: print the API-format graph (what ComfyUI's /prompt takes) of WORKFLOW, 
 ComfyUI saves it (.json) or a PNG or WebP that ComfyUI wrote (- reads the standard input). The node definitions come from
 the ComfyUI at URL (default: COMFYUI_URL's first entry, else http://127.0.0.1:8188) or from
 FILE, a saved GET /object_info answer.";
+
+/// Answers every command line but the one that serves: `Some(exit code)` after printing help,
+/// the version, a conversion (stdout) or what went wrong (stderr, 2 for a bad command line);
+/// `None` when there are no arguments and the caller should serve.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Option<ExitCode> {
+    match parse(args, &default_comfyui()) {
+        Ok(Command::Serve) => None,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            Some(ExitCode::SUCCESS)
+        }
+        Ok(Command::Version) => {
+            println!("comfyui-gateway {}", env!("CARGO_PKG_VERSION"));
+            Some(ExitCode::SUCCESS)
+        }
+        Ok(Command::Convert { workflow, defs }) => Some(
+            match convert(&workflow, &defs, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("comfyui-gateway convert: {message}");
+                    ExitCode::FAILURE
+                }
+            },
+        ),
+        Err(UsageError(message)) => {
+            eprintln!("comfyui-gateway: {message}");
+            eprintln!("{}", USAGE.lines().take(3).collect::<Vec<_>>().join("\n"));
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
+/// The first `COMFYUI_URL` entry, else ComfyUI's usual address.
+fn default_comfyui() -> String {
+    std::env::var("COMFYUI_URL")
+        .ok()
+        .and_then(|urls| urls.split(',').next().map(|u| u.trim().to_owned()))
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8188".into())
+}
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,4 +228,43 @@ fn load_defs(source: &DefsSource) -> Result<NodeDefs, String> {
         return Err("the node definitions hold no node class".into());
     }
     Ok(defs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Command, UsageError> {
+        parse(args.iter().map(OsString::from), "http://127.0.0.1:8188")
+    }
+
+    #[test]
+    fn no_arguments_serve_and_convert_takes_one_source_of_definitions() {
+        assert_eq!(parsed(&[]), Ok(Command::Serve));
+        assert_eq!(parsed(&["-V"]), Ok(Command::Version));
+        assert_eq!(parsed(&["convert", "--help"]), Ok(Command::Help));
+        assert_eq!(
+            parsed(&["convert", "w.json"]),
+            Ok(Command::Convert {
+                workflow: PathBuf::from("w.json"),
+                defs: DefsSource::ComfyUi("http://127.0.0.1:8188".into()),
+            })
+        );
+        assert_eq!(
+            parsed(&["convert", "--object-info", "oi.json", "w.png"]),
+            Ok(Command::Convert {
+                workflow: PathBuf::from("w.png"),
+                defs: DefsSource::File(PathBuf::from("oi.json")),
+            })
+        );
+        for bad in [
+            &["convert", "w.json", "--comfyui", "u", "--object-info", "f"][..],
+            &["convert", "w.json", "--comfyui"],
+            &["convert", "--verbose", "w.json"],
+            &["--version", "extra"],
+            &["serve"],
+        ] {
+            assert!(parsed(bad).is_err(), "{bad:?}");
+        }
+    }
 }

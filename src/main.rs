@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use comfyui_gateway::app::App;
-use comfyui_gateway::cli::{self, Command};
+use comfyui_gateway::cli;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::server::{Server, socket};
 use comfyui_gateway::storage::local;
@@ -21,38 +21,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const WEBHOOK_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    let default_comfyui = std::env::var("COMFYUI_URL")
-        .ok()
-        .and_then(|urls| urls.split(',').next().map(|u| u.trim().to_owned()))
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:8188".into());
-    match cli::parse(std::env::args_os().skip(1), &default_comfyui) {
-        Ok(Command::Serve) => {}
-        Ok(Command::Help) => {
-            println!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("comfyui-gateway {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Convert { workflow, defs }) => {
-            return match cli::convert(&workflow, &defs, &mut std::io::stdout().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("comfyui-gateway convert: {message}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Err(cli::UsageError(message)) => {
-            eprintln!("comfyui-gateway: {message}");
-            eprintln!(
-                "{}",
-                cli::USAGE.lines().take(3).collect::<Vec<_>>().join("\n")
-            );
-            return ExitCode::from(2);
-        }
+    // `--help`, `--version`, `convert` and bad arguments are answered here; no argument serves.
+    if let Some(code) = cli::run(std::env::args_os().skip(1)) {
+        return code;
     }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
