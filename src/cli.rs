@@ -104,18 +104,16 @@ pub fn parse(
         return Ok(Command::Serve);
     };
     let rest: Vec<String> = args.collect();
+    let alone = |command: Command| match rest.first() {
+        Some(extra) => Err(UsageError(format!("unexpected argument {extra:?}"))),
+        None => Ok(command),
+    };
     match first.as_str() {
-        "-h" | "--help" | "help" => Ok(Command::Help),
-        "-V" | "--version" => Ok(Command::Version),
+        "-h" | "--help" | "help" => alone(Command::Help),
+        "-V" | "--version" => alone(Command::Version),
         "convert" => parse_convert(&rest, default_comfyui),
         other => Err(UsageError(format!("unknown argument {other:?}"))),
     }
-    .and_then(|command| match (&command, rest.is_empty()) {
-        (Command::Help | Command::Version, false) => {
-            Err(UsageError(format!("unexpected argument {:?}", rest[0])))
-        }
-        _ => Ok(command),
-    })
 }
 
 fn parse_convert(args: &[String], default_comfyui: &str) -> Result<Command, UsageError> {
