@@ -911,7 +911,10 @@ mod tests {
         let WsEvent::ExecutionError { failure, .. } = text(error) else {
             panic!("an execution_error");
         };
-        assert_eq!(failure.exception_message, "SlowSteps failed at step 2 as asked");
+        assert_eq!(
+            failure.exception_message,
+            "SlowSteps failed at step 2 as asked"
+        );
         assert_eq!(
             failure.traceback,
             vec!["  File \"execution.py\", line 496, in execute\n    output = f()"]
