@@ -324,6 +324,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
         "/view" if get => plain(view(shared, req.query)),
         "/upload/image" if post => plain(upload_image(shared, req.headers, req.body)),
         "/system_stats" if get => plain(Reply::json(200, &system_stats())),
+        "/features" if get => plain(Reply::json(200, &ws::server_features())),
         "/object_info" if get => {
             let files = shared.state().input_names();
             plain(Reply::json(200, &nodes::all_object_info(&files)))
@@ -362,6 +363,7 @@ fn is_known_path(path: &str) -> bool {
             | "/view"
             | "/upload/image"
             | "/system_stats"
+            | "/features"
             | "/object_info"
             | "/ws"
     ) || path.starts_with("/history/")
@@ -376,14 +378,12 @@ fn bad_request(body: &Value) -> Reply {
 fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
     let request: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            let message = format!("Invalid JSON in request body: {e}");
-            return bad_request(&validate::error_body(
-                "invalid_prompt",
-                &message,
-                "",
-                json!({}),
-            ));
+        // aiohttp's answer to the handler's uncaught JSONDecodeError.
+        Err(_) => {
+            return Reply::text(
+                500,
+                "500 Internal Server Error\n\nServer got itself in trouble",
+            );
         }
     };
     let Some(graph_json) = request.get("prompt") else {
@@ -476,18 +476,29 @@ fn string_list(value: &Value) -> Vec<String> {
 /// `POST /queue`: delete or clear pending prompts; a running one is left alone.
 fn post_queue(shared: &Shared, body: &[u8]) -> Routed {
     let body = json_body(body);
-    let removed = {
+    // As ComfyUI's PromptQueue: clearing always broadcasts `status`; each deleted id once, and
+    // twice when it was the last one pending (it wipes the queue, which broadcasts too).
+    let (removed, statuses) = {
         let mut st = shared.state();
         let mut removed = Vec::new();
+        let mut statuses = 0;
         if body.get("clear").and_then(Value::as_bool) == Some(true) {
             removed.extend(st.clear_pending());
+            statuses += 1;
         }
         if let Some(ids) = body.get("delete") {
-            removed.extend(st.delete_pending(&string_list(ids)));
+            for id in string_list(ids) {
+                let last = st.pending_count() == 1;
+                let gone = st.delete_pending(std::slice::from_ref(&id));
+                if !gone.is_empty() {
+                    statuses += if last { 2 } else { 1 };
+                }
+                removed.extend(gone);
+            }
         }
-        removed
+        (removed, statuses)
     };
-    if !removed.is_empty() {
+    for _ in 0..statuses {
         shared.broadcast_status();
     }
     (

@@ -407,6 +407,35 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         outputs: &[("VHS_FILENAMES", "Filenames")],
         output_node: true,
     },
+    // The model-free test nodes a real ComfyUI can run for the gateway's smoke suite
+    // (tests/real-comfyui): a progress bar with previews, and a sound.
+    NodeClass {
+        name: "SlowSteps",
+        display_name: "SlowSteps",
+        category: "testing",
+        description: "",
+        inputs: &[
+            link("image", "IMAGE"),
+            int("steps", 1, 10_000, 8, 1),
+            int("step_ms", 0, 60_000, 250, 1),
+            int("seed", 0, u64::MAX as i128, 0, 1),
+            int("fail_at", 0, 10_000, 0, 1),
+        ],
+        outputs: &[("IMAGE", "IMAGE")],
+        output_node: false,
+    },
+    NodeClass {
+        name: "SineAudio",
+        display_name: "SineAudio",
+        category: "testing",
+        description: "",
+        inputs: &[
+            float("seconds", 0.1, 60.0, 1.0, 0.1),
+            float("frequency", 20.0, 20_000.0, 440.0, 1.0),
+        ],
+        outputs: &[("AUDIO", "AUDIO")],
+        output_node: false,
+    },
     NodeClass {
         name: "EmptyLatentAudio",
         display_name: "Empty Latent Audio",
@@ -507,6 +536,7 @@ impl NodeClass {
             | "SaveAudioOpus" => "comfy_extras.nodes_audio",
             "VHS_VideoCombine" => "custom_nodes.ComfyUI-VideoHelperSuite",
             "SaveAudioWAV" => "custom_nodes.comfyui-sim",
+            "SlowSteps" | "SineAudio" => "custom_nodes.gateway_test_nodes",
             _ => "nodes",
         }
     }

@@ -256,6 +256,11 @@ impl SimState {
     }
 
     /// Removes the pending prompts among `ids`; returns the ids actually removed.
+    /// How many prompts wait (not counting the running one).
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     pub(crate) fn delete_pending(&mut self, ids: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
         self.pending.retain(|_, item| {

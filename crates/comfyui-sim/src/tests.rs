@@ -668,7 +668,8 @@ fn execution_errors_name_the_node_and_reach_history() {
     assert_eq!(error["data"]["node_id"], "3");
     assert_eq!(error["data"]["node_type"], "KSampler");
     assert_eq!(error["data"]["exception_type"], "torch.OutOfMemoryError");
-    assert_eq!(error["data"]["exception_message"], "CUDA out of memory");
+    // With the newline ComfyUI leaves on it.
+    assert_eq!(error["data"]["exception_message"], "CUDA out of memory\n");
     assert_eq!(error["data"]["executed"], json!(["4", "6", "7", "5"]));
     assert!(error["data"]["traceback"].is_array());
     assert_eq!(finished(&events, &prompt_id), "error");
@@ -1262,8 +1263,7 @@ fn execution_success_is_sent_before_history_is_written() {
     let mut ws = connect(&sim, "h");
     sim.hold_history(true);
     let prompt_id = http.queue(&tiny_graph(9), "h");
-    let messages = read_prompt(&mut ws, &prompt_id);
-    assert!(messages.iter().any(|m| m["type"] == "execution_success"));
+    while next_text(&mut ws)["type"] != "execution_success" {}
     assert_eq!(
         http.get_json(&format!("/history/{prompt_id}")),
         json!({}),
@@ -1274,9 +1274,13 @@ fn execution_success_is_sent_before_history_is_written() {
     assert_eq!(finished(&events, &prompt_id), "success");
     let history = http.get_json(&format!("/history/{prompt_id}"));
     assert_eq!(history[&prompt_id]["status"]["status_str"], "success");
-    // ...and status told everyone the queue is empty only then.
+    // ...and status told everyone the queue is empty only then, and `executing` null came
+    // last (ComfyUI 0.3.64: success, history written, status, executing null).
     let status = next_text(&mut ws);
     assert_eq!(status["data"]["status"]["exec_info"]["queue_remaining"], 0);
+    let last = next_text(&mut ws);
+    assert_eq!(last["type"], "executing");
+    assert_eq!(last["data"], json!({"node": null, "prompt_id": prompt_id}));
 }
 
 #[test]

@@ -40,8 +40,8 @@ const WRITE_WAIT: Duration = Duration::from_secs(2);
 /// The writer threads only move frames from a channel to a socket.
 const WRITER_STACK: usize = 128 * 1024;
 
-/// What ComfyUI answers a client's `feature_flags` with.
-fn server_features() -> Value {
+/// What ComfyUI answers a client's `feature_flags` with (and `GET /features`).
+pub(crate) fn server_features() -> Value {
     json!({"supports_preview_metadata": true, "max_upload_size": 100 * 1024 * 1024})
 }
 
