@@ -180,6 +180,12 @@ impl Reply {
         Reply::new(200, "application/octet-stream", Vec::new())
     }
 
+    /// A status with no body at all, as ComfyUI's `/view` answers a missing file (404) or a
+    /// name that leaves its folder (400).
+    fn empty_status(status: u16) -> Reply {
+        Reply::new(status, "application/octet-stream", Vec::new())
+    }
+
     fn not_found() -> Reply {
         Reply::text(404, "404: Not Found")
     }
@@ -406,6 +412,9 @@ fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
         } => (outputs, node_errors),
         Verdict::Rejected(body) => return bad_request(&body),
     };
+    // ComfyUI runs the outputs in the order of a Python set, not by node id: in the captures
+    // of 0.3.64 the last output ran first. Clients must not rely on either.
+    let outputs: Vec<String> = outputs.into_iter().rev().collect();
     let prompt_id = match request.get("prompt_id") {
         None | Some(Value::Null) => super::ids::new_uuid(),
         Some(Value::String(id)) if super::ids::is_lowercase_uuid(id) => id.clone(),
@@ -554,19 +563,19 @@ fn is_safe_name(name: &str) -> bool {
 /// `GET /view?filename=&subfolder=&type=`.
 fn view(shared: &Shared, query: &str) -> Reply {
     let Some(filename) = query_param(query, "filename").filter(|f| !f.is_empty()) else {
-        return Reply::not_found();
+        return Reply::empty_status(404);
     };
     let subfolder = query_param(query, "subfolder").unwrap_or_default();
     let kind = query_param(query, "type").unwrap_or_else(|| "output".into());
     if !is_safe_name(&filename) || !is_safe_name(&subfolder) {
-        return Reply::text(400, "400: Bad Request");
+        return Reply::empty_status(400);
     }
     if !matches!(kind.as_str(), "output" | "input" | "temp") {
-        return Reply::text(400, "400: Bad Request");
+        return Reply::empty_status(400);
     }
     let key = FileKey::new(&kind, subfolder.trim_matches('/'), &filename);
     let Some(file) = shared.state().files.get(&key).cloned() else {
-        return Reply::not_found();
+        return Reply::empty_status(404);
     };
     let mut reply = Reply::new(200, content_type_for(&filename), Vec::new());
     reply.file = Some(file);

@@ -416,10 +416,10 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         description: "",
         inputs: &[
             link("image", "IMAGE"),
-            int("steps", 1, 10_000, 8, 1),
-            int("step_ms", 0, 60_000, 250, 1),
-            int("seed", 0, u64::MAX as i128, 0, 1),
-            int("fail_at", 0, 10_000, 0, 1),
+            int("steps", 1, 10_000, 8, 0),
+            int("step_ms", 0, 60_000, 250, 0),
+            int("seed", 0, u64::MAX as i128, 0, 0),
+            int("fail_at", 0, 10_000, 0, 0),
         ],
         outputs: &[("IMAGE", "IMAGE")],
         output_node: false,
@@ -430,8 +430,8 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         category: "testing",
         description: "",
         inputs: &[
-            float("seconds", 0.1, 60.0, 1.0, 0.1),
-            float("frequency", 20.0, 20_000.0, 440.0, 1.0),
+            float("seconds", 0.1, 60.0, 1.0, 0.0),
+            float("frequency", 20.0, 20_000.0, 440.0, 0.0),
         ],
         outputs: &[("AUDIO", "AUDIO")],
         output_node: false,
@@ -568,6 +568,7 @@ impl NodeClass {
         }
         if self.output_node && self.name != "PreviewImage" {
             inputs["hidden"] = json!({"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"});
+            order["hidden"] = json!(["prompt", "extra_pnginfo"]);
         }
         json!({
             "input": inputs,
@@ -601,13 +602,16 @@ impl InputDef {
                     "default": int_json(*default),
                     "min": int_json(*min),
                     "max": int_json(*max),
-                    "step": int_json(*step),
                 });
-                if self.name == "seed" {
-                    opts["control_after_generate"] = json!(true);
-                }
-                if self.name == "color" {
-                    opts["display"] = json!("color");
+                // Step 0: a plain INT as a custom node declares it, without widget hints.
+                if *step != 0 {
+                    opts["step"] = int_json(*step);
+                    if self.name == "seed" {
+                        opts["control_after_generate"] = json!(true);
+                    }
+                    if self.name == "color" {
+                        opts["display"] = json!("color");
+                    }
                 }
                 json!(["INT", opts])
             }
@@ -617,7 +621,11 @@ impl InputDef {
                 default,
                 step,
             } => {
-                json!(["FLOAT", {"default": default, "min": min, "max": max, "step": step, "round": 0.01}])
+                if *step == 0.0 {
+                    json!(["FLOAT", {"default": default, "min": min, "max": max}])
+                } else {
+                    json!(["FLOAT", {"default": default, "min": min, "max": max, "step": step, "round": 0.01}])
+                }
             }
             InputKind::Bool { default } => json!(["BOOLEAN", {"default": default}]),
             InputKind::Text { multiline, default } => {
