@@ -64,8 +64,7 @@ fn a_template_parameter_named_quality_works_as_its_schema_says() {
         .sim
         .requests()
         .into_iter()
-        .filter(|r| r.path == "/prompt" && r.method == "POST")
-        .last()
+        .rfind(|r| r.path == "/prompt" && r.method == "POST")
         .expect("a prompt was queued");
     let sent: Value = serde_json::from_slice(&queued.body).expect("JSON");
     assert_eq!(sent["prompt"]["4"]["inputs"]["quality"], "320k");
