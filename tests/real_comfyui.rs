@@ -261,11 +261,11 @@ fn metadata_is_stripped_from_every_output() {
     };
     let gateway = Gateway::start(&url);
     let color = fresh_color();
-    // WebM is left out: its tags are kept (see README, "Metadata privacy").
     let mut leaks = Vec::new();
     for body in [
         json!({"workflow": "invert", "color": color}),
         json!({"workflow": "video", "color": color}),
+        json!({"workflow": "webm", "color": color}),
         json!({"workflow": "anim", "color": color}),
         json!({"workflow": "audio", "frequency": 200.0 + (color % 1000) as f64}),
     ] {
