@@ -157,9 +157,9 @@ impl Reply {
         }
     }
 
-    /// A JSON answer.
+    /// A JSON answer, written as ComfyUI writes it.
     pub(crate) fn json(status: u16, value: &Value) -> Reply {
-        Reply::json_text(status, value.to_string())
+        Reply::json_text(status, super::pyjson::dumps(value))
     }
 
     fn json_text(status: u16, text: String) -> Reply {
@@ -340,7 +340,11 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
             let id = super::ids::percent_decode(&p["/history/".len()..], false);
             let st = shared.state();
             let text = match st.history_entry(&id) {
-                Some(entry) => format!("{{{}:{}}}", Value::from(id.as_str()), entry),
+                Some(entry) => format!(
+                    "{{{}: {}}}",
+                    super::pyjson::dumps(&Value::from(id.as_str())),
+                    super::pyjson::dumps(entry)
+                ),
                 None => "{}".into(),
             };
             plain(Reply::json_text(200, text))

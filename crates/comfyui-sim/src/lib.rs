@@ -51,6 +51,7 @@ mod http;
 mod ids;
 mod media;
 mod nodes;
+mod pyjson;
 mod render;
 mod state;
 mod validate;
