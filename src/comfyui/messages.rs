@@ -59,6 +59,14 @@ pub struct ExecutionFailure {
     pub traceback: Vec<String>,
 }
 
+impl ExecutionFailure {
+    /// Whether this is a branch blocked by a node (`ExecutionBlocked`, e.g. a content filter):
+    /// ComfyUI reports it as an `execution_error` but goes on running the rest of the prompt.
+    pub fn is_blocked_branch(&self) -> bool {
+        self.exception_type.as_deref() == Some("ExecutionBlocked")
+    }
+}
+
 impl fmt::Display for ExecutionFailure {
     /// Reads like `node 3 (KSampler) raised RuntimeError: CUDA out of memory`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -213,6 +213,12 @@ impl ProgressTracker {
                 self.done.insert(node.clone());
             }
             WsEvent::ExecutionSuccess { .. } => self.end(Outcome::Succeeded),
+            // A node that blocks its branch (`ExecutionBlocker` with a message) is reported with
+            // an `execution_error` that ends nothing: ComfyUI goes on to `execution_success`.
+            WsEvent::ExecutionError { failure, .. } if failure.is_blocked_branch() => {
+                self.done.extend(failure.node_id.clone());
+                return None;
+            }
             WsEvent::ExecutionError { failure, .. } => self.end(Outcome::Failed(failure.clone())),
             WsEvent::ExecutionInterrupted {
                 node_id, node_type, ..

@@ -313,6 +313,7 @@ impl<'a> Execution<'a> {
         };
         let message = message.clone();
         let node_type = self.graph.nodes.get(id).map_or("", |n| n.class.name);
+        self.send_progress_state(id, json!(0.0), json!(1.0), "running");
         let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
         self.send("executing", data);
         let error = json!({
@@ -534,6 +535,7 @@ impl<'a> Execution<'a> {
         let preview_of = match computed {
             Computed::Values(values) => match values.first() {
                 Some(NodeValue::Latent(frames)) => Some(frames.clone()),
+                // Previews are an eighth of the picture's side: SlowSteps' are 64×64.
                 Some(NodeValue::Image(frames)) if slow_steps => Some(Frames {
                     width: 512,
                     height: 512,
