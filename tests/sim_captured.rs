@@ -110,6 +110,8 @@ struct Client {
     ws: WebSocket<TcpStream>,
     id: String,
     tokens: Vec<String>,
+    /// The text messages, parsed.
+    messages: Vec<Value>,
 }
 
 impl Client {
@@ -128,6 +130,7 @@ impl Client {
             ws,
             id: id.to_string(),
             tokens: Vec::new(),
+            messages: Vec::new(),
         }
     }
 
@@ -139,6 +142,7 @@ impl Client {
                     let message: Value = serde_json::from_str(&text).expect("JSON");
                     let token = token(&message);
                     self.tokens.push(token.clone());
+                    self.messages.push(message.clone());
                     return (token, message);
                 }
                 Message::Binary(bytes) => {
@@ -293,20 +297,25 @@ fn shape(tokens: &[String], fold: bool) -> Vec<String> {
     if fold { fold_steps(plain) } else { plain }
 }
 
-/// A prompt ends with its final message, then `status`, then `executing` null.
+/// A prompt ends with its final message, then `status` (another prompt's may land there too),
+/// then `executing` null.
 fn check_endings(tokens: &[String], whose: &str) {
     for (i, token) in tokens.iter().enumerate() {
-        if token == "executing(None)" && i >= 2 {
-            assert!(
-                is_status(&tokens[i - 1])
-                    && matches!(
-                        tokens[i - 2].as_str(),
-                        "execution_success" | "execution_error" | "execution_interrupted"
-                    ),
-                "{whose}: the end of a prompt is not final message, status, executing null: {:?}",
-                &tokens[i.saturating_sub(3)..=i]
-            );
+        if token != "executing(None)" {
+            continue;
         }
+        let before = &tokens[..i];
+        let statuses = before.iter().rev().take_while(|t| is_status(t)).count();
+        let last = before.iter().rev().nth(statuses).map(String::as_str);
+        assert!(
+            statuses >= 1
+                && matches!(
+                    last,
+                    Some("execution_success" | "execution_error" | "execution_interrupted")
+                ),
+            "{whose}: the end of a prompt is not final message, status, executing null: {:?}",
+            &tokens[i.saturating_sub(4)..=i]
+        );
     }
 }
 
@@ -328,8 +337,9 @@ fn assert_same(captured: &[String], simulated: &[String], fold: bool) {
     );
 }
 
-/// Plays the capture's accepted prompts one after the other on one socket and compares.
-fn one_by_one(name: &str, feature_flags: bool, step_ms: u64) {
+/// Plays the capture's accepted prompts one after the other on one socket and compares;
+/// returns the socket, for a closer look.
+fn one_by_one(name: &str, feature_flags: bool, step_ms: u64) -> Client {
     let records = fixture(name);
     let expected = captured(&records, "A");
     let sim = start();
@@ -348,6 +358,7 @@ fn one_by_one(name: &str, feature_flags: bool, step_ms: u64) {
         a.read_prompts(1);
     }
     assert_same(&expected, &a.tokens, false);
+    a
 }
 
 #[test]
@@ -391,10 +402,13 @@ fn scenario_03_two_prompts_back_to_back() {
     let mut a = Client::connect(&sim, "cap-a", false);
     a.next();
     for pair in prompts.chunks(2) {
-        // The second is queued while the first runs, as in the capture.
+        // The second is queued while the first runs, as in the capture: the first is held at
+        // its end (history not yet written) until the second is queued.
+        sim.hold_history(true);
         assert_eq!(post_prompt(&sim, &pair[0], &a.id).0, 200);
-        a.read_until("execution_start");
+        a.read_until("execution_success");
         assert_eq!(post_prompt(&sim, &pair[1], &a.id).0, 200);
+        sim.hold_history(false);
         a.read_prompts(2);
     }
     assert_same(&expected, &a.tokens, false);
@@ -402,7 +416,29 @@ fn scenario_03_two_prompts_back_to_back() {
 
 #[test]
 fn scenario_04_a_node_raises() {
-    one_by_one("04", false, 20);
+    let a = one_by_one("04", false, 20);
+    // ComfyUI's fields, its trailing newline included.
+    let captured: Value = fixture("04")
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["frame"].as_str()?).ok())
+        .find(|m| m["type"] == "execution_error")
+        .expect("the capture's error");
+    let simulated = a
+        .messages
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .expect("the simulator's error");
+    assert_eq!(keys(&simulated["data"]), keys(&captured["data"]));
+    for field in [
+        "node_id",
+        "node_type",
+        "executed",
+        "exception_message",
+        "exception_type",
+    ] {
+        assert_eq!(simulated["data"][field], captured["data"][field], "{field}");
+    }
+    assert!(simulated["data"]["traceback"].is_array());
 }
 
 #[test]
@@ -446,6 +482,8 @@ fn scenario_06_a_pending_prompt_deleted_from_the_queue() {
     let sim = start();
     let mut a = Client::connect(&sim, "cap-a", false);
     a.next();
+    // The first cannot end (its history is held) before the second is deleted.
+    sim.hold_history(true);
     let (_, first) = post_prompt(&sim, &prompts[0], &a.id);
     a.read_until("execution_start");
     let (_, second) = post_prompt(&sim, &prompts[1], &a.id);
@@ -455,6 +493,7 @@ fn scenario_06_a_pending_prompt_deleted_from_the_queue() {
     // Deleting the running prompt does nothing at all.
     let running = json!({"delete": [first["prompt_id"]]});
     assert_eq!(post(&sim, "/queue", &running).0, 200);
+    sim.hold_history(false);
     a.read_prompts(1);
     assert_same(&expected, &a.tokens, true);
     let history = get(
@@ -660,9 +699,15 @@ fn scenario_13_an_identical_prompt_is_served_from_the_cache() {
 #[test]
 fn scenario_11_reconnects_with_a_new_or_the_same_client_id() {
     let records = fixture("11");
+    // Longer than captured (the count of steps is folded away), so that the second socket
+    // always connects while the prompt still runs.
     let graphs: Vec<Value> = captured_prompts(&records)
         .into_iter()
-        .map(|(request, _, _)| with_step_ms(request["prompt"].clone(), 150))
+        .map(|(request, _, _)| {
+            let mut graph = with_step_ms(request["prompt"].clone(), 60);
+            graph["2"]["inputs"]["steps"] = json!(30);
+            graph
+        })
         .collect();
     assert_eq!(graphs.len(), 3);
     let sim = start();
