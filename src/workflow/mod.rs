@@ -62,7 +62,10 @@ pub use definitions::{DefsHandle, DefsUnavailable, NodeDefsSource, WorkflowFailu
 pub use graph::check_raw_graph;
 pub use input_image::InputImage;
 pub use params::{ParamDefault, ParamErrors, ParamSpec, ParamType, Target};
-pub use template::{BuildError, OutputTypes, Resolved, Template, TemplateProblem, UiWorkflow};
+pub use template::{
+    BuildError, OutputTypes, RESERVED_PARAMETER_NAMES, Resolved, Template, TemplateProblem,
+    UiWorkflow,
+};
 
 /// All templates of a workflows directory, by name, and where the node definitions for
 /// converting workflows as ComfyUI saves them come from.
