@@ -224,3 +224,25 @@ fn node_definitions_are_read_once_and_again_after_a_refresh() {
         "a refresh reads them again when next needed"
     );
 }
+
+#[test]
+fn one_readable_backend_is_enough_to_convert() {
+    let refusing = common::RefusingPort::new();
+    let h = Harness::with(Options {
+        vars: vec![
+            (
+                "WORKFLOWS_DIR",
+                fixtures().join("workflows").display().to_string(),
+            ),
+            ("DEFAULT_WORKFLOW", "invert-ui".to_string()),
+        ],
+        more_backends: vec![refusing.url()],
+        ..Options::default()
+    });
+    let (status, schema) = h.get_json("/workflows/invert-ui");
+    assert_eq!(status, 200);
+    assert_eq!(schema["available"], true, "{schema}");
+    let (status, result) = h.post_json("/generate", &json!({"workflow": "invert-ui", "width": 16}));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["images"][0]["width"], 16);
+}
