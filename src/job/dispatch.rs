@@ -123,7 +123,7 @@ fn send_prompt(
         .plan()
         .build_graph(&engine.ctx.templates, &uploaded)
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
-    let queued = match client.queue_prompt(&graph, client_id) {
+    let queued = match client.queue_prompt_with(&graph, client_id, job.extra_data()) {
         Ok(queued) => queued,
         Err(error @ crate::comfyui::ComfyError::Rejected { .. }) => {
             return Err(Refusal::Rejected(rejected(&error)));

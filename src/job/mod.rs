@@ -115,6 +115,8 @@ struct JobInner {
     progress: Value,
     finished_at: Option<Instant>,
     finished_unix_ms: Option<u64>,
+    /// When ComfyUI started executing the job (not saved: unknown after a restart).
+    started_unix_ms: Option<u64>,
     run: Option<Run>,
     /// Where the job last ran, kept after its run ended.
     last_backend: Option<String>,
@@ -150,6 +152,8 @@ pub struct Job {
     saving: Mutex<()>,
     /// Told of every event (the job's webhooks); set at submission.
     sink: OnceLock<Arc<dyn JobEvents>>,
+    /// `/prompt`'s `extra_data` (a v2 partner-node key): in memory only, never saved or logged.
+    extra_data: OnceLock<Value>,
 }
 
 impl Job {
@@ -174,6 +178,7 @@ impl Job {
                 progress: Value::Null,
                 finished_at: None,
                 finished_unix_ms: None,
+                started_unix_ms: None,
                 run: None,
                 last_backend: None,
                 last_prompt: None,
@@ -182,6 +187,7 @@ impl Job {
             }),
             id,
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
         }
     }
 
@@ -247,6 +253,28 @@ impl Job {
         if !inner.state.is_finished() {
             inner.state = state;
         }
+    }
+
+    /// Sets `/prompt`'s `extra_data` for this job (once). Kept in memory only: a job still
+    /// waiting when the gateway restarts runs without it.
+    pub fn set_extra_data(&self, extra_data: Value) {
+        let _ = self.extra_data.set(extra_data);
+    }
+
+    /// `/prompt`'s `extra_data`, if the submission had one.
+    pub fn extra_data(&self) -> Option<&Value> {
+        self.extra_data.get()
+    }
+
+    /// When the job was created, when ComfyUI started it (if known) and when it ended, as Unix
+    /// milliseconds.
+    pub fn times_unix_ms(&self) -> (u64, Option<u64>, Option<u64>) {
+        let inner = self.lock();
+        (
+            self.created_unix_ms,
+            inner.started_unix_ms,
+            inner.finished_unix_ms,
+        )
     }
 
     /// Sends every later event to `sink` too (once; a second sink is ignored).
@@ -416,6 +444,9 @@ impl Job {
         if started && inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
+        if started {
+            inner.started_unix_ms = Some(timestamp::unix_millis());
+        }
         Observed { started, outcome }
     }
 
@@ -429,6 +460,7 @@ impl Job {
             return false;
         }
         run.started = Some(Instant::now());
+        inner.started_unix_ms = Some(timestamp::unix_millis());
         if inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
@@ -713,6 +745,7 @@ impl Job {
             cancel_requested: AtomicBool::new(false),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
             inner: Mutex::new(JobInner {
                 state,
                 log,
@@ -723,6 +756,7 @@ impl Job {
                         .unwrap_or_else(Instant::now)
                 }),
                 finished_unix_ms: record.finished_unix_ms,
+                started_unix_ms: None,
                 run: None,
                 last_backend: record.last_backend,
                 last_prompt: record.last_prompt,

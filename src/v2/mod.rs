@@ -8,18 +8,17 @@
 //!
 //! Submodules: `error` (the envelope), `jobs` (the job routes), `view` (a gateway job as the
 //! contract's `Job` object), `events` (the SSE stream), `idempotency` (Stripe-style keys, kept
-//! on disk), `labels` (the v2 fields kept beside a job record).
+//! on disk), `checks` (what a workflow must pass before it is queued).
 
+mod checks;
 mod error;
 mod events;
 mod idempotency;
 mod jobs;
-mod labels;
 mod view;
 
 pub use error::V2Error;
 pub use idempotency::Idempotency;
-pub use labels::Labels;
 
 use serde_json::Value;
 use std::path::Path;
@@ -42,8 +41,8 @@ pub fn owns(path: &str) -> bool {
 pub struct V2State {
     /// Idempotency keys of `POST /api/v2/jobs`, kept 24 h in `DATA_DIR/v2/idempotency/`.
     pub idempotency: Idempotency,
-    /// The v2 fields of jobs (metadata labels), kept in `DATA_DIR/v2/jobs/`.
-    pub labels: Labels,
+    /// Node classes a backend confirmed it has (`/object_info/{class}`), so each is asked once.
+    pub known_classes: checks::KnownClasses,
     // Asset library (v2-assets): the asset store goes here.
 }
 
@@ -53,7 +52,7 @@ impl V2State {
         let root = data_dir.join("v2");
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
-            labels: Labels::open(root.join("jobs"))?,
+            known_classes: checks::KnownClasses::default(),
         })
     }
 }
