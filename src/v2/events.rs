@@ -111,17 +111,18 @@ impl<W: Write> Stream<'_, W> {
         self.sse.send(&frame(event, data))
     }
 
-    /// The snapshot on connect; a job already finished also gets its outputs and its end.
+    /// The snapshot on connect. A job already finished gets its outputs, then its terminal
+    /// status, which ends the stream (clients stop reading at the terminal status).
     fn connect(&mut self, preview: Option<&Event>) -> std::io::Result<()> {
         let snapshot = view::job(self.app, self.job);
         let status = snapshot["status"].as_str().unwrap_or("queued").to_string();
-        self.status_event(&status, snapshot["queue_position"].clone(), true)?;
         if view::is_terminal(&status) {
             for output in snapshot["outputs"].as_array().into_iter().flatten() {
                 self.send("output", output)?;
             }
-            return Ok(());
+            return self.status_event(&status, Value::Null, true);
         }
+        self.status_event(&status, snapshot["queue_position"].clone(), true)?;
         if !snapshot["progress"].is_null() {
             self.send("progress", &snapshot["progress"])?;
             self.last_progress = Some(Instant::now());
