@@ -280,9 +280,10 @@ fn a_job_runs_end_to_end_and_every_answer_fits_the_contract() {
 
 #[test]
 fn errors_use_the_contract_envelope_and_codes() {
-    let mut options = Options::default();
-    options.vars = vec![("API_KEYS", "k1".to_string())];
-    let h = Harness::with(options);
+    let h = Harness::with(Options {
+        vars: vec![("API_KEYS", "k1".to_string())],
+        ..Options::default()
+    });
     let base = h.url("");
     let auth = [("Authorization", "Bearer k1")];
     let expect = |status: u16, code: &str, answer: (u16, Value, Vec<(String, String)>)| {
