@@ -187,7 +187,23 @@ impl ComfyClient {
             let body = read_error_body(&mut response);
             return Err(rejection(&body).unwrap_or_else(|| status_error(&url, 400, body)));
         }
-        let accepted: Accepted = parse_json(&url, self.json_body(&url, response)?)?;
+        // A 2xx must carry the prompt's id; anything else (a proxy's page, a broken custom
+        // node's answer) is reported with its status and the start of its body.
+        let mut response = self.expect_success(&url, response)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JSON_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(&url, e))?;
+        let accepted: Accepted = serde_json::from_slice(&bytes).map_err(|e| {
+            let body = truncate(String::from_utf8_lossy(&bytes).into_owned(), 200);
+            bad_response(
+                &url,
+                &format!("HTTP {status} without a prompt_id ({e}): {}", body.trim()),
+            )
+        })?;
         Ok(QueuedPrompt {
             prompt_id: accepted.prompt_id,
             number: accepted.number,

@@ -62,7 +62,14 @@ struct State {
     down_since: Option<Instant>,
     /// When its websocket last delivered anything (or opened).
     last_heard: Option<Instant>,
+    /// `/prompt` answers in a row that were server errors (or lacked a `prompt_id`).
+    bad_answers: u32,
+    /// No prompt is sent before this, after a bad answer (backoff).
+    resting_until: Option<Instant>,
 }
+
+/// How long a backend gets no prompt after a bad `/prompt` answer.
+pub(super) const BAD_ANSWER_REST: Duration = Duration::from_secs(1);
 
 /// One ComfyUI the gateway sends prompts to.
 pub struct Backend {
@@ -89,6 +96,8 @@ impl Backend {
                 abandoned: Vec::new(),
                 down_since: None,
                 last_heard: None,
+                bad_answers: 0,
+                resting_until: None,
             }),
         }
     }
@@ -130,7 +139,7 @@ impl Backend {
     /// prompts; returns the client id to queue the prompt under and the free slots left.
     pub(super) fn try_reserve(&self, capacity: usize) -> Option<(String, usize)> {
         let mut state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return None;
         }
         let used = state.jobs.len() + state.reserved;
@@ -145,10 +154,28 @@ impl Backend {
     /// Free slots, for choosing among backends.
     pub(super) fn free_slots(&self, capacity: usize) -> usize {
         let state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return 0;
         }
         capacity.saturating_sub(state.jobs.len() + state.reserved)
+    }
+
+    /// Records a `/prompt` answer that was a server error (or lacked a `prompt_id`): the
+    /// backend gets no prompt for [`BAD_ANSWER_REST`], so a broken ComfyUI is asked at most
+    /// about once a second while the other backends go on. Returns how many such answers it
+    /// gave in a row.
+    pub(super) fn answered_badly(&self) -> u32 {
+        let mut state = self.lock();
+        state.bad_answers = state.bad_answers.saturating_add(1);
+        state.resting_until = Some(Instant::now() + BAD_ANSWER_REST);
+        state.bad_answers
+    }
+
+    /// Records a `/prompt` that ComfyUI accepted.
+    pub(super) fn answered_well(&self) {
+        let mut state = self.lock();
+        state.bad_answers = 0;
+        state.resting_until = None;
     }
 
     /// Gives back a slot whose dispatch did not end with a prompt on this backend.
@@ -553,6 +580,12 @@ fn feed(
 }
 
 impl State {
+    /// Whether the backend rests after bad `/prompt` answers.
+    fn is_resting(&self) -> bool {
+        self.resting_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Takes a prompt out of the backend's care, remembering it so its late messages are
     /// recognised.
     fn release(&mut self, prompt_id: &PromptId) -> Option<Arc<Job>> {

@@ -3,6 +3,11 @@
 //! Each backend holds at most `1 + QUEUE_AHEAD` of the gateway's prompts (the one it runs and
 //! the ones it will run next), so its GPU never idles and no job waits behind a dead or slow
 //! backend. The next job goes to the backend with the most free slots.
+//!
+//! A backend that answers `/prompt` with a server error (or a 2xx without a `prompt_id`) rests
+//! for a second while the others go on; the job goes back to the front of the queue
+//! and is tried again, at most [`PROMPT_ATTEMPTS`] times in all, then ends with
+//! `comfyui_error`.
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -13,6 +18,11 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::{Engine, Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::comfyui::ComfyError;
+
+/// How many bad `/prompt` answers (server errors, or a 2xx without a `prompt_id`) a job gets
+/// before it ends with `comfyui_error`.
+pub const PROMPT_ATTEMPTS: u32 = 3;
 
 /// The dispatcher: whenever a backend has a free slot and a job waits, sends the job's prompt.
 pub(super) fn run(engine: &Weak<Engine>) {
@@ -73,7 +83,29 @@ fn dispatch_one(engine: &Engine) -> bool {
         return true;
     }
     match send_prompt(engine, backend, &job, &client_id) {
-        Ok(()) => {}
+        Ok(()) => backend.answered_well(),
+        Err(Refusal::BadAnswer(error)) => {
+            backend.release();
+            engine.ctx.metrics.comfyui_error();
+            let in_a_row = backend.answered_badly();
+            let attempts = job.answered_badly();
+            if attempts >= PROMPT_ATTEMPTS {
+                log::warn!("job {}: {error}; giving up", job.id());
+                engine.finish(
+                    &job,
+                    JobState::Failed(bad_answer(backend, &error, attempts)),
+                );
+            } else {
+                log::warn!(
+                    "job {}: {error}; trying again (attempt {attempts} of {PROMPT_ATTEMPTS}); \
+                     {} answered badly {in_a_row} times in a row and rests {:?}",
+                    job.id(),
+                    backend.url(),
+                    super::backend::BAD_ANSWER_REST
+                );
+                engine.queue.push(job.id().clone(), job.ticket().requeued());
+            }
+        }
         Err(Refusal::Rejected(error)) => {
             backend.release();
             engine.finish(&job, JobState::Failed(error));
@@ -101,6 +133,49 @@ enum Refusal {
     Rejected(ApiError),
     /// The backend could not be reached: the job goes back to the queue.
     Unreachable(String),
+    /// The backend answered with a server error, or a 2xx that was not ComfyUI's answer: the
+    /// job is tried again, a bounded number of times.
+    BadAnswer(ComfyError),
+}
+
+/// How the dispatcher treats a ComfyUI call's failure (uploads and `/prompt`).
+fn refusal(error: ComfyError) -> Refusal {
+    match error {
+        ComfyError::Rejected { .. } => Refusal::Rejected(rejected(&error)),
+        ComfyError::Unreachable { .. } => Refusal::Unreachable(error.to_string()),
+        ComfyError::Status { .. } | ComfyError::BadResponse { .. } => Refusal::BadAnswer(error),
+        ComfyError::InvalidInput { .. } => Refusal::Rejected(ApiError::internal(error.to_string())),
+    }
+}
+
+/// `502 comfyui_error`: the backend answered badly `attempts` times, the last with `error`.
+fn bad_answer(backend: &Backend, error: &ComfyError, attempts: u32) -> ApiError {
+    let (status, body) = match error {
+        ComfyError::Status { status, body, .. } => {
+            let body = crate::comfyui::truncate(body.trim().to_string(), 200);
+            (Some(*status), body)
+        }
+        other => (None, other.to_string()),
+    };
+    let last = match status {
+        Some(status) if body.is_empty() => format!("HTTP {status} with an empty body"),
+        Some(status) => format!("HTTP {status}: {body}"),
+        None => body.clone(),
+    };
+    ApiError::new(
+        ErrorCode::ComfyuiError,
+        format!(
+            "ComfyUI at {} could not queue the prompt: {attempts} bad answers to /prompt, the \
+             last {last}",
+            backend.url()
+        ),
+    )
+    .with_details(json!({
+        "backend": backend.url(),
+        "status": status,
+        "body": body,
+        "attempts": attempts,
+    }))
 }
 
 /// Uploads the job's input images, fills its graph and queues it under `client_id`.
@@ -116,20 +191,14 @@ fn send_prompt(
         let filename = format!("gateway-{}-{}.{}", job.id(), image.param, image.extension);
         let name = client
             .upload_image(&image.bytes, &filename, image.content_type)
-            .map_err(|e| Refusal::Unreachable(e.to_string()))?;
+            .map_err(refusal)?;
         uploaded.insert(image.param.clone(), name);
     }
     let graph = job
         .plan()
         .build_graph(&engine.ctx.templates, &uploaded)
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
-    let queued = match client.queue_prompt(&graph, client_id) {
-        Ok(queued) => queued,
-        Err(error @ crate::comfyui::ComfyError::Rejected { .. }) => {
-            return Err(Refusal::Rejected(rejected(&error)));
-        }
-        Err(error) => return Err(Refusal::Unreachable(error.to_string())),
-    };
+    let queued = client.queue_prompt(&graph, client_id).map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
     job.dispatched(backend.url(), queued.prompt_id.clone(), &graph, warnings);
     log::info!(

@@ -30,7 +30,7 @@ pub use registry::JobRegistry;
 pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,8 @@ pub struct Job {
     plan: Plan,
     options: RequestOptions,
     cancel_requested: AtomicBool,
+    /// `/prompt` answers for this job that were server errors (or lacked a `prompt_id`).
+    bad_answers: AtomicU32,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
@@ -167,6 +169,7 @@ impl Job {
             plan,
             options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
@@ -583,6 +586,11 @@ impl Job {
         true
     }
 
+    /// Counts one more bad `/prompt` answer for this job; returns how many it had.
+    pub(super) fn answered_badly(&self) -> u32 {
+        self.bad_answers.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Whether a client asked to cancel.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::SeqCst)
@@ -619,7 +627,7 @@ impl Job {
             "backend": backend,
             "prompt_id": prompt_id,
             "progress": progress,
-            "events": inner.log.len(),
+            "events": inner.log.emitted(),
             "result": result,
             "error": error,
         })
@@ -711,6 +719,7 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
             inner: Mutex::new(JobInner {
