@@ -17,6 +17,7 @@ use serde_json::json;
 use super::engine::{Ending, Engine};
 use super::{Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::blobs::BlobHash;
 use crate::comfyui::{ComfyClient, ComfyError, HistoryEntry, Monitor, QueueSnapshot, WsEvent};
 use crate::ids::{self, PromptId};
 
@@ -64,6 +65,9 @@ struct State {
     last_heard: Option<Instant>,
     /// `/prompt` answers in a row that were server errors (or lacked a `prompt_id`).
     bad_answers: u32,
+    /// Input files uploaded to this ComfyUI since its websocket last (re)connected: uploaded
+    /// once each, under a name derived from their content.
+    uploaded: HashSet<BlobHash>,
     /// No prompt is sent before this, after a bad answer (backoff).
     resting_until: Option<Instant>,
 }
@@ -98,6 +102,7 @@ impl Backend {
                 last_heard: None,
                 bad_answers: 0,
                 resting_until: None,
+                uploaded: HashSet::new(),
             }),
         }
     }
@@ -176,6 +181,16 @@ impl Backend {
         let mut state = self.lock();
         state.bad_answers = 0;
         state.resting_until = None;
+    }
+
+    /// Whether the input file `hash` was uploaded to this ComfyUI since it last connected.
+    pub(super) fn has_input(&self, hash: &BlobHash) -> bool {
+        self.lock().uploaded.contains(hash)
+    }
+
+    /// Remembers that the input file `hash` is in this ComfyUI's input folder.
+    pub(super) fn input_uploaded(&self, hash: BlobHash) {
+        self.lock().uploaded.insert(hash);
     }
 
     /// Gives back a slot whose dispatch did not end with a prompt on this backend.
@@ -304,6 +319,9 @@ impl Backend {
             state.client_id = Some(client_id);
             state.down_since = None;
             state.executing = None;
+            // A ComfyUI that restarted may have lost its input folder (a fresh container):
+            // upload again rather than trust a name it may no longer know.
+            state.uploaded.clear();
             for job in state.jobs.values() {
                 job.with_run(|run| run.orphaned = true);
             }

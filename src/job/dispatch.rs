@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::{Engine, Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::blobs::{BlobHash, BlobStore};
 use crate::comfyui::ComfyError;
+
+/// The subfolder of ComfyUI's `input` folder where job inputs go, each named `<hex>.<ext>`
+/// after the blake3 hash of its contents.
+pub const INPUT_SUBFOLDER: &str = "gateway";
 
 /// How many bad `/prompt` answers (server errors, or a 2xx without a `prompt_id`) a job gets
 /// before it ends with `comfyui_error`.
@@ -178,7 +183,50 @@ fn bad_answer(backend: &Backend, error: &ComfyError, attempts: u32) -> ApiError 
     }))
 }
 
-/// Uploads the job's input images, fills its graph and queues it under `client_id`.
+/// Makes sure the input file `hash` (from `blobs`) is in `backend`'s input folder, and returns
+/// the name a graph gives it there (`gateway/<hex>.<ext>`, as `LoadImage` takes it).
+///
+/// Each file is uploaded once per backend: the name is derived from the content, so a repeated
+/// image is found under the same name and ComfyUI's input folder grows only with distinct
+/// files. The backend remembers what it received until its websocket reconnects (ComfyUI may
+/// have restarted) or the gateway restarts; then a file is uploaded once more, harmlessly
+/// (`overwrite` with the same bytes). The bytes are read from disk for the upload only.
+pub fn ensure_input(
+    backend: &Backend,
+    blobs: &BlobStore,
+    hash: &BlobHash,
+    ext: &str,
+) -> Result<String, ComfyError> {
+    let filename = format!("{}.{ext}", hash.hex());
+    let name = format!("{INPUT_SUBFOLDER}/{filename}");
+    if backend.has_input(hash) {
+        return Ok(name);
+    }
+    let bytes = std::fs::read(blobs.path(hash)).map_err(|e| ComfyError::InvalidInput {
+        reason: format!(
+            "the input file {hash} cannot be read from {}: {e}",
+            blobs.dir().display()
+        ),
+    })?;
+    let content_type = super::plan::content_type_of(ext);
+    let uploaded =
+        backend
+            .client()
+            .upload_input(&bytes, INPUT_SUBFOLDER, &filename, content_type)?;
+    if uploaded == name {
+        backend.input_uploaded(*hash);
+    } else {
+        log::warn!(
+            "ComfyUI at {} stored the input {filename} as {uploaded}: it will be uploaded again \
+             next time",
+            backend.url()
+        );
+    }
+    Ok(uploaded)
+}
+
+/// Uploads the job's input files (those the backend lacks), fills its graph and queues it
+/// under `client_id`.
 fn send_prompt(
     engine: &Engine,
     backend: &Backend,
@@ -186,17 +234,16 @@ fn send_prompt(
     client_id: &str,
 ) -> Result<(), Refusal> {
     let client = backend.client();
-    let mut uploaded = std::collections::BTreeMap::new();
-    for image in job.plan().input_images() {
-        let filename = format!("gateway-{}-{}.{}", job.id(), image.param, image.extension);
-        let name = client
-            .upload_image(&image.bytes, &filename, image.content_type)
-            .map_err(refusal)?;
-        uploaded.insert(image.param.clone(), name);
-    }
+    let names = job
+        .plan()
+        .inputs
+        .iter()
+        .map(|input| ensure_input(backend, &engine.ctx.blobs, &input.hash, &input.ext))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refusal)?;
     let graph = job
         .plan()
-        .build_graph(&engine.ctx.templates, &uploaded)
+        .build_graph(&engine.ctx.templates, &names)
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
     let queued = client.queue_prompt(&graph, client_id).map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);

@@ -205,7 +205,7 @@ impl Engine {
         request: JobRequest,
         events: Option<Arc<dyn JobEvents>>,
     ) -> Result<Arc<Job>, ApiError> {
-        let plan = Plan::new(&self.ctx.templates, request.generate)?;
+        let plan = Plan::new(&self.ctx.templates, request.generate, &self.ctx.blobs)?;
         let waiting = self.queue.len();
         if waiting >= self.ctx.run.max_queued {
             return Err(ApiError::new(
