@@ -48,6 +48,7 @@
 
 pub mod api;
 pub mod app;
+pub mod blobs;
 pub mod comfyui;
 pub mod config;
 pub mod convert;

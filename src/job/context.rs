@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::blobs::BlobStore;
 use crate::image::PngMetadata;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -79,6 +80,8 @@ pub struct JobContext {
     pub local: Option<Arc<LocalStorage>>,
     /// Outputs whose upload failed, waiting for a retry.
     pub spool: Arc<Spool>,
+    /// The content-addressed store (`DATA_DIR/blobs`) holding the jobs' input files.
+    pub blobs: BlobStore,
     /// Counters for `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Tunables.

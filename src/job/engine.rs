@@ -216,7 +216,7 @@ impl Engine {
         events: Option<Arc<dyn JobEvents>>,
         extra_data: Option<serde_json::Value>,
     ) -> Result<Arc<Job>, ApiError> {
-        let plan = Plan::new(&self.ctx.templates, request.generate)?;
+        let plan = Plan::new(&self.ctx.templates, request.generate, &self.ctx.blobs)?;
         let waiting = self.queue.len();
         if waiting >= self.ctx.run.max_queued {
             return Err(ApiError::new(

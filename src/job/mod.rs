@@ -21,16 +21,17 @@ mod ticker;
 
 pub use backend::{Backend, BackendStatus};
 pub use context::{ComebackHook, JobContext, RunSettings};
+pub use dispatch::{INPUT_SUBFOLDER, ensure_input};
 pub use engine::{Engine, RestoredRun};
 pub use log::{Event, EventKind, EventLog, Subscription, WaitingTick};
-pub use plan::{GraphSource, Plan};
+pub use plan::{BlobInput, GraphSource, InputTarget, Plan};
 pub use progress::{Outcome, ProgressTracker};
 pub use queue::{JobQueue, MemoryQueue, Ticket};
 pub use registry::JobRegistry;
 pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,8 @@ pub struct Job {
     plan: Plan,
     options: RequestOptions,
     cancel_requested: AtomicBool,
+    /// `/prompt` answers for this job that were server errors (or lacked a `prompt_id`).
+    bad_answers: AtomicU32,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
@@ -171,6 +174,7 @@ impl Job {
             plan,
             options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
@@ -615,6 +619,11 @@ impl Job {
         true
     }
 
+    /// Counts one more bad `/prompt` answer for this job; returns how many it had.
+    pub(super) fn answered_badly(&self) -> u32 {
+        self.bad_answers.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Whether a client asked to cancel.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::SeqCst)
@@ -651,7 +660,7 @@ impl Job {
             "backend": backend,
             "prompt_id": prompt_id,
             "progress": progress,
-            "events": inner.log.len(),
+            "events": inner.log.emitted(),
             "result": result,
             "error": error,
         })
@@ -705,12 +714,15 @@ impl Job {
     /// A job as a saved record describes it, after a restart. Event ids continue past any the
     /// old process could have sent: ticks after the last save were never written down, so the
     /// next id skips as many as could have happened since.
+    /// `templates` and `blobs` read the input images of records older gateways wrote.
     pub fn from_record(
         record: JobRecord,
         progress_interval: Duration,
+        templates: &crate::workflow::Templates,
+        blobs: &crate::blobs::BlobStore,
     ) -> Result<(Job, Option<store::RunRecord>), String> {
         let id = JobId::parse(&record.id).ok_or_else(|| format!("bad job id {:?}", record.id))?;
-        let plan = Plan::from_record(record.plan)?;
+        let plan = Plan::from_record(record.plan, templates, blobs)?;
         let now_ms = timestamp::unix_millis();
         let age = Duration::from_millis(now_ms.saturating_sub(record.created_unix_ms));
         let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -743,6 +755,7 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
             extra_data: OnceLock::new(),
@@ -810,6 +823,7 @@ mod tests {
         let plan = Plan {
             workflow: "graph".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let _ = GenerateRequest::Graph { graph: json!({}) };
         Job::new(plan, RequestOptions::default(), 1)
@@ -876,7 +890,12 @@ mod tests {
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");
         let record: JobRecord = serde_json::from_str(&text).expect("readable");
-        let (back, run) = Job::from_record(record, Duration::from_secs(1)).expect("restorable");
+        let blobs_dir = std::env::temp_dir().join(format!("blobs-{}", crate::ids::new_uuid()));
+        let blobs = crate::blobs::BlobStore::open(&blobs_dir).expect("a blob store");
+        let templates = crate::workflow::Templates::default();
+        let (back, run) = Job::from_record(record, Duration::from_secs(1), &templates, &blobs)
+            .expect("restorable");
+        let _ = std::fs::remove_dir_all(&blobs_dir);
         assert_eq!(back.id(), job.id());
         assert_eq!(run.map(|r| r.prompt_id), Some(PromptId("p".into())));
         let replay = back.subscribe(0).replay;

@@ -541,6 +541,7 @@ mod tests {
         let plan = Plan {
             workflow: "txt2video".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let job = Arc::new(Job::new(plan, RequestOptions::default(), 1));
         let ctx = JobContext {
@@ -548,6 +549,7 @@ mod tests {
             storage: Arc::clone(&app.storage),
             local: app.local.clone(),
             spool: Arc::clone(&app.spool),
+            blobs: app.blobs.clone(),
             metrics: Arc::clone(&app.metrics),
             run: app.run.clone(),
             on_comeback: None,

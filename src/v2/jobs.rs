@@ -438,7 +438,7 @@ pub fn workflow(app: &Arc<App>, request: Request, call: &Call<'_>) {
         GraphSource::Raw(graph) => Some(graph.clone()),
         GraphSource::Template { .. } => job
             .plan()
-            .build_graph(&app.templates, &BTreeMap::new())
+            .build_graph(&app.templates, &[])
             .ok(),
     };
     match graph {
