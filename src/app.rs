@@ -53,6 +53,8 @@ pub struct App {
     /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
     /// demand, and read again when a backend comes back after a restart.
     pub installed: Arc<Installed>,
+    /// Comfy API v2's own state (idempotency keys, job labels, the asset library).
+    pub v2: crate::v2::V2State,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -135,6 +137,7 @@ impl App {
             )),
             None => None,
         };
+        let v2 = crate::v2::V2State::open(&config.data_dir).map_err(|e| data_dir_error("v2", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
         // Restored jobs keep sending their webhooks (a finished one may still complete from
@@ -146,6 +149,7 @@ impl App {
         }
         Ok(App {
             installed,
+            v2,
             warmup,
             jobs,
             webhooks,

@@ -65,6 +65,7 @@ pub mod server;
 pub mod sse;
 pub mod storage;
 pub mod timestamp;
+pub mod v2;
 pub mod warmup;
 pub mod webhook;
 pub mod workflow;

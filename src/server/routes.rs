@@ -375,6 +375,10 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
             return door.refuse(request, &error, &[]);
         }
     }
+    // Comfy API v2 has its own router, key check and error vocabulary.
+    if crate::v2::owns(path) {
+        return crate::v2::handle(app, door, request, path, query);
+    }
     let matching = route(path);
     // The page and /health hold no data (the page asks for the key itself), so they answer
     // without one.

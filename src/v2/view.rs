@@ -1,0 +1,1 @@
+//! A gateway job as the contract's `Job` object: status, progress, outputs, error, links.
