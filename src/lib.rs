@@ -48,6 +48,7 @@
 
 pub mod api;
 pub mod app;
+pub mod assets;
 pub mod blobs;
 pub mod comfyui;
 pub mod config;

@@ -10,11 +10,14 @@
 //! contract's `Job` object), `events` (the SSE stream), `idempotency` (Stripe-style keys, kept
 //! on disk), `checks` (what a workflow must pass before it is queued).
 
+mod assets;
 mod checks;
 mod error;
 mod events;
 mod idempotency;
 mod jobs;
+mod multipart;
+mod range;
 mod view;
 
 pub use error::V2Error;
@@ -26,6 +29,8 @@ use std::sync::Arc;
 use tiny_http::{Header, Request};
 
 use crate::app::App;
+use crate::assets::AssetStore;
+use crate::blobs::BlobStore;
 use crate::server::FrontDoor;
 use crate::server::{auth, reply};
 
@@ -43,16 +48,20 @@ pub struct V2State {
     pub idempotency: Idempotency,
     /// Node classes a backend confirmed it has (`/object_info/{class}`), so each is asked once.
     pub known_classes: checks::KnownClasses,
-    // Asset library (v2-assets): the asset store goes here.
+    /// The asset library: records in `DATA_DIR/assets/` over the blobs in `DATA_DIR/blobs/`.
+    /// The job engine registers outputs in it too (`JobContext::assets`).
+    pub assets: Arc<AssetStore>,
 }
 
 impl V2State {
     /// Opens (creating) the v2 folders under `data_dir` and reads back what they hold.
     pub fn open(data_dir: &Path) -> std::io::Result<V2State> {
         let root = data_dir.join("v2");
+        let blobs = BlobStore::open(data_dir.join("blobs"))?;
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
             known_classes: checks::KnownClasses::default(),
+            assets: Arc::new(AssetStore::open(data_dir.join("assets"), blobs)?),
         })
     }
 }
@@ -208,8 +217,6 @@ pub const ROUTES: &[Route] = &[
         handler: |app, request, call| events::stream(app, request, call),
     },
     // ---- assets (the asset library: v2-assets) -------------------------------------------
-    // Each asset route's handler lives in the asset module; until it lands they answer
-    // 501 not_implemented.
     Route {
         method: "POST",
         path: "/api/v2/assets",
@@ -221,8 +228,10 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_request"),
             UNAUTHORIZED,
             (409, "hash_mismatch"),
+            (413, "payload_too_large"),
+            (500, "internal"),
         ],
-        handler: not_implemented,
+        handler: assets::upload,
     },
     Route {
         method: "POST",
@@ -235,8 +244,10 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_request"),
             UNAUTHORIZED,
             (404, "blob_not_found"),
+            (413, "payload_too_large"),
+            (415, "unsupported_media_type"),
         ],
-        handler: not_implemented,
+        handler: assets::from_hash,
     },
     Route {
         method: "HEAD",
@@ -246,7 +257,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: not_implemented,
+        handler: assets::head_by_hash,
     },
     Route {
         method: "GET",
@@ -256,7 +267,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: not_implemented,
+        handler: assets::get,
     },
     Route {
         method: "GET",
@@ -264,29 +275,26 @@ pub const ROUTES: &[Route] = &[
         operation_id: "getAssetContent",
         summary: "An asset's bytes (HTTP Range: 206, 416)",
         public: false,
-        answers: &[200, 206],
-        errors: &[UNAUTHORIZED, NOT_FOUND, (416, "range_not_satisfiable")],
-        handler: not_implemented,
+        answers: &[200, 206, 302],
+        errors: &[
+            UNAUTHORIZED,
+            NOT_FOUND,
+            (416, "range_not_satisfiable"),
+            (502, "storage_failed"),
+        ],
+        handler: assets::content,
     },
     Route {
         method: "DELETE",
         path: "/api/v2/assets/{id}",
         operation_id: "deleteAsset",
-        summary: "Delete an asset record",
+        summary: "Delete an asset: its record, and its bytes when no other asset uses them",
         public: false,
         answers: &[204],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: not_implemented,
+        errors: &[UNAUTHORIZED, NOT_FOUND, (500, "internal")],
+        handler: assets::delete,
     },
 ];
-
-/// Placeholder for a route whose handler has not landed.
-fn not_implemented(_: &Arc<App>, request: Request, _: &Call<'_>) {
-    respond_error(
-        request,
-        &V2Error::new(501, "not_implemented", "this route is not served yet"),
-    );
-}
 
 /// Answers one request under `/api/v2`: the key, then the route and the method.
 pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request, path: &str, query: &str) {

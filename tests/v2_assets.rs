@@ -1,0 +1,464 @@
+//! The Comfy API v2 asset routes over real HTTP: uploads streamed and deduplicated by blake3,
+//! expected hashes, minting from a hash, content with HTTP Range, deletion, and records that
+//! survive a restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use comfyui_gateway::app::App;
+use comfyui_gateway::blobs::BlobHash;
+use comfyui_gateway::config::Config;
+use comfyui_gateway::server::Server;
+use common::harness::{Harness, Options, agent, workflows_dir};
+use common::tiny_png;
+use serde_json::{Value, json};
+
+const BOUNDARY: &str = "----comfytest7d1f";
+
+/// A multipart body as the SDK sends it: fields first, then the file.
+fn form(fields: &[(&str, &str)], file: &[u8], filename: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
+             filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn read(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut response = response.expect("the gateway answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("a body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON ({e}): {text}"))
+    };
+    (status, value)
+}
+
+fn upload(h: &Harness, body: Vec<u8>) -> (u16, Value) {
+    read(
+        agent()
+            .post(h.url("/api/v2/assets"))
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .send(&body[..]),
+    )
+}
+
+fn upload_png(h: &Harness, png: &[u8], name: &str) -> (u16, Value) {
+    let hash = BlobHash::of(png).to_string();
+    upload(
+        h,
+        form(
+            &[
+                ("content_type", "image/png"),
+                ("file_path", name),
+                ("expected_hash", &hash),
+            ],
+            png,
+            name,
+        ),
+    )
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("(none)")
+}
+
+fn head_status(h: &Harness, hash: &str) -> u16 {
+    agent()
+        .head(h.url(&format!("/api/v2/assets/by-hash/{hash}")))
+        .call()
+        .expect("answers")
+        .status()
+        .as_u16()
+}
+
+/// GETs the content with optional extra headers: status, headers, body.
+fn content(
+    h: &Harness,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let mut request = agent().get(h.url(&format!("/api/v2/assets/{id}/content")));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("answers");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_ascii_lowercase(),
+                value.to_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let body = response.body_mut().read_to_vec().expect("a body");
+    (status, headers, body)
+}
+
+#[test]
+fn an_upload_is_hashed_stored_and_deduplicated() {
+    let h = Harness::start();
+    let png = tiny_png(8, 8);
+    let hash = BlobHash::of(&png).to_string();
+    assert_eq!(head_status(&h, &hash), 404);
+
+    let (status, first) = upload_png(&h, &png, "photo.png");
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["created_new"], true);
+    assert_eq!(first["hash"], hash);
+    assert_eq!(first["size_bytes"], png.len());
+    assert_eq!(first["content_type"], "image/png");
+    assert_eq!(first["type"], "image");
+    assert_eq!(first["file_path"], "photo.png");
+    assert!(first["url_expires_at"].is_string() && first["created_at"].is_string());
+    let id = first["id"].as_str().expect("id");
+    assert!(comfyui_gateway::ids::is_uuid(id));
+    assert_eq!(first["url"], h.url(&format!("/api/v2/assets/{id}/content")));
+    assert_eq!(head_status(&h, &hash), 200);
+
+    // The same bytes again: no new blob, the same record returned.
+    let (status, again) = upload_png(&h, &png, "photo.png");
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["created_new"], false);
+    assert_eq!(again["id"], id);
+    // Same bytes, another name: a new record over the same blob.
+    let (status, renamed) = upload_png(&h, &png, "copy.png");
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["created_new"], false);
+    assert_ne!(renamed["id"], id);
+
+    let (status, record) = read(agent().get(h.url(&format!("/api/v2/assets/{id}"))).call());
+    assert_eq!(status, 200);
+    assert_eq!(record["hash"], hash);
+    assert!(record.get("created_new").is_none());
+    let (status, _, bytes) = content(&h, id, &[]);
+    assert_eq!((status, bytes == png), (200, true));
+}
+
+#[test]
+fn a_wrong_expected_hash_is_refused_and_nothing_is_kept() {
+    let h = Harness::start();
+    let png = tiny_png(4, 4);
+    let wrong = BlobHash::of(b"something else").to_string();
+    for fields_after_file in [false, true] {
+        let body = if fields_after_file {
+            // A client may send the expected hash after the file: checked all the same.
+            let mut body = form(&[], &png, "a.png");
+            let closing = format!("--{BOUNDARY}--\r\n");
+            body.truncate(body.len() - closing.len());
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"expected_hash\"\r\n\r\n\
+                     {wrong}\r\n{closing}"
+                )
+                .as_bytes(),
+            );
+            body
+        } else {
+            form(&[("expected_hash", &wrong)], &png, "a.png")
+        };
+        let (status, body) = upload(&h, body);
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(error_code(&body), "hash_mismatch");
+        assert_eq!(body["error"]["details"]["expected"], wrong);
+        assert_eq!(
+            body["error"]["details"]["actual"],
+            BlobHash::of(&png).to_string()
+        );
+        assert_eq!(head_status(&h, &BlobHash::of(&png).to_string()), 404);
+    }
+    assert!(h.app.v2.assets.is_empty());
+}
+
+#[test]
+fn bad_uploads_get_the_envelope() {
+    let h = Harness::with(Options {
+        vars: vec![("MAX_BODY_BYTES", "4096".to_string())],
+        ..Options::default()
+    });
+    // Not multipart.
+    let (status, body) = read(
+        agent()
+            .post(h.url("/api/v2/assets"))
+            .header("Content-Type", "application/json")
+            .send("{}"),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    // No file part.
+    let no_file = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file_path\"\r\n\r\nx.png\r\n--{BOUNDARY}--\r\n"
+    );
+    let (status, body) = upload(&h, no_file.into_bytes());
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("file")
+    );
+    // Cut short.
+    let mut cut = form(&[], b"0123456789", "a.bin");
+    cut.truncate(cut.len() - 12);
+    let (status, body) = upload(&h, cut);
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    // A malformed expected hash.
+    let (status, body) = upload(&h, form(&[("expected_hash", "md5:abc")], b"x", "a.bin"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    // Over MAX_BODY_BYTES, sent chunked so that only the streaming limit can catch it.
+    let big = form(&[], &vec![7u8; 5000], "big.bin");
+    let (status, body) = read(
+        agent()
+            .post(h.url("/api/v2/assets"))
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .send(ureq::SendBody::from_reader(&mut &big[..])),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert!(h.app.v2.assets.is_empty());
+    assert_eq!(
+        head_status(&h, &BlobHash::of(&[7u8; 5000]).to_string()),
+        404
+    );
+}
+
+#[test]
+fn from_hash_mints_over_known_bytes_only() {
+    let h = Harness::start();
+    let png = tiny_png(6, 6);
+    let hash = BlobHash::of(&png).to_string();
+    let mint = |body: Value| {
+        read(
+            agent()
+                .post(h.url("/api/v2/assets/from-hash"))
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )
+    };
+    let (status, body) = mint(json!({ "hash": hash, "file_path": "x.png" }));
+    assert_eq!(
+        (status, error_code(&body)),
+        (404, "blob_not_found"),
+        "{body}"
+    );
+    let (status, body) = mint(json!({ "hash": "blake3:nothex" }));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    let (status, body) = mint(json!({ "file_path": "x.png" }));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+
+    let (status, uploaded) = upload_png(&h, &png, "first.png");
+    assert_eq!(status, 201, "{uploaded}");
+    let (status, minted) =
+        mint(json!({ "hash": hash, "file_path": "second.png", "tags": ["input"] }));
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(minted["hash"], hash);
+    assert_eq!(minted["file_path"], "second.png");
+    assert_eq!(minted["created_new"], false);
+    assert_ne!(minted["id"], uploaded["id"]);
+    // The identical reference again is returned as it is.
+    let (status, again) =
+        mint(json!({ "hash": hash, "file_path": "second.png", "tags": ["input"] }));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], minted["id"]);
+}
+
+#[test]
+fn content_honours_one_range_and_refuses_ranges_past_the_end() {
+    let h = Harness::start();
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 256) as u8).collect();
+    let (status, asset) = upload(&h, form(&[("file_path", "data.bin")], &bytes, "data.bin"));
+    assert_eq!(status, 201, "{asset}");
+    assert_eq!(asset["content_type"], "application/octet-stream");
+    assert_eq!(asset["type"], "file");
+    let id = asset["id"].as_str().expect("id");
+
+    let (status, headers, body) = content(&h, id, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(body, bytes);
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(headers["content-length"], "1000");
+    let etag = headers["etag"].clone();
+
+    let (status, headers, body) = content(&h, id, &[("Range", "bytes=10-19")]);
+    assert_eq!(status, 206);
+    assert_eq!(headers["content-range"], "bytes 10-19/1000");
+    assert_eq!(body, &bytes[10..20]);
+
+    let (status, headers, body) = content(&h, id, &[("Range", "bytes=-5")]);
+    assert_eq!(
+        (status, headers["content-range"].as_str()),
+        (206, "bytes 995-999/1000")
+    );
+    assert_eq!(body, &bytes[995..]);
+
+    let (status, headers, body) = content(&h, id, &[("Range", "bytes=990-5000")]);
+    assert_eq!((status, body.len()), (206, 10));
+    assert_eq!(headers["content-range"], "bytes 990-999/1000");
+
+    let (status, headers, body) = content(&h, id, &[("Range", "bytes=1000-")]);
+    assert_eq!(status, 416);
+    assert_eq!(headers["content-range"], "bytes */1000");
+    let error: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(error_code(&error), "range_not_satisfiable");
+
+    // Several ranges, or a range for another version, get the whole content.
+    let (status, _, body) = content(&h, id, &[("Range", "bytes=0-1,5-6")]);
+    assert_eq!((status, body.len()), (200, 1000));
+    let (status, _, body) = content(&h, id, &[("Range", "bytes=0-1"), ("If-Range", "\"other\"")]);
+    assert_eq!((status, body.len()), (200, 1000));
+    let (status, _, body) = content(&h, id, &[("Range", "bytes=0-1"), ("If-Range", &etag)]);
+    assert_eq!((status, body.len()), (206, 2));
+}
+
+#[test]
+fn delete_removes_the_record_and_unshared_bytes() {
+    let h = Harness::start();
+    let png = tiny_png(5, 5);
+    let hash = BlobHash::of(&png).to_string();
+    let (_, one) = upload_png(&h, &png, "one.png");
+    let (_, two) = upload_png(&h, &png, "two.png");
+    let delete = |id: &Value| {
+        read(
+            agent()
+                .delete(h.url(&format!("/api/v2/assets/{}", id.as_str().expect("id"))))
+                .call(),
+        )
+    };
+    assert_eq!(delete(&one["id"]).0, 204);
+    let (status, body) = read(
+        agent()
+            .get(h.url(&format!(
+                "/api/v2/assets/{}",
+                one["id"].as_str().expect("id")
+            )))
+            .call(),
+    );
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body) = delete(&one["id"]);
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    assert_eq!(head_status(&h, &hash), 200, "two.png still uses the bytes");
+    assert_eq!(delete(&two["id"]).0, 204);
+    assert_eq!(head_status(&h, &hash), 404);
+    let (status, _, _) = content(&h, two["id"].as_str().expect("id"), &[]);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn assets_need_the_key_when_keys_are_set() {
+    let h = Harness::with(Options {
+        vars: vec![("API_KEYS", "sekrit".to_string())],
+        ..Options::default()
+    });
+    let (status, body) = upload(&h, form(&[], b"x", "x.bin"));
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    let (status, body) = read(
+        agent()
+            .post(h.url("/api/v2/assets"))
+            .header("Authorization", "Bearer sekrit")
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .send(&form(&[], b"x", "x.bin")[..]),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn records_and_bytes_survive_a_restart() {
+    let h = Harness::start();
+    let png = tiny_png(7, 7);
+    let (status, asset) = upload_png(&h, &png, "kept.png");
+    assert_eq!(status, 201);
+    let id = asset["id"].as_str().expect("id");
+
+    // A second gateway over the same DATA_DIR reads the records back.
+    let bound = Server::bind("127.0.0.1:0").expect("binds");
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("COMFYUI_URL", h.sim.url()),
+        ("WORKFLOWS_DIR", workflows_dir().display().to_string()),
+        ("DATA_DIR", h.dir.path().display().to_string()),
+        ("PUBLIC_BASE_URL", format!("http://{}", bound.addr())),
+    ]);
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    let app = Arc::new(App::new(config).expect("app"));
+    let second = bound.serve(app).expect("serves");
+    let (status, record) = read(
+        agent()
+            .get(format!("{}/api/v2/assets/{id}", second.url()))
+            .call(),
+    );
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["hash"], asset["hash"]);
+    assert_eq!(
+        record["url"],
+        format!("{}/api/v2/assets/{id}/content", second.url())
+    );
+    let mut response = agent()
+        .get(format!("{}/api/v2/assets/{id}/content", second.url()))
+        .call()
+        .expect("answers");
+    assert_eq!(response.body_mut().read_to_vec().expect("bytes"), png);
+    let head = agent()
+        .head(format!(
+            "{}/api/v2/assets/by-hash/{}",
+            second.url(),
+            asset["hash"].as_str().expect("hash")
+        ))
+        .call()
+        .expect("answers");
+    assert_eq!(head.status().as_u16(), 200);
+}
