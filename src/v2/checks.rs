@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use super::V2Error;
+use crate::blobs::BlobHash;
 use crate::comfyui::ComfyClient;
+use crate::job::{BlobInput, INPUT_SUBFOLDER, InputTarget};
 
 /// Node classes a backend confirmed (`/object_info/{class}`); a class is asked about until one
 /// backend has it, then never again.
@@ -190,45 +192,63 @@ pub fn is_asset_ref(value: &Value) -> bool {
     value.get("__type").and_then(Value::as_str) == Some("core/ASSET")
 }
 
-/// Replaces every `core/ASSET` reference by `name(id)`; an id `name` cannot resolve is
-/// collected and the whole submission refused with `422 missing_asset`.
+/// Turns every `core/ASSET` reference (a node input's value) into an input file of the job:
+/// `resolve(id)` gives the asset's blob and extension; the reference becomes the name ComfyUI
+/// will know the file by once the dispatcher has uploaded it to the chosen backend (once per
+/// backend per blob, `job::ensure_input`). An id that does not resolve, a reference without
+/// `info.id`, or one nested deeper than a node input refuses the submission with `422
+/// missing_asset` naming every such id.
 pub fn resolve_assets(
     workflow: &mut Map<String, Value>,
-    name: impl Fn(&str) -> Option<String>,
-) -> Result<(), V2Error> {
-    fn walk(
-        value: &mut Value,
-        name: &dyn Fn(&str) -> Option<String>,
-        missing: &mut BTreeSet<String>,
-    ) {
-        if is_asset_ref(value) {
-            match value["info"]["id"].as_str() {
-                Some(id) => match name(id) {
-                    Some(resolved) => *value = Value::String(resolved),
-                    None => {
-                        missing.insert(id.to_string());
-                    }
-                },
-                None => {
-                    missing.insert("<a core/ASSET reference without info.id>".to_string());
-                }
-            }
-            return;
-        }
+    resolve: impl Fn(&str) -> Option<(BlobHash, String)>,
+) -> Result<Vec<BlobInput>, V2Error> {
+    fn nested(value: &Value) -> bool {
         match value {
-            Value::Object(map) => map.values_mut().for_each(|v| walk(v, name, missing)),
-            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, name, missing)),
-            _ => {}
+            Value::Object(map) => map.values().any(|v| is_asset_ref(v) || nested(v)),
+            Value::Array(items) => items.iter().any(|v| is_asset_ref(v) || nested(v)),
+            _ => false,
         }
     }
     let mut missing = BTreeSet::new();
-    for node in workflow.values_mut() {
-        if let Some(inputs) = node.get_mut("inputs") {
-            walk(inputs, &name, &mut missing);
+    let mut inputs: Vec<BlobInput> = Vec::new();
+    for (node, fields) in workflow.iter_mut() {
+        let Some(node_inputs) = fields.get_mut("inputs").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (input, value) in node_inputs.iter_mut() {
+            if !is_asset_ref(value) {
+                if nested(value) {
+                    missing.insert(format!(
+                        "<a core/ASSET reference nested inside node {node}'s input {input}>"
+                    ));
+                }
+                continue;
+            }
+            let Some(id) = value["info"]["id"].as_str() else {
+                missing.insert("<a core/ASSET reference without info.id>".to_string());
+                continue;
+            };
+            let Some((hash, ext)) = resolve(id) else {
+                missing.insert(id.to_string());
+                continue;
+            };
+            *value = Value::String(format!("{INPUT_SUBFOLDER}/{}.{ext}", hash.hex()));
+            let target = InputTarget {
+                node: node.clone(),
+                input: input.clone(),
+            };
+            match inputs.iter_mut().find(|i| i.hash == hash && i.ext == ext) {
+                Some(known) => known.targets.push(target),
+                None => inputs.push(BlobInput {
+                    hash,
+                    ext,
+                    targets: vec![target],
+                }),
+            }
         }
     }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(inputs);
     }
     let list: Vec<String> = missing.into_iter().collect();
     Err(V2Error::new(
@@ -240,6 +260,32 @@ pub fn resolve_assets(
         ),
     )
     .with_details(json!({ "missing_ids": list })))
+}
+
+/// The extension an asset's blob is uploaded to ComfyUI with: its file name's, else its
+/// content type's.
+pub fn extension_for(file_path: Option<&str>, content_type: &str) -> String {
+    let from_name = file_path
+        .and_then(|path| path.rsplit('/').next())
+        .and_then(|name| name.rsplit_once('.'))
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .filter(|ext| {
+            !ext.is_empty() && ext.len() <= 8 && ext.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+    from_name.unwrap_or_else(|| {
+        match content_type.split(';').next().unwrap_or("").trim() {
+            "image/png" => "png",
+            "image/jpeg" => "jpg",
+            "image/webp" => "webp",
+            "image/gif" => "gif",
+            "video/mp4" => "mp4",
+            "audio/wav" | "audio/x-wav" => "wav",
+            "audio/mpeg" => "mp3",
+            "audio/flac" => "flac",
+            _ => "bin",
+        }
+        .to_string()
+    })
 }
 
 #[cfg(test)]
@@ -276,21 +322,39 @@ mod tests {
     }
 
     #[test]
-    fn asset_references_are_replaced_or_refused() {
+    fn asset_references_become_input_files_or_are_refused() {
+        let hash = BlobHash::of(b"pixels");
         let mut wf = graph(json!({
             "1": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": "a1"}}}},
+            "2": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": "a1"}}}},
         }));
-        resolve_assets(&mut wf, |id| (id == "a1").then(|| "blob.png".to_string())).expect("known");
-        assert_eq!(wf["1"]["inputs"]["image"], "blob.png");
+        let inputs = resolve_assets(&mut wf, |id| {
+            (id == "a1").then(|| (hash, "png".to_string()))
+        })
+        .expect("known");
+        assert_eq!(inputs.len(), 1, "one upload for one blob");
+        assert_eq!(inputs[0].targets.len(), 2);
+        assert_eq!(
+            wf["1"]["inputs"]["image"],
+            format!("gateway/{}.png", hash.hex())
+        );
         let mut wf = graph(json!({
             "1": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {}}}},
             "2": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": "zz"}}}},
+            "3": {"class_type": "X", "inputs": {"list": [{"__type": "core/ASSET", "info": {"id": "a1"}}]}},
         }));
         let error = resolve_assets(&mut wf, |_| None).expect_err("unknown");
         assert_eq!((error.status, error.code), (422, "missing_asset"));
         assert_eq!(
             error.details["missing_ids"].as_array().map(Vec::len),
-            Some(2)
+            Some(3)
         );
+    }
+
+    #[test]
+    fn uploads_keep_a_sensible_extension() {
+        assert_eq!(extension_for(Some("dir/Photo.JPG"), "image/jpeg"), "jpg");
+        assert_eq!(extension_for(None, "image/png"), "png");
+        assert_eq!(extension_for(Some("noext"), "application/x-thing"), "bin");
     }
 }

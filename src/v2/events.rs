@@ -10,6 +10,7 @@
 //! is no cap on streams besides `MAX_CONNECTIONS`.
 
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
         queue_position: Value::Null,
         last_progress: None,
         pending_progress: None,
+        outputs_sent: HashSet::new(),
     };
     let latest_preview = subscription
         .replay
@@ -100,6 +102,8 @@ struct Stream<'a, W: Write> {
     queue_position: Value,
     last_progress: Option<Instant>,
     pending_progress: Option<Value>,
+    /// Ids of the outputs already sent.
+    outputs_sent: HashSet<String>,
 }
 
 impl<W: Write> Stream<'_, W> {
@@ -117,9 +121,7 @@ impl<W: Write> Stream<'_, W> {
         let snapshot = view::job(self.app, self.job);
         let status = snapshot["status"].as_str().unwrap_or("queued").to_string();
         if view::is_terminal(&status) {
-            for output in snapshot["outputs"].as_array().into_iter().flatten() {
-                self.send("output", output)?;
-            }
+            self.outputs(&snapshot["outputs"])?;
             return self.status_event(&status, Value::Null, true);
         }
         self.status_event(&status, snapshot["queue_position"].clone(), true)?;
@@ -130,7 +132,29 @@ impl<W: Write> Stream<'_, W> {
         if let Some(preview) = preview {
             self.preview(preview)?;
         }
+        self.outputs(&snapshot["outputs"])
+    }
+
+    /// An `output` event for each output not sent yet.
+    fn outputs(&mut self, outputs: &Value) -> std::io::Result<()> {
+        for output in outputs.as_array().into_iter().flatten() {
+            let id = output["id"].as_str().unwrap_or_default().to_string();
+            if self.outputs_sent.insert(id) {
+                self.send("output", output)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Outputs committed since the last look (registered as assets while the job stores them).
+    fn new_outputs(&mut self) -> std::io::Result<()> {
+        let committed = self.app.v2.assets.for_job(self.job.id().as_str());
+        if committed.len() <= self.outputs_sent.len() {
+            return Ok(());
+        }
+        let base = &self.app.config.public_base_url;
+        let outputs: Vec<Value> = committed.iter().map(|a| a.to_output_json(base)).collect();
+        self.outputs(&Value::Array(outputs))
     }
 
     /// A `status` event when the status or the queue position changed (or `always`).
@@ -197,6 +221,7 @@ impl<W: Write> Stream<'_, W> {
                 let waiting = data["backend"].is_null() && data["state"] == "queued";
                 let position = data["queue_position"].clone();
                 self.current_status(position)?;
+                self.new_outputs()?;
                 if waiting {
                     return Ok(());
                 }
@@ -232,9 +257,7 @@ impl<W: Write> Stream<'_, W> {
                 if event.kind == EventKind::Complete {
                     self.send("progress", &snapshot["progress"])?;
                 }
-                for output in snapshot["outputs"].as_array().into_iter().flatten() {
-                    self.send("output", output)?;
-                }
+                self.outputs(&snapshot["outputs"])?;
                 let status = snapshot["status"].as_str().unwrap_or("failed").to_string();
                 self.status_event(&status, Value::Null, true)
             }

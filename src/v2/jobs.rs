@@ -134,7 +134,15 @@ pub fn submit(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
 fn accept(app: &Arc<App>, body: Value) -> Result<Arc<Job>, V2Error> {
     let mut submission = parse(body)?;
     checks::check_shape(&submission.workflow)?;
-    checks::resolve_assets(&mut submission.workflow, |_| None)?;
+    let assets = &app.v2.assets;
+    let inputs = checks::resolve_assets(&mut submission.workflow, |id| {
+        let asset = assets.get(id)?;
+        if !assets.blobs().contains(&asset.hash) {
+            return None;
+        }
+        let ext = checks::extension_for(asset.file_path.as_deref(), &asset.content_type);
+        Some((asset.hash, ext))
+    })?;
     checks::check_classes(&submission.workflow, &app.backends, &app.v2.known_classes)?;
     let options = RequestOptions {
         priority: submission.priority,
@@ -149,7 +157,7 @@ fn accept(app: &Arc<App>, body: Value) -> Result<Arc<Job>, V2Error> {
         options,
     };
     engine(app)?
-        .submit_with(request, None, submission.extra_data)
+        .submit_with(request, None, submission.extra_data, inputs)
         .map_err(|error| V2Error::from_gateway(&error))
 }
 
@@ -436,10 +444,7 @@ pub fn workflow(app: &Arc<App>, request: Request, call: &Call<'_>) {
     };
     let graph = match &job.plan().source {
         GraphSource::Raw(graph) => Some(graph.clone()),
-        GraphSource::Template { .. } => job
-            .plan()
-            .build_graph(&app.templates, &[])
-            .ok(),
+        GraphSource::Template { .. } => job.plan().build_graph(&app.templates, &[]).ok(),
     };
     match graph {
         Some(graph) => respond(

@@ -158,8 +158,18 @@ fn output_type(kind: &str) -> &'static str {
     }
 }
 
-/// The contract's `Output`s of a completed job's result (its `images` list).
+/// The contract's `Output`s of a job: the outputs registered as assets so far (they fill in
+/// while the job runs), else, for a job finished before the asset library knew it, the files
+/// its result lists.
 pub fn outputs(app: &App, job: &Job, state: &JobState) -> Vec<Value> {
+    let committed = app.v2.assets.for_job(job.id().as_str());
+    if !committed.is_empty() {
+        let base = &app.config.public_base_url;
+        return committed
+            .iter()
+            .map(|asset| asset.to_output_json(base))
+            .collect();
+    }
     let JobState::Completed(result) = state else {
         return Vec::new();
     };
