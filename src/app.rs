@@ -184,6 +184,7 @@ impl App {
             storage: Arc::clone(&self.storage),
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
+            assets: Arc::clone(&self.v2.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
             on_comeback: Some(self.comeback_hook()),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::assets::AssetStore;
 use crate::image::PngMetadata;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -79,6 +80,9 @@ pub struct JobContext {
     pub local: Option<Arc<LocalStorage>>,
     /// Outputs whose upload failed, waiting for a retry.
     pub spool: Arc<Spool>,
+    /// The asset library: every output a job commits is registered there (Comfy API v2's
+    /// "outputs are assets"), its hash computed once from the staged file.
+    pub assets: Arc<AssetStore>,
     /// Counters for `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Tunables.
