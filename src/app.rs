@@ -198,6 +198,7 @@ impl App {
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
             blobs: self.blobs.clone(),
+            assets: Arc::clone(&self.v2.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
             on_comeback: Some(self.comeback_hook()),

@@ -462,3 +462,142 @@ fn records_and_bytes_survive_a_restart() {
         .expect("answers");
     assert_eq!(head.status().as_u16(), 200);
 }
+
+/// Runs a small `/generate` job to its `complete` data (JSON answer).
+fn generate(h: &Harness) -> Value {
+    let (status, result) = h.post_json(
+        "/generate",
+        &json!({"workflow": "txt2img", "prompt": "a cat", "seed": 1, "steps": 2,
+                "width": 64, "height": 64}),
+    );
+    assert_eq!(status, 200, "{result}");
+    result
+}
+
+#[test]
+fn a_generate_output_is_an_asset_served_by_the_gateway() {
+    let h = Harness::start();
+    let result = generate(&h);
+    let image = &result["images"][0];
+    let (status, stored) = h.get_bytes(image["url"].as_str().expect("url"));
+    assert_eq!(status, 200);
+    let hash = BlobHash::of(&stored).to_string();
+    // Additive fields of the `complete` data.
+    assert_eq!(image["hash"], hash);
+    let id = image["asset_id"].as_str().expect("an asset id");
+
+    let (status, asset) = read(agent().get(h.url(&format!("/api/v2/assets/{id}"))).call());
+    assert_eq!(status, 200, "{asset}");
+    assert_eq!(asset["hash"], hash);
+    assert_eq!(asset["size_bytes"], stored.len());
+    assert_eq!(asset["content_type"], "image/png");
+    assert_eq!(asset["type"], "image");
+    assert_eq!(asset["job_id"], result["job_id"]);
+    let (status, _, bytes) = content(&h, id, &[]);
+    assert_eq!(status, 200);
+    assert!(bytes == stored, "the asset is the stored (stripped) file");
+
+    // The job's assets, as the v2 job view reads them.
+    let job_id = result["job_id"].as_str().expect("job id");
+    let outputs = h.app.v2.assets.for_job(job_id);
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].id, id);
+    let view = outputs[0].to_output_json(&h.app.config.public_base_url);
+    assert_eq!(view["node_id"], image["node"]);
+    assert_eq!(view["url"], h.url(&format!("/api/v2/assets/{id}/content")));
+    let job = h
+        .app
+        .jobs
+        .get(&comfyui_gateway::ids::JobId::parse(job_id).expect("a job id"))
+        .expect("the job is remembered");
+    let watch = job.watch_outputs();
+    assert_eq!(watch.committed.len(), 1);
+    assert!(watch.live.is_none(), "the job has ended");
+    // Local outputs join the blob store: a client may mint from their hash.
+    assert_eq!(head_status(&h, &hash), 200);
+}
+
+#[test]
+fn a_supabase_output_redirects_to_a_fresh_storage_url() {
+    let h = Harness::with(Options {
+        supabase: true,
+        vars: vec![("SUPABASE_SIGNED_URL_TTL", "600".to_string())],
+        ..Options::default()
+    });
+    let result = generate(&h);
+    let image = &result["images"][0];
+    let id = image["asset_id"].as_str().expect("an asset id");
+    let key = image["key"].as_str().expect("key");
+    let fake = h.supabase.as_ref().expect("fake supabase");
+    let stored = fake
+        .objects()
+        .into_iter()
+        .find(|(path, _)| path.ends_with(key))
+        .expect("uploaded")
+        .1
+        .bytes;
+    assert_eq!(image["hash"], BlobHash::of(&stored).to_string());
+
+    let (status, asset) = read(agent().get(h.url(&format!("/api/v2/assets/{id}"))).call());
+    assert_eq!(status, 200, "{asset}");
+    assert_eq!(asset["hash"], image["hash"]);
+    let no_redirects = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent();
+    let response = no_redirects
+        .get(asset["url"].as_str().expect("url"))
+        .call()
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 302);
+    let location = response
+        .headers()
+        .get("Location")
+        .and_then(|v| v.to_str().ok())
+        .expect("a Location")
+        .to_string();
+    assert!(location.starts_with(&fake.url()), "{location}");
+    assert!(
+        location.contains("/object/sign/"),
+        "a signed URL: {location}"
+    );
+    let (status, bytes) = h.get_bytes(&location);
+    assert_eq!(status, 200);
+    assert!(bytes == stored);
+    // Remote outputs are not copied into the local blob store.
+    assert!(!h.app.v2.assets.can_mint(&BlobHash::of(&stored)));
+}
+
+#[test]
+fn a_watcher_is_told_of_each_output_as_it_is_committed() {
+    let h = Harness::with(Options::step_ms(20));
+    let (status, created) = h.post_json(
+        "/jobs",
+        &json!({"workflow": "txt2img", "prompt": "a dog", "seed": 2, "steps": 5,
+                "width": 64, "height": 64}),
+    );
+    assert_eq!(status, 202, "{created}");
+    let job_id = created["job_id"].as_str().expect("job id");
+    let job = h
+        .app
+        .jobs
+        .get(&comfyui_gateway::ids::JobId::parse(job_id).expect("a job id"))
+        .expect("the job");
+    let watch = job.watch_outputs();
+    let live = watch.live.expect("the job has not ended yet");
+    assert!(watch.committed.is_empty());
+    let deadline = std::time::Duration::from_secs(30);
+    let asset = live.recv_timeout(deadline).expect("an output is committed");
+    assert_eq!(asset.job_id.as_deref(), Some(job_id));
+    assert_eq!(asset.output_index, Some(0));
+    // The channel closes when the job ends, after its last output.
+    assert!(live.recv_timeout(deadline).is_err());
+    assert!(job.is_finished());
+    assert_eq!(job.outputs().len(), 1);
+    let (_, snapshot) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(
+        snapshot["result"]["images"][0]["asset_id"],
+        asset.id.as_str()
+    );
+}

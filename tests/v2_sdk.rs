@@ -44,13 +44,14 @@ fn sdk_available() -> bool {
 /// A gateway whose one ComfyUI is paused, holding one job with one more waiting: its queue
 /// (`MAX_QUEUED_JOBS=1`) is full.
 fn full_gateway() -> Harness {
-    let mut options = Options::default();
-    options.vars = vec![
-        ("API_KEYS", "sdk-key".to_string()),
-        ("MAX_QUEUED_JOBS", "1".to_string()),
-        ("QUEUE_AHEAD", "0".to_string()),
-    ];
-    let h = Harness::with(options);
+    let h = Harness::with(Options {
+        vars: vec![
+            ("API_KEYS", "sdk-key".to_string()),
+            ("MAX_QUEUED_JOBS", "1".to_string()),
+            ("QUEUE_AHEAD", "0".to_string()),
+        ],
+        ..Options::default()
+    });
     h.sim.pause();
     let body = json!({"workflow": {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},

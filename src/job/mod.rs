@@ -35,7 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::api::{ApiError, ErrorCode, RequestOptions};
+use crate::assets::Asset;
 use crate::comfyui::{PreviewFormat, WsEvent};
 use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
@@ -125,6 +128,19 @@ struct JobInner {
     preview: Option<PendingPreview>,
     /// Output branches ComfyUI dropped at validation while running the rest.
     warnings: Vec<Value>,
+    /// The outputs committed so far by this process, as assets, in commit order.
+    outputs: Vec<Arc<Asset>>,
+    /// Told of each output as it is committed; dropped when the job ends.
+    output_watchers: Vec<Sender<Arc<Asset>>>,
+}
+
+/// What [`Job::watch_outputs`] gives: the outputs committed so far, then a channel of the next.
+pub struct OutputWatch {
+    /// The outputs already committed, in order.
+    pub committed: Vec<Arc<Asset>>,
+    /// Each later output the moment it is committed; the channel closes when the job ends
+    /// (every output is committed before its terminal event). `None` if the job has ended.
+    pub live: Option<Receiver<Arc<Asset>>>,
 }
 
 /// What a ComfyUI message meant for a job.
@@ -188,6 +204,8 @@ impl Job {
                 last_prompt: None,
                 preview: None,
                 warnings: Vec::new(),
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
             id,
             sink: OnceLock::new(),
@@ -345,6 +363,7 @@ impl Job {
             inner.last_prompt = Some(run.prompt_id);
         }
         inner.preview = None;
+        inner.output_watchers.clear();
         let text = self.with_job_id(data);
         let event = inner.log.push(kind, text);
         self.tell_sink(&event);
@@ -537,6 +556,44 @@ impl Job {
     /// Output branches ComfyUI dropped at validation.
     pub fn warnings(&self) -> Vec<Value> {
         self.lock().warnings.clone()
+    }
+
+    /// Records that the output `asset` was committed (stored), and tells the watchers.
+    /// The same asset twice (a retried store) is recorded once.
+    pub(crate) fn output_committed(&self, asset: Arc<Asset>) {
+        let mut inner = self.lock();
+        if inner.outputs.iter().any(|known| known.id == asset.id) {
+            return;
+        }
+        inner
+            .output_watchers
+            .retain(|watcher| watcher.send(Arc::clone(&asset)).is_ok());
+        inner.outputs.push(asset);
+    }
+
+    /// The outputs this process saw the job commit, in order. After a restart the durable
+    /// list is [`crate::assets::AssetStore::for_job`].
+    pub fn outputs(&self) -> Vec<Arc<Asset>> {
+        self.lock().outputs.clone()
+    }
+
+    /// The outputs committed so far and a channel of those to come (Comfy API v2's `output`
+    /// events), taken atomically: no output is missed or seen twice.
+    pub fn watch_outputs(&self) -> OutputWatch {
+        let mut inner = self.lock();
+        let committed = inner.outputs.clone();
+        if inner.state.is_finished() {
+            return OutputWatch {
+                committed,
+                live: None,
+            };
+        }
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        inner.output_watchers.push(sender);
+        OutputWatch {
+            committed,
+            live: Some(receiver),
+        }
     }
 
     /// Records that the outputs of a job that failed with `storage_failed` reached storage
@@ -775,6 +832,8 @@ impl Job {
                 last_prompt: record.last_prompt,
                 preview: None,
                 warnings: record.warnings,
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
         };
         let run = if finished { None } else { record.run };

@@ -40,6 +40,7 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
         return respond_error(request, &error);
     };
     let _open = app.metrics.sse_stream();
+    let watch = job.watch_outputs();
     let subscription = job.subscribe(0);
     let writer = request.into_writer();
     let Ok(sse) = SseWriter::start(writer, &[]) else {
@@ -68,28 +69,40 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
         let _ = stream.end();
         return;
     };
+    // Outputs arrive on their own channel the moment each is committed; it closes when the
+    // job ends (its outputs are then all in the job object).
+    let mut outputs = watch.live.unwrap_or_else(crossbeam_channel::never);
     loop {
-        let event = match live.recv_timeout(KEEPALIVE) {
-            Ok(event) => event,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+        crossbeam_channel::select! {
+            recv(live) -> event => {
+                // The log closes its channels right after the terminal event.
+                let Ok(event) = event else {
+                    let _ = stream.end();
+                    return;
+                };
+                let terminal = event.kind.is_terminal();
+                if stream.translate(&event).is_err() {
+                    return log::info!("job {}: a v2 client stopped watching", job.id());
+                }
+                if terminal {
+                    let _ = stream.end();
+                    return;
+                }
+            }
+            recv(outputs) -> asset => match asset {
+                Ok(asset) => {
+                    let output = asset.to_output_json(&app.config.public_base_url);
+                    if stream.outputs(&Value::Array(vec![output])).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => outputs = crossbeam_channel::never(),
+            },
+            default(KEEPALIVE) => {
                 if stream.send_raw(": keepalive\n\n").is_err() {
                     return;
                 }
-                continue;
             }
-            // The log closes its channels right after the terminal event.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                let _ = stream.end();
-                return;
-            }
-        };
-        let terminal = event.kind.is_terminal();
-        if stream.translate(&event).is_err() {
-            return log::info!("job {}: a v2 client stopped watching", job.id());
-        }
-        if terminal {
-            let _ = stream.end();
-            return;
         }
     }
 }
@@ -144,17 +157,6 @@ impl<W: Write> Stream<'_, W> {
             }
         }
         Ok(())
-    }
-
-    /// Outputs committed since the last look (registered as assets while the job stores them).
-    fn new_outputs(&mut self) -> std::io::Result<()> {
-        let committed = self.app.v2.assets.for_job(self.job.id().as_str());
-        if committed.len() <= self.outputs_sent.len() {
-            return Ok(());
-        }
-        let base = &self.app.config.public_base_url;
-        let outputs: Vec<Value> = committed.iter().map(|a| a.to_output_json(base)).collect();
-        self.outputs(&Value::Array(outputs))
     }
 
     /// A `status` event when the status or the queue position changed (or `always`).
@@ -221,7 +223,6 @@ impl<W: Write> Stream<'_, W> {
                 let waiting = data["backend"].is_null() && data["state"] == "queued";
                 let position = data["queue_position"].clone();
                 self.current_status(position)?;
-                self.new_outputs()?;
                 if waiting {
                     return Ok(());
                 }
