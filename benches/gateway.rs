@@ -37,6 +37,8 @@ use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 
 #[path = "gateway/queue.rs"]
 mod queue;
+#[path = "gateway/v2.rs"]
+mod v2;
 
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -136,6 +138,13 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // `cargo bench --bench gateway -- v2`: Comfy API v2 against comfy-api-proxy alone.
+    if std::env::args().any(|arg| arg == "v2") {
+        v2::print_v2(&mut out, &v2::bench_v2()?)?;
+        writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
+        print!("{out}");
+        return Ok(());
+    }
     // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
     // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five;
     // `-- burst-heap` is the in-process heap part of `burst` alone.
@@ -178,6 +187,7 @@ fn main() -> BenchResult<()> {
     print_large_output(&mut out, &large)?;
     print_conversion(&mut out, &conversion)?;
     queue_sections(&mut out, &|_| true)?;
+    v2::print_v2(&mut out, &v2::bench_v2()?)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
