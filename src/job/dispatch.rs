@@ -247,7 +247,14 @@ fn send_prompt(
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
     let queued = client.queue_prompt(&graph, client_id).map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
-    job.dispatched(backend.url(), queued.prompt_id.clone(), &graph, warnings);
+    let ahead = backend.in_flight();
+    job.dispatched(
+        backend.url(),
+        queued.prompt_id.clone(),
+        &graph,
+        warnings,
+        ahead,
+    );
     log::info!(
         "job {} sent to {} as prompt {}",
         job.id(),
