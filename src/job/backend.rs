@@ -160,7 +160,7 @@ impl Backend {
             })
             .collect();
         // Running ones first, then in the order they were sent.
-        held.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        held.sort_by_key(|(waiting, sent, _)| (*waiting, *sent));
         held.into_iter()
             .enumerate()
             .map(|(place, (waiting, _, id))| (id, if waiting { place } else { 0 }))
