@@ -766,3 +766,25 @@ fn a_job_running_past_job_timeout_secs_fails_with_timeout() {
     let failed = get_job(&h, id);
     assert_eq!(failed["error"]["code"], "timeout", "{failed:#}");
 }
+
+#[test]
+fn a_job_waiting_past_queue_timeout_secs_is_expired() {
+    let h = Harness::with(Options {
+        vars: vec![("QUEUE_TIMEOUT_SECS", "1".to_string())],
+        ..Options::default()
+    });
+    h.sim.pause();
+    let waiting = submit(&h, &json!({"workflow": invert(1)}));
+    let id = waiting["id"].as_str().expect("id");
+    let events = follow(h.gateway.addr(), id);
+    assert_eq!(
+        statuses(&events).first().map(String::as_str),
+        Some("queued")
+    );
+    assert_eq!(
+        statuses(&events).last().map(String::as_str),
+        Some("expired")
+    );
+    let expired = get_job(&h, id);
+    assert_eq!(expired["error"]["code"], "expired", "{expired:#}");
+}
