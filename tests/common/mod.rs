@@ -29,6 +29,30 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<String> {
     keywords
 }
 
+/// What the gateway stores for `original`, a file ComfyUI made, under the default
+/// `OUTPUT_METADATA=strip`: the same bytes with the metadata its container carries removed
+/// (PNG and WebP by `image::process`, FLAC, MP3 and MP4 by `strip::strip_in_place` on a
+/// scratch copy); other files unchanged. `tests/metadata.rs` checks those results on their own.
+pub fn as_stored(original: &[u8]) -> Vec<u8> {
+    use comfyui_gateway::{image, media, strip};
+    let kind = media::identify(original, "");
+    if kind == media::PNG || kind == media::WEBP {
+        return image::process(original.to_vec(), "", image::PngMetadata::Strip)
+            .expect("a valid picture")
+            .bytes;
+    }
+    let dir = harness::TestDir::new();
+    let path = dir.path().join("copy");
+    std::fs::write(&path, original).expect("a scratch copy");
+    strip::strip_in_place(&path, kind).expect("a valid file");
+    std::fs::read(&path).expect("the scratch copy")
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The decoded pixels of a PNG.
 pub fn decode_pixels(png: &[u8]) -> Vec<u8> {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
