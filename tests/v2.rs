@@ -367,6 +367,18 @@ fn errors_use_the_contract_envelope_and_codes() {
         dangling["error"]["details"]["node_errors"]["2"][0]["field"],
         "images"
     );
+    let mut unplugged = invert(0);
+    unplugged["2"]["inputs"] = json!({});
+    let unplugged = expect(
+        422,
+        "invalid_workflow",
+        post(json!({ "workflow": unplugged })),
+    );
+    let problem = &unplugged["error"]["details"]["node_errors"]["2"][0];
+    assert_eq!(
+        (problem["field"].clone(), problem["reason"].clone()),
+        (json!("image"), json!("missing_input"))
+    );
     let mut graph = invert(0);
     graph["1"]["inputs"]["color"] = json!({"__type": "core/ASSET", "info": {"id": "asset_nope"}});
     let missing = expect(422, "missing_asset", post(json!({"workflow": graph})));
