@@ -197,7 +197,7 @@ fn a_wrong_expected_hash_is_refused_and_nothing_is_kept() {
 #[test]
 fn bad_uploads_get_the_envelope() {
     let h = Harness::with(Options {
-        vars: vec![("MAX_BODY_BYTES", "4096".to_string())],
+        vars: vec![("MAX_UPLOAD_BYTES", "4096".to_string())],
         ..Options::default()
     });
     // Not multipart.
@@ -244,7 +244,7 @@ fn bad_uploads_get_the_envelope() {
         (400, "invalid_request"),
         "{body}"
     );
-    // Over MAX_BODY_BYTES, sent chunked so that only the streaming limit can catch it.
+    // Over MAX_UPLOAD_BYTES, sent chunked so that only the streaming limit can catch it.
     let big = form(&[], &vec![7u8; 5000], "big.bin");
     let (status, body) = read(
         agent()
@@ -260,10 +260,84 @@ fn bad_uploads_get_the_envelope() {
         (413, "payload_too_large"),
         "{body}"
     );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAX_UPLOAD_BYTES")
+    );
+    // Declared over the limit: refused from the Content-Length alone.
+    let (status, body) = upload(&h, big);
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAX_UPLOAD_BYTES")
+    );
     assert!(h.app.v2.assets.is_empty());
     assert_eq!(
         head_status(&h, &BlobHash::of(&[7u8; 5000]).to_string()),
         404
+    );
+}
+
+#[test]
+fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
+    let h = Harness::with(Options {
+        vars: vec![
+            ("MAX_BODY_BYTES", "2048".to_string()),
+            ("MAX_UPLOAD_BYTES", "1048576".to_string()),
+        ],
+        ..Options::default()
+    });
+    // Larger than MAX_BODY_BYTES, within MAX_UPLOAD_BYTES: stored.
+    let bytes = vec![3u8; 600_000];
+    let (status, asset) = upload(&h, form(&[("file_path", "big.bin")], &bytes, "big.bin"));
+    assert_eq!(status, 201, "{asset}");
+    assert_eq!(asset["size_bytes"], bytes.len());
+    // A large body refused on its first bytes still gets the envelope (the gateway reads the
+    // rest itself, through a small buffer, before answering).
+    let mut bad = b"--nope\r\n".to_vec();
+    bad.extend(vec![0u8; 500_000]);
+    let agent = agent();
+    let response = agent
+        .post(h.url("/api/v2/assets"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(&bad[..]);
+    let (status, body) = read(response);
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    let (status, record) = read(
+        agent
+            .get(h.url(&format!(
+                "/api/v2/assets/{}",
+                asset["id"].as_str().expect("id")
+            )))
+            .call(),
+    );
+    assert_eq!(status, 200, "{record}");
+    // Other routes keep MAX_BODY_BYTES.
+    let (status, body) = read(
+        agent
+            .post(h.url("/api/v2/assets/from-hash"))
+            .header("Content-Type", "application/json")
+            .send(&vec![b' '; 4096][..]),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
     );
 }
 

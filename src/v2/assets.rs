@@ -39,7 +39,7 @@ fn store(app: &App) -> &AssetStore {
 /// `file_path`, `content_type` (not trusted: the type comes from the bytes), `expected_hash`
 /// and `tags` (repeated). `201` for new bytes, `200` when the gateway already had them.
 pub fn upload(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
-    let limit = app.config.max_body_bytes;
+    let limit = app.config.max_upload_bytes;
     match receive_upload(app, &mut request, limit) {
         Ok((minted, created_new)) => {
             let status = if created_new { 201 } else { 200 };
@@ -48,17 +48,40 @@ pub fn upload(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
                 .to_json(&app.config.public_base_url, Some(created_new));
             respond(request, status, &body, Vec::new());
         }
-        Err(Refusal::TooLarge) => {
-            // The rest of the body is not read: answer and close the connection.
-            let error = ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the upload is larger than MAX_BODY_BYTES ({limit} bytes)"),
-            )
-            .with_details(serde_json::json!({ "limit": limit }));
-            call.door.refuse(request, &error, &[]);
-        }
-        Err(Refusal::Error(error)) => respond_error(request, &error),
+        Err(Refusal::TooLarge) => refuse_too_large(request, call, limit),
+        // What is left of the body is read here, through a small buffer: tiny_http would set
+        // aside as much memory as the declared length to discard it.
+        Err(Refusal::Error(error)) => match drain(&mut request, upload_bound(limit)) {
+            Ok(()) => respond_error(request, &error),
+            Err(_) => refuse_too_large(request, call, limit),
+        },
     }
+}
+
+/// The most bytes an upload body may hold: the file, plus its form fields.
+fn upload_bound(limit: u64) -> u64 {
+    limit.saturating_add((PARTS_LIMIT * FIELD_LIMIT * 2) as u64)
+}
+
+/// 413 for an upload over the limit; the rest of the body is not read, the connection closes.
+fn refuse_too_large(request: Request, call: &Call<'_>, limit: u64) {
+    let error = ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the upload is larger than MAX_UPLOAD_BYTES ({limit} bytes)"),
+    )
+    .with_details(serde_json::json!({ "limit": limit }));
+    call.door.refuse(request, &error, &[]);
+}
+
+/// Reads and drops what is left of the request's body, at most `bound` bytes; an error if
+/// there is more (or reading fails).
+fn drain(request: &mut Request, bound: u64) -> io::Result<()> {
+    let mut rest = request.as_reader().take(bound.saturating_add(1));
+    let drained = io::copy(&mut rest, &mut io::sink())?;
+    if drained > bound {
+        return Err(io::Error::other("the body is larger than allowed"));
+    }
+    Ok(())
 }
 
 /// Why an upload stored nothing.
@@ -111,9 +134,7 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     };
     let blobs = store(app).blobs();
     // The whole body is bounded: the file by `limit`, the fields by their own limits.
-    let body = request
-        .as_reader()
-        .take(limit.saturating_add((PARTS_LIMIT * FIELD_LIMIT * 2) as u64));
+    let body = request.as_reader().take(upload_bound(limit));
     let mut form = Multipart::new(body, &boundary);
     let mut fields = Fields::default();
     let mut file: Option<(crate::blobs::PutOutcome, Option<String>)> = None;
@@ -196,7 +217,7 @@ fn blob_error(e: BlobError) -> V2Error {
         BlobError::TooLarge { limit } => V2Error::new(
             413,
             "payload_too_large",
-            format!("the upload is larger than MAX_BODY_BYTES ({limit} bytes)"),
+            format!("the upload is larger than MAX_UPLOAD_BYTES ({limit} bytes)"),
         ),
         BlobError::Read(e) => read_error(&e),
         BlobError::Write(e) => V2Error::internal(format!("storing the upload on disk: {e}")),

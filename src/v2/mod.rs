@@ -33,10 +33,30 @@ use crate::app::App;
 use crate::assets::AssetStore;
 use crate::blobs::BlobStore;
 use crate::server::FrontDoor;
+use crate::server::framing::BodyLimit;
 use crate::server::{auth, reply};
 
 /// The prefix every v2 path starts with.
 pub const PREFIX: &str = "/api/v2";
+
+/// The largest body a request may send: `MAX_UPLOAD_BYTES` for an asset upload (streamed to
+/// disk), `MAX_BODY_BYTES` for everything else (read into memory).
+pub fn body_limit(config: &crate::config::Config, method: &str, path: &str) -> BodyLimit {
+    if method.eq_ignore_ascii_case("POST") && path == UPLOAD_PATH {
+        BodyLimit {
+            bytes: config.max_upload_bytes,
+            variable: "MAX_UPLOAD_BYTES",
+        }
+    } else {
+        BodyLimit {
+            bytes: config.max_body_bytes,
+            variable: "MAX_BODY_BYTES",
+        }
+    }
+}
+
+/// The path of asset uploads.
+const UPLOAD_PATH: &str = "/api/v2/assets";
 
 /// Whether `path` belongs to the v2 surface.
 pub fn owns(path: &str) -> bool {
