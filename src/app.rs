@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::blobs::BlobStore;
 use crate::comfyui::{ClientOptions, ComfyClient};
 use crate::config::Config;
 use crate::ids::JobId;
@@ -35,6 +36,8 @@ pub struct App {
     pub local: Option<Arc<LocalStorage>>,
     /// Outputs whose upload failed, waiting for a retry.
     pub spool: Arc<Spool>,
+    /// The content-addressed store in `DATA_DIR/blobs` (job inputs are kept there).
+    pub blobs: BlobStore,
     /// Every job, waiting, running or remembered.
     pub jobs: Arc<JobRegistry>,
     /// Jobs on disk, so that the queue survives a restart.
@@ -100,6 +103,8 @@ impl App {
             Spool::new(config.data_dir.join("spool")).map_err(|e| data_dir_error("spool", e))?;
         let store =
             JobStore::open(config.data_dir.join("jobs")).map_err(|e| data_dir_error("jobs", e))?;
+        let blobs = BlobStore::open(config.data_dir.join("blobs"))
+            .map_err(|e| data_dir_error("blobs", e))?;
         // Downloads a stopped gateway left half-done; ComfyUI still has those files.
         if let Err(e) = spool.clear_staging() {
             log::warn!(
@@ -139,7 +144,14 @@ impl App {
         };
         let v2 = crate::v2::V2State::open(&config.data_dir).map_err(|e| data_dir_error("v2", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
-        let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
+        let restored = restore_jobs(
+            &store,
+            &jobs,
+            &run,
+            config.job_retention,
+            &templates,
+            &blobs,
+        );
         // Restored jobs keep sending their webhooks (a finished one may still complete from
         // the spool).
         for job in jobs.all() {
@@ -158,6 +170,7 @@ impl App {
             storage,
             local,
             spool: Arc::new(spool),
+            blobs,
             store: Arc::new(store),
             run,
             metrics: Arc::new(metrics),
@@ -184,6 +197,7 @@ impl App {
             storage: Arc::clone(&self.storage),
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
+            blobs: self.blobs.clone(),
             assets: Arc::clone(&self.v2.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),

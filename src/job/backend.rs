@@ -17,6 +17,7 @@ use serde_json::json;
 use super::engine::{Ending, Engine};
 use super::{Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::blobs::BlobHash;
 use crate::comfyui::{ComfyClient, ComfyError, HistoryEntry, Monitor, QueueSnapshot, WsEvent};
 use crate::ids::{self, PromptId};
 
@@ -62,7 +63,17 @@ struct State {
     down_since: Option<Instant>,
     /// When its websocket last delivered anything (or opened).
     last_heard: Option<Instant>,
+    /// `/prompt` answers in a row that were server errors (or lacked a `prompt_id`).
+    bad_answers: u32,
+    /// Input files uploaded to this ComfyUI since its websocket last (re)connected: uploaded
+    /// once each, under a name derived from their content.
+    uploaded: HashSet<BlobHash>,
+    /// No prompt is sent before this, after a bad answer (backoff).
+    resting_until: Option<Instant>,
 }
+
+/// How long a backend gets no prompt after a bad `/prompt` answer.
+pub(super) const BAD_ANSWER_REST: Duration = Duration::from_secs(1);
 
 /// One ComfyUI the gateway sends prompts to.
 pub struct Backend {
@@ -89,6 +100,9 @@ impl Backend {
                 abandoned: Vec::new(),
                 down_since: None,
                 last_heard: None,
+                bad_answers: 0,
+                resting_until: None,
+                uploaded: HashSet::new(),
             }),
         }
     }
@@ -130,7 +144,7 @@ impl Backend {
     /// prompts; returns the client id to queue the prompt under and the free slots left.
     pub(super) fn try_reserve(&self, capacity: usize) -> Option<(String, usize)> {
         let mut state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return None;
         }
         let used = state.jobs.len() + state.reserved;
@@ -145,10 +159,38 @@ impl Backend {
     /// Free slots, for choosing among backends.
     pub(super) fn free_slots(&self, capacity: usize) -> usize {
         let state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return 0;
         }
         capacity.saturating_sub(state.jobs.len() + state.reserved)
+    }
+
+    /// Records a `/prompt` answer that was a server error (or lacked a `prompt_id`): the
+    /// backend gets no prompt for [`BAD_ANSWER_REST`], so a broken ComfyUI is asked at most
+    /// about once a second while the other backends go on. Returns how many such answers it
+    /// gave in a row.
+    pub(super) fn answered_badly(&self) -> u32 {
+        let mut state = self.lock();
+        state.bad_answers = state.bad_answers.saturating_add(1);
+        state.resting_until = Some(Instant::now() + BAD_ANSWER_REST);
+        state.bad_answers
+    }
+
+    /// Records a `/prompt` that ComfyUI accepted.
+    pub(super) fn answered_well(&self) {
+        let mut state = self.lock();
+        state.bad_answers = 0;
+        state.resting_until = None;
+    }
+
+    /// Whether the input file `hash` was uploaded to this ComfyUI since it last connected.
+    pub(super) fn has_input(&self, hash: &BlobHash) -> bool {
+        self.lock().uploaded.contains(hash)
+    }
+
+    /// Remembers that the input file `hash` is in this ComfyUI's input folder.
+    pub(super) fn input_uploaded(&self, hash: BlobHash) {
+        self.lock().uploaded.insert(hash);
     }
 
     /// Gives back a slot whose dispatch did not end with a prompt on this backend.
@@ -277,6 +319,9 @@ impl Backend {
             state.client_id = Some(client_id);
             state.down_since = None;
             state.executing = None;
+            // A ComfyUI that restarted may have lost its input folder (a fresh container):
+            // upload again rather than trust a name it may no longer know.
+            state.uploaded.clear();
             for job in state.jobs.values() {
                 job.with_run(|run| run.orphaned = true);
             }
@@ -553,6 +598,12 @@ fn feed(
 }
 
 impl State {
+    /// Whether the backend rests after bad `/prompt` answers.
+    fn is_resting(&self) -> bool {
+        self.resting_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Takes a prompt out of the backend's care, remembering it so its late messages are
     /// recognised.
     fn release(&mut self, prompt_id: &PromptId) -> Option<Arc<Job>> {

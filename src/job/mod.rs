@@ -21,16 +21,17 @@ mod ticker;
 
 pub use backend::{Backend, BackendStatus};
 pub use context::{ComebackHook, JobContext, RunSettings};
+pub use dispatch::{INPUT_SUBFOLDER, ensure_input};
 pub use engine::{Engine, RestoredRun};
 pub use log::{Event, EventKind, EventLog, Subscription, WaitingTick};
-pub use plan::{GraphSource, Plan};
+pub use plan::{BlobInput, GraphSource, InputTarget, Plan};
 pub use progress::{Outcome, ProgressTracker};
 pub use queue::{JobQueue, MemoryQueue, Ticket};
 pub use registry::JobRegistry;
 pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,8 @@ struct JobInner {
     progress: Value,
     finished_at: Option<Instant>,
     finished_unix_ms: Option<u64>,
+    /// When ComfyUI started executing the job (not saved: unknown after a restart).
+    started_unix_ms: Option<u64>,
     run: Option<Run>,
     /// Where the job last ran, kept after its run ended.
     last_backend: Option<String>,
@@ -160,12 +163,16 @@ pub struct Job {
     plan: Plan,
     options: RequestOptions,
     cancel_requested: AtomicBool,
+    /// `/prompt` answers for this job that were server errors (or lacked a `prompt_id`).
+    bad_answers: AtomicU32,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
     saving: Mutex<()>,
     /// Told of every event (the job's webhooks); set at submission.
     sink: OnceLock<Arc<dyn JobEvents>>,
+    /// `/prompt`'s `extra_data` (a v2 partner-node key): in memory only, never saved or logged.
+    extra_data: OnceLock<Value>,
 }
 
 impl Job {
@@ -183,6 +190,7 @@ impl Job {
             plan,
             options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
@@ -190,6 +198,7 @@ impl Job {
                 progress: Value::Null,
                 finished_at: None,
                 finished_unix_ms: None,
+                started_unix_ms: None,
                 run: None,
                 last_backend: None,
                 last_prompt: None,
@@ -200,6 +209,7 @@ impl Job {
             }),
             id,
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
         }
     }
 
@@ -265,6 +275,28 @@ impl Job {
         if !inner.state.is_finished() {
             inner.state = state;
         }
+    }
+
+    /// Sets `/prompt`'s `extra_data` for this job (once). Kept in memory only: a job still
+    /// waiting when the gateway restarts runs without it.
+    pub fn set_extra_data(&self, extra_data: Value) {
+        let _ = self.extra_data.set(extra_data);
+    }
+
+    /// `/prompt`'s `extra_data`, if the submission had one.
+    pub fn extra_data(&self) -> Option<&Value> {
+        self.extra_data.get()
+    }
+
+    /// When the job was created, when ComfyUI started it (if known) and when it ended, as Unix
+    /// milliseconds.
+    pub fn times_unix_ms(&self) -> (u64, Option<u64>, Option<u64>) {
+        let inner = self.lock();
+        (
+            self.created_unix_ms,
+            inner.started_unix_ms,
+            inner.finished_unix_ms,
+        )
     }
 
     /// Sends every later event to `sink` too (once; a second sink is ignored).
@@ -435,6 +467,9 @@ impl Job {
         if started && inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
+        if started {
+            inner.started_unix_ms = Some(timestamp::unix_millis());
+        }
         Observed { started, outcome }
     }
 
@@ -448,6 +483,7 @@ impl Job {
             return false;
         }
         run.started = Some(Instant::now());
+        inner.started_unix_ms = Some(timestamp::unix_millis());
         if inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
@@ -640,6 +676,11 @@ impl Job {
         true
     }
 
+    /// Counts one more bad `/prompt` answer for this job; returns how many it had.
+    pub(super) fn answered_badly(&self) -> u32 {
+        self.bad_answers.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Whether a client asked to cancel.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::SeqCst)
@@ -676,7 +717,7 @@ impl Job {
             "backend": backend,
             "prompt_id": prompt_id,
             "progress": progress,
-            "events": inner.log.len(),
+            "events": inner.log.emitted(),
             "result": result,
             "error": error,
         })
@@ -730,12 +771,15 @@ impl Job {
     /// A job as a saved record describes it, after a restart. Event ids continue past any the
     /// old process could have sent: ticks after the last save were never written down, so the
     /// next id skips as many as could have happened since.
+    /// `templates` and `blobs` read the input images of records older gateways wrote.
     pub fn from_record(
         record: JobRecord,
         progress_interval: Duration,
+        templates: &crate::workflow::Templates,
+        blobs: &crate::blobs::BlobStore,
     ) -> Result<(Job, Option<store::RunRecord>), String> {
         let id = JobId::parse(&record.id).ok_or_else(|| format!("bad job id {:?}", record.id))?;
-        let plan = Plan::from_record(record.plan)?;
+        let plan = Plan::from_record(record.plan, templates, blobs)?;
         let now_ms = timestamp::unix_millis();
         let age = Duration::from_millis(now_ms.saturating_sub(record.created_unix_ms));
         let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -768,8 +812,10 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
             inner: Mutex::new(JobInner {
                 state,
                 log,
@@ -780,6 +826,7 @@ impl Job {
                         .unwrap_or_else(Instant::now)
                 }),
                 finished_unix_ms: record.finished_unix_ms,
+                started_unix_ms: None,
                 run: None,
                 last_backend: record.last_backend,
                 last_prompt: record.last_prompt,
@@ -835,6 +882,7 @@ mod tests {
         let plan = Plan {
             workflow: "graph".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let _ = GenerateRequest::Graph { graph: json!({}) };
         Job::new(plan, RequestOptions::default(), 1)
@@ -901,7 +949,12 @@ mod tests {
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");
         let record: JobRecord = serde_json::from_str(&text).expect("readable");
-        let (back, run) = Job::from_record(record, Duration::from_secs(1)).expect("restorable");
+        let blobs_dir = std::env::temp_dir().join(format!("blobs-{}", crate::ids::new_uuid()));
+        let blobs = crate::blobs::BlobStore::open(&blobs_dir).expect("a blob store");
+        let templates = crate::workflow::Templates::default();
+        let (back, run) = Job::from_record(record, Duration::from_secs(1), &templates, &blobs)
+            .expect("restorable");
+        let _ = std::fs::remove_dir_all(&blobs_dir);
         assert_eq!(back.id(), job.id());
         assert_eq!(run.map(|r| r.prompt_id), Some(PromptId("p".into())));
         let replay = back.subscribe(0).replay;

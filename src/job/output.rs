@@ -607,6 +607,7 @@ mod tests {
         let plan = Plan {
             workflow: "txt2video".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let job = Arc::new(Job::new(plan, RequestOptions::default(), 1));
         let ctx = JobContext {
@@ -614,6 +615,7 @@ mod tests {
             storage: Arc::clone(&app.storage),
             local: app.local.clone(),
             spool: Arc::clone(&app.spool),
+            blobs: app.blobs.clone(),
             assets: Arc::clone(&app.v2.assets),
             metrics: Arc::clone(&app.metrics),
             run: app.run.clone(),

@@ -8,21 +8,20 @@
 //!
 //! Submodules: `error` (the envelope), `jobs` (the job routes), `view` (a gateway job as the
 //! contract's `Job` object), `events` (the SSE stream), `idempotency` (Stripe-style keys, kept
-//! on disk), `labels` (the v2 fields kept beside a job record).
+//! on disk), `checks` (what a workflow must pass before it is queued).
 
 mod assets;
+mod checks;
 mod error;
 mod events;
 mod idempotency;
 mod jobs;
-mod labels;
 mod multipart;
 mod range;
 mod view;
 
 pub use error::V2Error;
 pub use idempotency::Idempotency;
-pub use labels::Labels;
 
 use serde_json::Value;
 use std::path::Path;
@@ -67,8 +66,8 @@ pub fn owns(path: &str) -> bool {
 pub struct V2State {
     /// Idempotency keys of `POST /api/v2/jobs`, kept 24 h in `DATA_DIR/v2/idempotency/`.
     pub idempotency: Idempotency,
-    /// The v2 fields of jobs (metadata labels), kept in `DATA_DIR/v2/jobs/`.
-    pub labels: Labels,
+    /// Node classes a backend confirmed it has (`/object_info/{class}`), so each is asked once.
+    pub known_classes: checks::KnownClasses,
     /// The asset library: records in `DATA_DIR/assets/` over the blobs in `DATA_DIR/blobs/`.
     /// The job engine registers outputs in it too (`JobContext::assets`).
     pub assets: Arc<AssetStore>,
@@ -81,7 +80,7 @@ impl V2State {
         let blobs = BlobStore::open(data_dir.join("blobs"))?;
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
-            labels: Labels::open(root.join("jobs"))?,
+            known_classes: checks::KnownClasses::default(),
             assets: Arc::new(AssetStore::open(data_dir.join("assets"), blobs)?),
         })
     }
