@@ -3,6 +3,8 @@
 //! survive a restart.
 
 mod common;
+#[path = "common/v2_schema.rs"]
+mod v2_schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use comfyui_gateway::server::Server;
 use common::harness::{Harness, Options, agent, workflows_dir};
 use common::tiny_png;
 use serde_json::{Value, json};
+use v2_schema::assert_valid;
 
 const BOUNDARY: &str = "----comfytest7d1f";
 
@@ -49,6 +52,12 @@ fn read(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON ({e}): {text}"))
     };
+    // Every body the asset routes answer is the contract's: an Asset or the error envelope.
+    match status {
+        200 | 201 if value.get("id").is_some() => assert_valid("Asset", &value),
+        400.. => assert_valid("ErrorEnvelope", &value),
+        _ => {}
+    }
     (status, value)
 }
 
@@ -426,6 +435,7 @@ fn content_honours_one_range_and_refuses_ranges_past_the_end() {
     assert_eq!(status, 416);
     assert_eq!(headers["content-range"], "bytes */1000");
     let error: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_valid("ErrorEnvelope", &error);
     assert_eq!(error_code(&error), "range_not_satisfiable");
 
     // Several ranges, or a range for another version, get the whole content.
@@ -577,6 +587,7 @@ fn a_generate_output_is_an_asset_served_by_the_gateway() {
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].id, id);
     let view = outputs[0].to_output_json(&h.app.config.public_base_url);
+    assert_valid("Output", &view);
     assert_eq!(view["node_id"], image["node"]);
     assert_eq!(view["url"], h.url(&format!("/api/v2/assets/{id}/content")));
     let job = h
