@@ -475,9 +475,14 @@ impl AssetStore {
         outputs
     }
 
-    /// Deletes the asset `id`: its record, and its blob when no other asset refers to it.
-    /// Returns the deleted asset, or `None` if there was none.
-    pub fn delete(&self, id: &str) -> io::Result<Option<Arc<Asset>>> {
+    /// Deletes the asset `id`: its record, and its blob when no other asset refers to it and
+    /// `in_use` (asked about the blob, e.g. whether a waiting job takes it as an input) says
+    /// nothing else needs it. Returns the deleted asset, or `None` if there was none.
+    pub fn delete(
+        &self,
+        id: &str,
+        in_use: impl FnOnce(&BlobHash) -> bool,
+    ) -> io::Result<Option<Arc<Asset>>> {
         let mut records = self.lock();
         let Some(asset) = records.by_id.get(id).cloned() else {
             return Ok(None);
@@ -490,7 +495,7 @@ impl AssetStore {
         }
         records.remove(id);
         let shared = !records.with_hash(&asset.hash).is_empty();
-        if !shared {
+        if !shared && !in_use(&asset.hash) {
             if let Err(e) = self.blobs.remove(&asset.hash) {
                 log::warn!("asset {id} deleted, but its blob {} stays: {e}", asset.hash);
             }
@@ -637,13 +642,22 @@ mod tests {
         let one = store.mint(upload("a.bin", hash)).expect("a").asset;
         let two = store.mint(upload("b.bin", hash)).expect("b").asset;
         assert_eq!(
-            store.delete(&one.id).expect("delete").map(|a| a.id.clone()),
+            store
+                .delete(&one.id, |_| false)
+                .expect("delete")
+                .map(|a| a.id.clone()),
             Some(one.id.clone())
         );
         assert!(store.get(&one.id).is_none());
         assert!(store.can_mint(&hash), "b.bin still uses the blob");
-        assert!(store.delete(&one.id).expect("again").is_none());
-        store.delete(&two.id).expect("delete b");
+        assert!(store.delete(&one.id, |_| false).expect("again").is_none());
+        // Bytes something else still needs (a waiting job's input) stay.
+        let three = store.mint(upload("c.bin", hash)).expect("c").asset;
+        store.delete(&two.id, |_| false).expect("delete b");
+        store.delete(&three.id, |h| *h == hash).expect("delete c");
+        assert!(store.can_mint(&hash), "in use elsewhere");
+        let four = store.mint(upload("d.bin", hash)).expect("d").asset;
+        store.delete(&four.id, |_| false).expect("delete d");
         assert!(!store.can_mint(&hash));
         drop(store);
         assert!(open(&dir).is_empty());

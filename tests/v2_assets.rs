@@ -3,6 +3,8 @@
 //! survive a restart.
 
 mod common;
+// The event schemas are tests/v2.rs's business.
+#[allow(dead_code)]
 #[path = "common/v2_schema.rs"]
 mod v2_schema;
 
@@ -52,8 +54,9 @@ fn read(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON ({e}): {text}"))
     };
-    // Every body the asset routes answer is the contract's: an Asset or the error envelope.
+    // Every body is the contract's: an Asset (a Job, for the few job calls) or the envelope.
     match status {
+        200 | 201 if value.get("status").is_some() => assert_valid("Job", &value),
         200 | 201 if value.get("id").is_some() => assert_valid("Asset", &value),
         400.. => assert_valid("ErrorEnvelope", &value),
         _ => {}
@@ -685,4 +688,93 @@ fn a_watcher_is_told_of_each_output_as_it_is_committed() {
         snapshot["result"]["images"][0]["asset_id"],
         asset.id.as_str()
     );
+}
+
+/// A graph whose sampler runs `steps` steps of 64×64 (the txt2img template's).
+fn sampler(steps: u32) -> Value {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(workflows_dir().join("txt2img.json")).expect("the template"),
+    )
+    .expect("JSON");
+    let mut graph = template["graph"].clone();
+    for node in graph.as_object_mut().expect("nodes").values_mut() {
+        if node["inputs"].get("steps").is_some() {
+            node["inputs"]["steps"] = json!(steps);
+        }
+        for size in ["width", "height"] {
+            if node["inputs"].get(size).is_some() {
+                node["inputs"][size] = json!(64);
+            }
+        }
+    }
+    graph
+}
+
+fn submit(h: &Harness, workflow: Value) -> String {
+    let (status, job) = read(
+        agent()
+            .post(h.url("/api/v2/jobs"))
+            .header("Content-Type", "application/json")
+            .send(json!({ "workflow": workflow }).to_string()),
+    );
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().expect("job id").to_string()
+}
+
+#[test]
+fn deleting_an_asset_keeps_the_bytes_a_waiting_job_needs() {
+    // One prompt at a time on the one backend: the second job waits in the gateway's queue,
+    // and its input is uploaded to ComfyUI only when it is dispatched.
+    let mut options = Options::step_ms(100);
+    options.vars.push(("QUEUE_AHEAD", "0".to_string()));
+    let h = Harness::with(options);
+    let busy = submit(&h, sampler(10));
+    let png = tiny_png(16, 16);
+    let (status, asset) = upload_png(&h, &png, "input.png");
+    assert_eq!(status, 201, "{asset}");
+    let waiting = submit(
+        &h,
+        json!({
+            "1": {"class_type": "LoadImage", "inputs": {"image":
+                {"__type": "core/ASSET", "info": {"id": asset["id"]}}}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "in", "images": ["2", 0]}},
+        }),
+    );
+    let job = |id: &str| {
+        h.app
+            .jobs
+            .get(&comfyui_gateway::ids::JobId::parse(id).expect("a job id"))
+            .expect("the job")
+    };
+    assert!(
+        !job(&waiting).is_on_backend(),
+        "still in the gateway's queue"
+    );
+    let (status, _) = read(
+        agent()
+            .delete(h.url(&format!(
+                "/api/v2/assets/{}",
+                asset["id"].as_str().expect("id")
+            )))
+            .call(),
+    );
+    assert_eq!(status, 204);
+    let hash = asset["hash"].as_str().expect("hash");
+    assert_eq!(
+        head_status(&h, hash),
+        200,
+        "the waiting job still needs the bytes"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert!(job(&busy).wait_until_finished(Some(deadline)));
+    assert!(job(&waiting).wait_until_finished(Some(deadline)));
+    let (status, done) = read(
+        agent()
+            .get(h.url(&format!("/api/v2/jobs/{waiting}")))
+            .call(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(done["status"], "succeeded", "{done}");
 }

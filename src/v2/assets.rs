@@ -328,10 +328,17 @@ fn not_found(id: &str) -> V2Error {
     V2Error::not_found(format!("asset {id:?}"))
 }
 
-/// `DELETE /api/v2/assets/{id}`: removes the record, and the bytes when no other asset uses
-/// them; `204`.
+/// `DELETE /api/v2/assets/{id}`: removes the record, and the bytes when no other asset and no
+/// unfinished job uses them; `204`.
 pub fn delete(app: &Arc<App>, request: Request, call: &Call<'_>) {
-    match store(app).delete(call.param(0)) {
+    // A waiting or running job's input stays until the job no longer needs it.
+    let needed_by_a_job = |hash: &BlobHash| {
+        app.jobs
+            .unfinished()
+            .iter()
+            .any(|job| job.plan().inputs.iter().any(|input| input.hash == *hash))
+    };
+    match store(app).delete(call.param(0), needed_by_a_job) {
         Ok(Some(_)) => {
             if let Err(e) = request.respond(Response::empty(204)) {
                 log::debug!("client left before the answer was sent: {e}");

@@ -75,9 +75,9 @@ pub struct V2State {
 
 impl V2State {
     /// Opens (creating) the v2 folders under `data_dir` and reads back what they hold.
-    pub fn open(data_dir: &Path) -> std::io::Result<V2State> {
+    /// `blobs` is the gateway's one blob store (`DATA_DIR/blobs`), under the asset records.
+    pub fn open(data_dir: &Path, blobs: BlobStore) -> std::io::Result<V2State> {
         let root = data_dir.join("v2");
-        let blobs = BlobStore::open(data_dir.join("blobs"))?;
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
             known_classes: checks::KnownClasses::default(),
