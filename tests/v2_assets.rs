@@ -653,6 +653,19 @@ fn a_supabase_output_redirects_to_a_fresh_storage_url() {
     let (status, bytes) = h.get_bytes(&location);
     assert_eq!(status, 200);
     assert!(bytes == stored);
+    // Supabase refusing to sign is said, in the envelope.
+    fake.fail_next(
+        common::fake_supabase::Route::Sign,
+        1,
+        403,
+        r#"{"statusCode":"403","error":"Unauthorized","message":"no"}"#,
+    );
+    let (status, body) = read(no_redirects.get(asset["url"].as_str().expect("url")).call());
+    assert_eq!(
+        (status, error_code(&body)),
+        (502, "storage_failed"),
+        "{body}"
+    );
     // Remote outputs are not copied into the local blob store.
     assert!(!h.app.v2.assets.can_mint(&BlobHash::of(&stored)));
 }
@@ -777,4 +790,22 @@ fn deleting_an_asset_keeps_the_bytes_a_waiting_job_needs() {
     );
     assert_eq!(status, 200);
     assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+#[test]
+fn an_output_that_cannot_be_hashed_keeps_its_job_and_file() {
+    let h = Harness::start();
+    // The blob store's folder is gone and a file stands in its way: nothing can be linked in.
+    let blobs = h.dir.path().join("blobs");
+    std::fs::remove_dir_all(&blobs).expect("remove blobs");
+    std::fs::write(&blobs, b"in the way").expect("a file");
+    let result = generate(&h);
+    let image = &result["images"][0];
+    assert!(image["asset_id"].is_null(), "{image}");
+    assert!(image["hash"].is_null(), "{image}");
+    let (status, bytes) = h.get_bytes(image["url"].as_str().expect("url"));
+    assert_eq!(status, 200);
+    assert!(!bytes.is_empty());
+    let job_id = result["job_id"].as_str().expect("job id");
+    assert!(h.app.v2.assets.for_job(job_id).is_empty());
 }
