@@ -189,7 +189,17 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
             file_path,
             tags: fields.tags,
         })
-        .map_err(asset_error)?;
+        .map_err(|e| match e {
+            // The bytes were there when the upload ended, and an asset's deletion removed them
+            // before this one was recorded.
+            AssetError::BlobNotFound(hash) => V2Error::new(
+                409,
+                "asset_conflict",
+                format!("the blob {hash} was deleted while this upload finished; send it again"),
+            )
+            .retry_after(1),
+            other => asset_error(other),
+        })?;
     Ok((minted, outcome.created_new))
 }
 

@@ -248,6 +248,7 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_request"),
             UNAUTHORIZED,
             (409, "hash_mismatch"),
+            (409, "asset_conflict"),
             (413, "payload_too_large"),
             (500, "internal"),
         ],
