@@ -1,6 +1,7 @@
 //! `make bench` (`cargo bench --bench gateway`): throughput, latency, memory and CPU figures for
 //! the gateway, measured against the ComfyUI simulator on 127.0.0.1: in-process for sections 1
-//! to 8, with the gateway as its own process for the queue sections 9 to 13 (`gateway/queue.rs`).
+//! to 8, with the gateway as its own process for the queue sections 9 to 13 (`gateway/queue.rs`),
+//! in-process again for the asset library's section 14 (`gateway/assets.rs`).
 //!
 //! It prints a table and asserts nothing about time: the figures depend on the machine. It fails
 //! only when the gateway does not do its job (a request answered with an error, a missing event),
@@ -35,6 +36,8 @@ use comfyui_gateway::server::Server;
 use comfyui_gateway::workflow::Templates;
 use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 
+#[path = "gateway/assets.rs"]
+mod assets;
 #[path = "gateway/queue.rs"]
 mod queue;
 
@@ -130,6 +133,12 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // `cargo bench --bench gateway -- assets`: only the asset library's section.
+    if std::env::args().any(|arg| arg == "assets") {
+        assets::print_assets(&mut out, &assets::bench_assets()?)?;
+        print!("{out}");
+        return Ok(());
+    }
     // `cargo bench --bench gateway -- large-output` measures that section alone.
     if std::env::args().any(|arg| arg == "large-output") {
         print_large_output(&mut out, &bench_large_output()?)?;
@@ -178,6 +187,7 @@ fn main() -> BenchResult<()> {
     print_large_output(&mut out, &large)?;
     print_conversion(&mut out, &conversion)?;
     queue_sections(&mut out, &|_| true)?;
+    assets::print_assets(&mut out, &assets::bench_assets()?)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
