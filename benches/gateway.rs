@@ -255,7 +255,7 @@ fn header(out: &mut String) -> BenchResult<()> {
     writeln!(
         out,
         "commit:  {commit}, {} build, on 127.0.0.1: simulator and gateway in one process for \
-         sections 1-8, the gateway in its own process for 9-13",
+         sections 1-8 and 14, the gateway in its own process for 9-13",
         if cfg!(debug_assertions) {
             "debug"
         } else {
