@@ -95,8 +95,8 @@ fn higher_priority_runs_first_and_arrival_order_holds_within_a_priority() {
         .collect();
     assert_eq!(
         positions,
-        BTreeMap::from([(4, 0), (2, 1), (1, 2), (3, 3), (5, 4)]),
-        "queue_position is the place in the gateway's queue"
+        BTreeMap::from([(4, 1), (2, 2), (1, 3), (3, 4), (5, 5)]),
+        "queue_position is the place in the gateway's queue, behind the blocker on ComfyUI"
     );
     h.sim.resume();
     for id in jobs.keys() {
@@ -248,6 +248,54 @@ fn after_both_restart_a_started_prompt_is_lost_and_a_waiting_one_is_sent_again()
     );
     let (event, data) = outcome(&second, &waiting);
     assert_eq!(event, "complete", "sent again: {data}");
+}
+
+#[test]
+fn queue_position_counts_the_jobs_ahead_in_comfyuis_queue_and_in_the_gateways() {
+    let h = Harness::with(Options {
+        vars: vec![("QUEUE_AHEAD", "1".into())],
+        ..Options::step_ms(100)
+    });
+    // A runs, B waits in ComfyUI's queue behind it, C waits in the gateway's queue.
+    let mut a_body = small_txt2img_steps("runs", 60);
+    a_body["seed"] = json!(1);
+    let a = create(&h, &a_body);
+    let mut a_events = h.get_stream(&format!("/jobs/{a}/events"), &[]);
+    while let Some(event) = a_events.next_event() {
+        if event.event == "progress" && event.data["state"] == "running" {
+            assert_eq!(event.data["queue_position"], 0, "{:?}", event.data);
+            break;
+        }
+    }
+    let b = create(&h, &small_txt2img_steps("waits in ComfyUI", 1));
+    let mut b_events = h.get_stream(&format!("/jobs/{b}/events"), &[]);
+    let mut dispatched = false;
+    while let Some(event) = b_events.next_event() {
+        dispatched |= event.event == "dispatched";
+        if dispatched && event.event == "progress" {
+            assert_eq!(
+                event.data["queue_position"], 1,
+                "behind the one ComfyUI runs: {:?}",
+                event.data
+            );
+            break;
+        }
+    }
+    let c = create(&h, &small_txt2img_steps("waits in the gateway", 1));
+    let position = |id: &str| h.get_json(&format!("/jobs/{id}")).1["queue_position"].clone();
+    assert_eq!(position(&a), json!(0), "the running job has none ahead");
+    assert_eq!(position(&b), json!(1), "A runs ahead of B");
+    assert_eq!(position(&c), json!(2), "A and B are ahead of C");
+    let mut c_events = h.get_stream(&format!("/jobs/{c}/events"), &[]);
+    let first = c_events.next_event().expect("C's queued event");
+    assert_eq!(first.event, "queued");
+    assert_eq!(first.data["queue_position"], 2, "{:?}", first.data);
+    let tick = c_events.next_event().expect("C's tick");
+    assert_eq!(tick.data["queue_position"], 2, "{:?}", tick.data);
+    for id in [&a, &b, &c] {
+        let (status, _) = h.delete_json(&format!("/jobs/{id}"));
+        assert_eq!(status, 200);
+    }
 }
 
 /// A small txt2img job with `steps` sampler steps.

@@ -579,9 +579,12 @@ fn priority_orders_the_queue_and_a_full_queue_is_queue_full() {
     );
     assert_valid("ErrorEnvelope", &full);
     assert!(header(&headers, "Retry-After").is_some_and(|s| s.parse::<u64>().is_ok()));
-    assert_eq!(
-        get_job(&h, low["id"].as_str().expect("id"))["queue_position"],
-        json!(1)
+    let position =
+        |job: &Value| get_job(&h, job["id"].as_str().expect("id"))["queue_position"].as_u64();
+    let (ahead, behind) = (position(&high), position(&low));
+    assert!(
+        ahead.is_some() && ahead < behind,
+        "the higher priority waits ahead: {ahead:?} {behind:?}"
     );
     h.sim.resume();
     let low = poll_until(&h, low["id"].as_str().expect("id"), "the low job", |j| {
@@ -749,4 +752,17 @@ fn kill_9_keeps_v2_jobs_their_labels_and_idempotency_keys() {
         &[],
     );
     assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_job_running_past_job_timeout_secs_fails_with_timeout() {
+    let mut options = Options::step_ms(50);
+    options.vars = vec![("JOB_TIMEOUT_SECS", "1".to_string())];
+    let h = Harness::with(options);
+    let job = submit(&h, &json!({"workflow": sampler(400)}));
+    let id = job["id"].as_str().expect("id");
+    let events = follow(h.gateway.addr(), id);
+    assert_eq!(statuses(&events).last().map(String::as_str), Some("failed"));
+    let failed = get_job(&h, id);
+    assert_eq!(failed["error"]["code"], "timeout", "{failed:#}");
 }

@@ -19,7 +19,7 @@ use super::{Job, JobState};
 use crate::api::{ApiError, ErrorCode};
 use crate::blobs::BlobHash;
 use crate::comfyui::{ComfyClient, ComfyError, HistoryEntry, Monitor, QueueSnapshot, WsEvent};
-use crate::ids::{self, PromptId};
+use crate::ids::{self, JobId, PromptId};
 
 /// The message that asks ComfyUI for previews that name their prompt and node (type-4 frames).
 const FEATURE_FLAGS: &str = r#"{"type":"feature_flags","data":{"supports_preview_metadata":true}}"#;
@@ -138,6 +138,33 @@ impl Backend {
     /// Prompts it holds for the gateway.
     pub fn in_flight(&self) -> usize {
         self.lock().jobs.len()
+    }
+
+    /// Prompts it holds for the gateway plus the dispatches to it under way.
+    pub(super) fn taken_slots(&self) -> usize {
+        let state = self.lock();
+        state.jobs.len() + state.reserved
+    }
+
+    /// The jobs whose prompts this backend holds, each with the number of prompts ahead of it:
+    /// 0 for one ComfyUI runs; for one waiting in ComfyUI's queue, the one running plus those
+    /// sent before it. Locks each job briefly: never call it under a job's lock.
+    pub(super) fn positions(&self) -> Vec<(JobId, usize)> {
+        let mut held: Vec<(bool, Instant, JobId)> = self
+            .held()
+            .into_iter()
+            .filter_map(|(_, job)| {
+                let (started, sent) =
+                    job.with_run(|run| (run.started.is_some() || run.tracker.started(), run.sent))?;
+                Some((!started, sent, job.id().clone()))
+            })
+            .collect();
+        // Running ones first, then in the order they were sent.
+        held.sort_by_key(|(waiting, sent, _)| (*waiting, *sent));
+        held.into_iter()
+            .enumerate()
+            .map(|(place, (waiting, _, id))| (id, if waiting { place } else { 0 }))
+            .collect()
     }
 
     /// Takes a slot for a dispatch when the backend is up and holds fewer than `capacity`

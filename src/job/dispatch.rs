@@ -249,7 +249,14 @@ fn send_prompt(
         .queue_prompt_with(&graph, client_id, job.extra_data())
         .map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
-    job.dispatched(backend.url(), queued.prompt_id.clone(), &graph, warnings);
+    let ahead = backend.in_flight();
+    job.dispatched(
+        backend.url(),
+        queued.prompt_id.clone(),
+        &graph,
+        warnings,
+        ahead,
+    );
     log::info!(
         "job {} sent to {} as prompt {}",
         job.id(),

@@ -179,14 +179,43 @@ impl Engine {
         self.queue.len()
     }
 
-    /// The job's place in the gateway's queue, while it waits there.
+    /// How many jobs are ahead of this one: those ComfyUI runs or will start before it.
+    ///
+    /// For a job in the gateway's queue, its place there plus every prompt the backends hold
+    /// (running or waiting in ComfyUI's queue); for a job waiting in a ComfyUI's queue, the
+    /// prompt that ComfyUI runs plus the ones sent to it before; 0 for the job ComfyUI runs;
+    /// `None` once ComfyUI is done with it. Only this gateway's jobs are counted.
     pub fn queue_position(&self, id: &JobId) -> Option<usize> {
-        self.queue.position(id)
+        if let Some(place) = self.queue.position(id) {
+            return Some(place + self.held_prompts());
+        }
+        self.backends.iter().find_map(|backend| {
+            backend
+                .positions()
+                .into_iter()
+                .find_map(|(held, ahead)| (held == *id).then_some(ahead))
+        })
     }
 
-    /// Every waiting job's place in line.
+    /// Prompts the backends hold for the gateway, running or waiting in ComfyUI's queue, and
+    /// the ones being sent.
+    fn held_prompts(&self) -> usize {
+        self.backends.iter().map(Backend::taken_slots).sum()
+    }
+
+    /// Every waiting or running job's [`queue_position`](Self::queue_position).
     pub(super) fn positions(&self) -> std::collections::HashMap<JobId, usize> {
-        self.queue.positions()
+        let held = self.held_prompts();
+        let mut positions: std::collections::HashMap<JobId, usize> = self
+            .queue
+            .positions()
+            .into_iter()
+            .map(|(id, place)| (id, place + held))
+            .collect();
+        for backend in &self.backends {
+            positions.extend(backend.positions());
+        }
+        positions
     }
 
     /// Whether the threads should end.
@@ -238,7 +267,7 @@ impl Engine {
             job.set_extra_data(extra_data);
         }
         // Saved (its `queued` event included) before it can be dispatched or seen queued.
-        let position = self.queue.ahead_of(job.ticket());
+        let position = self.queue.ahead_of(job.ticket()) + self.held_prompts();
         job.publish(
             EventKind::Queued,
             json!({

@@ -104,6 +104,9 @@ pub struct Run {
     pub stop_sent: bool,
     /// When ComfyUI last said anything about this prompt (or `/history` was last asked).
     pub last_heard: Instant,
+    /// When the prompt was sent (or taken back after a restart): orders the prompts a backend
+    /// holds, as ComfyUI's queue does.
+    pub sent: Instant,
 }
 
 /// A live preview image waiting for the next tick.
@@ -384,13 +387,15 @@ impl Job {
     }
 
     /// Records that ComfyUI at `backend_url` accepted the prompt and announces it with a
-    /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation.
+    /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation;
+    /// `ahead` counts the prompts that backend held before this one (its queue position).
     pub fn dispatched(
         &self,
         backend_url: &str,
         prompt_id: PromptId,
         graph: &Value,
         warnings: Vec<Value>,
+        ahead: usize,
     ) {
         let mut inner = self.lock();
         if inner.state.is_finished() {
@@ -404,7 +409,7 @@ impl Job {
         });
         inner.warnings = warnings;
         let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
-        tracker.set_queue_position(Some(0));
+        tracker.set_queue_position(Some(ahead));
         inner.run = Some(Run {
             backend_url: backend_url.to_string(),
             tracker,
@@ -414,6 +419,7 @@ impl Job {
             orphaned: false,
             stop_sent: false,
             last_heard: Instant::now(),
+            sent: Instant::now(),
         });
         let text = self.with_job_id(data);
         let event = inner.log.push(EventKind::Dispatched, text);
@@ -507,7 +513,8 @@ impl Job {
 
     /// Publishes this tick's `progress` event (and the newest preview, at most one per tick);
     /// returns false, publishing nothing, once the job has ended. `queue_position` is asked
-    /// only while the job waits in the gateway's queue.
+    /// while the job waits, in the gateway's queue or in ComfyUI's (see
+    /// `Engine::queue_position`); it is called under the job's lock, so it must not lock a job.
     pub fn tick(&self, queue_position: impl FnOnce(&JobId) -> Option<usize>) -> bool {
         let mut inner = self.lock();
         if inner.state.is_finished() {
@@ -515,7 +522,7 @@ impl Job {
         }
         let elapsed_ms = self.elapsed_ms();
         let state = inner.state.as_str();
-        let snapshot = match inner.run.as_ref() {
+        let snapshot = match inner.run.as_mut() {
             None => {
                 let tick = WaitingTick {
                     queue_position: queue_position(&self.id)
@@ -532,6 +539,11 @@ impl Job {
                 return true;
             }
             Some(run) => {
+                if run.started.is_none() && !run.tracker.started() {
+                    if let Some(position) = queue_position(&self.id) {
+                        run.tracker.set_queue_position(Some(position));
+                    }
+                }
                 let mut snapshot = run.tracker.snapshot(state, elapsed_ms);
                 snapshot["backend"] = json!(run.backend_url);
                 snapshot
@@ -686,8 +698,8 @@ impl Job {
         self.cancel_requested.load(Ordering::SeqCst)
     }
 
-    /// The job as `GET /jobs/{id}` shows it. `queue_position` is its place in the gateway's
-    /// queue while it waits there.
+    /// The job as `GET /jobs/{id}` shows it, with its `queue_position` (see
+    /// `Engine::queue_position`).
     pub fn to_json(&self, queue_position: Option<usize>) -> Value {
         let inner = self.lock();
         let (result, error) = match &inner.state {
@@ -857,6 +869,7 @@ impl Job {
             orphaned: true,
             stop_sent: false,
             last_heard: now,
+            sent: now,
         });
         if saved.started {
             inner.state = JobState::Running;
@@ -945,7 +958,7 @@ mod tests {
         let job = job();
         job.publish(EventKind::Queued, json!({}));
         job.tick(|_| Some(3));
-        job.dispatched("http://c", PromptId("p".into()), &json!({}), vec![]);
+        job.dispatched("http://c", PromptId("p".into()), &json!({}), vec![], 0);
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");
         let record: JobRecord = serde_json::from_str(&text).expect("readable");

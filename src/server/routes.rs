@@ -271,6 +271,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             // After the job started, JSON answers carry the job's error with its status.
             ErrorCode::ExecutionFailed,
             ErrorCode::ComfyuiLost,
+            ErrorCode::ComfyuiError,
             ErrorCode::Timeout,
             ErrorCode::StorageFailed,
             ErrorCode::Cancelled,

@@ -381,9 +381,8 @@ fn parse_cursor(text: &str) -> Option<(u64, String)> {
 fn page(app: &App, query: &str) -> Result<Value, V2Error> {
     let query = parse_query(query)?;
     let mut jobs = app.jobs.all();
-    jobs.sort_by(|a, b| {
-        let key = |job: &Job| (job.times_unix_ms().0, job.id().as_str().to_string());
-        key(b).cmp(&key(a))
+    jobs.sort_by_cached_key(|job| {
+        std::cmp::Reverse((job.times_unix_ms().0, job.id().as_str().to_string()))
     });
     let mut items = Vec::new();
     let mut last: Option<Arc<Job>> = None;
@@ -403,9 +402,8 @@ fn page(app: &App, query: &str) -> Result<Value, V2Error> {
         {
             continue;
         }
-        let mut item = view::job(app, &job);
         if let Some(statuses) = &query.statuses {
-            let status = item["status"].as_str().unwrap_or_default();
+            let status = view::status_of(&job, &job.state());
             if !statuses.iter().any(|s| s == status) {
                 continue;
             }
@@ -414,6 +412,8 @@ fn page(app: &App, query: &str) -> Result<Value, V2Error> {
             next = last.as_deref().map(cursor_of);
             break;
         }
+        // Only the page's jobs are rendered whole.
+        let mut item = view::job(app, &job);
         let (created, started, finished) = job.times_unix_ms();
         let updated = finished.or(started).unwrap_or(created);
         item["create_time"] = item["created_at"].clone();

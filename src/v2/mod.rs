@@ -12,6 +12,7 @@
 
 mod assets;
 mod checks;
+pub mod doc;
 mod error;
 mod events;
 mod idempotency;
