@@ -503,6 +503,17 @@ impl AssetStore {
         Ok(Some(asset))
     }
 
+    /// Removes the blob `hash` if no asset refers to it (bytes an upload stored and then had to
+    /// refuse); returns whether it was removed.
+    pub fn remove_unreferenced_blob(&self, hash: &BlobHash) -> io::Result<bool> {
+        let records = self.lock();
+        if !records.with_hash(hash).is_empty() {
+            return Ok(false);
+        }
+        self.blobs.remove(hash)?;
+        Ok(true)
+    }
+
     /// The first bytes of the blob `hash`.
     fn head_of(&self, hash: &BlobHash) -> Result<Vec<u8>, AssetError> {
         use std::io::Read;

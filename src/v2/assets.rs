@@ -28,9 +28,6 @@ const PARTS_LIMIT: usize = 64;
 /// The most tags an asset may carry.
 const TAGS_LIMIT: usize = 32;
 
-/// The largest `POST /api/v2/assets/from-hash` body.
-const FROM_HASH_BODY_LIMIT: u64 = 64 * 1024;
-
 fn store(app: &App) -> &AssetStore {
     &app.v2.assets
 }
@@ -52,8 +49,9 @@ pub fn upload(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
         // What is left of the body is read here, through a small buffer: tiny_http would set
         // aside as much memory as the declared length to discard it.
         Err(Refusal::Error(error)) => match drain(&mut request, upload_bound(limit)) {
-            Ok(()) => respond_error(request, &error),
-            Err(_) => refuse_too_large(request, call, limit),
+            Drained::TooLong => refuse_too_large(request, call, limit),
+            // A client that went away gets its answer written into the void: nothing is lost.
+            Drained::All | Drained::Broken => respond_error(request, &error),
         },
     }
 }
@@ -73,15 +71,24 @@ fn refuse_too_large(request: Request, call: &Call<'_>, limit: u64) {
     call.door.refuse(request, &error, &[]);
 }
 
-/// Reads and drops what is left of the request's body, at most `bound` bytes; an error if
-/// there is more (or reading fails).
-fn drain(request: &mut Request, bound: u64) -> io::Result<()> {
+/// What [`drain`] found.
+enum Drained {
+    /// The body ended within the bound.
+    All,
+    /// The body goes on past the bound.
+    TooLong,
+    /// Reading it failed (the client went away).
+    Broken,
+}
+
+/// Reads and drops what is left of the request's body, at most `bound` bytes.
+fn drain(request: &mut Request, bound: u64) -> Drained {
     let mut rest = request.as_reader().take(bound.saturating_add(1));
-    let drained = io::copy(&mut rest, &mut io::sink())?;
-    if drained > bound {
-        return Err(io::Error::other("the body is larger than allowed"));
+    match io::copy(&mut rest, &mut io::sink()) {
+        Ok(drained) if drained > bound => Drained::TooLong,
+        Ok(_) => Drained::All,
+        Err(_) => Drained::Broken,
     }
-    Ok(())
 }
 
 /// Why an upload stored nothing.
@@ -169,7 +176,8 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     // An expected hash sent after the file is checked now; new bytes it refuses are dropped.
     if let Some(expected) = fields.expected_hash.filter(|hash| *hash != outcome.hash) {
         if outcome.created_new {
-            if let Err(e) = blobs.remove(&outcome.hash) {
+            // Unless a concurrent upload of the same bytes has minted an asset over them.
+            if let Err(e) = store(app).remove_unreferenced_blob(&outcome.hash) {
                 log::warn!("removing the refused upload {}: {e}", outcome.hash);
             }
         }
@@ -182,7 +190,8 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     let file_path = match fields.file_path {
         Some(path) => Some(path),
         None => filename.map(checked_name).transpose()?,
-    };
+    }
+    .filter(|path| !path.is_empty());
     let minted = store(app)
         .mint(NewAsset {
             hash: outcome.hash,
@@ -263,9 +272,9 @@ fn parse_hash(field: &str, text: &str) -> Result<BlobHash, V2Error> {
     })
 }
 
-/// The body of `POST /api/v2/assets/from-hash`.
+/// The body of `POST /api/v2/assets/from-hash` (fields the contract may add later are
+/// ignored, as its additive-changes rule asks).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FromHash {
     hash: String,
     #[serde(default)]
@@ -277,8 +286,8 @@ struct FromHash {
 /// `POST /api/v2/assets/from-hash`: mints an asset over bytes the gateway already has; `201`,
 /// or `200` with the identical asset that already existed; `404 blob_not_found` otherwise.
 pub fn from_hash(app: &Arc<App>, mut request: Request, _call: &Call<'_>) {
-    let answer =
-        read_from_hash(&mut request).and_then(|new| store(app).mint(new).map_err(asset_error));
+    let answer = read_from_hash(&mut request, app.config.max_body_bytes)
+        .and_then(|new| store(app).mint(new).map_err(asset_error));
     match answer {
         Ok(minted) => {
             let status = if minted.existing { 200 } else { 201 };
@@ -291,9 +300,8 @@ pub fn from_hash(app: &Arc<App>, mut request: Request, _call: &Call<'_>) {
     }
 }
 
-fn read_from_hash(request: &mut Request) -> Result<NewAsset, V2Error> {
-    let body = reply::read_json_body(request, FROM_HASH_BODY_LIMIT)
-        .map_err(|e| V2Error::from_gateway(&e))?;
+fn read_from_hash(request: &mut Request, limit: u64) -> Result<NewAsset, V2Error> {
+    let body = reply::read_json_body(request, limit).map_err(|e| V2Error::from_gateway(&e))?;
     let parsed: FromHash = serde_json::from_slice(&body).map_err(|e| {
         V2Error::invalid_request(format!(
             "the body must be {{\"hash\": \"blake3:...\", \"file_path\"?, \"tags\"?}}: {e}"
@@ -306,7 +314,11 @@ fn read_from_hash(request: &mut Request) -> Result<NewAsset, V2Error> {
     }
     Ok(NewAsset {
         hash: parse_hash("hash", &parsed.hash)?,
-        file_path: parsed.file_path.map(checked_name).transpose()?,
+        file_path: parsed
+            .file_path
+            .map(checked_name)
+            .transpose()?
+            .filter(|path| !path.is_empty()),
         tags: parsed.tags,
     })
 }
