@@ -360,7 +360,7 @@ pub struct RequestOptions {
     /// Whether the job's stream carries the sampler's preview frames.
     #[serde(default)]
     pub previews: bool,
-    /// The format images are stored in (`png`: as ComfyUI made them).
+    /// The format still pictures are converted to (`png`: none, every output as ComfyUI made it).
     #[serde(default)]
     pub output_format: OutputFormat,
     /// JPEG quality, 1 to 100 (only with `output_format: "jpeg"`; `None`: the default, 90).
@@ -423,9 +423,10 @@ pub const COMMON_FIELDS: &[CommonField] = &[
         schema: || {
             let names: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.as_str()).collect();
             json!({"type": "string", "enum": names, "default": "png",
-                   "description": "Store images as PNG (as ComfyUI made them), JPEG, or lossless \
-                                   WebP. Converted files carry no metadata; non-image outputs \
-                                   are never converted.",
+                   "description": "png: store every output as ComfyUI made it, in its own \
+                                   format (never converted); jpeg or webp: convert still PNG \
+                                   and WebP pictures in another format. Converted files carry \
+                                   no metadata; non-image outputs are never converted.",
                    "examples": ["webp"]})
         },
     },

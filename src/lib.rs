@@ -64,6 +64,7 @@ pub mod percent;
 pub mod server;
 pub mod sse;
 pub mod storage;
+pub mod strip;
 pub mod timestamp;
 pub mod v2;
 pub mod warmup;

@@ -16,9 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::compute::{
-    self, Computed, Inputs, MediaData, MediaSave, NodeFailure, NodeValue, Outputs,
-};
+use super::compute::{self, Computed, Inputs, MediaSave, NodeFailure, NodeValue, Outputs};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
 use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
@@ -640,7 +638,7 @@ impl<'a> Execution<'a> {
         frames: &Frames,
     ) -> Result<Value, Halt> {
         let (subfolder, filename) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let texts = self.png_texts();
+        let texts = self.metadata();
         let mut pngs = Vec::with_capacity(frames.pictures.len());
         for picture in &frames.pictures {
             let rgb = picture.render(frames.width, frames.height);
@@ -676,38 +674,28 @@ impl<'a> Execution<'a> {
                 let frames = &vhs.first_frame;
                 let picture = frames.pictures.first().cloned().unwrap_or(Picture::Blank);
                 let rgb = picture.render(frames.width, frames.height);
-                let png = render::encode_png(frames.width, frames.height, &rgb, &self.png_texts())
+                let png = render::encode_png(frames.width, frames.height, &rgb, &self.metadata())
                     .map_err(|e| Halt::Failed {
-                        node: id.into(),
-                        failure: NodeFailure {
-                            exception_type: "OSError".into(),
-                            message: format!("cannot write PNG: {e}"),
-                        },
-                    })?;
+                    node: id.into(),
+                    failure: NodeFailure {
+                        exception_type: "OSError".into(),
+                        message: format!("cannot write PNG: {e}"),
+                    },
+                })?;
                 Some(png)
             }
             None => None,
         };
-        let data = match save.data {
-            MediaData::Ready(data) => data,
-            MediaData::AnimatedPng { frames, fps } => {
-                let rendered: Vec<Vec<u8>> = frames
-                    .pictures
-                    .iter()
-                    .map(|p| p.render(frames.width, frames.height))
-                    .collect();
-                let texts = self.png_texts();
-                let apng = render::encode_apng(frames.width, frames.height, &rendered, fps, &texts)
-                    .map_err(|e| Halt::Failed {
-                        node: id.into(),
-                        failure: NodeFailure {
-                            exception_type: "OSError".into(),
-                            message: format!("cannot write APNG: {e}"),
-                        },
-                    })?;
-                FileData::Bytes(apng)
-            }
-        };
+        let data = save
+            .data
+            .write(&self.metadata())
+            .map_err(|message| Halt::Failed {
+                node: id.into(),
+                failure: NodeFailure {
+                    exception_type: "OSError".into(),
+                    message,
+                },
+            })?;
         let mut st = self.live_state()?;
         let counter = st.next_counter(save.folder, subfolder, filename);
         let name = format!(
@@ -733,45 +721,27 @@ impl<'a> Execution<'a> {
         }
         st.store_file(FileKey::new(save.folder, subfolder, &name), data);
         let mut ui = json!({ save.ui_key: [entry] });
-        if save.animated {
-            ui["animated"] = json!([true]);
+        if let Some(animated) = save.animated {
+            ui["animated"] = json!([animated]);
         }
         Ok(ui)
     }
 
-    /// `tEXt` chunks: `prompt` (the API graph), `workflow` (the UI graph the client passed in
-    /// `extra_data.extra_pnginfo`, else a small stand-in), and any other `extra_pnginfo` keys.
-    fn png_texts(&self) -> Vec<(String, String)> {
-        let mut texts = vec![("prompt".to_string(), render::ascii_json(&self.item.graph))];
+    /// The metadata ComfyUI's savers write, as `(key, JSON text)`: `prompt` (the API graph),
+    /// then each `extra_pnginfo` entry the client passed in `extra_data` (the UI sends
+    /// `workflow`; API clients usually send none), as `tEXt` chunks, `comf` chunks, EXIF or
+    /// container tags depending on the saver.
+    fn metadata(&self) -> Vec<(String, String)> {
+        let mut tags = vec![("prompt".to_string(), render::ascii_json(&self.item.graph))];
         let extra = self
             .item
             .extra_data
             .get("extra_pnginfo")
             .and_then(Value::as_object);
-        let workflow = extra
-            .and_then(|e| e.get("workflow"))
-            .cloned()
-            .unwrap_or_else(|| self.stand_in_workflow());
-        texts.push(("workflow".to_string(), render::ascii_json(&workflow)));
         for (key, value) in extra.into_iter().flatten() {
-            if key != "workflow" {
-                texts.push((key.clone(), render::ascii_json(value)));
-            }
+            tags.push((key.clone(), render::ascii_json(value)));
         }
-        texts
-    }
-
-    fn stand_in_workflow(&self) -> Value {
-        let nodes: Vec<Value> = self
-            .graph
-            .nodes
-            .values()
-            .map(|n| json!({"id": n.id, "type": n.class.name}))
-            .collect();
-        json!({
-            "last_node_id": nodes.len(), "last_link_id": 0, "nodes": nodes, "links": [],
-            "groups": [], "config": {}, "extra": {"generator": "comfyui-sim"}, "version": 0.4,
-        })
+        tags
     }
 
     fn finish_success(mut self) {

@@ -376,6 +376,25 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         output_node: true,
     },
     NodeClass {
+        name: "SaveAnimatedWEBP",
+        display_name: "SaveAnimatedWEBP",
+        category: "image/animation",
+        description: "Saves the images as an animated WebP, a still one when they are all the same (reported under images, animated).",
+        inputs: &[
+            link("images", "IMAGE"),
+            text("filename_prefix", false, "ComfyUI"),
+            float("fps", 0.01, 1000.0, 6.0, 0.01),
+            boolean("lossless", true),
+            int("quality", 0, 100, 80, 1),
+            choice(
+                "method",
+                ChoiceList::Fixed(&["default", "fastest", "slowest"]),
+            ),
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
         name: "SaveAnimatedPNG",
         display_name: "SaveAnimatedPNG",
         category: "image/animation",
@@ -502,7 +521,7 @@ impl NodeClass {
     fn python_module(&self) -> &'static str {
         match self.name {
             "CreateVideo" | "SaveVideo" | "SaveWEBM" => "comfy_extras.nodes_video",
-            "SaveAnimatedPNG" => "comfy_extras.nodes_images",
+            "SaveAnimatedPNG" | "SaveAnimatedWEBP" => "comfy_extras.nodes_images",
             "EmptyLatentAudio" | "VAEDecodeAudio" | "SaveAudio" | "SaveAudioMP3"
             | "SaveAudioOpus" => "comfy_extras.nodes_audio",
             "VHS_VideoCombine" => "custom_nodes.ComfyUI-VideoHelperSuite",
@@ -677,6 +696,7 @@ mod tests {
                 "PreviewImage",
                 "SaveVideo",
                 "SaveWEBM",
+                "SaveAnimatedWEBP",
                 "SaveAnimatedPNG",
                 "VHS_VideoCombine",
                 "SaveAudio",

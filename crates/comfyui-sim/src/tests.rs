@@ -338,7 +338,10 @@ fn txt2img_runs_in_comfyui_message_order_and_saves_a_viewable_png() {
         serde_json::from_str::<Value>(&prompt_chunk.1).expect("JSON"),
         graph
     );
-    assert!(texts.iter().any(|(k, _)| k == "workflow"));
+    assert!(
+        !texts.iter().any(|(k, _)| k == "workflow"),
+        "without extra_pnginfo ComfyUI writes no workflow"
+    );
 
     assert_eq!(
         http.get_json("/queue"),
@@ -1133,8 +1136,8 @@ fn video_audio_and_gif_outputs_are_reported_and_served_like_comfyui() {
     );
     let (_, _, texts, _) = inspect_png(&workflow);
     assert!(
-        texts.iter().any(|(k, _)| k == "workflow"),
-        "VideoHelperSuite's PNG carries the workflow"
+        texts.iter().any(|(k, _)| k == "prompt"),
+        "VideoHelperSuite's PNG carries the prompt"
     );
     let temp = &outputs["6"]["gifs"][0];
     assert_eq!(
