@@ -809,3 +809,56 @@ fn an_output_that_cannot_be_hashed_keeps_its_job_and_file() {
     let job_id = result["job_id"].as_str().expect("job id");
     assert!(h.app.v2.assets.for_job(job_id).is_empty());
 }
+
+#[test]
+fn an_upload_idempotency_key_replays_or_refuses() {
+    let h = Harness::start();
+    let send = |key: &str, body: Vec<u8>| {
+        let response = agent()
+            .post(h.url("/api/v2/assets"))
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .header("Idempotency-Key", key)
+            .send(&body[..])
+            .expect("the gateway answers");
+        let replayed = response
+            .headers()
+            .get("Idempotency-Replayed")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (status, body) = read(Ok(response));
+        (status, body, replayed)
+    };
+    let png = tiny_png(9, 9);
+    let key = "c0ffee00-upload-key";
+    let (status, first, replayed) = send(key, form(&[("file_path", "a.png")], &png, "a.png"));
+    assert_eq!((status, replayed), (201, None), "{first}");
+    // The same request again: the recorded answer, said to be one.
+    let (status, again, replayed) = send(key, form(&[("file_path", "a.png")], &png, "a.png"));
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (201, Some("true")),
+        "{again}"
+    );
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["created_new"], true);
+    // The same key for other bytes: refused, and those bytes are not kept.
+    let other = tiny_png(10, 10);
+    let (status, body, _) = send(key, form(&[("file_path", "a.png")], &other, "a.png"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "idempotency_key_reuse"),
+        "{body}"
+    );
+    assert_eq!(head_status(&h, &BlobHash::of(&other).to_string()), 404);
+    // A key longer than 255 characters.
+    let (status, body, _) = send(&"k".repeat(256), form(&[], &png, "a.png"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    assert_eq!(h.app.v2.assets.len(), 1);
+}

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
+use super::idempotency::{self, Begin};
 use super::multipart::{self, Multipart};
 use super::range::RangeAnswer;
 use super::{Call, V2Error, respond, respond_error};
@@ -35,15 +36,48 @@ fn store(app: &App) -> &AssetStore {
 /// `POST /api/v2/assets`: a `multipart/form-data` upload with a `file` part and the fields
 /// `file_path`, `content_type` (not trusted: the type comes from the bytes), `expected_hash`
 /// and `tags` (repeated). `201` for new bytes, `200` when the gateway already had them.
+///
+/// An `Idempotency-Key` is honoured as for jobs, the request being what was uploaded (the
+/// bytes' hash, `file_path` and `tags`): known only once the body has arrived, so a retry that
+/// overlaps the first is told `409 idempotency_conflict` once its own bytes are in.
 pub fn upload(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
     let limit = app.config.max_upload_bytes;
-    match receive_upload(app, &mut request, limit) {
-        Ok((minted, created_new)) => {
+    let key = reply::header_value(&request, "Idempotency-Key").map(str::to_string);
+    if key
+        .as_deref()
+        .is_some_and(|key| !idempotency::valid_key(key))
+    {
+        let error = V2Error::invalid_request(format!(
+            "Idempotency-Key must be 1 to {} printable ASCII characters",
+            idempotency::MAX_KEY_LEN
+        ));
+        return match drain(&mut request, upload_bound(limit)) {
+            Drained::TooLong => refuse_too_large(request, call, limit),
+            Drained::All | Drained::Broken => respond_error(request, &error),
+        };
+    }
+    let answer = receive_upload(app, &mut request, limit, |received| {
+        idempotent(app, call, key.as_deref(), received)
+    });
+    match answer {
+        Ok(Answer::Minted((minted, created_new), claim)) => {
             let status = if created_new { 201 } else { 200 };
             let body = minted
                 .asset
                 .to_json(&app.config.public_base_url, Some(created_new));
+            if let Some(claim) = claim {
+                if let Err(e) = claim.record(status, &body) {
+                    log::error!(
+                        "asset {}: its Idempotency-Key could not be saved: {e}",
+                        minted.asset.id
+                    );
+                }
+            }
             respond(request, status, &body, Vec::new());
+        }
+        Ok(Answer::Replay(status, body)) => {
+            let headers = vec![reply::header("Idempotency-Replayed", "true")];
+            respond(request, status, &body, headers);
         }
         Err(Refusal::TooLarge) => refuse_too_large(request, call, limit),
         // What is left of the body is read here, through a small buffer: tiny_http would set
@@ -91,6 +125,65 @@ fn drain(request: &mut Request, bound: u64) -> Drained {
     }
 }
 
+/// What an upload that went through answers.
+enum Answer<'a> {
+    /// A minted (or found) asset, whether its bytes were new, and the key to record it under.
+    Minted((Minted, bool), Option<idempotency::Claim<'a>>),
+    /// The answer recorded for the same key and the same upload.
+    Replay(u16, Value),
+}
+
+/// What an upload is, for its `Idempotency-Key`: known once its bytes have arrived.
+struct Received<'a> {
+    hash: BlobHash,
+    file_path: Option<&'a str>,
+    tags: &'a [String],
+}
+
+/// What the key says to do with an upload that arrived.
+enum KeyVerdict<'a> {
+    /// No key, or a new one: mint (and record under the claim).
+    Go(Option<idempotency::Claim<'a>>),
+    /// Same key, same upload: the recorded answer.
+    Replay(u16, Value),
+}
+
+/// Looks the upload's `Idempotency-Key` up (see [`upload`]).
+fn idempotent<'a>(
+    app: &'a App,
+    call: &Call<'_>,
+    key: Option<&str>,
+    received: &Received<'_>,
+) -> Result<KeyVerdict<'a>, V2Error> {
+    let Some(key) = key else {
+        return Ok(KeyVerdict::Go(None));
+    };
+    let request = serde_json::json!({
+        "upload": received.hash,
+        "file_path": received.file_path,
+        "tags": received.tags,
+    });
+    match app
+        .v2
+        .idempotency
+        .begin(call.token.as_deref(), key, &request)
+    {
+        Begin::Fresh(claim) => Ok(KeyVerdict::Go(Some(claim))),
+        Begin::Replay(recorded) => Ok(KeyVerdict::Replay(recorded.status, recorded.body)),
+        Begin::Reused => Err(V2Error::new(
+            422,
+            "idempotency_key_reuse",
+            "this Idempotency-Key was used with a different request",
+        )),
+        Begin::InFlight => Err(V2Error::new(
+            409,
+            "idempotency_conflict",
+            "a request with this Idempotency-Key is still being answered; retry shortly",
+        )
+        .retry_after(1)),
+    }
+}
+
 /// Why an upload stored nothing.
 enum Refusal {
     TooLarge,
@@ -129,9 +222,14 @@ impl Fields {
     }
 }
 
-/// Reads the form, streaming its file into the blob store, and mints the asset. Returns it and
-/// whether its bytes were new.
-fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minted, bool), Refusal> {
+/// Reads the form, streaming its file into the blob store, asks `key` what to do with it, and
+/// mints the asset. Returns it and whether its bytes were new, or the recorded answer.
+fn receive_upload<'a>(
+    app: &'a App,
+    request: &mut Request,
+    limit: u64,
+    key: impl FnOnce(&Received<'_>) -> Result<KeyVerdict<'a>, V2Error>,
+) -> Result<Answer<'a>, Refusal> {
     let content_type = reply::header_value(request, "Content-Type").unwrap_or("");
     let Some(boundary) = multipart::boundary(content_type) else {
         return Err(V2Error::invalid_request(
@@ -192,6 +290,24 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
         None => filename.map(checked_name).transpose()?,
     }
     .filter(|path| !path.is_empty());
+    let received = Received {
+        hash: outcome.hash,
+        file_path: file_path.as_deref(),
+        tags: &fields.tags,
+    };
+    let claim = match key(&received) {
+        Ok(KeyVerdict::Go(claim)) => claim,
+        Ok(KeyVerdict::Replay(status, body)) => return Ok(Answer::Replay(status, body)),
+        Err(error) => {
+            if outcome.created_new {
+                // Bytes this refused request brought, unless another upload uses them already.
+                if let Err(e) = store(app).remove_unreferenced_blob(&outcome.hash) {
+                    log::warn!("removing the refused upload {}: {e}", outcome.hash);
+                }
+            }
+            return Err(error.into());
+        }
+    };
     let minted = store(app)
         .mint(NewAsset {
             hash: outcome.hash,
@@ -209,7 +325,7 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
             .retry_after(1),
             other => asset_error(other),
         })?;
-    Ok((minted, outcome.created_new))
+    Ok(Answer::Minted((minted, outcome.created_new), claim))
 }
 
 /// A multipart body that does not parse (or a client that went away while sending it).
