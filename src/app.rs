@@ -142,7 +142,8 @@ impl App {
             )),
             None => None,
         };
-        let v2 = crate::v2::V2State::open(&config.data_dir).map_err(|e| data_dir_error("v2", e))?;
+        let v2 = crate::v2::V2State::open(&config.data_dir, blobs.clone())
+            .map_err(|e| data_dir_error("v2", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(
             &store,

@@ -262,9 +262,60 @@ impl std::error::Error for AssetError {
 pub struct AssetStore {
     dir: PathBuf,
     blobs: BlobStore,
-    /// Every record by id. Held only to read or change the map and to write one small record
+    /// Every record. Held only to read or change the index and to write one small record
     /// file, never while a body streams in.
-    records: Mutex<HashMap<String, Arc<Asset>>>,
+    records: Mutex<Index>,
+}
+
+/// The records by id, and the ids by blob and by job, so that no lookup walks every record.
+#[derive(Debug, Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Asset>>,
+    by_hash: HashMap<BlobHash, Vec<Arc<Asset>>>,
+    by_job: HashMap<String, Vec<Arc<Asset>>>,
+}
+
+impl Index {
+    fn insert(&mut self, asset: Arc<Asset>) {
+        self.by_hash
+            .entry(asset.hash)
+            .or_default()
+            .push(Arc::clone(&asset));
+        if let Some(job_id) = &asset.job_id {
+            self.by_job
+                .entry(job_id.clone())
+                .or_default()
+                .push(Arc::clone(&asset));
+        }
+        self.by_id.insert(asset.id.clone(), asset);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Asset>> {
+        let asset = self.by_id.remove(id)?;
+        if let Some(same) = self.by_hash.get_mut(&asset.hash) {
+            same.retain(|a| a.id != id);
+            if same.is_empty() {
+                self.by_hash.remove(&asset.hash);
+            }
+        }
+        if let Some(job_id) = &asset.job_id {
+            if let Some(outputs) = self.by_job.get_mut(job_id) {
+                outputs.retain(|a| a.id != id);
+                if outputs.is_empty() {
+                    self.by_job.remove(job_id);
+                }
+            }
+        }
+        Some(asset)
+    }
+
+    fn with_hash(&self, hash: &BlobHash) -> &[Arc<Asset>] {
+        self.by_hash.get(hash).map_or(&[], Vec::as_slice)
+    }
+
+    fn of_job(&self, job_id: &str) -> &[Arc<Asset>] {
+        self.by_job.get(job_id).map_or(&[], Vec::as_slice)
+    }
 }
 
 impl AssetStore {
@@ -273,7 +324,7 @@ impl AssetStore {
     pub fn open(dir: impl Into<PathBuf>, blobs: BlobStore) -> io::Result<AssetStore> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
-        let mut records = HashMap::new();
+        let mut records = Index::default();
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
             let name = path
@@ -290,9 +341,7 @@ impl AssetStore {
                 continue;
             }
             match read_record(&path) {
-                Ok(asset) => {
-                    records.insert(asset.id.clone(), Arc::new(asset));
-                }
+                Ok(asset) => records.insert(Arc::new(asset)),
                 Err(e) => log::warn!("skipping the asset record {}: {e}", path.display()),
             }
         }
@@ -308,7 +357,7 @@ impl AssetStore {
         &self.blobs
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Asset>>> {
+    fn lock(&self) -> MutexGuard<'_, Index> {
         // A panic cannot leave the map half-changed (single insert/remove), so a poisoned lock
         // is still safe to use.
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
@@ -316,17 +365,17 @@ impl AssetStore {
 
     /// The asset `id`, if it exists.
     pub fn get(&self, id: &str) -> Option<Arc<Asset>> {
-        self.lock().get(id).cloned()
+        self.lock().by_id.get(id).cloned()
     }
 
     /// How many assets there are.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().by_id.is_empty()
     }
 
     /// Whether a new asset may be minted over `hash` (`HEAD by-hash`, `from-hash`): the blob
@@ -354,12 +403,10 @@ impl AssetStore {
         let Some(size_bytes) = self.blobs.size(&new.hash) else {
             return Err(AssetError::BlobNotFound(new.hash));
         };
-        let same = records.values().find(|a| {
-            a.job_id.is_none()
-                && a.hash == new.hash
-                && a.file_path == new.file_path
-                && a.tags == new.tags
-        });
+        let same = records
+            .with_hash(&new.hash)
+            .iter()
+            .find(|a| a.job_id.is_none() && a.file_path == new.file_path && a.tags == new.tags);
         if let Some(asset) = same {
             return Ok(Minted {
                 asset: Arc::clone(asset),
@@ -382,7 +429,7 @@ impl AssetStore {
         };
         self.write(&asset).map_err(AssetError::Io)?;
         let asset = Arc::new(asset);
-        records.insert(asset.id.clone(), Arc::clone(&asset));
+        records.insert(Arc::clone(&asset));
         Ok(Minted {
             asset,
             existing: false,
@@ -393,9 +440,10 @@ impl AssetStore {
     /// index) again returns the asset it already has, so a retried store does not mint twice.
     pub fn register_output(&self, output: NewOutput<'_>) -> io::Result<Arc<Asset>> {
         let mut records = self.lock();
-        let known = records.values().find(|a| {
-            a.job_id.as_deref() == Some(output.job_id) && a.output_index == Some(output.index)
-        });
+        let known = records
+            .of_job(output.job_id)
+            .iter()
+            .find(|a| a.output_index == Some(output.index));
         if let Some(asset) = known {
             return Ok(Arc::clone(asset));
         }
@@ -415,28 +463,28 @@ impl AssetStore {
         };
         self.write(&asset)?;
         let asset = Arc::new(asset);
-        records.insert(asset.id.clone(), Arc::clone(&asset));
+        records.insert(Arc::clone(&asset));
         Ok(asset)
     }
 
     /// The outputs job `job_id` committed so far, in output order (durable: read back after a
     /// restart).
     pub fn for_job(&self, job_id: &str) -> Vec<Arc<Asset>> {
-        let mut outputs: Vec<Arc<Asset>> = self
-            .lock()
-            .values()
-            .filter(|a| a.job_id.as_deref() == Some(job_id))
-            .cloned()
-            .collect();
+        let mut outputs = self.lock().of_job(job_id).to_vec();
         outputs.sort_by_key(|a| a.output_index);
         outputs
     }
 
-    /// Deletes the asset `id`: its record, and its blob when no other asset refers to it.
-    /// Returns the deleted asset, or `None` if there was none.
-    pub fn delete(&self, id: &str) -> io::Result<Option<Arc<Asset>>> {
+    /// Deletes the asset `id`: its record, and its blob when no other asset refers to it and
+    /// `in_use` (asked about the blob, e.g. whether a waiting job takes it as an input) says
+    /// nothing else needs it. Returns the deleted asset, or `None` if there was none.
+    pub fn delete(
+        &self,
+        id: &str,
+        in_use: impl FnOnce(&BlobHash) -> bool,
+    ) -> io::Result<Option<Arc<Asset>>> {
         let mut records = self.lock();
-        let Some(asset) = records.get(id).cloned() else {
+        let Some(asset) = records.by_id.get(id).cloned() else {
             return Ok(None);
         };
         let path = self.record_path(&asset.id);
@@ -446,13 +494,24 @@ impl AssetStore {
             Err(e) => return Err(e),
         }
         records.remove(id);
-        let shared = records.values().any(|a| a.hash == asset.hash);
-        if !shared {
+        let shared = !records.with_hash(&asset.hash).is_empty();
+        if !shared && !in_use(&asset.hash) {
             if let Err(e) = self.blobs.remove(&asset.hash) {
                 log::warn!("asset {id} deleted, but its blob {} stays: {e}", asset.hash);
             }
         }
         Ok(Some(asset))
+    }
+
+    /// Removes the blob `hash` if no asset refers to it (bytes an upload stored and then had to
+    /// refuse); returns whether it was removed.
+    pub fn remove_unreferenced_blob(&self, hash: &BlobHash) -> io::Result<bool> {
+        let records = self.lock();
+        if !records.with_hash(hash).is_empty() {
+            return Ok(false);
+        }
+        self.blobs.remove(hash)?;
+        Ok(true)
     }
 
     /// The first bytes of the blob `hash`.
@@ -594,13 +653,22 @@ mod tests {
         let one = store.mint(upload("a.bin", hash)).expect("a").asset;
         let two = store.mint(upload("b.bin", hash)).expect("b").asset;
         assert_eq!(
-            store.delete(&one.id).expect("delete").map(|a| a.id.clone()),
+            store
+                .delete(&one.id, |_| false)
+                .expect("delete")
+                .map(|a| a.id.clone()),
             Some(one.id.clone())
         );
         assert!(store.get(&one.id).is_none());
         assert!(store.can_mint(&hash), "b.bin still uses the blob");
-        assert!(store.delete(&one.id).expect("again").is_none());
-        store.delete(&two.id).expect("delete b");
+        assert!(store.delete(&one.id, |_| false).expect("again").is_none());
+        // Bytes something else still needs (a waiting job's input) stay.
+        let three = store.mint(upload("c.bin", hash)).expect("c").asset;
+        store.delete(&two.id, |_| false).expect("delete b");
+        store.delete(&three.id, |h| *h == hash).expect("delete c");
+        assert!(store.can_mint(&hash), "in use elsewhere");
+        let four = store.mint(upload("d.bin", hash)).expect("d").asset;
+        store.delete(&four.id, |_| false).expect("delete d");
         assert!(!store.can_mint(&hash));
         drop(store);
         assert!(open(&dir).is_empty());

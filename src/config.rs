@@ -71,6 +71,9 @@ pub struct Config {
     pub queue_timeout: Option<Duration>,
     /// `MAX_BODY_BYTES`: the largest request body accepted (default 20 MiB, at least 1024).
     pub max_body_bytes: u64,
+    /// `MAX_UPLOAD_BYTES`: the largest Comfy API v2 asset upload, which is streamed to disk
+    /// rather than read into memory (default 100 MiB, at least 1024).
+    pub max_upload_bytes: u64,
     /// `API_KEYS`: bearer keys accepted by every endpoint but `/health`; empty means no
     /// authentication. Each key is non-empty and free of whitespace.
     pub api_keys: Vec<String>,
@@ -261,6 +264,7 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         queue_ahead: usize::try_from(queue_ahead).unwrap_or(usize::MAX),
         queue_timeout,
         max_body_bytes: whole_number(vars, &MAX_BODY_BYTES)?,
+        max_upload_bytes: whole_number(vars, &MAX_UPLOAD_BYTES)?,
         api_keys: match vars.get("API_KEYS") {
             Some(keys) => api_keys(&keys)?,
             None => Vec::new(),
@@ -499,6 +503,15 @@ const MAX_BODY_BYTES: WholeNumber = WholeNumber {
     unit: "bytes",
     min: 1024,
     max: 1 << 30,
+};
+
+/// Uploads are streamed to disk, so the cap is only a sanity bound (1 TiB).
+const MAX_UPLOAD_BYTES: WholeNumber = WholeNumber {
+    variable: "MAX_UPLOAD_BYTES",
+    default: 104_857_600,
+    unit: "bytes",
+    min: 1024,
+    max: 1 << 40,
 };
 
 /// Capped at ten years, which Supabase's 32-bit `expiresIn` holds.
@@ -764,6 +777,7 @@ impl fmt::Debug for Config {
             .field("queue_ahead", &self.queue_ahead)
             .field("queue_timeout", &self.queue_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
             .field("log_filter", &self.log_filter)
@@ -847,6 +861,7 @@ mod tests {
         assert_eq!(config.queue_ahead, 1);
         assert_eq!(config.queue_timeout, None);
         assert_eq!(config.max_body_bytes, 20_971_520);
+        assert_eq!(config.max_upload_bytes, 104_857_600);
         assert!(config.api_keys.is_empty());
         assert_eq!(config.png_metadata, PngMetadata::Strip);
         assert_eq!(config.log_filter, "info");

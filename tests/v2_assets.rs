@@ -3,6 +3,10 @@
 //! survive a restart.
 
 mod common;
+// The event schemas are tests/v2.rs's business.
+#[allow(dead_code)]
+#[path = "common/v2_schema.rs"]
+mod v2_schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use comfyui_gateway::server::Server;
 use common::harness::{Harness, Options, agent, workflows_dir};
 use common::tiny_png;
 use serde_json::{Value, json};
+use v2_schema::assert_valid;
 
 const BOUNDARY: &str = "----comfytest7d1f";
 
@@ -49,6 +54,13 @@ fn read(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON ({e}): {text}"))
     };
+    // Every body is the contract's: an Asset (a Job, for the few job calls) or the envelope.
+    match status {
+        200 | 201 if value.get("status").is_some() => assert_valid("Job", &value),
+        200 | 201 if value.get("id").is_some() => assert_valid("Asset", &value),
+        400.. => assert_valid("ErrorEnvelope", &value),
+        _ => {}
+    }
     (status, value)
 }
 
@@ -197,7 +209,7 @@ fn a_wrong_expected_hash_is_refused_and_nothing_is_kept() {
 #[test]
 fn bad_uploads_get_the_envelope() {
     let h = Harness::with(Options {
-        vars: vec![("MAX_BODY_BYTES", "4096".to_string())],
+        vars: vec![("MAX_UPLOAD_BYTES", "4096".to_string())],
         ..Options::default()
     });
     // Not multipart.
@@ -244,7 +256,7 @@ fn bad_uploads_get_the_envelope() {
         (400, "invalid_request"),
         "{body}"
     );
-    // Over MAX_BODY_BYTES, sent chunked so that only the streaming limit can catch it.
+    // Over MAX_UPLOAD_BYTES, sent chunked so that only the streaming limit can catch it.
     let big = form(&[], &vec![7u8; 5000], "big.bin");
     let (status, body) = read(
         agent()
@@ -260,10 +272,84 @@ fn bad_uploads_get_the_envelope() {
         (413, "payload_too_large"),
         "{body}"
     );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAX_UPLOAD_BYTES")
+    );
+    // Declared over the limit: refused from the Content-Length alone.
+    let (status, body) = upload(&h, big);
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAX_UPLOAD_BYTES")
+    );
     assert!(h.app.v2.assets.is_empty());
     assert_eq!(
         head_status(&h, &BlobHash::of(&[7u8; 5000]).to_string()),
         404
+    );
+}
+
+#[test]
+fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
+    let h = Harness::with(Options {
+        vars: vec![
+            ("MAX_BODY_BYTES", "2048".to_string()),
+            ("MAX_UPLOAD_BYTES", "1048576".to_string()),
+        ],
+        ..Options::default()
+    });
+    // Larger than MAX_BODY_BYTES, within MAX_UPLOAD_BYTES: stored.
+    let bytes = vec![3u8; 600_000];
+    let (status, asset) = upload(&h, form(&[("file_path", "big.bin")], &bytes, "big.bin"));
+    assert_eq!(status, 201, "{asset}");
+    assert_eq!(asset["size_bytes"], bytes.len());
+    // A large body refused on its first bytes still gets the envelope (the gateway reads the
+    // rest itself, through a small buffer, before answering).
+    let mut bad = b"--nope\r\n".to_vec();
+    bad.extend(vec![0u8; 500_000]);
+    let agent = agent();
+    let response = agent
+        .post(h.url("/api/v2/assets"))
+        .header(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .send(&bad[..]);
+    let (status, body) = read(response);
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    let (status, record) = read(
+        agent
+            .get(h.url(&format!(
+                "/api/v2/assets/{}",
+                asset["id"].as_str().expect("id")
+            )))
+            .call(),
+    );
+    assert_eq!(status, 200, "{record}");
+    // Other routes keep MAX_BODY_BYTES.
+    let (status, body) = read(
+        agent
+            .post(h.url("/api/v2/assets/from-hash"))
+            .header("Content-Type", "application/json")
+            .send(&vec![b' '; 4096][..]),
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
     );
 }
 
@@ -352,6 +438,7 @@ fn content_honours_one_range_and_refuses_ranges_past_the_end() {
     assert_eq!(status, 416);
     assert_eq!(headers["content-range"], "bytes */1000");
     let error: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_valid("ErrorEnvelope", &error);
     assert_eq!(error_code(&error), "range_not_satisfiable");
 
     // Several ranges, or a range for another version, get the whole content.
@@ -503,6 +590,7 @@ fn a_generate_output_is_an_asset_served_by_the_gateway() {
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].id, id);
     let view = outputs[0].to_output_json(&h.app.config.public_base_url);
+    assert_valid("Output", &view);
     assert_eq!(view["node_id"], image["node"]);
     assert_eq!(view["url"], h.url(&format!("/api/v2/assets/{id}/content")));
     let job = h
@@ -565,6 +653,19 @@ fn a_supabase_output_redirects_to_a_fresh_storage_url() {
     let (status, bytes) = h.get_bytes(&location);
     assert_eq!(status, 200);
     assert!(bytes == stored);
+    // Supabase refusing to sign is said, in the envelope.
+    fake.fail_next(
+        common::fake_supabase::Route::Sign,
+        1,
+        403,
+        r#"{"statusCode":"403","error":"Unauthorized","message":"no"}"#,
+    );
+    let (status, body) = read(no_redirects.get(asset["url"].as_str().expect("url")).call());
+    assert_eq!(
+        (status, error_code(&body)),
+        (502, "storage_failed"),
+        "{body}"
+    );
     // Remote outputs are not copied into the local blob store.
     assert!(!h.app.v2.assets.can_mint(&BlobHash::of(&stored)));
 }
@@ -600,4 +701,164 @@ fn a_watcher_is_told_of_each_output_as_it_is_committed() {
         snapshot["result"]["images"][0]["asset_id"],
         asset.id.as_str()
     );
+}
+
+/// A graph whose sampler runs `steps` steps of 64×64 (the txt2img template's).
+fn sampler(steps: u32) -> Value {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(workflows_dir().join("txt2img.json")).expect("the template"),
+    )
+    .expect("JSON");
+    let mut graph = template["graph"].clone();
+    for node in graph.as_object_mut().expect("nodes").values_mut() {
+        if node["inputs"].get("steps").is_some() {
+            node["inputs"]["steps"] = json!(steps);
+        }
+        for size in ["width", "height"] {
+            if node["inputs"].get(size).is_some() {
+                node["inputs"][size] = json!(64);
+            }
+        }
+    }
+    graph
+}
+
+fn submit(h: &Harness, workflow: Value) -> String {
+    let (status, job) = read(
+        agent()
+            .post(h.url("/api/v2/jobs"))
+            .header("Content-Type", "application/json")
+            .send(json!({ "workflow": workflow }).to_string()),
+    );
+    assert_eq!(status, 201, "{job}");
+    job["id"].as_str().expect("job id").to_string()
+}
+
+#[test]
+fn deleting_an_asset_keeps_the_bytes_a_waiting_job_needs() {
+    // One prompt at a time on the one backend: the second job waits in the gateway's queue,
+    // and its input is uploaded to ComfyUI only when it is dispatched.
+    let mut options = Options::step_ms(100);
+    options.vars.push(("QUEUE_AHEAD", "0".to_string()));
+    let h = Harness::with(options);
+    let busy = submit(&h, sampler(10));
+    let png = tiny_png(16, 16);
+    let (status, asset) = upload_png(&h, &png, "input.png");
+    assert_eq!(status, 201, "{asset}");
+    let waiting = submit(
+        &h,
+        json!({
+            "1": {"class_type": "LoadImage", "inputs": {"image":
+                {"__type": "core/ASSET", "info": {"id": asset["id"]}}}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "in", "images": ["2", 0]}},
+        }),
+    );
+    let job = |id: &str| {
+        h.app
+            .jobs
+            .get(&comfyui_gateway::ids::JobId::parse(id).expect("a job id"))
+            .expect("the job")
+    };
+    assert!(
+        !job(&waiting).is_on_backend(),
+        "still in the gateway's queue"
+    );
+    let (status, _) = read(
+        agent()
+            .delete(h.url(&format!(
+                "/api/v2/assets/{}",
+                asset["id"].as_str().expect("id")
+            )))
+            .call(),
+    );
+    assert_eq!(status, 204);
+    let hash = asset["hash"].as_str().expect("hash");
+    assert_eq!(
+        head_status(&h, hash),
+        200,
+        "the waiting job still needs the bytes"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    assert!(job(&busy).wait_until_finished(Some(deadline)));
+    assert!(job(&waiting).wait_until_finished(Some(deadline)));
+    let (status, done) = read(
+        agent()
+            .get(h.url(&format!("/api/v2/jobs/{waiting}")))
+            .call(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+#[test]
+fn an_output_that_cannot_be_hashed_keeps_its_job_and_file() {
+    let h = Harness::start();
+    // The blob store's folder is gone and a file stands in its way: nothing can be linked in.
+    let blobs = h.dir.path().join("blobs");
+    std::fs::remove_dir_all(&blobs).expect("remove blobs");
+    std::fs::write(&blobs, b"in the way").expect("a file");
+    let result = generate(&h);
+    let image = &result["images"][0];
+    assert!(image["asset_id"].is_null(), "{image}");
+    assert!(image["hash"].is_null(), "{image}");
+    let (status, bytes) = h.get_bytes(image["url"].as_str().expect("url"));
+    assert_eq!(status, 200);
+    assert!(!bytes.is_empty());
+    let job_id = result["job_id"].as_str().expect("job id");
+    assert!(h.app.v2.assets.for_job(job_id).is_empty());
+}
+
+#[test]
+fn an_upload_idempotency_key_replays_or_refuses() {
+    let h = Harness::start();
+    let send = |key: &str, body: Vec<u8>| {
+        let response = agent()
+            .post(h.url("/api/v2/assets"))
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .header("Idempotency-Key", key)
+            .send(&body[..])
+            .expect("the gateway answers");
+        let replayed = response
+            .headers()
+            .get("Idempotency-Replayed")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (status, body) = read(Ok(response));
+        (status, body, replayed)
+    };
+    let png = tiny_png(9, 9);
+    let key = "c0ffee00-upload-key";
+    let (status, first, replayed) = send(key, form(&[("file_path", "a.png")], &png, "a.png"));
+    assert_eq!((status, replayed), (201, None), "{first}");
+    // The same request again: the recorded answer, said to be one.
+    let (status, again, replayed) = send(key, form(&[("file_path", "a.png")], &png, "a.png"));
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (201, Some("true")),
+        "{again}"
+    );
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["created_new"], true);
+    // The same key for other bytes: refused, and those bytes are not kept.
+    let other = tiny_png(10, 10);
+    let (status, body, _) = send(key, form(&[("file_path", "a.png")], &other, "a.png"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "idempotency_key_reuse"),
+        "{body}"
+    );
+    assert_eq!(head_status(&h, &BlobHash::of(&other).to_string()), 404);
+    // A key longer than 255 characters.
+    let (status, body, _) = send(&"k".repeat(256), form(&[], &png, "a.png"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_request"),
+        "{body}"
+    );
+    assert_eq!(h.app.v2.assets.len(), 1);
 }

@@ -6,6 +6,7 @@ the simulator, and FULL_BASE_URL at a second gateway whose queue is full. Prints
 """
 
 import asyncio
+import io
 import os
 import sys
 import tempfile
@@ -13,7 +14,9 @@ import uuid
 
 from comfy_sdk import (
     AsyncComfy,
+    BlobNotFound,
     Comfy,
+    HashMismatch,
     InvalidWorkflow,
     JobFailed,
     NotFound,
@@ -95,6 +98,40 @@ def sync_checks(tiny_png):
             assert ran.format == "api"
             assert ran.graph["1"]["inputs"]["image"].startswith("gateway/"), ran.graph
         ok("asset_from_file")
+
+        # The asset library: dedup by hash, rehydration, ranges, typed errors, deletion.
+        noise = os.urandom(4096)
+        first = client.assets.from_bytes(noise, filename="noise.bin")
+        first_id = first.commit()
+        assert first.created_new is True, first.created_new
+        # A second handle over the same bytes finds them (HEAD by-hash, then from-hash).
+        again = client.assets.from_bytes(noise, filename="noise.bin")
+        assert again.commit() == first_id and again.created_new is False
+        assert client.assets.get(first_id).hash == first.hash
+        link = first.get_download_url()
+        assert link.url.endswith(f"/api/v2/assets/{first_id}/content"), link.url
+        with client._low.get_asset_content(first_id, range=(10, 19)) as resp:
+            assert resp.status_code == 206 and resp.read() == noise[10:20]
+        outputs[0].to_file(os.path.join(tempfile.gettempdir(), f"sdk-{first_id}.png"), range=(0, 7))
+        with open(os.path.join(tempfile.gettempdir(), f"sdk-{first_id}.png"), "rb") as part:
+            assert part.read() == PNG
+        os.remove(os.path.join(tempfile.gettempdir(), f"sdk-{first_id}.png"))
+        unknown = "blake3:" + "0" * 64
+
+        def mismatched():
+            with translating():
+                client._low.post_assets(io.BytesIO(b"other bytes"), "application/octet-stream",
+                                        "x.bin", expected_hash=unknown)
+
+        def unknown_blob():
+            with translating():
+                client._low.asset_from_hash(unknown)
+
+        expect(HashMismatch, mismatched)
+        expect(BlobNotFound, unknown_blob)
+        client.assets.delete(first_id)
+        expect(NotFound, lambda: client.assets.get(first_id))
+        ok("assets")
 
         # Events: status changes, progress, outputs, the terminal status last.
         job = client.submit(client.workflows.from_json(sampler(30)), metadata={"suite": "sdk"})

@@ -1,6 +1,7 @@
 //! Comfy-Org's own Python SDK (`comfy-sdk`, installed by `.ci/run` from PyPI) drives the
-//! gateway's Comfy API v2 (`tests/v2_sdk.py`): `client.run`, an input asset from a file, events,
-//! labels, cancel, idempotent resubmission, the typed errors (`InvalidWorkflow`,
+//! gateway's Comfy API v2 (`tests/v2_sdk.py`): `client.run`, an input asset from a file, the
+//! asset library (dedup by hash, rehydration, ranges, `HashMismatch`, `BlobNotFound`, deletion),
+//! events, labels, cancel, idempotent resubmission, the typed errors (`InvalidWorkflow`,
 //! `WorkflowFormatUi`, `NotFound`, `JobFailed`, `QueueFull`) and the async client. Skipped, with
 //! a SKIPPED line, only where the SDK cannot be imported.
 
@@ -19,9 +20,10 @@ use common::harness::{Harness, Options};
 const DEADLINE: Duration = Duration::from_secs(180);
 
 /// The checks the script reports, in order.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "run",
     "asset_from_file",
+    "assets",
     "events",
     "list_jobs",
     "cancel",

@@ -72,6 +72,8 @@ struct Collected {
     height: Option<u32>,
     /// The blake3 hash of the staged file as stored (`None` if it could not be read).
     hash: Option<BlobHash>,
+    /// The size of the file that was hashed (the asset's `size_bytes`).
+    hashed_bytes: Option<u64>,
 }
 
 /// Fetches, processes and stores the prompt's output files; returns the `complete` data.
@@ -236,8 +238,8 @@ fn fetch_one(
             size: media::file_dimensions(&received.path, media, &received.head),
         }
     };
-    // Last, once the staged file is final: its hash, for the asset it becomes.
-    let hash = hash_staged(req, &received.path);
+    // Last, once the staged file is final: its hash and size, for the asset it becomes.
+    let hashed = hash_staged(req, &received.path);
     Ok(Collected {
         node: file.node_id.clone(),
         source: source.clone(),
@@ -247,25 +249,25 @@ fn fetch_one(
         bytes,
         width: size.map(|(w, _)| w),
         height: size.map(|(_, h)| h),
-        hash,
+        hash: hashed.map(|(hash, _)| hash),
+        hashed_bytes: hashed.map(|(_, size)| size),
     })
 }
 
-/// The blake3 hash of a staged output, computed once. With local storage the file also joins
-/// the blob store (a hard link), so that it can be minted from and used as a job input; with
-/// remote storage only the hash is kept. A failure costs the output its asset, never the job.
-fn hash_staged(req: &StoreRequest<'_>, path: &std::path::Path) -> Option<BlobHash> {
+/// The blake3 hash and size of a staged output, computed once. With local storage the file
+/// also joins the blob store (a hard link), so that it can be minted from and used as a job
+/// input; with remote storage only the hash is kept. A failure costs the output its asset,
+/// never the job.
+fn hash_staged(req: &StoreRequest<'_>, path: &std::path::Path) -> Option<(BlobHash, u64)> {
     let hashed = if req.app.local.is_some() {
         req.app
             .assets
             .blobs()
             .put_file(path)
-            .map(|outcome| outcome.hash)
+            .map(|outcome| (outcome.hash, outcome.size))
             .map_err(|e| e.to_string())
     } else {
-        blobs::hash_file(path)
-            .map(|(hash, _)| hash)
-            .map_err(|e| e.to_string())
+        blobs::hash_file(path).map_err(|e| e.to_string())
     };
     hashed
         .inspect_err(|e| {
@@ -466,7 +468,7 @@ fn register_output(req: &StoreRequest<'_>, index: usize, c: &Collected) -> Optio
         index: u32::try_from(index).unwrap_or(u32::MAX),
         media: c.media,
         hash,
-        size_bytes: c.bytes,
+        size_bytes: c.hashed_bytes.unwrap_or(c.bytes),
         storage_key: &c.key,
     });
     registered

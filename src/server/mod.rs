@@ -6,7 +6,7 @@
 //! thread until the job's terminal event has been written.
 
 pub(crate) mod auth;
-mod framing;
+pub(crate) mod framing;
 pub(crate) mod reply;
 mod routes;
 pub mod socket;

@@ -369,7 +369,8 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
             );
             return door.refuse(request, &error, &[]);
         }
-        if let Err(error) = framing::check(&request, app.config.max_body_bytes) {
+        let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
+        if let Err(error) = framing::check(&request, limit) {
             if error.code == ErrorCode::MalformedRequest {
                 door.condemn(peer);
             }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
+use super::idempotency::{self, Begin};
 use super::multipart::{self, Multipart};
 use super::range::RangeAnswer;
 use super::{Call, V2Error, respond, respond_error};
@@ -28,9 +29,6 @@ const PARTS_LIMIT: usize = 64;
 /// The most tags an asset may carry.
 const TAGS_LIMIT: usize = 32;
 
-/// The largest `POST /api/v2/assets/from-hash` body.
-const FROM_HASH_BODY_LIMIT: u64 = 64 * 1024;
-
 fn store(app: &App) -> &AssetStore {
     &app.v2.assets
 }
@@ -38,26 +36,151 @@ fn store(app: &App) -> &AssetStore {
 /// `POST /api/v2/assets`: a `multipart/form-data` upload with a `file` part and the fields
 /// `file_path`, `content_type` (not trusted: the type comes from the bytes), `expected_hash`
 /// and `tags` (repeated). `201` for new bytes, `200` when the gateway already had them.
+///
+/// An `Idempotency-Key` is honoured as for jobs, the request being what was uploaded (the
+/// bytes' hash, `file_path` and `tags`): known only once the body has arrived, so a retry that
+/// overlaps the first is told `409 idempotency_conflict` once its own bytes are in.
 pub fn upload(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
-    let limit = app.config.max_body_bytes;
-    match receive_upload(app, &mut request, limit) {
-        Ok((minted, created_new)) => {
+    let limit = app.config.max_upload_bytes;
+    let key = reply::header_value(&request, "Idempotency-Key").map(str::to_string);
+    if key
+        .as_deref()
+        .is_some_and(|key| !idempotency::valid_key(key))
+    {
+        let error = V2Error::invalid_request(format!(
+            "Idempotency-Key must be 1 to {} printable ASCII characters",
+            idempotency::MAX_KEY_LEN
+        ));
+        return match drain(&mut request, upload_bound(limit)) {
+            Drained::TooLong => refuse_too_large(request, call, limit),
+            Drained::All | Drained::Broken => respond_error(request, &error),
+        };
+    }
+    let answer = receive_upload(app, &mut request, limit, |received| {
+        idempotent(app, call, key.as_deref(), received)
+    });
+    match answer {
+        Ok(Answer::Minted((minted, created_new), claim)) => {
             let status = if created_new { 201 } else { 200 };
             let body = minted
                 .asset
                 .to_json(&app.config.public_base_url, Some(created_new));
+            if let Some(claim) = claim {
+                if let Err(e) = claim.record(status, &body) {
+                    log::error!(
+                        "asset {}: its Idempotency-Key could not be saved: {e}",
+                        minted.asset.id
+                    );
+                }
+            }
             respond(request, status, &body, Vec::new());
         }
-        Err(Refusal::TooLarge) => {
-            // The rest of the body is not read: answer and close the connection.
-            let error = ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the upload is larger than MAX_BODY_BYTES ({limit} bytes)"),
-            )
-            .with_details(serde_json::json!({ "limit": limit }));
-            call.door.refuse(request, &error, &[]);
+        Ok(Answer::Replay(status, body)) => {
+            let headers = vec![reply::header("Idempotency-Replayed", "true")];
+            respond(request, status, &body, headers);
         }
-        Err(Refusal::Error(error)) => respond_error(request, &error),
+        Err(Refusal::TooLarge) => refuse_too_large(request, call, limit),
+        // What is left of the body is read here, through a small buffer: tiny_http would set
+        // aside as much memory as the declared length to discard it.
+        Err(Refusal::Error(error)) => match drain(&mut request, upload_bound(limit)) {
+            Drained::TooLong => refuse_too_large(request, call, limit),
+            // A client that went away gets its answer written into the void: nothing is lost.
+            Drained::All | Drained::Broken => respond_error(request, &error),
+        },
+    }
+}
+
+/// The most bytes an upload body may hold: the file, plus its form fields.
+fn upload_bound(limit: u64) -> u64 {
+    limit.saturating_add((PARTS_LIMIT * FIELD_LIMIT * 2) as u64)
+}
+
+/// 413 for an upload over the limit; the rest of the body is not read, the connection closes.
+fn refuse_too_large(request: Request, call: &Call<'_>, limit: u64) {
+    let error = ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the upload is larger than MAX_UPLOAD_BYTES ({limit} bytes)"),
+    )
+    .with_details(serde_json::json!({ "limit": limit }));
+    call.door.refuse(request, &error, &[]);
+}
+
+/// What [`drain`] found.
+enum Drained {
+    /// The body ended within the bound.
+    All,
+    /// The body goes on past the bound.
+    TooLong,
+    /// Reading it failed (the client went away).
+    Broken,
+}
+
+/// Reads and drops what is left of the request's body, at most `bound` bytes.
+fn drain(request: &mut Request, bound: u64) -> Drained {
+    let mut rest = request.as_reader().take(bound.saturating_add(1));
+    match io::copy(&mut rest, &mut io::sink()) {
+        Ok(drained) if drained > bound => Drained::TooLong,
+        Ok(_) => Drained::All,
+        Err(_) => Drained::Broken,
+    }
+}
+
+/// What an upload that went through answers.
+enum Answer<'a> {
+    /// A minted (or found) asset, whether its bytes were new, and the key to record it under.
+    Minted((Minted, bool), Option<idempotency::Claim<'a>>),
+    /// The answer recorded for the same key and the same upload.
+    Replay(u16, Value),
+}
+
+/// What an upload is, for its `Idempotency-Key`: known once its bytes have arrived.
+struct Received<'a> {
+    hash: BlobHash,
+    file_path: Option<&'a str>,
+    tags: &'a [String],
+}
+
+/// What the key says to do with an upload that arrived.
+enum KeyVerdict<'a> {
+    /// No key, or a new one: mint (and record under the claim).
+    Go(Option<idempotency::Claim<'a>>),
+    /// Same key, same upload: the recorded answer.
+    Replay(u16, Value),
+}
+
+/// Looks the upload's `Idempotency-Key` up (see [`upload`]).
+fn idempotent<'a>(
+    app: &'a App,
+    call: &Call<'_>,
+    key: Option<&str>,
+    received: &Received<'_>,
+) -> Result<KeyVerdict<'a>, V2Error> {
+    let Some(key) = key else {
+        return Ok(KeyVerdict::Go(None));
+    };
+    let request = serde_json::json!({
+        "upload": received.hash,
+        "file_path": received.file_path,
+        "tags": received.tags,
+    });
+    match app
+        .v2
+        .idempotency
+        .begin(call.token.as_deref(), key, &request)
+    {
+        Begin::Fresh(claim) => Ok(KeyVerdict::Go(Some(claim))),
+        Begin::Replay(recorded) => Ok(KeyVerdict::Replay(recorded.status, recorded.body)),
+        Begin::Reused => Err(V2Error::new(
+            422,
+            "idempotency_key_reuse",
+            "this Idempotency-Key was used with a different request",
+        )),
+        Begin::InFlight => Err(V2Error::new(
+            409,
+            "idempotency_conflict",
+            "a request with this Idempotency-Key is still being answered; retry shortly",
+        )
+        .retry_after(1)),
     }
 }
 
@@ -99,9 +222,14 @@ impl Fields {
     }
 }
 
-/// Reads the form, streaming its file into the blob store, and mints the asset. Returns it and
-/// whether its bytes were new.
-fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minted, bool), Refusal> {
+/// Reads the form, streaming its file into the blob store, asks `key` what to do with it, and
+/// mints the asset. Returns it and whether its bytes were new, or the recorded answer.
+fn receive_upload<'a>(
+    app: &'a App,
+    request: &mut Request,
+    limit: u64,
+    key: impl FnOnce(&Received<'_>) -> Result<KeyVerdict<'a>, V2Error>,
+) -> Result<Answer<'a>, Refusal> {
     let content_type = reply::header_value(request, "Content-Type").unwrap_or("");
     let Some(boundary) = multipart::boundary(content_type) else {
         return Err(V2Error::invalid_request(
@@ -111,9 +239,7 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     };
     let blobs = store(app).blobs();
     // The whole body is bounded: the file by `limit`, the fields by their own limits.
-    let body = request
-        .as_reader()
-        .take(limit.saturating_add((PARTS_LIMIT * FIELD_LIMIT * 2) as u64));
+    let body = request.as_reader().take(upload_bound(limit));
     let mut form = Multipart::new(body, &boundary);
     let mut fields = Fields::default();
     let mut file: Option<(crate::blobs::PutOutcome, Option<String>)> = None;
@@ -148,7 +274,8 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     // An expected hash sent after the file is checked now; new bytes it refuses are dropped.
     if let Some(expected) = fields.expected_hash.filter(|hash| *hash != outcome.hash) {
         if outcome.created_new {
-            if let Err(e) = blobs.remove(&outcome.hash) {
+            // Unless a concurrent upload of the same bytes has minted an asset over them.
+            if let Err(e) = store(app).remove_unreferenced_blob(&outcome.hash) {
                 log::warn!("removing the refused upload {}: {e}", outcome.hash);
             }
         }
@@ -161,6 +288,25 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
     let file_path = match fields.file_path {
         Some(path) => Some(path),
         None => filename.map(checked_name).transpose()?,
+    }
+    .filter(|path| !path.is_empty());
+    let received = Received {
+        hash: outcome.hash,
+        file_path: file_path.as_deref(),
+        tags: &fields.tags,
+    };
+    let claim = match key(&received) {
+        Ok(KeyVerdict::Go(claim)) => claim,
+        Ok(KeyVerdict::Replay(status, body)) => return Ok(Answer::Replay(status, body)),
+        Err(error) => {
+            if outcome.created_new {
+                // Bytes this refused request brought, unless another upload uses them already.
+                if let Err(e) = store(app).remove_unreferenced_blob(&outcome.hash) {
+                    log::warn!("removing the refused upload {}: {e}", outcome.hash);
+                }
+            }
+            return Err(error.into());
+        }
     };
     let minted = store(app)
         .mint(NewAsset {
@@ -168,8 +314,18 @@ fn receive_upload(app: &App, request: &mut Request, limit: u64) -> Result<(Minte
             file_path,
             tags: fields.tags,
         })
-        .map_err(asset_error)?;
-    Ok((minted, outcome.created_new))
+        .map_err(|e| match e {
+            // The bytes were there when the upload ended, and an asset's deletion removed them
+            // before this one was recorded.
+            AssetError::BlobNotFound(hash) => V2Error::new(
+                409,
+                "asset_conflict",
+                format!("the blob {hash} was deleted while this upload finished; send it again"),
+            )
+            .retry_after(1),
+            other => asset_error(other),
+        })?;
+    Ok(Answer::Minted((minted, outcome.created_new), claim))
 }
 
 /// A multipart body that does not parse (or a client that went away while sending it).
@@ -196,7 +352,7 @@ fn blob_error(e: BlobError) -> V2Error {
         BlobError::TooLarge { limit } => V2Error::new(
             413,
             "payload_too_large",
-            format!("the upload is larger than MAX_BODY_BYTES ({limit} bytes)"),
+            format!("the upload is larger than MAX_UPLOAD_BYTES ({limit} bytes)"),
         ),
         BlobError::Read(e) => read_error(&e),
         BlobError::Write(e) => V2Error::internal(format!("storing the upload on disk: {e}")),
@@ -232,9 +388,9 @@ fn parse_hash(field: &str, text: &str) -> Result<BlobHash, V2Error> {
     })
 }
 
-/// The body of `POST /api/v2/assets/from-hash`.
+/// The body of `POST /api/v2/assets/from-hash` (fields the contract may add later are
+/// ignored, as its additive-changes rule asks).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FromHash {
     hash: String,
     #[serde(default)]
@@ -246,8 +402,8 @@ struct FromHash {
 /// `POST /api/v2/assets/from-hash`: mints an asset over bytes the gateway already has; `201`,
 /// or `200` with the identical asset that already existed; `404 blob_not_found` otherwise.
 pub fn from_hash(app: &Arc<App>, mut request: Request, _call: &Call<'_>) {
-    let answer =
-        read_from_hash(&mut request).and_then(|new| store(app).mint(new).map_err(asset_error));
+    let answer = read_from_hash(&mut request, app.config.max_body_bytes)
+        .and_then(|new| store(app).mint(new).map_err(asset_error));
     match answer {
         Ok(minted) => {
             let status = if minted.existing { 200 } else { 201 };
@@ -260,9 +416,8 @@ pub fn from_hash(app: &Arc<App>, mut request: Request, _call: &Call<'_>) {
     }
 }
 
-fn read_from_hash(request: &mut Request) -> Result<NewAsset, V2Error> {
-    let body = reply::read_json_body(request, FROM_HASH_BODY_LIMIT)
-        .map_err(|e| V2Error::from_gateway(&e))?;
+fn read_from_hash(request: &mut Request, limit: u64) -> Result<NewAsset, V2Error> {
+    let body = reply::read_json_body(request, limit).map_err(|e| V2Error::from_gateway(&e))?;
     let parsed: FromHash = serde_json::from_slice(&body).map_err(|e| {
         V2Error::invalid_request(format!(
             "the body must be {{\"hash\": \"blake3:...\", \"file_path\"?, \"tags\"?}}: {e}"
@@ -275,7 +430,11 @@ fn read_from_hash(request: &mut Request) -> Result<NewAsset, V2Error> {
     }
     Ok(NewAsset {
         hash: parse_hash("hash", &parsed.hash)?,
-        file_path: parsed.file_path.map(checked_name).transpose()?,
+        file_path: parsed
+            .file_path
+            .map(checked_name)
+            .transpose()?
+            .filter(|path| !path.is_empty()),
         tags: parsed.tags,
     })
 }
@@ -307,10 +466,17 @@ fn not_found(id: &str) -> V2Error {
     V2Error::not_found(format!("asset {id:?}"))
 }
 
-/// `DELETE /api/v2/assets/{id}`: removes the record, and the bytes when no other asset uses
-/// them; `204`.
+/// `DELETE /api/v2/assets/{id}`: removes the record, and the bytes when no other asset and no
+/// unfinished job uses them; `204`.
 pub fn delete(app: &Arc<App>, request: Request, call: &Call<'_>) {
-    match store(app).delete(call.param(0)) {
+    // A waiting or running job's input stays until the job no longer needs it.
+    let needed_by_a_job = |hash: &BlobHash| {
+        app.jobs
+            .unfinished()
+            .iter()
+            .any(|job| job.plan().inputs.iter().any(|input| input.hash == *hash))
+    };
+    match store(app).delete(call.param(0), needed_by_a_job) {
         Ok(Some(_)) => {
             if let Err(e) = request.respond(Response::empty(204)) {
                 log::debug!("client left before the answer was sent: {e}");

@@ -34,10 +34,30 @@ use crate::app::App;
 use crate::assets::AssetStore;
 use crate::blobs::BlobStore;
 use crate::server::FrontDoor;
+use crate::server::framing::BodyLimit;
 use crate::server::{auth, reply};
 
 /// The prefix every v2 path starts with.
 pub const PREFIX: &str = "/api/v2";
+
+/// The largest body a request may send: `MAX_UPLOAD_BYTES` for an asset upload (streamed to
+/// disk), `MAX_BODY_BYTES` for everything else (read into memory).
+pub fn body_limit(config: &crate::config::Config, method: &str, path: &str) -> BodyLimit {
+    if method.eq_ignore_ascii_case("POST") && path == UPLOAD_PATH {
+        BodyLimit {
+            bytes: config.max_upload_bytes,
+            variable: "MAX_UPLOAD_BYTES",
+        }
+    } else {
+        BodyLimit {
+            bytes: config.max_body_bytes,
+            variable: "MAX_BODY_BYTES",
+        }
+    }
+}
+
+/// The path of asset uploads.
+const UPLOAD_PATH: &str = "/api/v2/assets";
 
 /// Whether `path` belongs to the v2 surface.
 pub fn owns(path: &str) -> bool {
@@ -57,9 +77,9 @@ pub struct V2State {
 
 impl V2State {
     /// Opens (creating) the v2 folders under `data_dir` and reads back what they hold.
-    pub fn open(data_dir: &Path) -> std::io::Result<V2State> {
+    /// `blobs` is the gateway's one blob store (`DATA_DIR/blobs`), under the asset records.
+    pub fn open(data_dir: &Path, blobs: BlobStore) -> std::io::Result<V2State> {
         let root = data_dir.join("v2");
-        let blobs = BlobStore::open(data_dir.join("blobs"))?;
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
             known_classes: checks::KnownClasses::default(),
@@ -230,7 +250,10 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_request"),
             UNAUTHORIZED,
             (409, "hash_mismatch"),
+            (409, "asset_conflict"),
+            (409, "idempotency_conflict"),
             (413, "payload_too_large"),
+            (422, "idempotency_key_reuse"),
             (500, "internal"),
         ],
         handler: assets::upload,

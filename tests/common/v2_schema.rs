@@ -55,6 +55,24 @@ pub fn schema(name: &str) -> Value {
                 "job_id": nullable_string,
             }
         }),
+        "Asset" => json!({
+            "type": "object",
+            "required": ["id", "hash", "size_bytes", "content_type", "created_at", "url",
+                         "url_expires_at"],
+            "properties": {
+                "id": string,
+                "hash": nullable_string,
+                "size_bytes": {"type": "integer"},
+                "content_type": string,
+                "file_path": nullable_string,
+                "created_new": {"type": "boolean"},
+                "created_at": time,
+                "url": {"type": "string", "format": "uri"},
+                "url_expires_at": time,
+                "expires_at": {"type": "string", "format": "date-time", "nullable": true},
+                "job_id": nullable_string,
+            }
+        }),
         "JobError" => json!({
             "type": "object",
             "required": ["code", "message"],
