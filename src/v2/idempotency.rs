@@ -44,8 +44,21 @@ pub struct Recorded {
 enum Entry {
     /// The first request with this key is being answered.
     InFlight { fingerprint: String },
-    /// Its answer.
+    /// Its answer: in memory only when it could not be written to disk, else read back from
+    /// its file when replayed (a day of keys costs a few dozen bytes each in memory).
     Done(Recorded),
+}
+
+/// A recorded answer as kept in memory: its body only if the disk refused it.
+fn in_memory(record: Recorded, written: bool) -> Recorded {
+    if written {
+        Recorded {
+            body: Value::Null,
+            ..record
+        }
+    } else {
+        record
+    }
 }
 
 /// What a request with a key should do.
@@ -88,7 +101,7 @@ impl Idempotency {
                 .and_then(|bytes| serde_json::from_slice::<Recorded>(&bytes).ok());
             match record {
                 Some(record) if !expired(&record, now) => {
-                    entries.insert(scope.to_string(), Entry::Done(record));
+                    entries.insert(scope.to_string(), Entry::Done(in_memory(record, true)));
                 }
                 _ => {
                     let _ = std::fs::remove_file(&path);
@@ -125,7 +138,7 @@ impl Idempotency {
             }
             Some(Entry::Done(record)) if !expired(record, now) => {
                 if record.fingerprint == fingerprint {
-                    return Begin::Replay(record.clone());
+                    return Begin::Replay(self.read_back(&scope, record));
                 }
                 return Begin::Reused;
             }
@@ -162,6 +175,38 @@ impl Idempotency {
         }
     }
 
+    /// The whole recorded answer: from memory when it is there, else from its file. A file
+    /// that cannot be read any more is answered as `500 internal` rather than run twice.
+    fn read_back(&self, scope: &str, record: &Recorded) -> Recorded {
+        if !record.body.is_null() {
+            return record.clone();
+        }
+        let path = self.path_of(scope);
+        match std::fs::read(&path).map(|bytes| serde_json::from_slice::<Recorded>(&bytes)) {
+            Ok(Ok(full)) => full,
+            failed => {
+                let why = match failed {
+                    Err(e) => e.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                log::error!(
+                    "the idempotency record {} cannot be read: {why}",
+                    path.display()
+                );
+                Recorded {
+                    status: 500,
+                    body: super::V2Error::internal(
+                        "the answer recorded for this Idempotency-Key cannot be read; the \
+                         request is not run again",
+                    )
+                    .to_body(),
+                    ..record.clone()
+                }
+            }
+        }
+    }
+
     fn path_of(&self, scope: &str) -> PathBuf {
         self.dir.join(format!("{scope}.json"))
     }
@@ -189,9 +234,10 @@ impl Claim<'_> {
         let written = durable::write_bytes(&self.store.path_of(&self.scope), &bytes);
         // Even if the disk refused, the answer holds for this process's lifetime: a retry must
         // not start a second job.
-        self.store
-            .lock()
-            .insert(self.scope.clone(), Entry::Done(record));
+        self.store.lock().insert(
+            self.scope.clone(),
+            Entry::Done(in_memory(record, written.is_ok())),
+        );
         self.recorded = true;
         written
     }
