@@ -800,3 +800,26 @@ fn a_job_waiting_past_queue_timeout_secs_is_expired() {
     let expired = get_job(&h, id);
     assert_eq!(expired["error"]["code"], "expired", "{expired:#}");
 }
+
+#[test]
+fn progress_comes_about_twice_a_second_even_with_slow_ticks() {
+    let mut options = Options::step_ms(100);
+    options.vars = vec![("PROGRESS_INTERVAL_MS", "60000".to_string())];
+    let h = Harness::with(options);
+    let job = submit(&h, &json!({"workflow": sampler(30)}));
+    let id = job["id"].as_str().expect("id");
+    let events = follow(h.gateway.addr(), id);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "progress" && e.data["step"].as_u64().is_some_and(|s| s > 0)),
+        "the sampler's steps arrive between the (one-minute) ticks: {events:?}"
+    );
+    assert_eq!(
+        statuses(&events).last().map(String::as_str),
+        Some("succeeded")
+    );
+    // GET reads the tracker too: the finished job shows its whole graph done.
+    let done = get_job(&h, id);
+    assert_eq!(done["progress"]["value"], json!(1.0));
+}

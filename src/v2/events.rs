@@ -3,11 +3,12 @@
 //! A translation of the job's own event log (the one `/jobs/{id}/events` replays), written on the
 //! request thread like every gateway stream, with one flush per event. On connect: a `status`
 //! snapshot, the latest `progress` and the latest `preview`; then live `status` (each change,
-//! and the place in the queue while waiting), `progress` (at most two a second, each a complete
-//! snapshot), `preview` (base64), `log` (dispatch, failures), `output` (each stored output) and
-//! the terminal `status`, after which the stream ends. No `id:` lines: the v2 stream is live
-//! only, the job object is the record. A comment every 15 s keeps idle connections open. There
-//! is no cap on streams besides `MAX_CONNECTIONS`.
+//! and the place in the queue while waiting), `progress` (about two a second whatever
+//! `PROGRESS_INTERVAL_MS`, each a complete snapshot read from the job's tracker), `preview`
+//! (base64), `log` (dispatch, failures), `output` (each output as it is committed) and the
+//! terminal `status`, after which the stream ends. No `id:` lines: the v2 stream is live only,
+//! the job object is the record. A comment every 15 s keeps idle connections open. There is no
+//! cap on streams besides `MAX_CONNECTIONS`.
 
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -54,6 +55,7 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
         queue_position: Value::Null,
         last_progress: None,
         pending_progress: None,
+        last_sent: None,
         outputs_sent: HashSet::new(),
     };
     let latest_preview = subscription
@@ -77,6 +79,8 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
     // Outputs arrive on their own channel the moment each is committed; it closes when the
     // job ends (its outputs are then all in the job object).
     let mut outputs = watch.live.unwrap_or_else(crossbeam_channel::never);
+    // Progress at about two a second whatever PROGRESS_INTERVAL_MS is, read from the tracker.
+    let every_half_second = crossbeam_channel::tick(PROGRESS_EVERY);
     loop {
         crossbeam_channel::select! {
             recv(live) -> event => {
@@ -103,6 +107,11 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
                 }
                 Err(_) => outputs = crossbeam_channel::never(),
             },
+            recv(every_half_second) -> _ => {
+                if stream.fresh_progress().is_err() {
+                    return;
+                }
+            }
             default(KEEPALIVE) => {
                 if stream.send_raw(": keepalive\n\n").is_err() {
                     return;
@@ -120,6 +129,8 @@ struct Stream<'a, W: Write> {
     queue_position: Value,
     last_progress: Option<Instant>,
     pending_progress: Option<Value>,
+    /// The last `progress` sent.
+    last_sent: Option<Value>,
     /// Ids of the outputs already sent.
     outputs_sent: HashSet<String>,
 }
@@ -144,8 +155,7 @@ impl<W: Write> Stream<'_, W> {
         }
         self.status_event(&status, snapshot["queue_position"].clone(), true)?;
         if !snapshot["progress"].is_null() {
-            self.send("progress", &snapshot["progress"])?;
-            self.last_progress = Some(Instant::now());
+            self.send_progress(snapshot["progress"].clone())?;
         }
         if let Some(preview) = preview {
             self.preview(preview)?;
@@ -204,6 +214,35 @@ impl<W: Write> Stream<'_, W> {
         self.send("preview", &preview)
     }
 
+    /// A `progress` event from the job's tracker when one is due and something changed since
+    /// the last (the ticks of the job's log may be slower than two a second); the status too,
+    /// when it changed (a cancel asked: `canceling`).
+    fn fresh_progress(&mut self) -> std::io::Result<()> {
+        self.current_status(self.queue_position.clone())?;
+        if self
+            .last_progress
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return Ok(());
+        }
+        let Some(snapshot) = view::live_snapshot(self.job) else {
+            return Ok(());
+        };
+        let progress = view::progress(&snapshot, &JobState::Running);
+        if progress.is_null() || self.last_sent.as_ref() == Some(&progress) {
+            return Ok(());
+        }
+        self.send_progress(progress)
+    }
+
+    fn send_progress(&mut self, progress: Value) -> std::io::Result<()> {
+        self.pending_progress = None;
+        self.last_progress = Some(Instant::now());
+        self.send("progress", &progress)?;
+        self.last_sent = Some(progress);
+        Ok(())
+    }
+
     /// Translates one event of the job's log.
     fn translate(&mut self, event: &Event) -> std::io::Result<()> {
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
@@ -239,9 +278,7 @@ impl<W: Write> Stream<'_, W> {
                     .last_progress
                     .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
                 if due {
-                    self.pending_progress = None;
-                    self.last_progress = Some(Instant::now());
-                    self.send("progress", &progress)
+                    self.send_progress(progress)
                 } else {
                     self.pending_progress = Some(progress);
                     Ok(())

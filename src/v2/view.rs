@@ -104,6 +104,13 @@ pub fn progress(snapshot: &Value, state: &JobState) -> Value {
     })
 }
 
+/// The progress snapshot of a job on a ComfyUI, read from its tracker now (fresher than the
+/// last tick's); `None` when it has no run.
+pub fn live_snapshot(job: &Job) -> Option<Value> {
+    let elapsed = job.elapsed_ms();
+    job.with_run(|run| run.tracker.snapshot("running", elapsed))
+}
+
 /// The contract's `JobError` for a failed job.
 pub fn job_error(error: &ApiError) -> Value {
     let details = &error.details;
@@ -266,7 +273,7 @@ pub fn job(app: &App, job: &Job) -> Value {
         "completed_at": if is_terminal(status) { time(finished) } else { Value::Null },
         "expires_at": timestamp::rfc3339_from_unix_millis(expires_at),
         "queue_position": queue_position,
-        "progress": progress(&gateway["progress"], &state),
+        "progress": progress(&live_snapshot(job).unwrap_or_else(|| gateway["progress"].clone()), &state),
         "outputs": outputs(app, job, &state),
         "error": error,
         "metrics": metrics,
