@@ -112,9 +112,15 @@ fn get_job(h: &Harness, id: &str) -> Value {
 
 /// Every event of a v2 stream up to its terminal status, each checked against its schema.
 fn follow(addr: SocketAddr, id: &str) -> Vec<SseEvent> {
+    follow_after(addr, id, || {})
+}
+
+/// Like [`follow`], calling `connected` once the stream's first event arrived.
+fn follow_after(addr: SocketAddr, id: &str, connected: impl FnOnce()) -> Vec<SseEvent> {
     let mut stream = SseStream::open(addr, "GET", &format!("/api/v2/jobs/{id}/events"), None, &[]);
     assert_eq!(stream.status, 200);
     let mut events = Vec::new();
+    let mut connected = Some(connected);
     while let Some(event) = stream.next_event() {
         assert!(event.id.is_none(), "v2 events carry no id: {event:?}");
         assert_valid_event(&event.event, &event.data);
@@ -124,6 +130,9 @@ fn follow(addr: SocketAddr, id: &str) -> Vec<SseEvent> {
                 Some("succeeded" | "failed" | "canceled" | "expired")
             );
         events.push(event);
+        if let Some(connected) = connected.take() {
+            connected();
+        }
         if end {
             assert!(stream.ended(), "the stream ends after the terminal status");
             break;
@@ -164,6 +173,8 @@ fn a_job_runs_end_to_end_and_every_answer_fits_the_contract() {
     let (status, health, _) = call(&h.url(""), "GET", "/api/v2/health", None, &[]);
     assert_eq!((status, health["status"].clone()), (200, json!("healthy")));
 
+    // ComfyUI holds the job until the stream is open, so the stream sees it queued.
+    h.sim.pause();
     let body =
         json!({"workflow": sampler(40), "metadata": {"client": "acme", "run": "7"}, "priority": 3});
     let job = submit(&h, &body);
@@ -172,7 +183,7 @@ fn a_job_runs_end_to_end_and_every_answer_fits_the_contract() {
     assert_eq!(job["urls"]["events"], format!("/api/v2/jobs/{id}/events"));
     assert_eq!(job["metadata"], json!({"client": "acme", "run": "7"}));
 
-    let events = follow(h.gateway.addr(), &id);
+    let events = follow_after(h.gateway.addr(), &id, || h.sim.resume());
     let seen = statuses(&events);
     assert_eq!(seen.first().map(String::as_str), Some("queued"), "{seen:?}");
     assert!(seen.contains(&"running".to_string()), "{seen:?}");

@@ -134,12 +134,12 @@ def sync_checks(tiny_png):
         ok("assets")
 
         # Events: status changes, progress, outputs, the terminal status last.
-        job = client.submit(client.workflows.from_json(sampler(30)), metadata={"suite": "sdk"})
+        job = client.submit(client.workflows.from_json(sampler(200)), metadata={"suite": "sdk"})
         seen = list(job.events())
         statuses = [e.status for e in seen if isinstance(e, StatusChange)]
         assert statuses[0] in ("queued", "running"), statuses
         assert statuses[-1] == "succeeded", statuses
-        assert any(isinstance(e, Progress) and e.steps == 30 for e in seen), seen
+        assert any(isinstance(e, Progress) and e.steps == 200 for e in seen), seen
         assert any(isinstance(e, OutputReady) for e in seen), seen
         ok("events")
 

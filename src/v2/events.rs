@@ -286,8 +286,16 @@ impl<W: Write> Stream<'_, W> {
             }
             EventKind::Preview => self.preview(event),
             EventKind::Complete | EventKind::Error | EventKind::Cancelled => {
-                if let Some(progress) = self.pending_progress.take() {
-                    self.send("progress", &progress)?;
+                // The last progress: the whole graph for a success, else the last one seen.
+                let snapshot = view::job(self.app, self.job);
+                let last = match event.kind {
+                    EventKind::Complete => Some(snapshot["progress"].clone()),
+                    _ => self.pending_progress.take(),
+                };
+                if let Some(progress) = last.filter(|p| !p.is_null()) {
+                    if self.last_sent.as_ref() != Some(&progress) {
+                        self.send_progress(progress)?;
+                    }
                 }
                 if event.kind == EventKind::Error {
                     let message = data["message"]
@@ -295,10 +303,6 @@ impl<W: Write> Stream<'_, W> {
                         .unwrap_or("the job failed")
                         .to_string();
                     self.send("log", &json!({"level": "error", "message": message}))?;
-                }
-                let snapshot = view::job(self.app, self.job);
-                if event.kind == EventKind::Complete {
-                    self.send("progress", &snapshot["progress"])?;
                 }
                 self.outputs(&snapshot["outputs"])?;
                 let status = snapshot["status"].as_str().unwrap_or("failed").to_string();
