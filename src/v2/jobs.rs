@@ -156,8 +156,13 @@ fn accept(app: &Arc<App>, body: Value) -> Result<Arc<Job>, V2Error> {
         },
         options,
     };
+    // `WEBHOOK_URL`, when set, hears of v2 jobs as of every other job.
+    let events = app
+        .webhooks
+        .sink_for(None)
+        .map_err(|error| V2Error::from_gateway(&error))?;
     engine(app)?
-        .submit_with(request, None, submission.extra_data, inputs)
+        .submit_with(request, events, submission.extra_data, inputs)
         .map_err(|error| V2Error::from_gateway(&error))
 }
 
