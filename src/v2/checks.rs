@@ -19,6 +19,14 @@ use crate::job::{BlobInput, INPUT_SUBFOLDER, InputTarget};
 pub struct KnownClasses(Mutex<HashMap<String, Arc<Value>>>);
 
 impl KnownClasses {
+    /// Forgets every definition (a backend came back: its nodes may have changed).
+    pub fn forget(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     fn get(&self, class: &str) -> Option<Arc<Value>> {
         self.0
             .lock()
