@@ -136,9 +136,10 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
-    // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
-    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five;
-    // `-- burst-heap` is the in-process heap part of `burst` alone.
+    // The queue sections (issues 8, 9 and 16), alone or together: `-- streams`, `-- burst`,
+    // `-- backends`, `-- added-latency`, `-- previews`, `-- soak` (SOAK_SECS long, default
+    // 600), `-- submit-latency`, or `-- queue` for all of them; `-- burst-heap` is the
+    // in-process heap part of `burst` alone.
     let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
     let queue_only = [
         "queue",
@@ -148,6 +149,8 @@ fn main() -> BenchResult<()> {
         "backends",
         "added-latency",
         "previews",
+        "soak",
+        "submit-latency",
     ]
     .iter()
     .any(|name| std::env::args().any(|arg| arg == *name));
@@ -203,6 +206,12 @@ fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResul
     }
     if wanted("previews") {
         queue::print_previews(out, &queue::bench_previews()?)?;
+    }
+    if wanted("submit-latency") {
+        queue::print_submit_latency(out, &queue::bench_submit_latency()?)?;
+    }
+    if wanted("soak") {
+        queue::print_soak(out, &queue::bench_soak()?)?;
     }
     Ok(())
 }
