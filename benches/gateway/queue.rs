@@ -1230,9 +1230,17 @@ pub(super) fn print_soak(out: &mut String, soak: &Soak) -> BenchResult<()> {
         mib(low),
         mib(high),
         spread,
-        if spread <= 10.0 { "flat within 10 %" } else { "NOT flat within 10 %" },
+        if spread <= 10.0 {
+            "flat within 10 %"
+        } else {
+            "NOT flat within 10 %"
+        },
         mib(peak),
-        if mib(peak) <= 100.0 { "at most 100 MiB" } else { "OVER 100 MiB" },
+        if mib(peak) <= 100.0 {
+            "at most 100 MiB"
+        } else {
+            "OVER 100 MiB"
+        },
     )?;
     writeln!(out, "jobs ended by state: {:?}", soak.ended)?;
     if let Some(refusal) = &soak.first_refusal {

@@ -410,8 +410,12 @@ impl Engine {
         if job.is_finished() {
             return;
         }
+        if job.cancel_requested() {
+            self.finish(job, JobState::Cancelled);
+            return;
+        }
         let earlier = job.count_loss();
-        if earlier >= self.ctx.run.lost_retries || job.cancel_requested() {
+        if earlier >= self.ctx.run.lost_retries {
             self.finish(job, JobState::Failed(error));
             return;
         }
