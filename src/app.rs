@@ -119,6 +119,8 @@ impl App {
             queue_ahead: config.queue_ahead,
             max_queued: config.max_queued_jobs,
             png_metadata: config.png_metadata,
+            lost_retries: config.lost_retries,
+            backend_grace: config.backend_grace,
             ..RunSettings::default()
         };
         let metrics = Metrics::default();

@@ -227,7 +227,10 @@ fn execution_error_ends_the_stream_naming_the_node() {
 
 #[test]
 fn comfyui_down_is_503_before_any_stream() {
-    let h = Harness::start();
+    let h = Harness::with(Options {
+        vars: vec![("BACKEND_GRACE_SECS", "0".into())],
+        ..Options::default()
+    });
     h.sim.crash();
     let stream = h.generate_stream(&small_txt2img("nobody home"));
     assert_eq!(stream.status, 503);
@@ -254,8 +257,11 @@ fn websocket_dropped_mid_job_reconnects_and_completes() {
 }
 
 #[test]
-fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
+fn comfyui_dying_mid_job_ends_with_comfyui_lost_when_lost_retries_is_0() {
+    // With the default LOST_RETRIES=1 the job would go back to the queue and wait for a
+    // backend instead (tests/queue.rs).
     let h = Harness::with(Options {
+        vars: vec![("LOST_RETRIES", "0".into())],
         tweak: |app| app.run.comfyui_grace = Duration::from_millis(800),
         ..Options::step_ms(30)
     });
@@ -273,8 +279,11 @@ fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
 }
 
 #[test]
-fn comfyui_restarting_mid_job_loses_the_prompt() {
-    let h = Harness::with(Options::step_ms(30));
+fn comfyui_restarting_mid_job_loses_the_prompt_when_lost_retries_is_0() {
+    let h = Harness::with(Options {
+        vars: vec![("LOST_RETRIES", "0".into())],
+        ..Options::step_ms(30)
+    });
     let sim_events = h.sim.events();
     h.sim.fail_next(Failure::CrashAt { step: 2 });
     let mut body = small_txt2img("restarted");

@@ -1,4 +1,4 @@
-//! Section 15 of `make bench` (`cargo bench --bench gateway -- assets` alone): a large Comfy API
+//! Section 17 of `make bench` (`cargo bench --bench gateway -- assets` alone): a large Comfy API
 //! v2 asset upload over real HTTP, streamed into the blob store while blake3 is computed; the
 //! same bytes again (deduplicated); the content downloaded whole and as one range. Reports time,
 //! throughput and the heap the process held above its start (client and gateway together: both
@@ -175,7 +175,7 @@ pub fn print_assets(out: &mut String, figures: &AssetFigures) -> BenchResult<()>
     let rate = |d: Duration| mib(UPLOAD_BYTES as f64) / secs(d).max(1e-9);
     writeln!(
         out,
-        "\n15. Asset library: a {:.0} MiB multipart upload to POST /api/v2/assets (in-process)\n\
+        "\n17. Asset library: a {:.0} MiB multipart upload to POST /api/v2/assets (in-process)\n\
          upload (new blob: blake3, fsync, rename) {:.2} s ({:.0} MiB/s); the same bytes again \
          (deduplicated) {:.2} s ({:.0} MiB/s);\n\
          download whole {:.2} s ({:.0} MiB/s); one 1 MiB range at 128 MiB {:.1} ms;\n\

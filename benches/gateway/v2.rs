@@ -1,4 +1,4 @@
-//! Section 14: Comfy API v2, the gateway side by side with Comfy-Org's reference proxy
+//! Section 16: Comfy API v2, the gateway side by side with Comfy-Org's reference proxy
 //! (`comfy-api-proxy`, PyPI), both against the same simulator, with the same workflows and the
 //! same client (this code): submit → `succeeded` latency (polling `GET /api/v2/jobs/{id}`, the
 //! contract's source of truth), peak RSS, and how many of 100 and 1,000 concurrent event streams
@@ -275,7 +275,7 @@ fn measure(surface: &Surface, sim: &comfyui_sim::ComfySim) -> BenchResult<Surfac
     })
 }
 
-/// Runs section 14.
+/// Runs section 16.
 pub(super) fn bench_v2() -> BenchResult<Vec<SurfaceFigures>> {
     raise_open_files_limit();
     let sim = quiet_sim(Duration::from_millis(STEP_MS))?;
@@ -306,11 +306,11 @@ pub(super) fn bench_v2() -> BenchResult<Vec<SurfaceFigures>> {
     Ok(figures)
 }
 
-/// Prints section 14.
+/// Prints section 16.
 pub(super) fn print_v2(out: &mut String, figures: &[SurfaceFigures]) -> BenchResult<()> {
     writeln!(
         out,
-        "\n## 14. Comfy API v2: the gateway and comfy-api-proxy, same simulator, same client\n"
+        "\n## 16. Comfy API v2: the gateway and comfy-api-proxy, same simulator, same client\n"
     )?;
     writeln!(
         out,

@@ -135,6 +135,17 @@ impl Backend {
             && state.last_heard.is_some_and(|at| at.elapsed() < recently)
     }
 
+    /// When it last answered: its websocket opened or delivered something, or a call to it
+    /// succeeded (`None`: never since the gateway started).
+    pub fn last_answered(&self) -> Option<Instant> {
+        self.lock().last_heard
+    }
+
+    /// Records that it answered a call now (its websocket may still be connecting).
+    pub(super) fn answered(&self) {
+        self.lock().last_heard = Some(Instant::now());
+    }
+
     /// Prompts it holds for the gateway.
     pub fn in_flight(&self) -> usize {
         self.lock().jobs.len()
@@ -396,7 +407,8 @@ impl Backend {
             for (prompt_id, _) in requeue.iter().chain(&lost) {
                 state.release(prompt_id);
             }
-            for (prompt_id, _) in &requeue {
+            // Should it come back, none of them may run there as well as where they go now.
+            for (prompt_id, _) in requeue.iter().chain(&lost) {
                 state.abandoned.push(prompt_id.clone());
             }
             drop(state);
@@ -410,7 +422,7 @@ impl Backend {
                     ),
                 )
                 .with_details(json!({ "prompt_id": prompt_id, "comfyui": self.url() }));
-                engine.finish(&job, JobState::Failed(error));
+                engine.lost(&job, error);
             }
             (newly_down, requeue)
         };
@@ -523,7 +535,7 @@ impl Backend {
                         ),
                     )
                     .with_details(json!({ "prompt_id": prompt_id, "comfyui": self.url() }));
-                    engine.finish(job, JobState::Failed(error));
+                    engine.lost(job, error);
                 } else {
                     log::info!(
                         "job {}: ComfyUI at {} no longer knows prompt {prompt_id}, which had \

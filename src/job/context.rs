@@ -45,6 +45,11 @@ pub struct RunSettings {
     pub orphan_poll: Duration,
     /// Threads that fetch and store outputs.
     pub output_workers: usize,
+    /// How many times a job whose started prompt a ComfyUI lost is sent again (`LOST_RETRIES`).
+    pub lost_retries: u32,
+    /// Submissions are queued while no backend answers if one answered within this long
+    /// (`BACKEND_GRACE_SECS`).
+    pub backend_grace: Duration,
 }
 
 impl Default for RunSettings {
@@ -62,6 +67,8 @@ impl Default for RunSettings {
             silence_check: Duration::from_secs(10),
             orphan_poll: Duration::from_millis(500),
             output_workers: 2,
+            lost_retries: 1,
+            backend_grace: Duration::from_secs(300),
         }
     }
 }

@@ -168,6 +168,9 @@ pub struct Job {
     cancel_requested: AtomicBool,
     /// `/prompt` answers for this job that were server errors (or lacked a `prompt_id`).
     bad_answers: AtomicU32,
+    /// Times a ComfyUI lost this job's started prompt (it was sent again after each but the
+    /// last); saved with the job.
+    losses: AtomicU32,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
@@ -194,6 +197,7 @@ impl Job {
             options,
             cancel_requested: AtomicBool::new(false),
             bad_answers: AtomicU32::new(0),
+            losses: AtomicU32::new(0),
             saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
@@ -689,6 +693,11 @@ impl Job {
         true
     }
 
+    /// Counts one more loss of this job's started prompt; returns how many it had before.
+    pub(super) fn count_loss(&self) -> u32 {
+        self.losses.fetch_add(1, Ordering::SeqCst)
+    }
+
     /// Counts one more bad `/prompt` answer for this job; returns how many it had.
     pub(super) fn answered_badly(&self) -> u32 {
         self.bad_answers.fetch_add(1, Ordering::SeqCst) + 1
@@ -770,6 +779,7 @@ impl Job {
             warnings: inner.warnings.clone(),
             events: inner.log.durable_events(),
             next_event_id: inner.log.next_id(),
+            losses: self.losses.load(Ordering::SeqCst),
             saved_unix_ms: timestamp::unix_millis(),
             finished_unix_ms: inner.finished_unix_ms,
             result,
@@ -825,6 +835,7 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            losses: AtomicU32::new(record.losses),
             bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),

@@ -50,6 +50,9 @@ pub struct JobRecord {
     pub events: Vec<Event>,
     /// The id the next event would have had when this was written.
     pub next_event_id: u64,
+    /// Times a ComfyUI lost the job's started prompt (`LOST_RETRIES` bounds the resends).
+    #[serde(default)]
+    pub losses: u32,
     /// When this was written, Unix milliseconds.
     pub saved_unix_ms: u64,
     /// When the job ended, Unix milliseconds.
