@@ -301,6 +301,14 @@ pub(crate) fn compute(
             }],
             other => return Err(mismatch("samples", other)),
         },
+        // Passes its image through; its steps, previews and failure are the executor's.
+        "SlowSteps" => vec![NodeValue::Image(inputs.frames("image")?)],
+        "SineAudio" => {
+            let seconds = inputs.float("seconds")?;
+            let frequency = inputs.float("frequency")?;
+            let hash = render::stable_hash(&[&seconds.to_le_bytes(), &frequency.to_le_bytes()]);
+            vec![NodeValue::Audio { seconds, hash }]
+        }
         "CreateVideo" => vec![NodeValue::Video {
             frames: inputs.frames("images")?,
             fps: inputs.float("fps")?,

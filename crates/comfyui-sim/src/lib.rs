@@ -54,6 +54,7 @@ mod http;
 mod ids;
 mod media;
 mod nodes;
+mod pyjson;
 mod render;
 mod state;
 mod validate;
