@@ -367,6 +367,18 @@ fn errors_use_the_contract_envelope_and_codes() {
         dangling["error"]["details"]["node_errors"]["2"][0]["field"],
         "images"
     );
+    let mut unplugged = invert(0);
+    unplugged["2"]["inputs"] = json!({});
+    let unplugged = expect(
+        422,
+        "invalid_workflow",
+        post(json!({ "workflow": unplugged })),
+    );
+    let problem = &unplugged["error"]["details"]["node_errors"]["2"][0];
+    assert_eq!(
+        (problem["field"].clone(), problem["reason"].clone()),
+        (json!("image"), json!("missing_input"))
+    );
     let mut graph = invert(0);
     graph["1"]["inputs"]["color"] = json!({"__type": "core/ASSET", "info": {"id": "asset_nope"}});
     let missing = expect(422, "missing_asset", post(json!({"workflow": graph})));
@@ -765,4 +777,26 @@ fn a_job_running_past_job_timeout_secs_fails_with_timeout() {
     assert_eq!(statuses(&events).last().map(String::as_str), Some("failed"));
     let failed = get_job(&h, id);
     assert_eq!(failed["error"]["code"], "timeout", "{failed:#}");
+}
+
+#[test]
+fn a_job_waiting_past_queue_timeout_secs_is_expired() {
+    let h = Harness::with(Options {
+        vars: vec![("QUEUE_TIMEOUT_SECS", "1".to_string())],
+        ..Options::default()
+    });
+    h.sim.pause();
+    let waiting = submit(&h, &json!({"workflow": invert(1)}));
+    let id = waiting["id"].as_str().expect("id");
+    let events = follow(h.gateway.addr(), id);
+    assert_eq!(
+        statuses(&events).first().map(String::as_str),
+        Some("queued")
+    );
+    assert_eq!(
+        statuses(&events).last().map(String::as_str),
+        Some("expired")
+    );
+    let expired = get_job(&h, id);
+    assert_eq!(expired["error"]["code"], "expired", "{expired:#}");
 }

@@ -5,32 +5,35 @@
 //! with `details.node_errors` keyed by node id, each a list of `{field, reason, message}`.
 
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::V2Error;
 use crate::blobs::BlobHash;
 use crate::comfyui::ComfyClient;
 use crate::job::{BlobInput, INPUT_SUBFOLDER, InputTarget};
 
-/// Node classes a backend confirmed (`/object_info/{class}`); a class is asked about until one
-/// backend has it, then never again.
+/// The definitions (`/object_info/{class}`) of the node classes a backend confirmed: a class is
+/// asked about until one backend has it, then never again.
 #[derive(Default)]
-pub struct KnownClasses(Mutex<HashSet<String>>);
+pub struct KnownClasses(Mutex<HashMap<String, Arc<Value>>>);
 
 impl KnownClasses {
-    fn knows(&self, class: &str) -> bool {
+    fn get(&self, class: &str) -> Option<Arc<Value>> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(class)
+            .get(class)
+            .cloned()
     }
 
-    fn learn(&self, class: &str) {
+    fn learn(&self, class: &str, definition: Value) -> Arc<Value> {
+        let definition = Arc::new(definition);
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(class.to_string());
+            .insert(class.to_string(), Arc::clone(&definition));
+        definition
     }
 }
 
@@ -140,9 +143,10 @@ fn link_source(value: &Value) -> Option<&str> {
     }
 }
 
-/// Refuses node classes no backend has. A class is confirmed by the first backend that
-/// answers `/object_info/{class}` with it; when no backend answers at all the check is left to
-/// ComfyUI's own validation at dispatch (the job then fails with `invalid_workflow`).
+/// Refuses node classes no backend has, and nodes that leave out a required input of their
+/// class. A class is confirmed by the first backend that answers `/object_info/{class}` with it
+/// (and its definition kept); when no backend answers at all the check is left to ComfyUI's own
+/// validation at dispatch (the job then fails with `invalid_workflow`).
 pub fn check_classes(
     workflow: &Map<String, Value>,
     backends: &[ComfyClient],
@@ -156,31 +160,49 @@ pub fn check_classes(
     }
     let mut errors = NodeErrors::default();
     for (class, nodes) in classes {
-        if known.knows(class) {
-            continue;
-        }
-        let mut answered = false;
-        let mut found = false;
-        for backend in backends {
-            match backend.node_info(class) {
-                Ok(Some(_)) => {
-                    found = true;
-                    break;
+        let definition = match known.get(class) {
+            Some(definition) => Some(definition),
+            None => {
+                let mut answered = false;
+                let mut found = None;
+                for backend in backends {
+                    match backend.node_info(class) {
+                        Ok(Some(definition)) => {
+                            found = Some(known.learn(class, definition));
+                            break;
+                        }
+                        Ok(None) => answered = true,
+                        Err(e) => log::debug!("asking {} about {class}: {e}", backend.base_url()),
+                    }
                 }
-                Ok(None) => answered = true,
-                Err(e) => log::debug!("asking {} about {class}: {e}", backend.base_url()),
+                if found.is_none() && answered {
+                    for node in &nodes {
+                        errors.add(
+                            node,
+                            Some("class_type"),
+                            "unknown_class",
+                            format!("node class '{class}' is not installed on this ComfyUI"),
+                        );
+                    }
+                }
+                found
             }
-        }
-        if found {
-            known.learn(class);
-        } else if answered {
-            for node in nodes {
-                errors.add(
-                    node,
-                    Some("class_type"),
-                    "unknown_class",
-                    format!("node class '{class}' is not installed on this ComfyUI"),
-                );
+        };
+        let Some(definition) = definition else {
+            continue;
+        };
+        let required = definition["input"]["required"].as_object();
+        for node in nodes {
+            let inputs = workflow[node]["inputs"].as_object();
+            for name in required.into_iter().flat_map(|r| r.keys()) {
+                if !inputs.is_some_and(|i| i.contains_key(name)) {
+                    errors.add(
+                        node,
+                        Some(name),
+                        "missing_input",
+                        format!("{class}: required input '{name}' is missing"),
+                    );
+                }
             }
         }
     }

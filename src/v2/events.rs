@@ -65,6 +65,11 @@ pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
     if stream.connect(latest_preview.as_deref()).is_err() {
         return;
     }
+    // Ended before the snapshot was taken: its terminal status is sent, nothing follows it.
+    if view::is_terminal(&stream.status) {
+        let _ = stream.end();
+        return;
+    }
     let Some(live) = subscription.live else {
         let _ = stream.end();
         return;

@@ -8,7 +8,8 @@
 //!
 //! Submodules: `error` (the envelope), `jobs` (the job routes), `view` (a gateway job as the
 //! contract's `Job` object), `events` (the SSE stream), `idempotency` (Stripe-style keys, kept
-//! on disk), `checks` (what a workflow must pass before it is queued).
+//! on disk), `checks` (what a workflow must pass before it is queued), `doc` (the v2 part of
+//! `/openapi.json`), and the asset library's routes: `assets`, `multipart`, `range`.
 
 mod assets;
 mod checks;
