@@ -862,3 +862,29 @@ fn an_upload_idempotency_key_replays_or_refuses() {
     );
     assert_eq!(h.app.v2.assets.len(), 1);
 }
+
+#[test]
+fn head_on_content_tells_the_size_without_the_bytes() {
+    let h = Harness::start();
+    let bytes = vec![5u8; 3000];
+    let (status, asset) = upload(&h, form(&[("file_path", "x.bin")], &bytes, "x.bin"));
+    assert_eq!(status, 201, "{asset}");
+    let url = asset["url"].as_str().expect("url");
+    let mut response = agent().head(url).call().expect("answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(header("Content-Length"), "3000");
+    assert_eq!(header("Accept-Ranges"), "bytes");
+    assert_eq!(
+        header("ETag"),
+        format!("\"{}\"", &asset["hash"].as_str().expect("hash")[7..])
+    );
+    assert!(response.body_mut().read_to_vec().expect("body").is_empty());
+}

@@ -312,6 +312,21 @@ pub const ROUTES: &[Route] = &[
         handler: assets::content,
     },
     Route {
+        method: "HEAD",
+        path: "/api/v2/assets/{id}/content",
+        operation_id: "headAssetContent",
+        summary: "An asset's size, type and ETag without its bytes (a gateway addition)",
+        public: false,
+        answers: &[200, 206, 302],
+        errors: &[
+            UNAUTHORIZED,
+            NOT_FOUND,
+            (416, "range_not_satisfiable"),
+            (502, "storage_failed"),
+        ],
+        handler: assets::content,
+    },
+    Route {
         method: "DELETE",
         path: "/api/v2/assets/{id}",
         operation_id: "deleteAsset",
