@@ -1,6 +1,6 @@
 //! `make bench` (`cargo bench --bench gateway`): throughput, latency, memory and CPU figures for
 //! the gateway, measured against the ComfyUI simulator on 127.0.0.1: in-process for sections 1
-//! to 8, with the gateway as its own process for the queue sections 9 to 13 (`gateway/queue.rs`).
+//! to 8, with the gateway as its own process for the queue sections 9 to 15 (`gateway/queue.rs`).
 //!
 //! It prints a table and asserts nothing about time: the figures depend on the machine. It fails
 //! only when the gateway does not do its job (a request answered with an error, a missing event),
@@ -254,7 +254,7 @@ fn header(out: &mut String) -> BenchResult<()> {
     writeln!(
         out,
         "commit:  {commit}, {} build, on 127.0.0.1: simulator and gateway in one process for \
-         sections 1-8, the gateway in its own process for 9-13",
+         sections 1-8, the gateway in its own process for 9-15",
         if cfg!(debug_assertions) {
             "debug"
         } else {
