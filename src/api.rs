@@ -470,6 +470,10 @@ pub struct RequestOptions {
     /// checked by `webhook::Webhooks`).
     #[serde(default)]
     pub webhook: Option<WebhookRequest>,
+    /// Comfy API v2 `metadata`: string labels a client filters its jobs by. Set only by
+    /// `POST /api/v2/jobs` (not one of the [`COMMON_FIELDS`]); saved with the job.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A request field that every generation request may carry, next to its template parameters.
@@ -695,6 +699,7 @@ mod tests {
             output_format: OutputFormat::Jpeg,
             quality: Some(70),
             webhook: None,
+            labels: Default::default(),
         };
         assert_eq!(req.options, options);
         let GenerateRequest::Template { params, .. } = req.generate else {

@@ -56,6 +56,8 @@ pub struct App {
     /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
     /// demand, and read again when a backend comes back after a restart.
     pub installed: Arc<Installed>,
+    /// Comfy API v2's own state (idempotency keys, job labels, the asset library).
+    pub v2: crate::v2::V2State,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -142,6 +144,8 @@ impl App {
             )),
             None => None,
         };
+        let v2 = crate::v2::V2State::open(&config.data_dir, blobs.clone())
+            .map_err(|e| data_dir_error("v2", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(
             &store,
@@ -160,6 +164,7 @@ impl App {
         }
         Ok(App {
             installed,
+            v2,
             warmup,
             jobs,
             webhooks,
@@ -196,6 +201,7 @@ impl App {
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
             blobs: self.blobs.clone(),
+            assets: Arc::clone(&self.v2.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
             on_comeback: Some(self.comeback_hook()),
@@ -216,10 +222,12 @@ impl App {
     fn comeback_hook(&self) -> crate::job::ComebackHook {
         let installed = Arc::clone(&self.installed);
         let warmup = self.warmup.clone();
+        let classes = Arc::clone(&self.v2.known_classes);
         Box::new(move |client: &ComfyClient| {
             if let Some(warmup) = &warmup {
                 warmup.start(client.clone());
             }
+            classes.forget();
             let installed = Arc::clone(&installed);
             let url = client.base_url().to_string();
             // Reading /object_info may take a while on a big install: off the monitor thread.

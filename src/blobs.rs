@@ -384,8 +384,8 @@ fn receive(reader: &mut dyn Read, temp: &Path, limit: u64) -> Result<(BlobHash, 
     Ok((BlobHash(*hasher.finalize().as_bytes()), size))
 }
 
-/// The hash and size of the file at `path`, read through one bounded buffer.
-fn hash_file(path: &Path) -> io::Result<(BlobHash, u64)> {
+/// The hash and size of the file at `path`, read through one bounded buffer (nothing stored).
+pub fn hash_file(path: &Path) -> io::Result<(BlobHash, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; BUFFER];

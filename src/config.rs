@@ -78,6 +78,9 @@ pub struct Config {
     pub backend_grace: Duration,
     /// `MAX_BODY_BYTES`: the largest request body accepted (default 20 MiB, at least 1024).
     pub max_body_bytes: u64,
+    /// `MAX_UPLOAD_BYTES`: the largest Comfy API v2 asset upload, which is streamed to disk
+    /// rather than read into memory (default 100 MiB, at least 1024).
+    pub max_upload_bytes: u64,
     /// `API_KEYS`: bearer keys accepted by every endpoint but `/health`; empty means no
     /// authentication. Each key is non-empty and free of whitespace.
     pub api_keys: Vec<String>,
@@ -270,6 +273,7 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         lost_retries: u32::try_from(whole_number(vars, &LOST_RETRIES)?).unwrap_or(u32::MAX),
         backend_grace: Duration::from_secs(whole_number(vars, &BACKEND_GRACE_SECS)?),
         max_body_bytes: whole_number(vars, &MAX_BODY_BYTES)?,
+        max_upload_bytes: whole_number(vars, &MAX_UPLOAD_BYTES)?,
         api_keys: match vars.get("API_KEYS") {
             Some(keys) => api_keys(&keys)?,
             None => Vec::new(),
@@ -524,6 +528,15 @@ const MAX_BODY_BYTES: WholeNumber = WholeNumber {
     unit: "bytes",
     min: 1024,
     max: 1 << 30,
+};
+
+/// Uploads are streamed to disk, so the cap is only a sanity bound (1 TiB).
+const MAX_UPLOAD_BYTES: WholeNumber = WholeNumber {
+    variable: "MAX_UPLOAD_BYTES",
+    default: 104_857_600,
+    unit: "bytes",
+    min: 1024,
+    max: 1 << 40,
 };
 
 /// Capped at ten years, which Supabase's 32-bit `expiresIn` holds.
@@ -791,6 +804,7 @@ impl fmt::Debug for Config {
             .field("lost_retries", &self.lost_retries)
             .field("backend_grace", &self.backend_grace)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
             .field("log_filter", &self.log_filter)
@@ -876,6 +890,7 @@ mod tests {
         assert_eq!(config.lost_retries, 1);
         assert_eq!(config.backend_grace, Duration::from_secs(300));
         assert_eq!(config.max_body_bytes, 20_971_520);
+        assert_eq!(config.max_upload_bytes, 104_857_600);
         assert!(config.api_keys.is_empty());
         assert_eq!(config.png_metadata, PngMetadata::Strip);
         assert_eq!(config.log_filter, "info");

@@ -35,6 +35,8 @@ pub fn document(app: &App) -> Value {
             .or_insert_with(|| json!({}));
         path[endpoint.method.to_ascii_lowercase()] = operation;
     }
+    // Comfy API v2, from its own router table.
+    paths.extend(crate::v2::doc::paths());
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -93,7 +95,7 @@ carry a raw ComfyUI graph); progress arrives as Server-Sent Events. Every error 
 `{\"error\": {\"code\", \"message\", \"details\"}}`; the codes and their statuses are the \
 `ErrorCode` schema. Any path answers 404 `not_found` when it does not exist and 405 \
 `method_not_allowed` (with an `Allow` header) for a method it does not take. With `API_KEYS` \
-set, every endpoint but `/health` and `/` needs `Authorization: Bearer KEY`.";
+set, every endpoint but `/health`, `/api/v2/health` and `/` needs `Authorization: Bearer KEY`. The paths under `/api/v2` are Comfy API v2 (tag `comfy-api-v2`), with that contract's own error envelope and codes (`V2Error`).";
 
 fn operation(app: &App, endpoint: &Endpoint) -> Value {
     let mut op = json!({
@@ -599,6 +601,9 @@ fn components(app: &App) -> Value {
         schemas.insert(name.into(), schema);
     }
     for (name, schema) in answer_schemas() {
+        schemas.insert(name.into(), schema);
+    }
+    for (name, schema) in crate::v2::doc::schemas() {
         schemas.insert(name.into(), schema);
     }
     json!({

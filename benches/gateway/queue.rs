@@ -28,7 +28,7 @@ use super::{BenchResult, SseStream, Summary, agent, invert_request, ms, note, se
 // A gateway in its own process
 
 /// The gateway's release binary, run with a scratch `DATA_DIR` and its log in a file.
-struct GatewayProcess {
+pub(super) struct GatewayProcess {
     child: Child,
     addr: SocketAddr,
     /// Holds `data/` (the gateway's `DATA_DIR`) and `gateway.log`; removed on drop.
@@ -37,16 +37,16 @@ struct GatewayProcess {
 
 /// What `/proc/{pid}/status` says about a process.
 #[derive(Clone, Copy, Default)]
-struct ProcStatus {
+pub(super) struct ProcStatus {
     rss_kib: u64,
-    hwm_kib: u64,
+    pub(super) hwm_kib: u64,
     threads: u64,
 }
 
 impl GatewayProcess {
     /// Starts the gateway against `comfyui` (one URL per backend) with `vars` on top of the
     /// bench's settings, and waits (at most 20 s) until `/health` answers.
-    fn start(comfyui: &[String], vars: &[(&str, &str)]) -> BenchResult<GatewayProcess> {
+    pub(super) fn start(comfyui: &[String], vars: &[(&str, &str)]) -> BenchResult<GatewayProcess> {
         GatewayProcess::start_in(&std::env::temp_dir(), comfyui, vars)
     }
 
@@ -119,11 +119,11 @@ impl GatewayProcess {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -184,7 +184,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn proc_status(pid: u32) -> BenchResult<ProcStatus> {
+pub(super) fn proc_status(pid: u32) -> BenchResult<ProcStatus> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
@@ -244,7 +244,7 @@ impl Drop for ThreadWatch {
 
 /// Raises this process's open-files soft limit to its hard limit: a thousand clients, each
 /// with a socket, plus the simulator's, need more than the common default of 1,024.
-fn raise_open_files_limit() {
+pub(super) fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -260,7 +260,7 @@ fn raise_open_files_limit() {
 }
 
 /// A simulator with this step delay that keeps no request log.
-fn quiet_sim(step_delay: Duration) -> BenchResult<ComfySim> {
+pub(super) fn quiet_sim(step_delay: Duration) -> BenchResult<ComfySim> {
     Ok(ComfySim::start(SimOptions {
         step_delay,
         record_requests: false,

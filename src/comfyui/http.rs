@@ -162,10 +162,23 @@ impl ComfyClient {
     /// A graph ComfyUI's validation refuses gives [`ComfyError::Rejected`] with its
     /// `node_errors`.
     pub fn queue_prompt(&self, graph: &Value, client_id: &str) -> Result<QueuedPrompt, ComfyError> {
+        self.queue_prompt_with(graph, client_id, None)
+    }
+
+    /// Like [`ComfyClient::queue_prompt`], with `/prompt`'s `extra_data` (a partner node's API
+    /// key, from a v2 submission). The caller keeps it out of logs and records; so does this.
+    pub fn queue_prompt_with(
+        &self,
+        graph: &Value,
+        client_id: &str,
+        extra_data: Option<&Value>,
+    ) -> Result<QueuedPrompt, ComfyError> {
         #[derive(serde::Serialize)]
         struct PromptRequest<'a> {
             prompt: &'a Value,
             client_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            extra_data: Option<&'a Value>,
         }
         #[derive(Deserialize)]
         struct Accepted {
@@ -178,6 +191,7 @@ impl ComfyClient {
         let body = serde_json::to_vec(&PromptRequest {
             prompt: graph,
             client_id,
+            extra_data,
         })
         .map_err(|e| ComfyError::InvalidInput {
             reason: format!("the graph cannot be written as JSON: {e}"),

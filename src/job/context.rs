@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::assets::AssetStore;
 use crate::blobs::BlobStore;
 use crate::image::PngMetadata;
 use crate::metrics::Metrics;
@@ -89,6 +90,9 @@ pub struct JobContext {
     pub spool: Arc<Spool>,
     /// The content-addressed store (`DATA_DIR/blobs`) holding the jobs' input files.
     pub blobs: BlobStore,
+    /// The asset library: every output a job commits is registered there (Comfy API v2's
+    /// "outputs are assets"), its hash computed once from the staged file.
+    pub assets: Arc<AssetStore>,
     /// Counters for `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Tunables.

@@ -246,7 +246,9 @@ fn send_prompt(
         .plan()
         .build_graph(&engine.ctx.templates, &names)
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
-    let queued = client.queue_prompt(&graph, client_id).map_err(refusal)?;
+    let queued = client
+        .queue_prompt_with(&graph, client_id, job.extra_data())
+        .map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
     let ahead = backend.in_flight();
     job.dispatched(

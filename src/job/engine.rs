@@ -234,7 +234,22 @@ impl Engine {
         request: JobRequest,
         events: Option<Arc<dyn JobEvents>>,
     ) -> Result<Arc<Job>, ApiError> {
-        let plan = Plan::new(&self.ctx.templates, request.generate, &self.ctx.blobs)?;
+        self.submit_with(request, events, None, Vec::new())
+    }
+
+    /// Like [`Engine::submit`], with `/prompt`'s `extra_data` (a v2 submission's partner-node
+    /// key), which the job keeps in memory only and the dispatcher forwards to ComfyUI, and
+    /// input files already in the blob store (a v2 workflow's asset references), uploaded to
+    /// the chosen backend like a template's input images.
+    pub fn submit_with(
+        &self,
+        request: JobRequest,
+        events: Option<Arc<dyn JobEvents>>,
+        extra_data: Option<serde_json::Value>,
+        inputs: Vec<super::BlobInput>,
+    ) -> Result<Arc<Job>, ApiError> {
+        let mut plan = Plan::new(&self.ctx.templates, request.generate, &self.ctx.blobs)?;
+        plan.inputs.extend(inputs);
         let waiting = self.queue.len();
         if waiting >= self.ctx.run.max_queued {
             return Err(ApiError::new(
@@ -248,6 +263,9 @@ impl Engine {
         self.check_a_backend_answers()?;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let job = Arc::new(Job::new(plan, request.options, seq));
+        if let Some(extra_data) = extra_data {
+            job.set_extra_data(extra_data);
+        }
         // Saved (its `queued` event included) before it can be dispatched or seen queued.
         let position = self.queue.ahead_of(job.ticket()) + self.held_prompts();
         job.publish(

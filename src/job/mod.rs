@@ -35,7 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::api::{ApiError, ErrorCode, RequestOptions};
+use crate::assets::Asset;
 use crate::comfyui::{PreviewFormat, WsEvent};
 use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
@@ -119,6 +122,8 @@ struct JobInner {
     progress: Value,
     finished_at: Option<Instant>,
     finished_unix_ms: Option<u64>,
+    /// When ComfyUI started executing the job (not saved: unknown after a restart).
+    started_unix_ms: Option<u64>,
     run: Option<Run>,
     /// Where the job last ran, kept after its run ended.
     last_backend: Option<String>,
@@ -126,6 +131,19 @@ struct JobInner {
     preview: Option<PendingPreview>,
     /// Output branches ComfyUI dropped at validation while running the rest.
     warnings: Vec<Value>,
+    /// The outputs committed so far by this process, as assets, in commit order.
+    outputs: Vec<Arc<Asset>>,
+    /// Told of each output as it is committed; dropped when the job ends.
+    output_watchers: Vec<Sender<Arc<Asset>>>,
+}
+
+/// What [`Job::watch_outputs`] gives: the outputs committed so far, then a channel of the next.
+pub struct OutputWatch {
+    /// The outputs already committed, in order.
+    pub committed: Vec<Arc<Asset>>,
+    /// Each later output the moment it is committed; the channel closes when the job ends
+    /// (every output is committed before its terminal event). `None` if the job has ended.
+    pub live: Option<Receiver<Arc<Asset>>>,
 }
 
 /// What a ComfyUI message meant for a job.
@@ -159,6 +177,8 @@ pub struct Job {
     saving: Mutex<()>,
     /// Told of every event (the job's webhooks); set at submission.
     sink: OnceLock<Arc<dyn JobEvents>>,
+    /// `/prompt`'s `extra_data` (a v2 partner-node key): in memory only, never saved or logged.
+    extra_data: OnceLock<Value>,
 }
 
 impl Job {
@@ -185,14 +205,18 @@ impl Job {
                 progress: Value::Null,
                 finished_at: None,
                 finished_unix_ms: None,
+                started_unix_ms: None,
                 run: None,
                 last_backend: None,
                 last_prompt: None,
                 preview: None,
                 warnings: Vec::new(),
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
             id,
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
         }
     }
 
@@ -260,6 +284,28 @@ impl Job {
         }
     }
 
+    /// Sets `/prompt`'s `extra_data` for this job (once). Kept in memory only: a job still
+    /// waiting when the gateway restarts runs without it.
+    pub fn set_extra_data(&self, extra_data: Value) {
+        let _ = self.extra_data.set(extra_data);
+    }
+
+    /// `/prompt`'s `extra_data`, if the submission had one.
+    pub fn extra_data(&self) -> Option<&Value> {
+        self.extra_data.get()
+    }
+
+    /// When the job was created, when ComfyUI started it (if known) and when it ended, as Unix
+    /// milliseconds.
+    pub fn times_unix_ms(&self) -> (u64, Option<u64>, Option<u64>) {
+        let inner = self.lock();
+        (
+            self.created_unix_ms,
+            inner.started_unix_ms,
+            inner.finished_unix_ms,
+        )
+    }
+
     /// Sends every later event to `sink` too (once; a second sink is ignored).
     pub fn set_event_sink(&self, sink: Arc<dyn JobEvents>) {
         let _ = self.sink.set(sink);
@@ -324,6 +370,7 @@ impl Job {
             inner.last_prompt = Some(run.prompt_id);
         }
         inner.preview = None;
+        inner.output_watchers.clear();
         let text = self.with_job_id(data);
         let event = inner.log.push(kind, text);
         self.tell_sink(&event);
@@ -431,6 +478,9 @@ impl Job {
         if started && inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
+        if started {
+            inner.started_unix_ms = Some(timestamp::unix_millis());
+        }
         Observed { started, outcome }
     }
 
@@ -444,6 +494,7 @@ impl Job {
             return false;
         }
         run.started = Some(Instant::now());
+        inner.started_unix_ms = Some(timestamp::unix_millis());
         if inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
@@ -522,6 +573,44 @@ impl Job {
     /// Output branches ComfyUI dropped at validation.
     pub fn warnings(&self) -> Vec<Value> {
         self.lock().warnings.clone()
+    }
+
+    /// Records that the output `asset` was committed (stored), and tells the watchers.
+    /// The same asset twice (a retried store) is recorded once.
+    pub(crate) fn output_committed(&self, asset: Arc<Asset>) {
+        let mut inner = self.lock();
+        if inner.outputs.iter().any(|known| known.id == asset.id) {
+            return;
+        }
+        inner
+            .output_watchers
+            .retain(|watcher| watcher.send(Arc::clone(&asset)).is_ok());
+        inner.outputs.push(asset);
+    }
+
+    /// The outputs this process saw the job commit, in order. After a restart the durable
+    /// list is [`crate::assets::AssetStore::for_job`].
+    pub fn outputs(&self) -> Vec<Arc<Asset>> {
+        self.lock().outputs.clone()
+    }
+
+    /// The outputs committed so far and a channel of those to come (Comfy API v2's `output`
+    /// events), taken atomically: no output is missed or seen twice.
+    pub fn watch_outputs(&self) -> OutputWatch {
+        let mut inner = self.lock();
+        let committed = inner.outputs.clone();
+        if inner.state.is_finished() {
+            return OutputWatch {
+                committed,
+                live: None,
+            };
+        }
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        inner.output_watchers.push(sender);
+        OutputWatch {
+            committed,
+            live: Some(receiver),
+        }
     }
 
     /// Records that the outputs of a job that failed with `storage_failed` reached storage
@@ -750,6 +839,7 @@ impl Job {
             bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
             inner: Mutex::new(JobInner {
                 state,
                 log,
@@ -760,11 +850,14 @@ impl Job {
                         .unwrap_or_else(Instant::now)
                 }),
                 finished_unix_ms: record.finished_unix_ms,
+                started_unix_ms: None,
                 run: None,
                 last_backend: record.last_backend,
                 last_prompt: record.last_prompt,
                 preview: None,
                 warnings: record.warnings,
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
         };
         let run = if finished { None } else { record.run };

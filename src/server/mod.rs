@@ -5,9 +5,9 @@
 //! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection). A streaming answer (`POST /generate`, `GET /jobs/{id}/events`) keeps its request
 //! thread until the job's terminal event has been written.
 
-mod auth;
-mod framing;
-mod reply;
+pub(crate) mod auth;
+pub(crate) mod framing;
+pub(crate) mod reply;
 mod routes;
 pub mod socket;
 

@@ -369,12 +369,17 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
             );
             return door.refuse(request, &error, &[]);
         }
-        if let Err(error) = framing::check(&request, app.config.max_body_bytes) {
+        let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
+        if let Err(error) = framing::check(&request, limit) {
             if error.code == ErrorCode::MalformedRequest {
                 door.condemn(peer);
             }
             return door.refuse(request, &error, &[]);
         }
+    }
+    // Comfy API v2 has its own router, key check and error vocabulary.
+    if crate::v2::owns(path) {
+        return crate::v2::handle(app, door, request, path, query);
     }
     let matching = route(path);
     // The page and /health hold no data (the page asks for the key itself), so they answer
