@@ -68,8 +68,12 @@ const MAX_ABANDONED: usize = 256;
 
 /// How long a refused connection's address stays refused.
 const CONDEMNED_FOR: Duration = Duration::from_secs(10);
-/// File descriptors kept for everything but client connections (logs, storage, ComfyUI).
-const RESERVED_FDS: u64 = 32;
+/// File descriptors kept for everything but client connections (logs, storage, ComfyUI), on top
+/// of a sixteenth of the open-files limit (see `fitting_connections`).
+const RESERVED_FDS: u64 = 64;
+/// The most requests answered at once when `MAX_CONNECTIONS` is unset, however high the
+/// open-files limit: each holds two threads (tiny_http's and its request thread).
+const MAX_DEFAULT_CONNECTIONS: usize = 4096;
 /// File descriptors one answered request can hold: its connection's two (tiny_http clones the
 /// socket) and a file being stored or served.
 const FDS_PER_CONNECTION: u64 = 3;
@@ -214,14 +218,23 @@ impl Bound {
     }
 }
 
-/// `MAX_CONNECTIONS`, lowered (with a warning) to what the open-files limit can hold.
-fn connection_limit(configured: usize) -> usize {
-    let Some(fds) = socket::open_files_limit() else {
+/// `MAX_CONNECTIONS` if set, lowered (with a warning) to what the open-files limit can hold;
+/// unset, what that limit holds ([`default_connection_limit`]).
+fn connection_limit(configured: Option<usize>) -> usize {
+    let fds = socket::open_files_limit();
+    let Some(configured) = configured else {
+        let limit = default_connection_limit(fds);
+        log::info!(
+            "answering at most {limit} requests at once (MAX_CONNECTIONS unset; open-files \
+             limit {})",
+            fds.map_or_else(|| "unknown".to_string(), |fds| fds.to_string())
+        );
+        return limit;
+    };
+    let Some(fds) = fds else {
         return configured;
     };
-    let fitting = usize::try_from(fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION)
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let fitting = fitting_connections(fds);
     if fitting < configured {
         log::warn!(
             "MAX_CONNECTIONS={configured} does not fit the open-files limit ({fds}): \
@@ -230,6 +243,24 @@ fn connection_limit(configured: usize) -> usize {
         return fitting;
     }
     configured
+}
+
+/// The connection limit when `MAX_CONNECTIONS` is unset: what an open-files limit of `fds`
+/// holds ([`fitting_connections`]), at most [`MAX_DEFAULT_CONNECTIONS`]; 512 where the system
+/// does not tell its limit.
+fn default_connection_limit(fds: Option<u64>) -> usize {
+    fds.map_or(512, fitting_connections)
+        .min(MAX_DEFAULT_CONNECTIONS)
+}
+
+/// How many answered requests an open-files limit of `fds` holds: [`FDS_PER_CONNECTION`] each,
+/// after keeping [`RESERVED_FDS`] plus a sixteenth of the limit for everything else (stored and
+/// spooled files, ComfyUI and Supabase connections, webhooks, logs). At least 1.
+fn fitting_connections(fds: u64) -> usize {
+    let reserved = RESERVED_FDS + fds / 16;
+    usize::try_from(fds.saturating_sub(reserved) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 impl Server {
@@ -451,4 +482,39 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>, heartbeat: Duration) {
 /// resulting error. A quarter of the timeout, at most 5 s.
 fn heartbeat_every(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limit_carries_1000_streams_on_a_stock_linux_box() {
+        // Stock hard limits: 4,096 (older distributions) and 524,288 (systemd 240 and later);
+        // the gateway raises its soft limit to the hard one at start.
+        for hard in [4096, 524_288] {
+            let limit = default_connection_limit(Some(hard));
+            assert!(limit >= 1000, "hard limit {hard}: {limit}");
+            let descriptors = limit as u64 * FDS_PER_CONNECTION;
+            assert!(
+                descriptors + hard / 16 <= hard,
+                "hard limit {hard}: {limit}"
+            );
+        }
+        assert_eq!(
+            default_connection_limit(Some(10_000_000)),
+            MAX_DEFAULT_CONNECTIONS
+        );
+        assert_eq!(default_connection_limit(None), 512);
+        assert!(default_connection_limit(Some(1024)) < 341);
+        assert_eq!(default_connection_limit(Some(10)), 1);
+    }
+
+    #[test]
+    fn a_set_limit_is_kept_unless_the_open_files_limit_cannot_hold_it() {
+        assert_eq!(connection_limit(Some(3)), 3);
+        let fds = socket::open_files_limit().expect("Linux tells");
+        assert_eq!(connection_limit(Some(usize::MAX)), fitting_connections(fds));
+        assert_eq!(connection_limit(None), default_connection_limit(Some(fds)));
+    }
 }
