@@ -281,20 +281,14 @@ fn check_and_strip(
     };
     let stored_len = bytes.len() as u64;
     if stored_len != len || media != media::identify(&bytes, &source.filename) {
-        rewrite_synced(&path, &bytes).map_err(|e| not_staged(&[source], &e.to_string()))?;
+        crate::durable::write_bytes(&path, &bytes)
+            .map_err(|e| not_staged(&[source], &e.to_string()))?;
     }
     Ok(Checked {
         media,
         bytes: stored_len,
         size: (width > 0 && height > 0).then_some((width, height)),
     })
-}
-
-fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Stores every file and records the rows; on failure, spools them and says where.

@@ -111,16 +111,6 @@ impl ImageRecord {
     }
 }
 
-/// A hard link to `source` at `target` (no byte copied), or a streamed copy across file
-/// systems (never the whole file in memory); synced to disk either way. Shared by the local
-/// backend and the spool, which both keep output files the job staged.
-fn link_or_copy_synced(source: &Path, target: &Path) -> io::Result<()> {
-    if std::fs::hard_link(source, target).is_err() {
-        std::fs::copy(source, target)?;
-    }
-    std::fs::File::open(target)?.sync_all()
-}
-
 /// How often and how patiently to retry a transient failure.
 ///
 /// The wait before retry `n` (counting from 1) is `initial_backoff * 2^(n-1)`, capped at
