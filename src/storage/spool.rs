@@ -8,6 +8,8 @@
 //! ```text
 //! {job_id}/manifest.json   the pending rows and, per image, its key, content type and file
 //! {job_id}/image-0         the first file (any kind: PNG, MP4, FLAC...), as it was to be uploaded
+//! {job_id}/refused         present when storage refused the job for good: why (not retried
+//!                          until the gateway restarts)
 //! .{job_id}.tmp-{uuid}/    a save in progress (ignored; renamed into place when complete)
 //! .staging/{job_id}-{uuid}/ a job's downloads from ComfyUI in progress (see [`Staging`])
 //! ```
@@ -36,6 +38,9 @@ use crate::{durable, ids};
 const MANIFEST: &str = "manifest.json";
 
 const STAGING: &str = ".staging";
+
+/// Beside a job's manifest: storage refused the job and why (see [`Spool::mark_refused`]).
+const REFUSED: &str = "refused";
 
 /// A file handed to [`Spool::save`]: its storage key, where it is now, and its content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +267,20 @@ impl Spool {
             let _ = fs::remove_dir_all(&old);
         }
         Ok(target)
+    }
+
+    /// Marks a spooled job as refused by storage (`reason`, e.g. `413 EntityTooLarge`): no
+    /// amount of retrying uploads it until someone fixes the cause, so periodic flushes skip
+    /// it; a start-up flush tries it again. Saving the job again clears the mark.
+    pub fn mark_refused(&self, job_id: &str, reason: &str) -> io::Result<()> {
+        check_job_id(job_id)?;
+        durable::write_bytes(&self.dir.join(job_id).join(REFUSED), reason.as_bytes())
+    }
+
+    /// Why storage refused this spooled job, if it did (see [`Spool::mark_refused`]).
+    pub fn refusal(&self, job_id: &str) -> Option<String> {
+        check_job_id(job_id).ok()?;
+        fs::read_to_string(self.dir.join(job_id).join(REFUSED)).ok()
     }
 
     /// The ids of the jobs waiting in the spool, sorted.
