@@ -39,7 +39,7 @@ fn two_hundred_jobs_with_random_disconnects_leak_nothing() {
         seed ^= seed << 17;
         let body = json!({"workflow": "invert", "width": 8, "height": 8, "color": i});
         let mut stream = h.generate_stream(&body);
-        assert_eq!(stream.status, 200);
+        assert_eq!(stream.status, 200, "job {i}");
         if seed % 2 == 0 {
             let first = stream.next_event().expect("queued");
             assert_eq!(first.event, "queued");
@@ -55,6 +55,10 @@ fn two_hundred_jobs_with_random_disconnects_leak_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(h.app.jobs.active(), 0, "all 200 jobs finished");
+    // A job is counted just after it is marked finished: wait for the count too.
+    while h.app.metrics.jobs_finished("completed") < 201 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(h.app.metrics.jobs_finished("completed"), 201);
 
     let threads_after = settles_to(threads_before, "/proc/self/task");
