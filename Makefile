@@ -5,7 +5,7 @@ SIM_LISTEN ?= 127.0.0.1:8188
 SIM_STEP_MS ?= 150
 export LISTEN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run demo test bench fmt lint build sim browser-deps
+.PHONY: run demo test test-real-comfyui bench fmt lint build sim browser-deps
 
 build:
 	$(CARGO) build --release --bins
@@ -26,10 +26,20 @@ demo: build sim
 	COMFYUI_URL=http://$(SIM_LISTEN) target/release/comfyui-gateway; status=$$?; \
 	kill $$sim 2>/dev/null; wait $$sim 2>/dev/null; exit $$status
 
-## test: the whole suite (what .ci/run calls)
+## test: the whole suite (what .ci/run calls); never against a real ComfyUI
 test: browser-deps
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	env -u REAL_COMFYUI_URL $(CARGO) test --workspace --all-targets
+	env -u REAL_COMFYUI_URL $(CARGO) test --workspace --doc
+
+## test-real-comfyui: the smoke suite against the real ComfyUI at REAL_COMFYUI_URL (with the
+## model-free test nodes installed: see tests/real-comfyui/README.md); skipped without it
+test-real-comfyui:
+	@if [ -z "$$REAL_COMFYUI_URL" ]; then \
+	  echo "test-real-comfyui: SKIPPED: REAL_COMFYUI_URL is not set (e.g. REAL_COMFYUI_URL=http://127.0.0.1:8188 make test-real-comfyui; see tests/real-comfyui/README.md)"; \
+	  exit 0; \
+	fi; \
+	echo "test-real-comfyui: against $$REAL_COMFYUI_URL"; \
+	$(CARGO) test --test real_comfyui -- --nocapture --test-threads=1
 
 # The browser test's npm package (playwright-core; it never downloads a browser). Chromium itself
 # comes from the system: `apt-get install chromium` (.ci/run does it).

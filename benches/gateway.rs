@@ -1467,6 +1467,9 @@ const LARGE_OUTPUT_BYTES: u64 = 300 * 1024 * 1024;
 
 struct LargeOutput {
     elapsed: Duration,
+    /// The part of `elapsed` spent stripping the metadata in place.
+    strip_elapsed: Duration,
+    strip_blanked: u64,
     rss_before_kib: u64,
     peak_rss_kib: u64,
     heap_peak_above_start: isize,
@@ -1474,19 +1477,65 @@ struct LargeOutput {
     kind: &'static str,
 }
 
-/// Generated video bytes: an MP4 `ftyp` box, then a pattern, without ever holding them.
+/// Generated video bytes, without ever holding them: an MP4 as ffmpeg writes it for ComfyUI's
+/// SaveVideo, `ftyp`, then `mdat` (a pattern), then `moov` with a 100 KB workflow in its
+/// `udta` metadata, so that the job's stripping has to reach the end of the file.
 struct GeneratedVideo {
     sent: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl GeneratedVideo {
+    fn new() -> GeneratedVideo {
+        fn bmff(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+            let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(kind);
+            out.extend_from_slice(payload);
+            out
+        }
+        let workflow = format!(
+            "{{\"nodes\": [{}]}}",
+            vec![r#"{"type": "KSampler", "class_type": "KSampler"}"#; 2000].join(", ")
+        );
+        let mut keys = 1u32.to_be_bytes().to_vec();
+        keys.extend(bmff(b"mdta", b"workflow"));
+        let mut data = 1u32.to_be_bytes().to_vec();
+        data.extend_from_slice(&[0; 4]);
+        data.extend_from_slice(workflow.as_bytes());
+        let mut meta = vec![0; 4];
+        meta.extend(bmff(b"keys", &keys));
+        meta.extend(bmff(
+            b"ilst",
+            &bmff(&1u32.to_be_bytes(), &bmff(b"data", &data)),
+        ));
+        let mut moov = bmff(b"mvhd", &[0; 100]);
+        moov.extend(bmff(b"udta", &bmff(b"meta", &meta)));
+        let tail = bmff(b"moov", &moov);
+        let mut head = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec();
+        let mdat = LARGE_OUTPUT_BYTES - head.len() as u64 - tail.len() as u64;
+        head.extend_from_slice(&(mdat as u32).to_be_bytes());
+        head.extend_from_slice(b"mdat");
+        GeneratedVideo {
+            sent: 0,
+            head,
+            tail,
+        }
+    }
 }
 
 impl Read for GeneratedVideo {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        const FTYP: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2";
         let left = LARGE_OUTPUT_BYTES - self.sent;
         let n = (buf.len() as u64).min(left) as usize;
+        let tail_at = (LARGE_OUTPUT_BYTES - self.tail.len() as u64) as usize;
         for (i, byte) in buf[..n].iter_mut().enumerate() {
             let at = self.sent as usize + i;
-            *byte = FTYP.get(at).copied().unwrap_or((at % 251) as u8);
+            *byte = match self.head.get(at) {
+                Some(&b) => b,
+                None if at >= tail_at => self.tail[at - tail_at],
+                None => (at % 251) as u8,
+            };
         }
         self.sent += n as u64;
         Ok(n)
@@ -1507,7 +1556,7 @@ fn serve_one_video() -> BenchResult<(String, thread::JoinHandle<()>)> {
             let response = tiny_http::Response::new(
                 tiny_http::StatusCode(200),
                 header.into_iter().collect(),
-                GeneratedVideo { sent: 0 },
+                GeneratedVideo::new(),
                 Some(LARGE_OUTPUT_BYTES as usize),
                 None,
             );
@@ -1518,8 +1567,8 @@ fn serve_one_video() -> BenchResult<(String, thread::JoinHandle<()>)> {
 }
 
 /// Fetches a 300 MB video from a stand-in `/view` and stores it on local disk through the same
-/// steps a job takes (stream into the staging folder, identify, link into storage), and reports
-/// the peak RSS and heap meanwhile.
+/// steps a job takes (stream into the staging folder, identify, strip its metadata in place,
+/// link into storage), and reports the peak RSS and heap meanwhile.
 fn bench_large_output() -> BenchResult<LargeOutput> {
     use comfyui_gateway::comfyui::{ClientOptions, ComfyClient, ImageRef};
     use comfyui_gateway::media;
@@ -1552,6 +1601,9 @@ fn bench_large_output() -> BenchResult<LargeOutput> {
     })?;
     let received = staging.receive("0.part", &mut download, media::HEAD_LEN)?;
     let kind = media::identify(&received.head, "ComfyUI_00001_.mp4");
+    let strip_started = Instant::now();
+    let strip_blanked = comfyui_gateway::strip::strip_in_place(&received.path, kind)?;
+    let strip_elapsed = strip_started.elapsed();
     let key = format!("{job}/0.{}", kind.extension);
     local.put_file(&key, &received.path, kind.content_type)?;
     drop(staging);
@@ -1566,6 +1618,8 @@ fn bench_large_output() -> BenchResult<LargeOutput> {
     }
     Ok(LargeOutput {
         elapsed,
+        strip_elapsed,
+        strip_blanked,
         rss_before_kib,
         peak_rss_kib,
         heap_peak_above_start,
@@ -1597,7 +1651,8 @@ fn print_large_output(out: &mut String, large: &LargeOutput) -> BenchResult<()> 
         out,
         "\n7. Large outputs: one {:.0} MiB video ({}) from ComfyUI's /view to local storage\n\
          time {:.2} s ({:.0} MiB/s); VmRSS before {:.1} MiB, peak {:.1} MiB (+{:.1} MiB); \
-         heap peak {:.2} MiB above the start",
+         heap peak {:.2} MiB above the start; of which stripping its metadata in place \
+         (moov at the end, {} bytes of udta blanked): {:.2} ms",
         mib(large.stored_bytes as f64),
         large.kind,
         secs(large.elapsed),
@@ -1606,6 +1661,8 @@ fn print_large_output(out: &mut String, large: &LargeOutput) -> BenchResult<()> 
         large.peak_rss_kib as f64 / 1024.0,
         large.peak_rss_kib.saturating_sub(large.rss_before_kib) as f64 / 1024.0,
         mib(large.heap_peak_above_start as f64),
+        large.strip_blanked,
+        large.strip_elapsed.as_secs_f64() * 1000.0,
     )?;
     Ok(())
 }

@@ -301,6 +301,22 @@ impl JobRequest {
     /// The common fields are checked here (every bad one reported); the template checks its
     /// own parameters later.
     pub fn parse(body: &[u8], default_workflow: &str) -> Result<JobRequest, ApiError> {
+        JobRequest::parse_for(body, default_workflow, &|_, _| false)
+    }
+
+    /// Like [`parse`](Self::parse), for a gateway whose templates may name a parameter like one
+    /// of the [`COMMON_FIELDS`]: `claims(workflow, field)` says whether template `workflow`
+    /// declares a parameter named `field`.
+    ///
+    /// The gateway's own fields can always be given in the [`OPTIONS_FIELD`] object
+    /// (`{"options": {"quality": 80}}`). At top level, a name the requested template declares
+    /// is that template's parameter (so `GET /workflows/{name}` tells the truth about it);
+    /// any other common field at top level is the gateway's, as it always was.
+    pub fn parse_for(
+        body: &[u8],
+        default_workflow: &str,
+        claims: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<JobRequest, ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidJson,
@@ -313,7 +329,15 @@ impl JobRequest {
                 "the request body must be a JSON object",
             ));
         };
-        let options = RequestOptions::take_from(&mut fields)?;
+        let workflow = match fields.get("graph") {
+            Some(_) => None,
+            None => Some(match fields.get("workflow") {
+                Some(Value::String(name)) => name.clone(),
+                _ => default_workflow.to_string(),
+            }),
+        };
+        let claimed = |field: &str| workflow.as_deref().is_some_and(|w| claims(w, field));
+        let options = take_options(&mut fields, &claimed)?;
         if let Some(graph) = fields.remove("graph") {
             if let Some(other) = fields.keys().next() {
                 return Err(invalid_field(
@@ -337,6 +361,82 @@ impl JobRequest {
     }
 }
 
+/// The request key holding the gateway's own fields (the [`COMMON_FIELDS`]) in a spelling no
+/// template parameter can take: `{"options": {"output_format": "jpeg", "quality": 80}}`.
+pub const OPTIONS_FIELD: &str = "options";
+
+/// Takes the [`COMMON_FIELDS`] out of a request body: from its [`OPTIONS_FIELD`] object, and
+/// at top level those the template does not `claim` as parameters of its own. A field given
+/// both ways is refused, and so is an unknown key in `options`; problems with a field given in
+/// `options` are reported under `options.NAME`.
+fn take_options(
+    fields: &mut Map<String, Value>,
+    claimed: &dyn Fn(&str) -> bool,
+) -> Result<RequestOptions, ApiError> {
+    let nested = match fields.remove(OPTIONS_FIELD) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(nested)) => nested,
+        Some(_) => {
+            return Err(invalid_field(
+                OPTIONS_FIELD,
+                "must be an object of the gateway's own fields (priority, webhook, previews, \
+                 output_format, quality)",
+            ));
+        }
+    };
+    let mut merged = Map::new();
+    for field in COMMON_FIELDS {
+        if claimed(field.name) {
+            continue; // the template's parameter of that name
+        }
+        if let Some(value) = fields.remove(field.name) {
+            merged.insert(field.name.to_string(), value);
+        }
+    }
+    let mut problems = Map::new();
+    let mut from_options: Vec<String> = Vec::new();
+    for (name, value) in nested {
+        let key = format!("{OPTIONS_FIELD}.{name}");
+        if !COMMON_FIELDS.iter().any(|f| f.name == name) {
+            let known: Vec<&str> = COMMON_FIELDS.iter().map(|f| f.name).collect();
+            let problem = format!("is not one of the gateway's fields: {}", known.join(", "));
+            problems.insert(key, Value::String(problem));
+        } else if merged.contains_key(&name) {
+            let problem = format!("is also given at top level as \"{name}\"; give it once");
+            problems.insert(key, Value::String(problem));
+        } else {
+            merged.insert(name.clone(), value);
+            // Remembered, to name the field as the client spelled it in any problem.
+            from_options.push(name);
+        }
+    }
+    let result = RequestOptions::take_from(&mut merged);
+    let mut details = match result {
+        Ok(options) if problems.is_empty() => return Ok(options),
+        Ok(_) => Map::new(),
+        Err(error) => error.details["fields"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    for (name, problem) in std::mem::take(&mut details) {
+        let base = name.split('.').next().unwrap_or(&name);
+        let spelled = if from_options.iter().any(|f| f == base) {
+            format!("{OPTIONS_FIELD}.{name}")
+        } else {
+            name
+        };
+        details.insert(spelled, problem);
+    }
+    details.extend(problems);
+    let summary: Vec<String> = details
+        .iter()
+        .map(|(name, problem)| format!("{name}: {}", problem.as_str().unwrap_or_default()))
+        .collect();
+    Err(ApiError::new(ErrorCode::InvalidParams, summary.join("; "))
+        .with_details(json!({ "fields": details })))
+}
+
 /// How a job treats its request, whatever the template: the [`COMMON_FIELDS`], typed.
 ///
 /// Saved with the job, so that a job resumed after a restart is treated the same.
@@ -348,7 +448,7 @@ pub struct RequestOptions {
     /// Whether the job's stream carries the sampler's preview frames.
     #[serde(default)]
     pub previews: bool,
-    /// The format images are stored in (`png`: as ComfyUI made them).
+    /// The format still pictures are converted to (`png`: none, every output as ComfyUI made it).
     #[serde(default)]
     pub output_format: OutputFormat,
     /// JPEG quality, 1 to 100 (only with `output_format: "jpeg"`; `None`: the default, 90).
@@ -407,9 +507,10 @@ pub const COMMON_FIELDS: &[CommonField] = &[
         schema: || {
             let names: Vec<&str> = OutputFormat::ALL.iter().map(|f| f.as_str()).collect();
             json!({"type": "string", "enum": names, "default": "png",
-                   "description": "Store images as PNG (as ComfyUI made them), JPEG, or lossless \
-                                   WebP. Converted files carry no metadata; non-image outputs \
-                                   are never converted.",
+                   "description": "png: store every output as ComfyUI made it, in its own \
+                                   format (never converted); jpeg or webp: convert still PNG \
+                                   and WebP pictures in another format. Converted files carry \
+                                   no metadata; non-image outputs are never converted.",
                    "examples": ["webp"]})
         },
     },
@@ -647,6 +748,57 @@ mod tests {
         assert!(fields.is_empty(), "left for the template: {fields:?}");
         let options = result.expect("every example parses");
         assert!(options.webhook.is_some());
+    }
+
+    #[test]
+    fn a_template_parameter_keeps_its_name_and_options_carry_the_gateways_field() {
+        let mp3_claims = |workflow: &str, field: &str| workflow == "mp3" && field == "quality";
+        let body = br#"{"workflow": "mp3", "quality": "320k",
+                        "options": {"output_format": "jpeg", "quality": 80}}"#;
+        let parsed = JobRequest::parse_for(body, "t", &mp3_claims).expect("valid");
+        let GenerateRequest::Template { params, .. } = &parsed.generate else {
+            panic!("a template request");
+        };
+        assert_eq!(params["quality"], "320k");
+        assert_eq!(parsed.options.quality, Some(80));
+        // Another template does not claim it: the top-level field is the gateway's, as before.
+        let body = br#"{"workflow": "other", "output_format": "jpeg", "quality": 80}"#;
+        let parsed = JobRequest::parse_for(body, "t", &mp3_claims).expect("valid");
+        assert_eq!(parsed.options.quality, Some(80));
+        // The default workflow claims too; a raw graph never does.
+        let parsed = JobRequest::parse_for(br#"{"quality": "V0"}"#, "mp3", &mp3_claims);
+        assert!(parsed.is_ok(), "{parsed:?}");
+        let graph = br#"{"graph": {}, "quality": 5}"#;
+        assert!(JobRequest::parse_for(graph, "mp3", &mp3_claims).is_err());
+    }
+
+    #[test]
+    fn options_problems_name_the_field_as_spelled() {
+        let fields = |body: &[u8]| {
+            let error = parse(body).expect_err("refused");
+            let fields = error.details["fields"]
+                .as_object()
+                .cloned()
+                .expect("fields");
+            fields.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fields(br#"{"options": {"quality": 0}}"#),
+            ["options.quality"]
+        );
+        assert_eq!(fields(br#"{"options": {"nope": 1}}"#), ["options.nope"]);
+        assert_eq!(
+            fields(br#"{"previews": true, "options": {"previews": true}}"#),
+            ["options.previews"]
+        );
+        assert_eq!(fields(br#"{"options": [1]}"#), ["options"]);
+        assert_eq!(
+            fields(br#"{"options": {"webhook": {"url": "ftp://h/"}}}"#),
+            ["options.webhook.url"]
+        );
+        let ok = parse(br#"{"options": {"priority": 4, "previews": true}, "prompt": "x"}"#);
+        let options = ok.expect("valid").options;
+        assert_eq!((options.priority, options.previews), (4, true));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct Config {
     /// authentication. Each key is non-empty and free of whitespace.
     pub api_keys: Vec<String>,
     /// `OUTPUT_METADATA` (older name `PNG_METADATA`, read when the new one is unset): whether to
-    /// strip the prompt and workflow ComfyUI embeds in PNG and WebP outputs (default `strip`).
+    /// strip the prompt and workflow ComfyUI embeds in its outputs (PNG, WebP, FLAC, Ogg, MP3, MP4,
+    /// WebM; see [`crate::strip`]) or keep every file as made (default `strip`).
     pub png_metadata: PngMetadata,
     /// `RUST_LOG`: the `env_logger` filter (default `info`).
     pub log_filter: String,

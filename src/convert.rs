@@ -1,5 +1,9 @@
-//! Output conversion: turn the PNG that ComfyUI made into the JPEG or WebP a client asked for
-//! (`"output_format"` and `"quality"` in a generation request), before the image is stored.
+//! Output conversion: turn the PNG or still WebP that ComfyUI made into the JPEG or WebP a client
+//! asked for (`"output_format"` and `"quality"` in a generation request), before it is stored.
+//!
+//! `"png"` (the default) means "as ComfyUI made it": nothing is ever converted then, so a WebP
+//! stays the WebP ComfyUI wrote (its key ending in `.webp`). A conversion happens only when a
+//! client asks for JPEG or WebP and the file is in another format.
 //!
 //! Pure Rust, no C libraries: the `png` crate decodes, `jpeg-encoder` writes baseline JPEG and
 //! `image-webp` writes lossless WebP (VP8L) and decodes still WebP. What goes in and what comes
@@ -25,7 +29,8 @@ use crate::image::ProcessedImage;
 /// The image format a client wants its outputs stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
-    /// As ComfyUI made it (PNG for the stock `SaveImage` node). The default.
+    /// As ComfyUI made it (PNG for the stock `SaveImage` node, WebP for `SaveAnimatedWEBP`, ...):
+    /// never converted. The default.
     #[default]
     Png,
     /// Baseline JPEG at [`OutputFormat::DEFAULT_JPEG_QUALITY`] or the request's `quality`.
@@ -157,16 +162,17 @@ const MAX_DECODED_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Converts `bytes` (a file of MIME type `content_type`) to `format`.
 ///
-/// `Ok(None)` means "store the bytes as they are": the file is already in that format, is not
-/// an image, or is an image this module does not decode (JPEG, animated PNG or WebP). `quality` (1 to
-/// 100) applies to JPEG only; the caller has refused it for other formats.
+/// `Ok(None)` means "store the bytes as they are": `format` is [`OutputFormat::Png`] (as ComfyUI
+/// made it), the file is already in that format, is not an image, or is an image this module
+/// does not decode (JPEG, animated PNG or WebP). `quality` (1 to 100) applies to JPEG only; the
+/// caller has refused it for other formats.
 pub fn convert(
     bytes: &[u8],
     content_type: &str,
     format: OutputFormat,
     quality: Option<u8>,
 ) -> Result<Option<Converted>, ConvertError> {
-    if content_type == format.content_type() {
+    if format == OutputFormat::Png || content_type == format.content_type() {
         return Ok(None);
     }
     let pixels = match content_type {
@@ -183,7 +189,7 @@ pub fn convert(
             quality.unwrap_or(OutputFormat::DEFAULT_JPEG_QUALITY),
         )?,
         OutputFormat::Webp => encode_webp(&pixels)?,
-        OutputFormat::Png => encode_png(&pixels)?,
+        OutputFormat::Png => return Ok(None),
     };
     Ok(Some(Converted {
         bytes,
@@ -208,7 +214,8 @@ pub fn for_storage(
             content_type: converted.content_type,
         }),
         None => {
-            if image.content_type != format.content_type()
+            if format != OutputFormat::Png
+                && image.content_type != format.content_type()
                 && image.content_type.starts_with("image/")
             {
                 log::info!(
@@ -386,26 +393,6 @@ fn encode_webp(pixels: &Pixels) -> Result<Vec<u8>, ConvertError> {
     Ok(out)
 }
 
-fn encode_png(pixels: &Pixels) -> Result<Vec<u8>, ConvertError> {
-    let color = match pixels.layout {
-        Layout::Gray => png::ColorType::Grayscale,
-        Layout::GrayAlpha => png::ColorType::GrayscaleAlpha,
-        Layout::Rgb => png::ColorType::Rgb,
-        Layout::Rgba => png::ColorType::Rgba,
-    };
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, pixels.width, pixels.height);
-    encoder.set_color(color);
-    encoder.set_depth(png::BitDepth::Eight);
-    let encode = |encoder: png::Encoder<'_, &mut Vec<u8>>| -> Result<(), png::EncodingError> {
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&pixels.samples)?;
-        writer.finish()
-    };
-    encode(encoder).map_err(|e| ConvertError::Encode(e.to_string()))?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,15 +531,20 @@ mod tests {
         for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
             assert_eq!(keep(&apng, "image/png", format), None, "{format}");
         }
-        // A WebP asked as PNG is decoded and re-encoded.
+        // `png` is "as ComfyUI made it": a still WebP (SaveAnimatedWEBP with one frame) stays
+        // the WebP it is, byte for byte.
         let webp = convert(&png, "image/png", OutputFormat::Webp, None)
             .expect("converts")
             .expect("converted");
-        let back = keep(&webp.bytes, "image/webp", OutputFormat::Png).expect("converted");
-        assert_eq!(
-            (back.content_type, back.width, back.height),
-            ("image/png", 4, 4)
-        );
+        assert_eq!(keep(&webp.bytes, "image/webp", OutputFormat::Png), None);
+        let as_made = ProcessedImage {
+            bytes: webp.bytes.clone(),
+            width: 4,
+            height: 4,
+            content_type: "image/webp",
+        };
+        let stored = for_storage(as_made.clone(), OutputFormat::Png, None).expect("kept");
+        assert_eq!(stored, as_made);
     }
 
     #[test]

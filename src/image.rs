@@ -1,13 +1,15 @@
 //! Images as ComfyUI hands them over: sniffing, measuring, checking and stripping metadata.
 //!
 //! ComfyUI's `SaveImage` node writes PNG files with `tEXt` chunks named `prompt` (the API graph)
-//! and `workflow` (the UI graph), plus one chunk per `extra_pnginfo` key. They reveal the whole
-//! workflow, prompts and model names included, to anyone who gets the file, so by default the
-//! gateway removes them ([`PngMetadata::Strip`]).
+//! and `workflow` (the UI graph), plus one chunk per `extra_pnginfo` key; `SaveAnimatedPNG`
+//! writes the same entries into private `comf` chunks (`prompt\0{...}`) after the image data.
+//! They reveal the whole workflow, prompts and model names included, to anyone who gets the
+//! file, so by default the gateway removes them ([`PngMetadata::Strip`]).
 //!
 //! Stripping works on the chunk level: the PNG is walked chunk by chunk, every chunk is checked
-//! (length in bounds, CRC correct, `IHDR` first, `IEND` last), text chunks are dropped and every
-//! other chunk is copied byte for byte. Pixels are never decoded or re-encoded, so stripping is
+//! (length in bounds, CRC correct, `IHDR` first, `IEND` last), metadata chunks are dropped (see
+//! [`is_metadata_chunk`]) and every other chunk is copied byte for byte, the APNG animation
+//! chunks (`acTL`, `fcTL`, `fdAT`) included, so an animation keeps its frames and sequence. Pixels are never decoded or re-encoded, so stripping is
 //! cheap and cannot change how an image looks. The `png` crate is used only to read the header
 //! (width and height) and, in tests, to prove that the pixels survive untouched.
 //!
@@ -29,13 +31,14 @@ const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n
 /// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
 const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
 
-/// What to do with the metadata ComfyUI embeds in its pictures: PNG text chunks (`tEXt`, `zTXt`,
-/// `iTXt`) and WebP `EXIF`/`XMP ` chunks.
+/// What to do with the metadata ComfyUI embeds in its outputs: PNG text and private chunks, WebP
+/// `EXIF`/`XMP ` chunks, and the tags of FLAC, MP3 and MP4 files (see [`crate::strip`]).
 ///
 /// Set by the `OUTPUT_METADATA` configuration variable (older name: `PNG_METADATA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PngMetadata {
-    /// Drop every PNG text chunk and every WebP `EXIF`/`XMP ` chunk, which removes ComfyUI's
+    /// Drop every PNG text, `eXIf` and private chunk (`comf` included), every WebP
+    /// `EXIF`/`XMP ` chunk, and the tags of FLAC, MP3 and MP4 files, which removes ComfyUI's
     /// `prompt`, `workflow` and `extra_pnginfo` entries. The default.
     #[default]
     Strip,
@@ -225,7 +228,9 @@ pub fn process(
 fn process_png(bytes: Vec<u8>, policy: PngMetadata) -> Result<ProcessedImage, ImageError> {
     let chunks = walk_chunks(&bytes)?;
     let (width, height) = png_dimensions(&bytes)?;
-    let has_text = chunks.iter().any(|chunk| is_text_chunk(&chunk.chunk_type));
+    let has_text = chunks
+        .iter()
+        .any(|chunk| is_metadata_chunk(&chunk.chunk_type));
     let bytes = match policy {
         PngMetadata::Strip if has_text => copy_without_text(&bytes, &chunks),
         PngMetadata::Strip | PngMetadata::Keep => bytes,
@@ -251,11 +256,13 @@ pub fn png_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
     Ok((info.width, info.height))
 }
 
-/// Returns a copy of a PNG without its `tEXt`, `zTXt` and `iTXt` chunks, wherever they appear.
+/// Returns a copy of a PNG without its metadata chunks ([`is_metadata_chunk`]: text, `eXIf`, and
+/// private ones such as `comf`), wherever they appear.
 ///
-/// This removes ComfyUI's `prompt` and `workflow` entries and any `extra_pnginfo` keys. Every
-/// other chunk (image data, palette, gamma, physical size, colour profile, ...) is copied byte
-/// for byte, so the pixels are exactly those ComfyUI produced. The whole file is checked first
+/// This removes ComfyUI's `prompt` and `workflow` entries and any `extra_pnginfo` keys, from
+/// `SaveImage`'s text chunks and from `SaveAnimatedPNG`'s `comf` chunks. Every other chunk (image
+/// data, palette, gamma, physical size, colour profile, the APNG animation chunks, ...) is
+/// copied byte for byte, so the pixels and frames are exactly those ComfyUI produced. The whole file is checked first
 /// (see [`ImageError`]); a malformed PNG is an error, never a panic.
 pub fn strip_text_chunks(bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
     let chunks = walk_chunks(bytes)?;
@@ -335,14 +342,25 @@ struct ChunkSpan {
     chunk_type: [u8; 4],
 }
 
-fn is_text_chunk(chunk_type: &[u8; 4]) -> bool {
-    matches!(chunk_type, b"tEXt" | b"zTXt" | b"iTXt")
+/// Whether stripping drops a PNG chunk of this type: the text chunks (`tEXt`, `zTXt`, `iTXt`),
+/// `eXIf`, and every private ancillary chunk (first two letters lower case, like ComfyUI's own
+/// `comf`) except APNG's `acTL`, `fcTL` and `fdAT`, which predate APNG's standardisation and are
+/// spelled like private chunks. Ancillary chunks are never needed to show an image, and private
+/// ones carry whatever their writer chose, so none of these can take pixels or frames with it.
+pub fn is_metadata_chunk(chunk_type: &[u8; 4]) -> bool {
+    let private_ancillary =
+        chunk_type[0].is_ascii_lowercase() && chunk_type[1].is_ascii_lowercase();
+    match chunk_type {
+        b"tEXt" | b"zTXt" | b"iTXt" | b"eXIf" => true,
+        b"acTL" | b"fcTL" | b"fdAT" => false,
+        _ => private_ancillary,
+    }
 }
 
 fn copy_without_text(bytes: &[u8], chunks: &[ChunkSpan]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     out.extend_from_slice(&PNG_SIGNATURE);
-    for chunk in chunks.iter().filter(|c| !is_text_chunk(&c.chunk_type)) {
+    for chunk in chunks.iter().filter(|c| !is_metadata_chunk(&c.chunk_type)) {
         out.extend_from_slice(&bytes[chunk.offset..chunk.end]);
     }
     out
@@ -705,6 +723,88 @@ mod tests {
         assert_eq!(image.content_type, "image/png");
         assert_eq!(image.bytes, strip_text_chunks(&original).expect("valid"));
         assert!(image.bytes.len() < original.len());
+    }
+
+    /// An animated PNG as ComfyUI's SaveAnimatedPNG writes it: three frames, then the prompt and
+    /// workflow in private `comf` chunks after the image data.
+    fn comfyui_apng() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_animated(3, 0).expect("three frames");
+        let mut writer = encoder.write_header().expect("encoding into a Vec");
+        for shift in 0..3u8 {
+            let frame: Vec<u8> = pixels().iter().map(|p| p.wrapping_add(shift)).collect();
+            writer.write_image_data(&frame).expect("a frame");
+        }
+        writer.finish().expect("encoding into a Vec");
+        let iend = offset_of(&out, b"IEND");
+        let mut tail = chunk(
+            b"comf",
+            b"prompt\0{\"1\": {\"class_type\": \"EmptyImage\"}}",
+        );
+        tail.extend(chunk(b"comf", b"workflow\0{\"nodes\": []}"));
+        out.splice(iend..iend, tail);
+        out
+    }
+
+    /// The APNG chunks (`acTL`, `fcTL`, `fdAT`) of a PNG, data and CRC included.
+    fn animation_chunks(bytes: &[u8]) -> Vec<Vec<u8>> {
+        walk_chunks(bytes)
+            .expect("a valid PNG")
+            .iter()
+            .filter(|c| matches!(&c.chunk_type, b"acTL" | b"fcTL" | b"fdAT" | b"IDAT"))
+            .map(|c| bytes[c.offset..c.end].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn an_animated_png_loses_its_comf_chunks_and_keeps_every_frame() {
+        let original = comfyui_apng();
+        assert!(String::from_utf8_lossy(&original).contains("class_type"));
+        let stripped = process(original.clone(), "anim_00001_.png", PngMetadata::Strip)
+            .expect("a valid APNG")
+            .bytes;
+        let text = String::from_utf8_lossy(&stripped);
+        assert!(
+            !text.contains("prompt") && !text.contains("workflow"),
+            "{text}"
+        );
+        assert!(!chunk_types(&stripped).contains(&"comf".to_string()));
+        // Every chunk still has its CRC, and the animation is byte for byte the same.
+        assert_eq!(animation_chunks(&stripped), animation_chunks(&original));
+        let mut reader = png::Decoder::new(Cursor::new(&stripped))
+            .read_info()
+            .expect("a valid PNG");
+        assert_eq!(
+            reader.info().animation_control().map(|a| a.num_frames),
+            Some(3)
+        );
+        let mut buf = vec![0; reader.output_buffer_size().expect("small image")];
+        for _ in 0..3 {
+            reader.next_frame(&mut buf).expect("each frame decodes");
+        }
+        let kept = process(original.clone(), "x.png", PngMetadata::Keep).expect("valid");
+        assert_eq!(kept.bytes, original);
+    }
+
+    #[test]
+    fn private_and_exif_chunks_go_and_standard_ones_stay() {
+        for kind in [
+            b"comf", b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"caBX", b"prVt",
+        ] {
+            assert!(is_metadata_chunk(kind), "{}", String::from_utf8_lossy(kind));
+        }
+        for kind in [
+            b"IHDR", b"PLTE", b"IDAT", b"IEND", b"acTL", b"fcTL", b"fdAT", b"gAMA", b"pHYs",
+            b"iCCP", b"sRGB", b"tRNS", b"cHRM", b"bKGD",
+        ] {
+            assert!(
+                !is_metadata_chunk(kind),
+                "{}",
+                String::from_utf8_lossy(kind)
+            );
+        }
     }
 
     #[test]

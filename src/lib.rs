@@ -62,6 +62,7 @@ pub mod percent;
 pub mod server;
 pub mod sse;
 pub mod storage;
+pub mod strip;
 pub mod timestamp;
 pub mod warmup;
 pub mod webhook;

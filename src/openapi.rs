@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::api::{COMMON_FIELDS, ErrorCode};
+use crate::api::{COMMON_FIELDS, ErrorCode, OPTIONS_FIELD};
 use crate::app::App;
 use crate::job::EventKind;
 use crate::server::{Body, ENDPOINTS, Endpoint, ROUTER_ERRORS};
@@ -460,6 +460,20 @@ pub fn parameter_schema(spec: &Value) -> Value {
     Value::Object(out)
 }
 
+/// The `options` object: every common field, in a spelling no template parameter can take.
+fn options_schema() -> Value {
+    let fields: Map<String, Value> = COMMON_FIELDS
+        .iter()
+        .map(|field| (field.name.to_string(), (field.schema)()))
+        .collect();
+    json!({"type": "object", "additionalProperties": false, "properties": fields,
+           "description": "The gateway's own fields (also accepted at top level, unless the \
+                           template has a parameter of the same name, such as `quality` for \
+                           a SaveAudioMP3 node: then only here). A field may be given here or \
+                           at top level, not both.",
+           "examples": [{"output_format": "jpeg", "quality": 85}]})
+}
+
 /// A template's request body: `workflow` set to its name, its parameters, the common fields.
 pub fn template_request_schema(schema: &Value) -> Value {
     let name = schema["name"].as_str().unwrap_or_default();
@@ -479,8 +493,13 @@ pub fn template_request_schema(schema: &Value) -> Value {
         }
     }
     for field in COMMON_FIELDS {
-        properties.insert(field.name.into(), (field.schema)());
+        // A parameter of the template's own with that name keeps it: the gateway's field is
+        // then given in `options` only.
+        if !properties.contains_key(field.name) {
+            properties.insert(field.name.into(), (field.schema)());
+        }
     }
+    properties.insert(OPTIONS_FIELD.into(), options_schema());
     let mut out = json!({
         "title": name,
         "type": "object",
@@ -532,6 +551,7 @@ fn components(app: &App) -> Value {
         common.insert(field.name.into(), (field.schema)());
     }
     let mut graph_properties = common.clone();
+    graph_properties.insert(OPTIONS_FIELD.into(), options_schema());
     graph_properties.insert(
         "graph".into(),
         json!({"type": "object", "description": "A ComfyUI API-format graph: node id → node.",

@@ -298,10 +298,8 @@ fn with_two_backends_the_choices_are_what_both_have() {
 
 #[test]
 fn a_backend_that_cannot_be_read_leaves_free_text_and_says_so() {
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("http://{}", listener.local_addr().expect("addr"))
-    };
+    let refusing = common::RefusingPort::new();
+    let dead = refusing.url();
     // Start-up does not wait for ComfyUI: the gateway serves though no backend answers.
     let h = Harness::with(backends(&[&dead]));
     let (status, schema) = h.get_json("/workflows/txt2img");

@@ -424,3 +424,26 @@ fn output_format_converts_images_before_storage_without_metadata() {
         "quality is for JPEG only: {answer}"
     );
 }
+
+#[test]
+fn a_branch_a_node_blocks_does_not_fail_the_job() {
+    // ComfyUI reports a blocked branch (a content filter's ExecutionBlocker) with an
+    // `execution_error` and goes on to `execution_success`: the job completes with what ran.
+    let h = Harness::start();
+    h.sim.fail_next(comfyui_sim::Failure::ExecutionBlocked {
+        node_id: None,
+        message: "NSFW content".into(),
+    });
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kept"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "blocked"}}
+    });
+    let (status, result) = h.post_json("/generate", &json!({"graph": graph}));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        result["images"].as_array().map(Vec::len),
+        Some(1),
+        "{result}"
+    );
+}

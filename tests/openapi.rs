@@ -182,6 +182,12 @@ fn each_template_has_its_own_request_schema_from_get_workflows() {
                 "{name} documents {}",
                 field.name
             );
+            // The gateway's own spelling, which no template parameter can take.
+            assert!(
+                request["properties"]["options"]["properties"][field.name].is_object(),
+                "{name} documents options.{}",
+                field.name
+            );
         }
     }
     // Installed values are the enum of combo parameters.

@@ -54,7 +54,7 @@ fn a_thousand_queued_jobs_all_complete_through_one_websocket() {
         stats.status_sent <= 4 * 1000 + 10,
         "status messages grow linearly with the jobs: {stats:?}"
     );
-    assert_eq!(h.app.metrics.jobs_finished("completed"), 1000);
+    assert_eq!(h.finished_count("completed", 1000), 1000);
 }
 
 #[test]

@@ -91,7 +91,7 @@ fn assert_all_completed(h: &Harness, out: &str) {
         })
         .collect();
     assert_eq!(done.len(), JOBS, "{out}");
-    assert_eq!(h.app.metrics.jobs_finished("completed"), JOBS as u64);
+    assert_eq!(h.finished_count("completed", JOBS as u64), JOBS as u64);
     for id in done {
         let (status, job) = h.get_json(&format!("/jobs/{id}"));
         assert_eq!((status, job["state"].as_str()), (200, Some("completed")));

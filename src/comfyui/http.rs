@@ -14,7 +14,7 @@ use ureq::typestate::{WithBody, WithoutBody};
 use ureq::{Body, RequestBuilder};
 
 use super::error::{MAX_ERROR_BODY, truncate};
-use super::messages::HistoryEntry;
+use super::messages::{HistoryEntry, trim_texts};
 use super::url::BaseUrl;
 use super::{ComfyError, ImageRef};
 use crate::ids::PromptId;
@@ -191,7 +191,7 @@ impl ComfyClient {
         Ok(QueuedPrompt {
             prompt_id: accepted.prompt_id,
             number: accepted.number,
-            node_errors: accepted.node_errors,
+            node_errors: trim_texts(accepted.node_errors),
         })
     }
 
@@ -461,7 +461,7 @@ fn status_error(url: &str, status: u16, body: String) -> ComfyError {
     ComfyError::Status {
         url: url.to_string(),
         status,
-        body: truncate(body, MAX_ERROR_BODY),
+        body: truncate(body.trim_end().to_string(), MAX_ERROR_BODY),
     }
 }
 
@@ -480,11 +480,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(url: &str, body: Value) -> Result<
 /// error shape (then the caller reports the raw status and body).
 fn rejection(body: &str) -> Option<ComfyError> {
     let value: Value = serde_json::from_str(body).ok()?;
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let text = |v: &Value| v.as_str().unwrap_or_default().trim_end().to_string();
     let error = value.get("error")?;
     // Very old versions sent `error` as a bare string.
     let (error_type, message, details, extra_info) = match error {
-        Value::String(message) => (String::new(), message.clone(), String::new(), json!({})),
+        Value::String(message) => (
+            String::new(),
+            message.trim_end().to_string(),
+            String::new(),
+            json!({}),
+        ),
         Value::Object(fields) => (
             text(&error["type"]),
             text(&error["message"]),
@@ -497,8 +502,8 @@ fn rejection(body: &str) -> Option<ComfyError> {
         error_type,
         message,
         details,
-        node_errors: value.get("node_errors").cloned().unwrap_or(json!({})),
-        extra_info: Box::new(extra_info),
+        node_errors: trim_texts(value.get("node_errors").cloned().unwrap_or(json!({}))),
+        extra_info: Box::new(trim_texts(extra_info)),
     })
 }
 

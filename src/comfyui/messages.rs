@@ -50,12 +50,21 @@ pub struct ExecutionFailure {
     /// The Python exception class, e.g. `torch.OutOfMemoryError`.
     #[serde(default, deserialize_with = "lenient_string")]
     pub exception_type: Option<String>,
-    /// The exception's message; empty if ComfyUI sent none.
-    #[serde(default, deserialize_with = "lenient_text")]
+    /// The exception's message, without the trailing newline ComfyUI leaves on it; empty if
+    /// ComfyUI sent none.
+    #[serde(default, deserialize_with = "trimmed_text")]
     pub exception_message: String,
-    /// The Python traceback, one formatted frame per entry.
+    /// The Python traceback, one formatted frame per entry (each without its trailing newline).
     #[serde(default, deserialize_with = "lenient_lines")]
     pub traceback: Vec<String>,
+}
+
+impl ExecutionFailure {
+    /// Whether this is a branch blocked by a node (`ExecutionBlocked`, e.g. a content filter):
+    /// ComfyUI reports it as an `execution_error` but goes on running the rest of the prompt.
+    pub fn is_blocked_branch(&self) -> bool {
+        self.exception_type.as_deref() == Some("ExecutionBlocked")
+    }
 }
 
 impl fmt::Display for ExecutionFailure {
@@ -829,13 +838,58 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(lenient_string(d)?.unwrap_or_default())
 }
 
+/// Text ComfyUI wrote for people, e.g. an exception's message: Python leaves a trailing newline
+/// on many (`"SlowSteps failed at step 2 as asked\n"`), which the gateway never passes on.
+fn trimmed_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(trim_end_owned(lenient_text(d)?))
+}
+
+/// `text` without trailing whitespace, reusing its buffer.
+pub(crate) fn trim_end_owned(mut text: String) -> String {
+    text.truncate(text.trim_end().len());
+    text
+}
+
+/// `value` with the trailing whitespace trimmed from the text ComfyUI writes for people, at any
+/// depth: every `message`, `details` and `exception_message` string, and each line of every
+/// `traceback` (as in `node_errors` and `extra_info`). Values echoed from the request are left
+/// as they were.
+pub(crate) fn trim_texts(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let value = match (key.as_str(), value) {
+                        ("message" | "details" | "exception_message", Value::String(text)) => {
+                            Value::String(trim_end_owned(text))
+                        }
+                        ("traceback", Value::Array(lines)) => Value::Array(
+                            lines
+                                .into_iter()
+                                .map(|line| match line {
+                                    Value::String(text) => Value::String(trim_end_owned(text)),
+                                    other => other,
+                                })
+                                .collect(),
+                        ),
+                        (_, value) => trim_texts(value),
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(trim_texts).collect()),
+        other => other,
+    }
+}
+
 fn lenient_lines<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(match Value::deserialize(d)? {
         Value::Array(lines) => lines
             .into_iter()
-            .filter_map(|l| l.as_str().map(str::to_string))
+            .filter_map(|l| l.as_str().map(|l| l.trim_end().to_string()))
             .collect(),
-        Value::String(text) => vec![text],
+        Value::String(text) => vec![text.trim_end().to_string()],
         _ => Vec::new(),
     })
 }
@@ -851,6 +905,42 @@ mod tests {
 
     fn text(value: Value) -> WsEvent {
         WsEvent::from_text(&value.to_string())
+    }
+
+    #[test]
+    fn comfyuis_text_loses_its_trailing_newlines_at_the_edge() {
+        // As real ComfyUI 0.3.64 sends it (traceback shortened).
+        let error = json!({"type": "execution_error", "data": {"prompt_id": "p", "node_id": "2",
+            "node_type": "SlowSteps", "executed": ["1"],
+            "exception_message": "SlowSteps failed at step 2 as asked\n",
+            "exception_type": "RuntimeError",
+            "traceback": ["  File \"execution.py\", line 496, in execute\n    output = f()\n"],
+            "current_inputs": {}, "current_outputs": [], "timestamp": 1}});
+        let WsEvent::ExecutionError { failure, .. } = text(error) else {
+            panic!("an execution_error");
+        };
+        assert_eq!(
+            failure.exception_message,
+            "SlowSteps failed at step 2 as asked"
+        );
+        assert_eq!(
+            failure.traceback,
+            vec!["  File \"execution.py\", line 496, in execute\n    output = f()"]
+        );
+        assert_eq!(
+            failure.to_string(),
+            "node 2 (SlowSteps) raised RuntimeError: SlowSteps failed at step 2 as asked"
+        );
+        let node_errors = trim_texts(json!({"3": {"errors": [{"type": "custom_validation_failed",
+            "message": "Custom validation failed for node\n",
+            "details": "image - Invalid image file: x.png \n",
+            "extra_info": {"input_name": "image", "received_value": "keep me \n",
+                "traceback": ["line\n"]}}], "class_type": "LoadImage"}}));
+        let error = &node_errors["3"]["errors"][0];
+        assert_eq!(error["message"], "Custom validation failed for node");
+        assert_eq!(error["details"], "image - Invalid image file: x.png");
+        assert_eq!(error["extra_info"]["traceback"][0], "line");
+        assert_eq!(error["extra_info"]["received_value"], "keep me \n");
     }
 
     #[test]

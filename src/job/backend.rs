@@ -246,6 +246,7 @@ impl Backend {
                 WsEvent::ExecutionStart { .. } | WsEvent::ExecutionCached { .. } => {
                     state.executing = Some(prompt_id.clone());
                 }
+                WsEvent::ExecutionError { failure, .. } if failure.is_blocked_branch() => {}
                 WsEvent::ExecutionSuccess { .. }
                 | WsEvent::ExecutionError { .. }
                 | WsEvent::ExecutionInterrupted { .. }

@@ -351,9 +351,10 @@ impl Job {
             "workflow": self.workflow,
             "warnings": warnings,
         });
-        inner.warnings = warnings;
         let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
+        tracker.drop_outputs(warnings.iter().filter_map(|w| w["node"].as_str()));
         tracker.set_queue_position(Some(0));
+        inner.warnings = warnings;
         inner.run = Some(Run {
             backend_url: backend_url.to_string(),
             tracker,

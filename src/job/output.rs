@@ -5,7 +5,9 @@
 //! files are kept in the spool so that nothing finished is lost.
 //!
 //! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
-//! read to check their structure and strip ComfyUI's metadata (they are a few MB).
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3 and
+//! MP4 files are stripped in place on disk ([`crate::strip`]); every other file is stored
+//! byte for byte as ComfyUI wrote it.
 
 use serde_json::{Value, json};
 use std::fs;
@@ -18,10 +20,11 @@ use crate::api::{ApiError, ErrorCode};
 use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
 use crate::convert;
 use crate::ids::{self, PromptId};
-use crate::image;
+use crate::image::{self, PngMetadata};
 use crate::media::{self, MediaType};
 use crate::storage::spool::{PendingFile, ReceiveError, Staging};
 use crate::storage::{ImageRecord, StorageError};
+use crate::strip::{self, StripError};
 use crate::timestamp;
 use crate::workflow::OutputTypes;
 
@@ -211,6 +214,17 @@ fn fetch_one(
     let Checked { media, bytes, size } = if matches!(media, media::PNG | media::WEBP) {
         check_and_strip(req, source, media, received.path.clone(), received.bytes)?
     } else {
+        if req.app.run.png_metadata == PngMetadata::Strip {
+            strip::strip_in_place(&received.path, media).map_err(|e| match e {
+                StripError::Io(e) => local(e.to_string()),
+                malformed => ApiError::internal(format!(
+                    "ComfyUI's file {} is unusable: {malformed}; ComfyUI still has it in its \
+                     output folder",
+                    source.filename
+                ))
+                .with_details(json!({ "comfyui_file": source })),
+            })?;
+        }
         Checked {
             media,
             bytes: received.bytes,
@@ -519,8 +533,14 @@ mod tests {
 
     /// An app storing on local disk in a fresh folder, with ComfyUI at `comfyui`.
     fn local_app(comfyui: &str) -> (App, PathBuf) {
+        local_app_with(comfyui, "strip")
+    }
+
+    /// [`local_app`] with `OUTPUT_METADATA` set to `metadata`.
+    fn local_app_with(comfyui: &str, metadata: &str) -> (App, PathBuf) {
         let data = std::env::temp_dir().join(format!("gateway-output-{}", ids::new_uuid()));
         let vars = [
+            ("OUTPUT_METADATA", metadata.to_string()),
             ("COMFYUI_URL", comfyui.to_string()),
             (
                 "WORKFLOWS_DIR",
@@ -600,7 +620,10 @@ mod tests {
     #[test]
     fn a_video_a_gif_and_a_sound_are_stored_locally_with_their_kinds() {
         let gif = b"GIF89a\x02\0\x03\0\x80\0\0\0\0\0\xff\xff\xff;".to_vec();
-        let flac = b"fLaC\0\0\0\x22 a sound".to_vec();
+        // STREAMINFO (the last metadata block), then frames.
+        let mut flac = b"fLaC\x80\0\0\x22".to_vec();
+        flac.extend([7; 34]);
+        flac.extend_from_slice(b"\xff\xf8 a sound");
         let view = FakeView::start(vec![
             ("ComfyUI_00001_.mp4", mp4()),
             ("AnimateDiff_00001.gif", gif.clone()),
@@ -715,6 +738,45 @@ mod tests {
         assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
         let stored = fs::read_dir(data.join("images")).map_or(0, |d| d.count());
         assert_eq!(stored, 0, "nothing stored");
+        drop(view);
+        fs::remove_dir_all(data).expect("cleanup");
+    }
+
+    #[test]
+    fn a_broken_sound_is_refused_when_stripping_and_stored_as_made_when_keeping() {
+        // A FLAC whose comment block claims more bytes than the file holds.
+        let broken = b"fLaC\x84\0\x10\0 cut short".to_vec();
+        let view = FakeView::start(vec![("ComfyUI_00001_.flac", broken.clone())]);
+        let history = json!({"outputs": {"61": {"audio": [
+            {"filename": "ComfyUI_00001_.flac", "subfolder": "audio", "type": "output"}]}}});
+
+        let (app, data) = local_app(&view.url);
+        let (_, result) = run_end(&app, &view.url, history.clone(), Vec::new());
+        let error = result.expect_err("it cannot be stripped");
+        assert_eq!(error.code, ErrorCode::Internal);
+        assert!(
+            error.message.contains("ComfyUI_00001_.flac")
+                && error.message.contains("malformed FLAC")
+                && error.message.contains("ComfyUI still has it"),
+            "{}",
+            error.message
+        );
+        let staging = app.spool.dir().join(".staging");
+        assert_eq!(fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+        assert_eq!(
+            fs::read_dir(data.join("images")).map_or(0, |d| d.count()),
+            0
+        );
+        fs::remove_dir_all(data).expect("cleanup");
+
+        let (app, data) = local_app_with(&view.url, "keep");
+        let (job, result) = run_end(&app, &view.url, history, Vec::new());
+        let stored = result.expect("kept as it is");
+        assert_eq!(stored["images"][0]["key"], format!("{}/0.flac", job.id()));
+        let local = app.local.as_ref().expect("local storage");
+        let key = format!("{}/0.flac", job.id());
+        let path = local.image_path(&key).expect("servable");
+        assert_eq!(fs::read(path).expect("on disk"), broken);
         drop(view);
         fs::remove_dir_all(data).expect("cleanup");
     }

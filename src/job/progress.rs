@@ -33,15 +33,27 @@ const MAX_NODE_WEIGHT: u64 = 10_000;
 /// `percent` is estimated over the whole graph: a node weighs its `steps` input when it has one
 /// (samplers, where the time goes) and 1 otherwise; cached and finished nodes count as done, and
 /// the running node counts by its `value / max`.
+///
+/// ComfyUI announces a node twice, in an order that changed between versions: real ComfyUI 0.3.x
+/// sends `progress_state` (node running) *before* `executing`, older versions (and older
+/// simulators) the other way round, and some send no `progress_state` at all. The tracker
+/// therefore treats every announcement of the node already running as a repeat: only a message
+/// naming a *different* node moves on, and a node counts as done when ComfyUI says it finished
+/// (`progress_state`, `executed`, `execution_cached`) or when another node started after it
+/// without `progress_state` having said anything about it.
 pub struct ProgressTracker {
     prompt_id: PromptId,
     class_types: BTreeMap<String, String>,
+    /// Each node's upstream nodes (the ids its links point at).
+    upstream: BTreeMap<String, Vec<String>>,
     weights: BTreeMap<String, u64>,
     total_weight: u64,
     done: HashSet<String>,
     current: Option<String>,
     step: Option<(u64, u64)>,
     started: bool,
+    /// Whether ComfyUI sends `progress_state`, which says when each node finished.
+    tracked_by_state: bool,
     outcome: Option<Outcome>,
     queue_position: Option<usize>,
 }
@@ -50,11 +62,22 @@ impl ProgressTracker {
     /// A tracker for `prompt_id`, running `graph` (API format).
     pub fn new(prompt_id: PromptId, graph: &Value) -> ProgressTracker {
         let mut class_types = BTreeMap::new();
+        let mut upstream = BTreeMap::new();
         let mut weights = BTreeMap::new();
         if let Some(nodes) = graph.as_object() {
             for (id, node) in nodes {
                 let class = node["class_type"].as_str().unwrap_or_default();
                 class_types.insert(id.clone(), class.to_string());
+                let links: Vec<String> = node["inputs"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|inputs| inputs.values())
+                    .filter_map(|value| match value.as_array()?.as_slice() {
+                        [Value::String(from), slot] if slot.is_u64() => Some(from.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                upstream.insert(id.clone(), links);
                 let steps = node["inputs"]["steps"].as_u64().unwrap_or(1);
                 weights.insert(id.clone(), steps.clamp(1, MAX_NODE_WEIGHT));
             }
@@ -63,15 +86,54 @@ impl ProgressTracker {
         ProgressTracker {
             prompt_id,
             class_types,
+            upstream,
             weights,
             total_weight,
             done: HashSet::new(),
             current: None,
             step: None,
             started: false,
+            tracked_by_state: false,
             outcome: None,
             queue_position: None,
         }
+    }
+
+    /// Leaves out of the percentage the output nodes ComfyUI dropped at validation (a partial
+    /// graph: `/prompt` answered 200 with `node_errors`), and every node that only fed them:
+    /// ComfyUI runs none of them, so the job reaches 100 % by the nodes that do run.
+    pub fn drop_outputs<'a>(&mut self, outputs: impl IntoIterator<Item = &'a str>) {
+        let mut dropped: HashSet<String> = outputs
+            .into_iter()
+            .filter(|id| self.weights.contains_key(*id))
+            .map(str::to_string)
+            .collect();
+        if dropped.is_empty() {
+            return;
+        }
+        loop {
+            let feeds_only_dropped = |node: &String| {
+                let mut consumers = self
+                    .upstream
+                    .iter()
+                    .filter(|(_, from)| from.contains(node))
+                    .map(|(id, _)| id)
+                    .peekable();
+                consumers.peek().is_some() && consumers.all(|c| dropped.contains(c))
+            };
+            let more: Vec<String> = self
+                .weights
+                .keys()
+                .filter(|id| !dropped.contains(*id) && feeds_only_dropped(id))
+                .cloned()
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            dropped.extend(more);
+        }
+        self.weights.retain(|id, _| !dropped.contains(id));
+        self.total_weight = self.weights.values().sum::<u64>().max(1);
     }
 
     /// Whether ComfyUI has started executing the prompt.
@@ -112,12 +174,8 @@ impl ProgressTracker {
                     return None;
                 }
                 self.start();
-                if let Some(previous) = self.current.take() {
-                    self.done.insert(previous);
-                }
-                self.step = None;
                 match node {
-                    Some(node) => self.current = Some(node.clone()),
+                    Some(node) => self.move_to(node, true),
                     None => self.end(Outcome::Succeeded),
                 }
             }
@@ -128,20 +186,24 @@ impl ProgressTracker {
                     return None;
                 }
                 if let Some(node) = node {
-                    self.current = Some(node.clone());
+                    self.move_to(node, true);
                 }
                 self.step = Some((*value, *max));
             }
             WsEvent::ProgressState { nodes, .. } => {
                 self.start();
+                self.tracked_by_state = true;
                 for node in nodes {
                     match node.state {
                         NodeState::Finished => {
                             self.done.insert(node.node_id.clone());
                         }
                         NodeState::Running => {
-                            self.current = Some(node.node_id.clone());
-                            self.step = Some((node.value, node.max));
+                            self.move_to(&node.node_id, false);
+                            // A node without a progress bar of its own reports 0 of 1: no steps.
+                            if node.value > 0 || node.max > 1 {
+                                self.step = Some((node.value, node.max));
+                            }
                         }
                         NodeState::Pending | NodeState::Unknown => {}
                     }
@@ -151,6 +213,12 @@ impl ProgressTracker {
                 self.done.insert(node.clone());
             }
             WsEvent::ExecutionSuccess { .. } => self.end(Outcome::Succeeded),
+            // A node that blocks its branch (`ExecutionBlocker` with a message) is reported with
+            // an `execution_error` that ends nothing: ComfyUI goes on to `execution_success`.
+            WsEvent::ExecutionError { failure, .. } if failure.is_blocked_branch() => {
+                self.done.extend(failure.node_id.clone());
+                return None;
+            }
             WsEvent::ExecutionError { failure, .. } => self.end(Outcome::Failed(failure.clone())),
             WsEvent::ExecutionInterrupted {
                 node_id, node_type, ..
@@ -161,6 +229,22 @@ impl ProgressTracker {
             _ => return None,
         }
         self.outcome.as_ref()
+    }
+
+    /// `node` is the one running now. A repeat announcement of the running node changes
+    /// nothing (its step count stays); another node replaces it, and the one it replaces counts
+    /// as done when `finishes_previous` and no `progress_state` has been tracking nodes' ends
+    /// (a ComfyUI that sends `progress_state` says itself when each node finished, and a node
+    /// it still calls running is not done).
+    fn move_to(&mut self, node: &str, finishes_previous: bool) {
+        if self.current.as_deref() == Some(node) {
+            return;
+        }
+        let previous = self.current.replace(node.to_string());
+        if finishes_previous && !self.tracked_by_state {
+            self.done.extend(previous);
+        }
+        self.step = None;
     }
 
     fn start(&mut self) {
@@ -327,3 +411,7 @@ mod tests {
         assert_eq!(t.observe(&end), Some(&Outcome::Succeeded));
     }
 }
+
+#[cfg(test)]
+#[path = "progress_captured_tests.rs"]
+mod captured_tests;

@@ -541,7 +541,12 @@ fn check_installed(app: &App, request: &JobRequest) -> Result<(), ApiError> {
 /// Reads, parses and submits a generation request; the job exists once this returns `Ok`.
 fn start(app: &Arc<App>, request: &mut Request) -> Result<Arc<Job>, ApiError> {
     let body = reply::read_json_body(request, app.config.max_body_bytes)?;
-    let parsed = JobRequest::parse(&body, &app.config.default_workflow)?;
+    let claims = |workflow: &str, field: &str| {
+        app.templates
+            .get(workflow)
+            .is_some_and(|t| t.parameters.contains_key(field))
+    };
+    let parsed = JobRequest::parse_for(&body, &app.config.default_workflow, &claims)?;
     check_installed(app, &parsed)?;
     let events = app.webhooks.sink_for(parsed.options.webhook.clone())?;
     engine(app)?.submit(parsed, events)

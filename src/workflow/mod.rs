@@ -55,7 +55,9 @@ pub use choices::{Installed, ParamChoices, RETRY_AFTER, combo_values};
 pub use graph::check_raw_graph;
 pub use input_image::InputImage;
 pub use params::{ParamDefault, ParamErrors, ParamSpec, ParamType, Target};
-pub use template::{BuildError, OutputTypes, Resolved, Template, TemplateProblem};
+pub use template::{
+    BuildError, OutputTypes, RESERVED_PARAMETER_NAMES, Resolved, Template, TemplateProblem,
+};
 
 /// All templates of a workflows directory, by name.
 #[derive(Debug, Clone, Default)]

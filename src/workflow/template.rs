@@ -11,6 +11,13 @@ use super::graph::{link_source, node_problem};
 use super::input_image::InputImage;
 use super::params::{ParamErrors, ParamFile, ParamSpec, ParamType, Resolution, Target};
 
+/// Request keys that are never template parameters: the template's name, a raw graph, and the
+/// object of the gateway's own fields (`api::OPTIONS_FIELD`). A template naming a parameter
+/// like one of them is refused at start-up. (A parameter may share a name with one of the
+/// gateway's top-level fields, such as `quality`: the template's parameter then takes that
+/// name, and the gateway's field is given in `options`.)
+pub const RESERVED_PARAMETER_NAMES: &[&str] = &["workflow", "graph", "options"];
+
 /// A checked workflow template: a ComfyUI API-format graph and the parameters a client may set.
 ///
 /// Every target of every parameter names an existing node and one of its literal (non-link)
@@ -206,6 +213,12 @@ impl Template {
                 name: param.clone(),
                 reason,
             };
+            if RESERVED_PARAMETER_NAMES.contains(&param.as_str()) {
+                return Err(problem(format!(
+                    "{param:?} is a key of the request itself (one of {}); rename the parameter",
+                    RESERVED_PARAMETER_NAMES.join(", ")
+                )));
+            }
             let spec = ParamSpec::from_file(raw).map_err(problem)?;
             for target in &spec.targets {
                 check_target(&file.graph, target).map_err(problem)?;

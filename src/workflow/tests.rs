@@ -590,3 +590,26 @@ fn a_templates_outputs_field_chooses_saved_files_previews_or_both() {
         OutputTypes::Previews.wants("temp", true) && !OutputTypes::Previews.wants("output", true)
     );
 }
+
+#[test]
+fn a_parameter_named_like_a_key_of_the_request_itself_is_refused() {
+    for reserved in RESERVED_PARAMETER_NAMES {
+        let text = json!({
+            "parameters": {*reserved: {"type": "integer", "targets": ["1.width"]}},
+            "graph": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+        })
+        .to_string();
+        let problem = Template::parse("t", &text)
+            .expect_err("refused")
+            .to_string();
+        assert!(problem.contains("rename the parameter"), "{problem}");
+    }
+    // The gateway's top-level fields are not reserved: a template may own `quality`.
+    let text = json!({
+        "parameters": {"quality": {"type": "integer", "default": 8, "targets": ["1.width"]}},
+        "graph": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+    })
+    .to_string();
+    let parsed = Template::parse("t", &text);
+    assert!(parsed.is_ok(), "{:?}", parsed.err().map(|e| e.to_string()));
+}

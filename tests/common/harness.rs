@@ -195,6 +195,22 @@ impl Harness {
     pub fn get_stream(&self, path: &str, headers: &[(&str, &str)]) -> SseStream {
         SseStream::open(self.gateway.addr(), "GET", path, None, headers)
     }
+
+    /// The count of jobs that ended in `state`, once it reaches `expected` (or after 10 s).
+    ///
+    /// A job's terminal event is visible a moment before the engine counts it, so a test that
+    /// saw every job end waits here for the counter rather than reading it at once.
+    #[allow(dead_code)] // not every test binary reads the counters
+    pub fn finished_count(&self, state: &str, expected: u64) -> u64 {
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let count = self.app.metrics.jobs_finished(state);
+            if count >= expected || std::time::Instant::now() >= give_up {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// A ureq agent that returns error statuses as responses, with test-sized timeouts.

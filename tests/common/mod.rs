@@ -29,6 +29,30 @@ pub fn png_text_chunks(png: &[u8]) -> Vec<String> {
     keywords
 }
 
+/// What the gateway stores for `original`, a file ComfyUI made, under the default
+/// `OUTPUT_METADATA=strip`: the same bytes with the metadata its container carries removed
+/// (PNG and WebP by `image::process`, FLAC, MP3 and MP4 by `strip::strip_in_place` on a
+/// scratch copy); other files unchanged. `tests/metadata.rs` checks those results on their own.
+pub fn as_stored(original: &[u8]) -> Vec<u8> {
+    use comfyui_gateway::{image, media, strip};
+    let kind = media::identify(original, "");
+    if kind == media::PNG || kind == media::WEBP {
+        return image::process(original.to_vec(), "", image::PngMetadata::Strip)
+            .expect("a valid picture")
+            .bytes;
+    }
+    let dir = harness::TestDir::new();
+    let path = dir.path().join("copy");
+    std::fs::write(&path, original).expect("a scratch copy");
+    strip::strip_in_place(&path, kind).expect("a valid file");
+    std::fs::read(&path).expect("the scratch copy")
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The decoded pixels of a PNG.
 pub fn decode_pixels(png: &[u8]) -> Vec<u8> {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
@@ -97,5 +121,49 @@ pub fn wait_for<T>(
             Ok(_) => {}
             Err(e) => panic!("waited {EVENT_DEADLINE:?} for {what}: {e}"),
         }
+    }
+}
+
+/// A loopback port that refuses every connection for as long as this value lives: a socket
+/// bound to it but never listening. Unlike a port bound and released, no other test (or
+/// process) can take it over meanwhile, so a "dead backend" stays dead.
+pub struct RefusingPort {
+    fd: libc::c_int,
+    port: u16,
+}
+
+impl RefusingPort {
+    /// Binds a fresh loopback port without listening on it.
+    pub fn new() -> RefusingPort {
+        // SAFETY: plain socket calls on a descriptor this value owns and closes on drop.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(fd, (&raw const addr).cast(), len);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut len = len;
+            let named = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            RefusingPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RefusingPort {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { libc::close(self.fd) };
     }
 }

@@ -81,23 +81,53 @@ pub(crate) struct MediaSave {
     /// VideoHelperSuite (`x_00001.mp4`).
     pub counter_suffix: &'static str,
     pub extension: &'static str,
-    /// Adds `"animated": [true]` next to `images`, as SaveVideo and SaveWEBM report.
-    pub animated: bool,
+    /// Adds `"animated": [value]` next to `images`, as SaveVideo, SaveWEBM and the animation
+    /// savers report.
+    pub animated: Option<bool>,
     /// VideoHelperSuite's extra entry fields: `format` and `frame_rate`, plus the first frame
     /// for the workflow PNG it saves next to the video.
     pub vhs: Option<VhsExtras>,
     pub data: MediaData,
 }
 
-/// A media file's bytes, or what the executor still has to encode (it adds the PNG metadata).
+/// A media file's bytes, or what the executor still has to write with the prompt's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum MediaData {
+    /// A file without metadata (GIF, WAV).
     Ready(FileData),
-    /// SaveAnimatedPNG's frames, to become an APNG with the `prompt` and `workflow` chunks.
-    AnimatedPng {
-        frames: Frames,
-        fps: f64,
-    },
+    /// A container that carries the metadata in its tags (FLAC, MP3, Opus, MP4, WebM).
+    Tagged(media::Recipe),
+    /// SaveAnimatedPNG's frames, to become an APNG with the metadata in `comf` chunks.
+    AnimatedPng { frames: Frames, fps: f64 },
+    /// SaveAnimatedWEBP's frames, to become a WebP (still if only one distinct frame is left)
+    /// with the metadata in `EXIF`.
+    AnimatedWebp { frames: Frames, fps: f64 },
+}
+
+impl MediaData {
+    /// The file as ComfyUI writes it, with `tags` (`(key, JSON text)`: the prompt, then each
+    /// `extra_pnginfo` entry) where its saver puts them; an encoder's complaint otherwise.
+    pub(crate) fn write(self, tags: &[(String, String)]) -> Result<FileData, String> {
+        let rendered = |frames: &Frames| -> Vec<Vec<u8>> {
+            frames
+                .pictures
+                .iter()
+                .map(|p| p.render(frames.width, frames.height))
+                .collect()
+        };
+        Ok(match self {
+            MediaData::Ready(data) => data,
+            MediaData::Tagged(recipe) => recipe.build(tags),
+            MediaData::AnimatedPng { frames, fps } => FileData::Bytes(
+                render::encode_apng(frames.width, frames.height, &rendered(&frames), fps, tags)
+                    .map_err(|e| format!("cannot write APNG: {e}"))?,
+            ),
+            MediaData::AnimatedWebp { frames, fps } => FileData::Bytes(
+                render::encode_webp(frames.width, frames.height, &rendered(&frames), fps, tags)
+                    .map_err(|e| format!("cannot write WebP: {e}"))?,
+            ),
+        })
+    }
 }
 
 /// What VideoHelperSuite adds to its `gifs` entries.
@@ -271,11 +301,38 @@ pub(crate) fn compute(
             }],
             other => return Err(mismatch("samples", other)),
         },
+        // Passes its image through; its steps, previews and failure are the executor's.
+        "SlowSteps" => vec![NodeValue::Image(inputs.frames("image")?)],
+        "SineAudio" => {
+            let seconds = inputs.float("seconds")?;
+            let frequency = inputs.float("frequency")?;
+            let hash = render::stable_hash(&[&seconds.to_le_bytes(), &frequency.to_le_bytes()]);
+            vec![NodeValue::Audio { seconds, hash }]
+        }
         "CreateVideo" => vec![NodeValue::Video {
             frames: inputs.frames("images")?,
             fps: inputs.float("fps")?,
         }],
         "SaveVideo" | "SaveWEBM" | "VHS_VideoCombine" => return save_video(inputs),
+        "SaveAnimatedWEBP" => {
+            let frames = inputs.frames("images")?;
+            // ComfyUI reports `animated` from the number of images, even when libwebp merged
+            // identical frames into a still picture.
+            let animated = frames.pictures.len() != 1;
+            return Ok(Computed::Media(MediaSave {
+                ui_key: "images",
+                folder: "output",
+                prefix: inputs.text("filename_prefix")?,
+                counter_suffix: "_",
+                extension: "webp",
+                animated: Some(animated),
+                vhs: None,
+                data: MediaData::AnimatedWebp {
+                    frames,
+                    fps: inputs.float("fps")?,
+                },
+            }));
+        }
         "SaveAnimatedPNG" => {
             return Ok(Computed::Media(MediaSave {
                 ui_key: "images",
@@ -283,7 +340,7 @@ pub(crate) fn compute(
                 prefix: inputs.text("filename_prefix")?,
                 counter_suffix: "_",
                 extension: "png",
-                animated: true,
+                animated: Some(true),
                 vhs: None,
                 data: MediaData::AnimatedPng {
                     frames: inputs.frames("images")?,
@@ -355,9 +412,9 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
         prefix: prefix.clone(),
         counter_suffix: "_",
         extension,
-        animated: true,
+        animated: Some(true),
         vhs: None,
-        data: MediaData::Ready(data),
+        data,
     };
     let save = match inputs.node.class.name {
         "SaveVideo" => {
@@ -365,19 +422,24 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
                 NodeValue::Video { frames, fps } => (frames, *fps),
                 other => return Err(mismatch("video", other)),
             };
-            let data = media::mp4(
-                frames.width,
-                frames.height,
-                frames.pictures.len(),
+            let data = MediaData::Tagged(media::Recipe::Mp4 {
+                width: frames.width,
+                height: frames.height,
+                frame_count: frames.pictures.len(),
                 fps,
-                false,
+                hevc: false,
                 total,
-            );
+            });
             core("mp4", data)
         }
         "SaveWEBM" => {
             let frames = inputs.frames("images")?;
-            let data = media::webm(frames.width, frames.height, frames.pictures.len(), total);
+            let data = MediaData::Tagged(media::Recipe::Webm {
+                width: frames.width,
+                height: frames.height,
+                frame_count: frames.pictures.len(),
+                total,
+            });
             core("webm", data)
         }
         _ => {
@@ -385,11 +447,32 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
             let frame_rate = inputs.float("frame_rate")?;
             let format = inputs.text("format")?;
             let (w, h, n) = (frames.width, frames.height, frames.pictures.len());
+            let mp4 = |hevc| {
+                MediaData::Tagged(media::Recipe::Mp4 {
+                    width: w,
+                    height: h,
+                    frame_count: n,
+                    fps: frame_rate,
+                    hevc,
+                    total,
+                })
+            };
             let (extension, data) = match format.as_str() {
-                "image/gif" => ("gif", media::gif(&frames, frame_rate, total)),
-                "video/webm" => ("webm", media::webm(w, h, n, total)),
-                "video/h265-mp4" => ("mp4", media::mp4(w, h, n, frame_rate, true, total)),
-                _ => ("mp4", media::mp4(w, h, n, frame_rate, false, total)),
+                "image/gif" => (
+                    "gif",
+                    MediaData::Ready(media::gif(&frames, frame_rate, total)),
+                ),
+                "video/webm" => (
+                    "webm",
+                    MediaData::Tagged(media::Recipe::Webm {
+                        width: w,
+                        height: h,
+                        frame_count: n,
+                        total,
+                    }),
+                ),
+                "video/h265-mp4" => ("mp4", mp4(true)),
+                _ => ("mp4", mp4(false)),
             };
             let first_frame = Frames {
                 pictures: frames.pictures.iter().take(1).cloned().collect(),
@@ -405,13 +488,13 @@ fn save_video(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
                 prefix,
                 counter_suffix: "",
                 extension,
-                animated: false,
+                animated: None,
                 vhs: Some(VhsExtras {
                     format,
                     frame_rate,
                     first_frame,
                 }),
-                data: MediaData::Ready(data),
+                data,
             }
         }
     };
@@ -423,10 +506,27 @@ fn save_audio(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
     let (seconds, hash) = inputs.audio("audio")?;
     let total = inputs.padded_size()?;
     let (extension, data) = match inputs.node.class.name {
-        "SaveAudioMP3" => ("mp3", media::mp3(seconds, total)),
-        "SaveAudioOpus" => ("opus", media::opus(seconds, hash, total)),
-        "SaveAudioWAV" => ("wav", media::wav(seconds, hash, total)),
-        _ => ("flac", media::flac(seconds, hash, total)),
+        "SaveAudioMP3" => (
+            "mp3",
+            MediaData::Tagged(media::Recipe::Mp3 { seconds, total }),
+        ),
+        "SaveAudioOpus" => (
+            "opus",
+            MediaData::Tagged(media::Recipe::Opus {
+                seconds,
+                hash,
+                total,
+            }),
+        ),
+        "SaveAudioWAV" => ("wav", MediaData::Ready(media::wav(seconds, hash, total))),
+        _ => (
+            "flac",
+            MediaData::Tagged(media::Recipe::Flac {
+                seconds,
+                hash,
+                total,
+            }),
+        ),
     };
     Ok(Computed::Media(MediaSave {
         ui_key: "audio",
@@ -434,9 +534,9 @@ fn save_audio(inputs: &Inputs<'_>) -> Result<Computed, NodeFailure> {
         prefix: inputs.text("filename_prefix")?,
         counter_suffix: "_",
         extension,
-        animated: false,
+        animated: None,
         vhs: None,
-        data: MediaData::Ready(data),
+        data,
     }))
 }
 

@@ -1,13 +1,20 @@
 //! The worker: runs queued prompts one at a time, FIFO, sending ComfyUI's execution messages to
 //! the socket of the client that queued each prompt, caching node results, writing history.
 //!
-//! Message order per prompt (status broadcasts interleave):
-//! `execution_start`, `execution_cached`, then per node `executing`, `progress_state`,
-//! `progress` (samplers, once a step, then a binary preview when previews are on), `executed`
-//! (output nodes; cached output nodes get only this), then `execution_success` |
-//! `execution_error` | `execution_interrupted` and `executing {node: null}`; only then is the
-//! history entry written and `status` broadcast, as in today's ComfyUI: a client that reads
-//! `/history` on the final message may have to ask again.
+//! Message order per prompt, as real ComfyUI 0.3.64 sends it (the captures in
+//! `tests/fixtures/captured/` hold the real traffic; `status` broadcasts interleave):
+//! `status` (taken from the queue), `execution_start`, `execution_cached`, then per node that
+//! runs: `progress_state` (the node running, `0.0` of `1.0`) *before* `executing`; per step of
+//! a node with a progress bar `progress_state` (`k` of `n`, still running) followed by
+//! `progress` and a binary preview (type 1), or by a type-4 preview and then `progress` for a
+//! client that announced `supports_preview_metadata`; an output node's `executed`; then
+//! `progress_state` with the node finished. `progress_state` is cumulative: every node that
+//! ran so far, never a cached one. A cached output node sends only `executed` and its finished
+//! `progress_state`. The end: `execution_success` | `execution_error` (its
+//! `exception_message` ending in a newline, as ComfyUI formats it) | `execution_interrupted`,
+//! then the history entry is written (after any history delay or hold: a client that reads
+//! `/history` on the final message may have to ask again), `status` is broadcast, and
+//! `executing {node: null}` comes last.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,9 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::compute::{
-    self, Computed, Inputs, MediaData, MediaSave, NodeFailure, NodeValue, Outputs,
-};
+use super::compute::{self, Computed, Inputs, MediaSave, NodeFailure, NodeValue, Outputs};
 use super::graph::{Graph, Node, as_link, sort_ids};
 use super::render::{self, Frames, Picture};
 use super::state::{CachedNode, FileData, FileKey, QueueItem, SimState};
@@ -200,8 +205,11 @@ impl<'a> Execution<'a> {
             }
             if let Some(hit) = cached.remove(id) {
                 if let Some(ui) = hit.ui {
+                    // ComfyUI reports a cached output node's files again, and the node as
+                    // finished (with integers, unlike nodes that ran).
                     self.send_executed(id, &ui);
                     self.ui.insert(id.clone(), ui);
+                    self.send_progress_state(id, json!(1), json!(1), "finished");
                 }
                 self.values.insert(id.clone(), hit.outputs);
                 self.executed.push(id.clone());
@@ -303,6 +311,7 @@ impl<'a> Execution<'a> {
         };
         let message = message.clone();
         let node_type = self.graph.nodes.get(id).map_or("", |n| n.class.name);
+        self.send_progress_state(id, json!(0.0), json!(1.0), "running");
         let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
         self.send("executing", data);
         let error = json!({
@@ -393,9 +402,10 @@ impl<'a> Execution<'a> {
         }
     }
 
-    /// Waits one sampler step, waking early for an interrupt or a crash.
-    fn wait_step(&self, node: &str) -> Result<(), Halt> {
-        let deadline = Instant::now() + self.shared.step_delay();
+    /// Waits one step (the simulator's step delay, or `delay`), waking early for an interrupt
+    /// or a crash.
+    fn wait_step(&self, node: &str, delay: Option<std::time::Duration>) -> Result<(), Halt> {
+        let deadline = Instant::now() + delay.unwrap_or_else(|| self.shared.step_delay());
         let mut st = self.live_state()?;
         loop {
             if st.generation != self.generation {
@@ -427,9 +437,9 @@ impl<'a> Execution<'a> {
                 running.node = Some(id.to_string());
             }
         }
+        self.send_progress_state(id, json!(0.0), json!(1.0), "running");
         let data = json!({"node": id, "display_node": id, "prompt_id": self.prompt_id()});
         self.send("executing", data);
-        self.send_progress_state(id, 0, 1, "running");
         if inject_failure
             && let Some(Failure::ExecutionError {
                 exception_type,
@@ -457,9 +467,11 @@ impl<'a> Execution<'a> {
             node: id.into(),
             failure,
         })?;
-        if node.class.has_steps() {
-            self.run_steps(&node, &computed)?;
-        }
+        let steps = if node.class.has_steps() {
+            Some(self.run_steps(&node, &computed)?)
+        } else {
+            None
+        };
         let (outputs, ui) = match computed {
             Computed::Values(values) => (values, None),
             Computed::Save {
@@ -484,7 +496,10 @@ impl<'a> Execution<'a> {
         self.live_state()?.cache.insert(signature, entry);
         self.values.insert(id.to_string(), outputs);
         self.executed.push(id.to_string());
-        self.send_progress_state(id, 1, 1, "finished");
+        match steps {
+            Some(max) => self.send_progress_state(id, json!(max), json!(max), "finished"),
+            None => self.send_progress_state(id, json!(1.0), json!(1.0), "finished"),
+        }
         Ok(())
     }
 
@@ -495,31 +510,76 @@ impl<'a> Execution<'a> {
             .flatten()
     }
 
-    /// The sampler's steps: wait, `progress`, `progress_state`, optional preview, `Step` event,
-    /// then any armed crash or socket close for this step.
-    fn run_steps(&mut self, node: &Node, computed: &Computed) -> Result<(), Halt> {
-        let max = node
-            .inputs
-            .get("steps")
-            .and_then(|v| to_int(v).ok())
-            .map_or(1, |s| s.clamp(1, 10_000) as u32);
+    /// A node's progress bar, step by step: wait, `progress_state`, then `progress` and the
+    /// preview in the order the client's flags call for, the `Step` event, then any armed
+    /// crash or socket close for this step. Returns the number of steps.
+    ///
+    /// The sampler previews when previews are on; the `SlowSteps` test node always sends a
+    /// 64×64 JPEG, waits its own `step_ms` per step and raises at step `fail_at`, as the real
+    /// test node does.
+    fn run_steps(&mut self, node: &Node, computed: &Computed) -> Result<u32, Halt> {
+        let int_input = |name: &str| node.inputs.get(name).and_then(|v| to_int(v).ok());
+        let max = int_input("steps").map_or(1, |s| s.clamp(1, 10_000) as u32);
+        let slow_steps = node.class.name == "SlowSteps";
+        let step_delay = slow_steps.then(|| {
+            let ms = int_input("step_ms").unwrap_or(0).clamp(0, 60_000);
+            std::time::Duration::from_millis(ms as u64)
+        });
+        let fail_at = if slow_steps {
+            int_input("fail_at").unwrap_or(0)
+        } else {
+            0
+        };
         let preview_of = match computed {
             Computed::Values(values) => match values.first() {
                 Some(NodeValue::Latent(frames)) => Some(frames.clone()),
+                // Previews are an eighth of the picture's side: SlowSteps' are 64×64.
+                Some(NodeValue::Image(frames)) if slow_steps => Some(Frames {
+                    width: 512,
+                    height: 512,
+                    pictures: frames.pictures.clone(),
+                }),
                 _ => None,
             },
             Computed::Save { .. } | Computed::Media(_) => None,
         };
+        let with_metadata = self
+            .client
+            .as_deref()
+            .is_some_and(|c| self.shared.hub.wants_preview_metadata(c));
+        let preview_format = match slow_steps {
+            true => Some(PreviewFormat::Jpeg),
+            false => self.shared.previews(),
+        };
         for value in 1..=max {
-            self.wait_step(&node.id)?;
+            self.wait_step(&node.id, step_delay)?;
+            if i128::from(value) == fail_at {
+                return Err(Halt::Failed {
+                    node: node.id.clone(),
+                    failure: NodeFailure {
+                        exception_type: "RuntimeError".into(),
+                        message: format!("SlowSteps failed at step {value} as asked"),
+                    },
+                });
+            }
+            self.send_progress_state(&node.id, json!(value), json!(max), "running");
             let data =
                 json!({"value": value, "max": max, "prompt_id": self.prompt_id(), "node": node.id});
-            let at = self.send("progress", data).unwrap_or_else(Instant::now);
-            self.send_progress_state(&node.id, value, max, "running");
-            if let (Some(frames), Some(format)) = (preview_of.as_ref(), self.shared.previews()) {
-                let developed = f64::from(value) / f64::from(max);
-                self.send_preview(format, &node.id, value, frames, developed);
+            let preview = |this: &Self| {
+                if let (Some(frames), Some(format)) = (preview_of.as_ref(), preview_format) {
+                    let developed = f64::from(value) / f64::from(max);
+                    this.send_preview(format, &node.id, value, frames, developed);
+                }
+            };
+            let at = if with_metadata {
+                preview(self);
+                self.send("progress", data)
+            } else {
+                let at = self.send("progress", data);
+                preview(self);
+                at
             }
+            .unwrap_or_else(Instant::now);
             self.shared.emit(SimEvent::Step {
                 prompt_id: self.item.prompt_id.clone(),
                 node: node.id.clone(),
@@ -540,7 +600,7 @@ impl<'a> Execution<'a> {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(max)
     }
 
     /// A binary preview of the first image developing from grey as the steps go by: a type 4
@@ -614,7 +674,10 @@ impl<'a> Execution<'a> {
         }
     }
 
-    fn send_progress_state(&mut self, id: &str, value: u32, max: u32, state: &str) {
+    /// `progress_state`: every node that ran so far (cumulative), this one as `state`. ComfyUI
+    /// writes `value`/`max` as floats (`0.0`, `1.0`) for nodes without a progress bar of their
+    /// own and as integers from a progress bar.
+    fn send_progress_state(&mut self, id: &str, value: Value, max: Value, state: &str) {
         let entry = json!({
             "value": value, "max": max, "state": state, "node_id": id, "prompt_id": self.prompt_id(),
             "display_node_id": id, "parent_node_id": null, "real_node_id": id,
@@ -640,7 +703,7 @@ impl<'a> Execution<'a> {
         frames: &Frames,
     ) -> Result<Value, Halt> {
         let (subfolder, filename) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let texts = self.png_texts();
+        let texts = self.metadata();
         let mut pngs = Vec::with_capacity(frames.pictures.len());
         for picture in &frames.pictures {
             let rgb = picture.render(frames.width, frames.height);
@@ -676,38 +739,28 @@ impl<'a> Execution<'a> {
                 let frames = &vhs.first_frame;
                 let picture = frames.pictures.first().cloned().unwrap_or(Picture::Blank);
                 let rgb = picture.render(frames.width, frames.height);
-                let png = render::encode_png(frames.width, frames.height, &rgb, &self.png_texts())
+                let png = render::encode_png(frames.width, frames.height, &rgb, &self.metadata())
                     .map_err(|e| Halt::Failed {
-                        node: id.into(),
-                        failure: NodeFailure {
-                            exception_type: "OSError".into(),
-                            message: format!("cannot write PNG: {e}"),
-                        },
-                    })?;
+                    node: id.into(),
+                    failure: NodeFailure {
+                        exception_type: "OSError".into(),
+                        message: format!("cannot write PNG: {e}"),
+                    },
+                })?;
                 Some(png)
             }
             None => None,
         };
-        let data = match save.data {
-            MediaData::Ready(data) => data,
-            MediaData::AnimatedPng { frames, fps } => {
-                let rendered: Vec<Vec<u8>> = frames
-                    .pictures
-                    .iter()
-                    .map(|p| p.render(frames.width, frames.height))
-                    .collect();
-                let texts = self.png_texts();
-                let apng = render::encode_apng(frames.width, frames.height, &rendered, fps, &texts)
-                    .map_err(|e| Halt::Failed {
-                        node: id.into(),
-                        failure: NodeFailure {
-                            exception_type: "OSError".into(),
-                            message: format!("cannot write APNG: {e}"),
-                        },
-                    })?;
-                FileData::Bytes(apng)
-            }
-        };
+        let data = save
+            .data
+            .write(&self.metadata())
+            .map_err(|message| Halt::Failed {
+                node: id.into(),
+                failure: NodeFailure {
+                    exception_type: "OSError".into(),
+                    message,
+                },
+            })?;
         let mut st = self.live_state()?;
         let counter = st.next_counter(save.folder, subfolder, filename);
         let name = format!(
@@ -733,45 +786,27 @@ impl<'a> Execution<'a> {
         }
         st.store_file(FileKey::new(save.folder, subfolder, &name), data);
         let mut ui = json!({ save.ui_key: [entry] });
-        if save.animated {
-            ui["animated"] = json!([true]);
+        if let Some(animated) = save.animated {
+            ui["animated"] = json!([animated]);
         }
         Ok(ui)
     }
 
-    /// `tEXt` chunks: `prompt` (the API graph), `workflow` (the UI graph the client passed in
-    /// `extra_data.extra_pnginfo`, else a small stand-in), and any other `extra_pnginfo` keys.
-    fn png_texts(&self) -> Vec<(String, String)> {
-        let mut texts = vec![("prompt".to_string(), render::ascii_json(&self.item.graph))];
+    /// The metadata ComfyUI's savers write, as `(key, JSON text)`: `prompt` (the API graph),
+    /// then each `extra_pnginfo` entry the client passed in `extra_data` (the UI sends
+    /// `workflow`; API clients usually send none), as `tEXt` chunks, `comf` chunks, EXIF or
+    /// container tags depending on the saver.
+    fn metadata(&self) -> Vec<(String, String)> {
+        let mut tags = vec![("prompt".to_string(), render::ascii_json(&self.item.graph))];
         let extra = self
             .item
             .extra_data
             .get("extra_pnginfo")
             .and_then(Value::as_object);
-        let workflow = extra
-            .and_then(|e| e.get("workflow"))
-            .cloned()
-            .unwrap_or_else(|| self.stand_in_workflow());
-        texts.push(("workflow".to_string(), render::ascii_json(&workflow)));
         for (key, value) in extra.into_iter().flatten() {
-            if key != "workflow" {
-                texts.push((key.clone(), render::ascii_json(value)));
-            }
+            tags.push((key.clone(), render::ascii_json(value)));
         }
-        texts
-    }
-
-    fn stand_in_workflow(&self) -> Value {
-        let nodes: Vec<Value> = self
-            .graph
-            .nodes
-            .values()
-            .map(|n| json!({"id": n.id, "type": n.class.name}))
-            .collect();
-        json!({
-            "last_node_id": nodes.len(), "last_link_id": 0, "nodes": nodes, "links": [],
-            "groups": [], "config": {}, "extra": {"generator": "comfyui-sim"}, "version": 0.4,
-        })
+        tags
     }
 
     fn finish_success(mut self) {
@@ -797,12 +832,12 @@ impl<'a> Execution<'a> {
             "node_id": node,
             "node_type": node_type,
             "executed": self.executed,
-            "exception_message": failure.message,
+            // ComfyUI formats it as "{}\n".format(ex): the newline is on the wire.
+            "exception_message": format!("{}\n", failure.message),
             "exception_type": failure.exception_type,
             "traceback": [
-                "Traceback (most recent call last):\n",
-                format!("  File \"comfyui-sim/execution.py\", in execute ({node_type} #{node})\n"),
-                format!("{}: {}\n", failure.exception_type, failure.message),
+                format!("  File \"<comfyui-sim>/execution.py\", line 496, in execute ({node_type} #{node})\n"),
+                format!("  File \"<comfyui-sim>/nodes.py\", in run\n    raise {}(\"{}\")\n", failure.exception_type, failure.message),
             ],
             "current_inputs": current_inputs,
             "current_outputs": self.executed,
@@ -820,9 +855,10 @@ impl<'a> Execution<'a> {
         self.finish("execution_interrupted", data, "interrupted");
     }
 
-    /// Sends the final message and `executing {node: null}`, then (after any history delay or
-    /// hold) writes the history entry, frees the queue and broadcasts `status`: like ComfyUI,
-    /// whose clients may ask `/history` before the entry is there.
+    /// Sends the final message, then (after any history delay or hold) writes the history
+    /// entry, frees the queue, broadcasts `status` and sends `executing {node: null}`: like
+    /// ComfyUI 0.3.64, whose clients may ask `/history` on the final message before the entry
+    /// is there.
     fn finish(&mut self, kind: &str, data: Value, outcome: &str) {
         self.messages.push(json!([kind, data]));
         let success = outcome == "success";
@@ -853,10 +889,6 @@ impl<'a> Execution<'a> {
             }
         }
         self.send(kind, data);
-        self.send(
-            "executing",
-            json!({"node": null, "prompt_id": self.prompt_id()}),
-        );
         {
             let Ok(mut st) = self.history_released() else {
                 return;
@@ -864,8 +896,12 @@ impl<'a> Execution<'a> {
             st.add_history(self.item.prompt_id.clone(), entry);
             st.running = None;
         }
-        self.shared.wake.notify_all();
         self.shared.broadcast_status();
+        self.send(
+            "executing",
+            json!({"node": null, "prompt_id": self.prompt_id()}),
+        );
+        self.shared.wake.notify_all();
         self.shared.emit(SimEvent::Finished {
             prompt_id: self.item.prompt_id.clone(),
             outcome: outcome.into(),

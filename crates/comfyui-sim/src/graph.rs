@@ -26,7 +26,7 @@ pub(crate) struct Graph {
 /// Why a graph could not even be read: becomes a 400 answer with this error.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StructureError {
-    /// `invalid_prompt`, or `missing_node_type` for an unknown class.
+    /// `invalid_prompt` (also for an unknown class, as ComfyUI 0.3.64 says it).
     pub kind: &'static str,
     pub message: String,
     pub details: String,
@@ -91,20 +91,12 @@ impl Graph {
                 ));
             };
             let Some(class) = nodes::find(class_type) else {
-                // Today's ComfyUI names the node by its title when the UI gave it one.
-                let title = node
-                    .pointer("/_meta/title")
-                    .and_then(Value::as_str)
-                    .unwrap_or(class_type);
+                // ComfyUI 0.3.64's words; newer versions answer `missing_node_type`.
                 return Err(StructureError {
-                    kind: "missing_node_type",
-                    message: format!(
-                        "Node '{title}' not found. The custom node may not be installed."
-                    ),
+                    kind: "invalid_prompt",
+                    message: format!("Cannot execute because node {class_type} does not exist."),
                     details: format!("Node ID '#{id}'"),
-                    extra_info: serde_json::json!({
-                        "node_id": id, "class_type": class_type, "node_title": title,
-                    }),
+                    extra_info: Value::Object(Map::new()),
                 });
             };
             let inputs = node
@@ -212,20 +204,12 @@ mod tests {
     fn unknown_class_is_named_with_its_node() {
         let err = Graph::parse(&json!({"3": {"class_type": "Foo", "inputs": {}}}))
             .expect_err("Foo is unknown");
-        assert_eq!(err.kind, "missing_node_type");
+        assert_eq!(err.kind, "invalid_prompt");
         assert_eq!(
             err.message,
-            "Node 'Foo' not found. The custom node may not be installed."
+            "Cannot execute because node Foo does not exist."
         );
         assert_eq!(err.details, "Node ID '#3'");
-        let titled =
-            json!({"3": {"class_type": "Foo", "inputs": {}, "_meta": {"title": "My Foo"}}});
-        let err = Graph::parse(&titled).expect_err("Foo is unknown");
-        assert_eq!(
-            err.message,
-            "Node 'My Foo' not found. The custom node may not be installed."
-        );
-        assert_eq!(err.extra_info["class_type"], "Foo");
     }
 
     #[test]

@@ -157,9 +157,9 @@ impl Reply {
         }
     }
 
-    /// A JSON answer.
+    /// A JSON answer, written as ComfyUI writes it.
     pub(crate) fn json(status: u16, value: &Value) -> Reply {
-        Reply::json_text(status, value.to_string())
+        Reply::json_text(status, super::pyjson::dumps(value))
     }
 
     fn json_text(status: u16, text: String) -> Reply {
@@ -178,6 +178,12 @@ impl Reply {
     /// ComfyUI's bare `200` with no body.
     fn empty() -> Reply {
         Reply::new(200, "application/octet-stream", Vec::new())
+    }
+
+    /// A status with no body at all, as ComfyUI's `/view` answers a missing file (404) or a
+    /// name that leaves its folder (400).
+    fn empty_status(status: u16) -> Reply {
+        Reply::new(status, "application/octet-stream", Vec::new())
     }
 
     fn not_found() -> Reply {
@@ -324,6 +330,7 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
         "/view" if get => plain(view(shared, req.query)),
         "/upload/image" if post => plain(upload_image(shared, req.headers, req.body)),
         "/system_stats" if get => plain(Reply::json(200, &system_stats())),
+        "/features" if get => plain(Reply::json(200, &ws::server_features())),
         "/object_info" if get => {
             let files = shared.state().input_names();
             plain(Reply::json(200, &nodes::all_object_info(&files)))
@@ -333,7 +340,11 @@ fn route(shared: &Shared, req: &Incoming<'_>) -> Routed {
             let id = super::ids::percent_decode(&p["/history/".len()..], false);
             let st = shared.state();
             let text = match st.history_entry(&id) {
-                Some(entry) => format!("{{{}:{}}}", Value::from(id.as_str()), entry),
+                Some(entry) => format!(
+                    "{{{}: {}}}",
+                    super::pyjson::dumps(&Value::from(id.as_str())),
+                    super::pyjson::dumps(entry)
+                ),
                 None => "{}".into(),
             };
             plain(Reply::json_text(200, text))
@@ -362,6 +373,7 @@ fn is_known_path(path: &str) -> bool {
             | "/view"
             | "/upload/image"
             | "/system_stats"
+            | "/features"
             | "/object_info"
             | "/ws"
     ) || path.starts_with("/history/")
@@ -376,14 +388,12 @@ fn bad_request(body: &Value) -> Reply {
 fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
     let request: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            let message = format!("Invalid JSON in request body: {e}");
-            return bad_request(&validate::error_body(
-                "invalid_prompt",
-                &message,
-                "",
-                json!({}),
-            ));
+        // aiohttp's answer to the handler's uncaught JSONDecodeError.
+        Err(_) => {
+            return Reply::text(
+                500,
+                "500 Internal Server Error\n\nServer got itself in trouble",
+            );
         }
     };
     let Some(graph_json) = request.get("prompt") else {
@@ -406,6 +416,9 @@ fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
         } => (outputs, node_errors),
         Verdict::Rejected(body) => return bad_request(&body),
     };
+    // ComfyUI runs the outputs in the order of a Python set, not by node id: in the captures
+    // of 0.3.64 the last output ran first. Clients must not rely on either.
+    let outputs: Vec<String> = outputs.into_iter().rev().collect();
     let prompt_id = match request.get("prompt_id") {
         None | Some(Value::Null) => super::ids::new_uuid(),
         Some(Value::String(id)) if super::ids::is_lowercase_uuid(id) => id.clone(),
@@ -476,18 +489,29 @@ fn string_list(value: &Value) -> Vec<String> {
 /// `POST /queue`: delete or clear pending prompts; a running one is left alone.
 fn post_queue(shared: &Shared, body: &[u8]) -> Routed {
     let body = json_body(body);
-    let removed = {
+    // As ComfyUI's PromptQueue: clearing always broadcasts `status`; each deleted id once, and
+    // twice when it was the last one pending (it wipes the queue, which broadcasts too).
+    let (removed, statuses) = {
         let mut st = shared.state();
         let mut removed = Vec::new();
+        let mut statuses = 0;
         if body.get("clear").and_then(Value::as_bool) == Some(true) {
             removed.extend(st.clear_pending());
+            statuses += 1;
         }
         if let Some(ids) = body.get("delete") {
-            removed.extend(st.delete_pending(&string_list(ids)));
+            for id in string_list(ids) {
+                let last = st.pending_count() == 1;
+                let gone = st.delete_pending(std::slice::from_ref(&id));
+                if !gone.is_empty() {
+                    statuses += if last { 2 } else { 1 };
+                }
+                removed.extend(gone);
+            }
         }
-        removed
+        (removed, statuses)
     };
-    if !removed.is_empty() {
+    for _ in 0..statuses {
         shared.broadcast_status();
     }
     (
@@ -543,19 +567,19 @@ fn is_safe_name(name: &str) -> bool {
 /// `GET /view?filename=&subfolder=&type=`.
 fn view(shared: &Shared, query: &str) -> Reply {
     let Some(filename) = query_param(query, "filename").filter(|f| !f.is_empty()) else {
-        return Reply::not_found();
+        return Reply::empty_status(404);
     };
     let subfolder = query_param(query, "subfolder").unwrap_or_default();
     let kind = query_param(query, "type").unwrap_or_else(|| "output".into());
     if !is_safe_name(&filename) || !is_safe_name(&subfolder) {
-        return Reply::text(400, "400: Bad Request");
+        return Reply::empty_status(400);
     }
     if !matches!(kind.as_str(), "output" | "input" | "temp") {
-        return Reply::text(400, "400: Bad Request");
+        return Reply::empty_status(400);
     }
     let key = FileKey::new(&kind, subfolder.trim_matches('/'), &filename);
     let Some(file) = shared.state().files.get(&key).cloned() else {
-        return Reply::not_found();
+        return Reply::empty_status(404);
     };
     let mut reply = Reply::new(200, content_type_for(&filename), Vec::new());
     reply.file = Some(file);

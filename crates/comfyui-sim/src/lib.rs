@@ -5,10 +5,13 @@
 //! `/queue`, `/interrupt`, `/upload/image`, `/system_stats`, `/object_info`) and its websocket
 //! (`/ws?clientId=...`). A single worker thread executes queued prompts one at a time, FIFO,
 //! sending the same messages in the same order as ComfyUI, caching node results like ComfyUI,
-//! and writing real PNG files (with `prompt` and `workflow` text chunks) that `/view` serves,
-//! plus videos (SaveVideo, SaveWEBM, SaveAnimatedPNG, VideoHelperSuite's VHS_VideoCombine) and
-//! audio (SaveAudio, SaveAudioMP3, SaveAudioOpus, SaveAudioWAV) with real container headers,
-//! reported under the output keys ComfyUI uses (`images` with `animated`, `gifs`, `audio`).
+//! and writing real PNG files that `/view` serves, plus animations (SaveAnimatedPNG,
+//! SaveAnimatedWEBP), videos (SaveVideo, SaveWEBM, VideoHelperSuite's VHS_VideoCombine) and audio
+//! (SaveAudio, SaveAudioMP3, SaveAudioOpus, SaveAudioWAV) with real container headers, reported
+//! under the output keys ComfyUI uses (`images` with `animated`, `gifs`, `audio`). Each file
+//! carries the prompt (and each `extra_pnginfo` entry, the workflow among them, when the client
+//! sent one) where ComfyUI's saver puts it: PNG `tEXt`, APNG `comf`, WebP `EXIF`, FLAC and Opus
+//! comments, MP3 `TXXX`, MP4 `mdta` metadata, WebM `Tags`.
 //!
 //! Tests steer it and watch it without sleeping: [`ComfySim::events`] reports what happened after
 //! the bytes were written, [`ComfySim::fail_next`] injects failures, [`ComfySim::pause`] holds the
@@ -51,6 +54,7 @@ mod http;
 mod ids;
 mod media;
 mod nodes;
+mod pyjson;
 mod render;
 mod state;
 mod validate;

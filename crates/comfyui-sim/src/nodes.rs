@@ -376,6 +376,25 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         output_node: true,
     },
     NodeClass {
+        name: "SaveAnimatedWEBP",
+        display_name: "SaveAnimatedWEBP",
+        category: "image/animation",
+        description: "Saves the images as an animated WebP, a still one when they are all the same (reported under images, animated).",
+        inputs: &[
+            link("images", "IMAGE"),
+            text("filename_prefix", false, "ComfyUI"),
+            float("fps", 0.01, 1000.0, 6.0, 0.01),
+            boolean("lossless", true),
+            int("quality", 0, 100, 80, 1),
+            choice(
+                "method",
+                ChoiceList::Fixed(&["default", "fastest", "slowest"]),
+            ),
+        ],
+        outputs: &[],
+        output_node: true,
+    },
+    NodeClass {
         name: "SaveAnimatedPNG",
         display_name: "SaveAnimatedPNG",
         category: "image/animation",
@@ -406,6 +425,35 @@ pub(crate) static CLASSES: &[NodeClass] = &[
         ],
         outputs: &[("VHS_FILENAMES", "Filenames")],
         output_node: true,
+    },
+    // The model-free test nodes a real ComfyUI can run for the gateway's smoke suite
+    // (tests/real-comfyui): a progress bar with previews, and a sound.
+    NodeClass {
+        name: "SlowSteps",
+        display_name: "SlowSteps",
+        category: "testing",
+        description: "",
+        inputs: &[
+            link("image", "IMAGE"),
+            int("steps", 1, 10_000, 8, 0),
+            int("step_ms", 0, 60_000, 250, 0),
+            int("seed", 0, u64::MAX as i128, 0, 0),
+            int("fail_at", 0, 10_000, 0, 0),
+        ],
+        outputs: &[("IMAGE", "IMAGE")],
+        output_node: false,
+    },
+    NodeClass {
+        name: "SineAudio",
+        display_name: "SineAudio",
+        category: "testing",
+        description: "",
+        inputs: &[
+            float("seconds", 0.1, 60.0, 1.0, 0.0),
+            float("frequency", 20.0, 20_000.0, 440.0, 0.0),
+        ],
+        outputs: &[("AUDIO", "AUDIO")],
+        output_node: false,
     },
     NodeClass {
         name: "EmptyLatentAudio",
@@ -502,11 +550,12 @@ impl NodeClass {
     fn python_module(&self) -> &'static str {
         match self.name {
             "CreateVideo" | "SaveVideo" | "SaveWEBM" => "comfy_extras.nodes_video",
-            "SaveAnimatedPNG" => "comfy_extras.nodes_images",
+            "SaveAnimatedPNG" | "SaveAnimatedWEBP" => "comfy_extras.nodes_images",
             "EmptyLatentAudio" | "VAEDecodeAudio" | "SaveAudio" | "SaveAudioMP3"
             | "SaveAudioOpus" => "comfy_extras.nodes_audio",
             "VHS_VideoCombine" => "custom_nodes.ComfyUI-VideoHelperSuite",
             "SaveAudioWAV" => "custom_nodes.comfyui-sim",
+            "SlowSteps" | "SineAudio" => "custom_nodes.gateway_test_nodes",
             _ => "nodes",
         }
     }
@@ -538,6 +587,7 @@ impl NodeClass {
         }
         if self.output_node && self.name != "PreviewImage" {
             inputs["hidden"] = json!({"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"});
+            order["hidden"] = json!(["prompt", "extra_pnginfo"]);
         }
         json!({
             "input": inputs,
@@ -571,13 +621,16 @@ impl InputDef {
                     "default": int_json(*default),
                     "min": int_json(*min),
                     "max": int_json(*max),
-                    "step": int_json(*step),
                 });
-                if self.name == "seed" {
-                    opts["control_after_generate"] = json!(true);
-                }
-                if self.name == "color" {
-                    opts["display"] = json!("color");
+                // Step 0: a plain INT as a custom node declares it, without widget hints.
+                if *step != 0 {
+                    opts["step"] = int_json(*step);
+                    if self.name == "seed" {
+                        opts["control_after_generate"] = json!(true);
+                    }
+                    if self.name == "color" {
+                        opts["display"] = json!("color");
+                    }
                 }
                 json!(["INT", opts])
             }
@@ -587,7 +640,11 @@ impl InputDef {
                 default,
                 step,
             } => {
-                json!(["FLOAT", {"default": default, "min": min, "max": max, "step": step, "round": 0.01}])
+                if *step == 0.0 {
+                    json!(["FLOAT", {"default": default, "min": min, "max": max}])
+                } else {
+                    json!(["FLOAT", {"default": default, "min": min, "max": max, "step": step, "round": 0.01}])
+                }
             }
             InputKind::Bool { default } => json!(["BOOLEAN", {"default": default}]),
             InputKind::Text { multiline, default } => {
@@ -677,6 +734,7 @@ mod tests {
                 "PreviewImage",
                 "SaveVideo",
                 "SaveWEBM",
+                "SaveAnimatedWEBP",
                 "SaveAnimatedPNG",
                 "VHS_VideoCombine",
                 "SaveAudio",

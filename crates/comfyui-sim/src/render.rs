@@ -1,6 +1,8 @@
 //! Pixels for the simulated pipeline: what an image "is" (a recipe such as a seed-coloured
-//! pattern, a solid colour, an uploaded raster, their inversion or blend), and PNG encoding with
-//! ComfyUI's `tEXt` metadata.
+//! pattern, a solid colour, an uploaded raster, their inversion or blend), and the encodings of
+//! ComfyUI's image savers with their metadata: PNG with `tEXt` chunks (SaveImage), APNG with
+//! private `comf` chunks after the frames (SaveAnimatedPNG), WebP with an `EXIF` chunk whose
+//! `Model`, `Make`, ... entries read `prompt:{...}`, `workflow:{...}` (SaveAnimatedWEBP).
 //!
 //! Images stay recipes until an output node renders them, so a 512x512 batch costs nothing
 //! until it is saved, and the same seed and prompt always render the same bytes.
@@ -164,17 +166,18 @@ pub(crate) fn encode_png(
     Ok(out)
 }
 
-/// Encodes RGB8 frames as an animated PNG (APNG) looping forever at `fps`, with one `tEXt`
-/// chunk per `(keyword, text)`, as ComfyUI's SaveAnimatedPNG writes it.
+/// Encodes RGB8 frames as an animated PNG (APNG) looping forever at `fps`, as ComfyUI's
+/// SaveAnimatedPNG writes it: no text chunks, but one private `comf` chunk per
+/// `(keyword, text)` (`keyword\0text`) after the last frame.
 pub(crate) fn encode_apng(
     w: u32,
     h: u32,
     frames: &[Vec<u8>],
     fps: f64,
-    texts: &[(String, String)],
+    comf: &[(String, String)],
 ) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
-    let mut encoder = rgb_encoder(&mut out, w, h, texts)?;
+    let mut encoder = rgb_encoder(&mut out, w, h, &[])?;
     encoder.set_animated(frames.len().max(1) as u32, 0)?;
     let delay_ms = (1000.0 / fps.max(0.01))
         .round()
@@ -184,7 +187,136 @@ pub(crate) fn encode_apng(
     for rgb in frames {
         writer.write_image_data(rgb)?;
     }
+    for (keyword, text) in comf {
+        let mut data = keyword.as_bytes().to_vec();
+        data.push(0);
+        data.extend_from_slice(text.as_bytes());
+        writer.write_chunk(png::chunk::ChunkType(*b"comf"), &data)?;
+    }
     writer.finish()?;
+    Ok(out)
+}
+
+/// The `EXIF` chunk SaveAnimatedWEBP writes: a little-endian TIFF header and one IFD of ASCII
+/// entries, `Model` (0x0110) = `prompt:{...}` for the first `(key, text)` and `Make` (0x010f),
+/// `ImageDescription` (0x010e), ... = `key:{...}` for the next ones.
+pub(crate) fn comfy_exif(tags: &[(String, String)]) -> Vec<u8> {
+    let mut entries: Vec<(u16, Vec<u8>)> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, (key, text))| {
+            let mut value = format!("{key}:{text}").into_bytes();
+            value.push(0);
+            (0x0110u16.saturating_sub(i as u16), value)
+        })
+        .collect();
+    entries.sort_by_key(|(tag, _)| *tag);
+    let mut out = b"II\x2a\x00\x08\x00\x00\x00".to_vec();
+    let mut data_at = 8 + 2 + entries.len() * 12 + 4;
+    let mut data = Vec::new();
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, value) in &entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes()); // ASCII
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data_at as u32).to_le_bytes());
+        data.extend_from_slice(value);
+        if value.len() % 2 == 1 {
+            data.push(0);
+        }
+        data_at = 8 + 2 + entries.len() * 12 + 4 + data.len();
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend(data);
+    out
+}
+
+/// One RIFF chunk, padded to an even size.
+fn riff_chunk(fourcc: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = fourcc.to_vec();
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    if data.len() % 2 == 1 {
+        out.push(0);
+    }
+    out
+}
+
+/// A 24-bit little-endian field.
+fn le24(value: u32) -> [u8; 3] {
+    let b = value.to_le_bytes();
+    [b[0], b[1], b[2]]
+}
+
+/// RGB8 pixels as a lossless WebP whose only chunk is `VP8L`; returns that chunk, padded.
+fn vp8l_chunk(w: u32, h: u32, rgb: &[u8]) -> Result<Vec<u8>, String> {
+    let mut simple = Vec::new();
+    image_webp::WebPEncoder::new(&mut simple)
+        .encode(rgb, w, h, image_webp::ColorType::Rgb8)
+        .map_err(|e| e.to_string())?;
+    simple
+        .get(12..)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "the WebP encoder wrote no image".to_string())
+}
+
+/// Encodes RGB8 frames as ComfyUI's SaveAnimatedWEBP does (through libwebp's animation encoder,
+/// which merges identical consecutive frames): an animation of `ANMF` frames at `fps`, or a
+/// still WebP (`VP8X`, `VP8L`) when only one distinct frame is left, with `tags` in an `EXIF`
+/// chunk at the end (see [`comfy_exif`]).
+pub(crate) fn encode_webp(
+    w: u32,
+    h: u32,
+    frames: &[Vec<u8>],
+    fps: f64,
+    tags: &[(String, String)],
+) -> Result<Vec<u8>, String> {
+    let frame_ms = (1000.0 / fps.max(0.01)).floor().clamp(1.0, 16_777_215.0) as u32;
+    let mut distinct: Vec<(&Vec<u8>, u32)> = Vec::new();
+    for rgb in frames {
+        match distinct.last_mut() {
+            Some((last, ms)) if *last == rgb => *ms += frame_ms,
+            _ => distinct.push((rgb, frame_ms)),
+        }
+    }
+    let exif = if tags.is_empty() {
+        Vec::new()
+    } else {
+        comfy_exif(tags)
+    };
+    if distinct.len() <= 1 {
+        let blank = vec![0; w as usize * h as usize * 3];
+        let rgb = distinct.first().map_or(&blank, |(rgb, _)| *rgb);
+        let mut out = Vec::new();
+        let mut encoder = image_webp::WebPEncoder::new(&mut out);
+        encoder.set_exif_metadata(exif);
+        encoder
+            .encode(rgb, w, h, image_webp::ColorType::Rgb8)
+            .map_err(|e| e.to_string())?;
+        return Ok(out);
+    }
+    let flags: u8 = if exif.is_empty() { 0x02 } else { 0x0a }; // animation (and EXIF)
+    let mut vp8x = vec![flags, 0, 0, 0];
+    vp8x.extend_from_slice(&le24(w - 1));
+    vp8x.extend_from_slice(&le24(h - 1));
+    let mut body = riff_chunk(b"VP8X", &vp8x);
+    body.extend(riff_chunk(b"ANIM", &[0xff, 0xff, 0xff, 0xff, 0, 0]));
+    for (rgb, ms) in distinct {
+        let mut anmf = vec![0; 6]; // x and y offsets
+        anmf.extend_from_slice(&le24(w - 1));
+        anmf.extend_from_slice(&le24(h - 1));
+        anmf.extend_from_slice(&le24(ms.min(16_777_215)));
+        anmf.push(0);
+        anmf.extend(vp8l_chunk(w, h, rgb)?);
+        body.extend(riff_chunk(b"ANMF", &anmf));
+    }
+    if !exif.is_empty() {
+        body.extend(riff_chunk(b"EXIF", &exif));
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32 + 4).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend(body);
     Ok(out)
 }
 
@@ -251,6 +383,94 @@ mod tests {
         let chunk = &reader.info().uncompressed_latin1_text[0];
         let back: Value = serde_json::from_str(&chunk.text).expect("chunk is JSON");
         assert_eq!(back, json!({"t": "café"}));
+    }
+
+    fn tags() -> Vec<(String, String)> {
+        vec![
+            (
+                "prompt".to_string(),
+                r#"{"1":{"class_type":"X"}}"#.to_string(),
+            ),
+            ("workflow".to_string(), r#"{"nodes":[]}"#.to_string()),
+        ]
+    }
+
+    /// The RIFF chunk names of a WebP.
+    fn webp_chunks(bytes: &[u8]) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut at = 12;
+        while at + 8 <= bytes.len() {
+            let size =
+                u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]])
+                    as usize;
+            names.push(String::from_utf8_lossy(&bytes[at..at + 4]).into_owned());
+            at += 8 + size + (size & 1);
+        }
+        names
+    }
+
+    #[test]
+    fn apng_carries_the_tags_in_comf_chunks_after_its_frames() {
+        let frames: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 4 * 2 * 3]).collect();
+        let apng = encode_apng(4, 2, &frames, 6.0, &tags()).expect("encodes");
+        let text = String::from_utf8_lossy(&apng);
+        let last_frame = text.rfind("fdAT").expect("frames");
+        let comf = text.find("comf").expect("a comf chunk");
+        assert!(comf > last_frame && text.rfind("IEND").expect("IEND") > comf);
+        assert!(text.contains("prompt\0{\"1\""), "{text}");
+        assert!(!text.contains("tEXt"));
+        let reader = png::Decoder::new(Cursor::new(&apng))
+            .read_info()
+            .expect("a PNG");
+        assert_eq!(
+            reader.info().animation_control().map(|a| a.num_frames),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn webp_is_still_for_one_distinct_frame_and_animated_otherwise_with_exif() {
+        let same = vec![vec![9u8; 4 * 2 * 3]; 4];
+        let still = encode_webp(4, 2, &same, 4.0, &tags()).expect("encodes");
+        assert_eq!(webp_chunks(&still), ["VP8X", "VP8L", "EXIF"]);
+        let decoder = image_webp::WebPDecoder::new(Cursor::new(&still)).expect("a WebP");
+        assert!(!decoder.is_animated());
+        assert_eq!(decoder.dimensions(), (4, 2));
+        let text = String::from_utf8_lossy(&still);
+        assert!(text.contains("prompt:{\"1\"") && text.contains("workflow:{"));
+
+        let moving: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i * 80; 4 * 2 * 3]).collect();
+        let animated = encode_webp(4, 2, &moving, 4.0, &tags()).expect("encodes");
+        assert_eq!(
+            webp_chunks(&animated),
+            ["VP8X", "ANIM", "ANMF", "ANMF", "ANMF", "EXIF"]
+        );
+        let mut decoder = image_webp::WebPDecoder::new(Cursor::new(&animated)).expect("a WebP");
+        assert!(decoder.is_animated());
+        assert_eq!(decoder.num_frames(), 3);
+        let mut buf = vec![0; decoder.output_buffer_size().expect("small")];
+        for _ in 0..3 {
+            decoder.read_frame(&mut buf).expect("each frame decodes");
+        }
+    }
+
+    #[test]
+    fn exif_puts_the_prompt_in_model_and_the_next_entries_below_it() {
+        let exif = comfy_exif(&tags());
+        assert_eq!(&exif[..8], b"II\x2a\x00\x08\x00\x00\x00");
+        assert_eq!(u16::from_le_bytes([exif[8], exif[9]]), 2);
+        let tag = |i: usize| u16::from_le_bytes([exif[10 + 12 * i], exif[11 + 12 * i]]);
+        assert_eq!(
+            (tag(0), tag(1)),
+            (0x010f, 0x0110),
+            "sorted: Make, then Model"
+        );
+        let value_at = |i: usize| {
+            let at = 10 + 12 * i + 8;
+            u32::from_le_bytes([exif[at], exif[at + 1], exif[at + 2], exif[at + 3]]) as usize
+        };
+        assert!(exif[value_at(1)..].starts_with(b"prompt:{"));
+        assert!(exif[value_at(0)..].starts_with(b"workflow:{"));
     }
 
     #[test]

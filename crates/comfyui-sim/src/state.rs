@@ -256,6 +256,11 @@ impl SimState {
     }
 
     /// Removes the pending prompts among `ids`; returns the ids actually removed.
+    /// How many prompts wait (not counting the running one).
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     pub(crate) fn delete_pending(&mut self, ids: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
         self.pending.retain(|_, item| {
@@ -311,10 +316,14 @@ impl SimState {
             .skip(skip)
             .filter_map(|id| {
                 let entry = self.history.get(id)?;
-                Some(format!("{}:{}", Value::from(id.as_str()), entry))
+                Some(format!(
+                    "{}: {}",
+                    super::pyjson::dumps(&Value::from(id.as_str())),
+                    super::pyjson::dumps(entry)
+                ))
             })
             .collect();
-        format!("{{{}}}", fields.join(","))
+        format!("{{{}}}", fields.join(", "))
     }
 
     /// `POST /history` `{"delete": [...]}`.
@@ -405,7 +414,7 @@ mod tests {
         }
         assert_eq!(
             st.history_json(Some(2)),
-            r#"{"a":{"id":"a"},"m":{"id":"m"}}"#
+            r#"{"a": {"id": "a"}, "m": {"id": "m"}}"#
         );
     }
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value, json};
 
 use super::graph::{Graph, StructureError, as_link};
-use super::nodes::{InputDef, InputKind};
+use super::nodes::{ChoiceList, InputDef, InputKind};
 
 /// A 400 body: `{"error": {type, message, details, extra_info}, "node_errors": {...}}`.
 pub(crate) fn error_body(kind: &str, message: &str, details: &str, node_errors: Value) -> Value {
@@ -76,7 +76,9 @@ pub(crate) fn validate_prompt(graph: &Graph, input_files: &[String]) -> Verdict 
         }
     }
     if good.is_empty() {
-        let details = describe(&node_errors);
+        // ComfyUI lists only the output nodes' own errors here ("" when an output failed
+        // because of a node upstream, whose errors are in `node_errors`).
+        let details = describe(outputs.iter().filter_map(|o| validator.results.get(o)));
         return Verdict::Rejected(error_body(
             "prompt_outputs_failed_validation",
             "Prompt outputs failed validation",
@@ -126,7 +128,11 @@ pub(crate) fn simulated_rejection(graph: &Graph, outputs: &[String]) -> Value {
             }),
         );
     }
-    let details = describe(&node_errors);
+    let details = describe(
+        outputs
+            .iter()
+            .filter_map(|o| node_errors.get(o)?["errors"].as_array()),
+    );
     error_body(
         "prompt_outputs_failed_validation",
         "Prompt outputs failed validation",
@@ -136,15 +142,12 @@ pub(crate) fn simulated_rejection(graph: &Graph, outputs: &[String]) -> Value {
 }
 
 /// ComfyUI's `details` for a failed validation: one `message: details` line per error.
-fn describe(node_errors: &Map<String, Value>) -> String {
+fn describe<'a>(errors: impl Iterator<Item = &'a Vec<Value>>) -> String {
     let mut lines = Vec::new();
-    for entry in node_errors.values() {
-        let class = entry["class_type"].as_str().unwrap_or_default();
-        for error in entry["errors"].as_array().into_iter().flatten() {
-            let message = error["message"].as_str().unwrap_or_default();
-            let details = error["details"].as_str().unwrap_or_default();
-            lines.push(format!("{class}: {message}: {details}"));
-        }
+    for error in errors.flatten() {
+        let message = error["message"].as_str().unwrap_or_default();
+        let details = error["details"].as_str().unwrap_or_default();
+        lines.push(format!("{message}: {details}"));
     }
     lines.join("\n")
 }
@@ -172,12 +175,53 @@ impl Validator<'_> {
         let errors = self.node_errors(id);
         let mut ok = errors.is_empty();
         for up in self.graph.upstream(id) {
+            if let Some(error) = self.inner_exception(id, &up) {
+                // ComfyUI reports it on the upstream node, and validates nothing else of it.
+                self.results.insert(up.clone(), vec![error]);
+                self.valid.insert(up, false);
+                ok = false;
+                continue;
+            }
             ok &= self.validate(&up);
         }
         self.visiting.remove(id);
         self.results.insert(id.to_string(), errors);
         self.valid.insert(id.to_string(), ok);
         ok
+    }
+
+    /// ComfyUI looks up a linked node's class without a guard: when node `up` links to a node
+    /// the graph does not have, the `KeyError` escapes `up`'s validation and is reported, as
+    /// `exception_during_inner_validation`, with the input of `consumer` that reads `up`.
+    fn inner_exception(&self, consumer: &str, up: &str) -> Option<Value> {
+        let upstream = self.graph.nodes.get(up)?;
+        let missing = upstream.class.inputs.iter().find_map(|input| {
+            let (target, _) = as_link(upstream.inputs.get(input.name)?)?;
+            (!self.graph.nodes.contains_key(target)).then(|| target.to_string())
+        })?;
+        let node = self.graph.nodes.get(consumer)?;
+        let (input, link) = node.class.inputs.iter().find_map(|input| {
+            let value = node.inputs.get(input.name)?;
+            let (target, _) = as_link(value)?;
+            (target == up).then_some((input, value))
+        })?;
+        let message = format!("'{missing}'");
+        Some(json!({
+            "type": "exception_during_inner_validation",
+            "message": "Exception when validating inner node",
+            "details": message,
+            "extra_info": {
+                "input_name": input.name,
+                "input_config": input.config(self.files),
+                "exception_message": message,
+                "exception_type": "KeyError",
+                "traceback": [
+                    "  File \"<comfyui-sim>/execution.py\", line 808, in validate_inputs\n    r = await validate_inputs(prompt_id, prompt, o_id, validated)\n",
+                    "  File \"<comfyui-sim>/execution.py\", line 788, in validate_inputs\n    o_class_type = prompt[o_id]['class_type']\n",
+                ],
+                "linked_node": link,
+            },
+        }))
     }
 
     fn node_errors(&mut self, id: &str) -> Vec<Value> {
@@ -273,11 +317,15 @@ fn check_widget(input: &InputDef, value: &Value, files: &[String]) -> Option<Val
         }
     };
     let convert_failed = |type_name: &str, why: String| {
-        error(
+        let mut failure = error(
             "invalid_input_type",
             format!("Failed to convert an input value to a {type_name} value"),
             format!("{}, {}, {why}", input.name, display(value)),
-        )
+        );
+        if let Some(failure) = failure.as_mut() {
+            failure["extra_info"]["exception_message"] = json!(why);
+        }
+        failure
     };
     match &input.kind {
         InputKind::Link(_) => error(
@@ -303,6 +351,19 @@ fn check_widget(input: &InputDef, value: &Value, files: &[String]) -> Option<Val
             Err(why) => convert_failed("STRING", why),
             Ok(_) => None,
         },
+        // LoadImage validates its own input (VALIDATE_INPUTS), which replaces the list check.
+        InputKind::Choice(ChoiceList::InputImages) => {
+            let name = value.as_str().unwrap_or_default();
+            if files.iter().any(|f| f == name) {
+                return None;
+            }
+            Some(json!({
+                "type": "custom_validation_failed",
+                "message": "Custom validation failed for node",
+                "details": format!("{} - Invalid image file: {}", input.name, display(value)),
+                "extra_info": {"input_name": input.name},
+            }))
+        }
         InputKind::Choice(list) => {
             let allowed = list.values(files);
             let ok = value

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use tungstenite::protocol::Role;
 use tungstenite::{Message, WebSocket};
 
+use super::pyjson;
 use super::state::SimState;
 use super::wire::{self, Request};
 use super::{Shared, SimEvent, WsStats, lock};
@@ -40,8 +41,8 @@ const WRITE_WAIT: Duration = Duration::from_secs(2);
 /// The writer threads only move frames from a channel to a socket.
 const WRITER_STACK: usize = 128 * 1024;
 
-/// What ComfyUI answers a client's `feature_flags` with.
-fn server_features() -> Value {
+/// What ComfyUI answers a client's `feature_flags` with (and `GET /features`).
+pub(crate) fn server_features() -> Value {
     json!({"supports_preview_metadata": true, "max_upload_size": 100 * 1024 * 1024})
 }
 
@@ -89,9 +90,13 @@ pub(crate) struct Hub {
     previews_sent: AtomicU64,
 }
 
-/// A message frame's text: `{"type": kind, "data": data}`.
+/// A message frame's text: `{"type": kind, "data": data}`, written as ComfyUI writes it.
 pub(crate) fn message(kind: &str, data: Value) -> String {
-    json!({"type": kind, "data": data}).to_string()
+    format!(
+        "{{\"type\": {}, \"data\": {}}}",
+        pyjson::dumps(&Value::from(kind)),
+        pyjson::dumps(&data)
+    )
 }
 
 /// A `status` message; `sid` only in the first message a socket receives.
