@@ -137,7 +137,8 @@ fn main() -> BenchResult<()> {
         return Ok(());
     }
     // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
-    // `-- backends`, `-- added-latency`, `-- previews`, or `-- queue` for all five;
+    // `-- backends`, `-- added-latency`, `-- previews`, `-- durable`, `-- webhooks` (issue 16),
+    // or `-- queue` for all of them;
     // `-- burst-heap` is the in-process heap part of `burst` alone.
     let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
     let queue_only = [
@@ -148,6 +149,8 @@ fn main() -> BenchResult<()> {
         "backends",
         "added-latency",
         "previews",
+        "durable",
+        "webhooks",
     ]
     .iter()
     .any(|name| std::env::args().any(|arg| arg == *name));
@@ -197,6 +200,12 @@ fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResul
     }
     if wanted("backends") {
         queue::print_backends(out, &queue::bench_backends()?)?;
+    }
+    if wanted("durable") {
+        queue::frontdoor::print_durable(out, &queue::frontdoor::bench_durable()?)?;
+    }
+    if wanted("webhooks") {
+        queue::frontdoor::print_webhooks(out, &queue::frontdoor::bench_webhooks()?)?;
     }
     if wanted("added-latency") {
         queue::print_added_latency(out, &queue::bench_added_latency()?)?;

@@ -24,6 +24,10 @@ use comfyui_sim::{ComfySim, PreviewFormat, SimEvent, SimOptions, WsStats};
 
 use super::{BenchResult, SseStream, Summary, agent, invert_request, ms, note, secs};
 
+/// Sections 16 and 17 (issue 16): durable job records and progress webhooks.
+#[path = "frontdoor.rs"]
+pub mod frontdoor;
+
 // ---------------------------------------------------------------------------------------------
 // A gateway in its own process
 
