@@ -215,10 +215,7 @@ pub fn bench_webhooks() -> BenchResult<WebhookMemory> {
         &[sim.url()],
         &[
             ("MAX_QUEUED_JOBS", "20000"),
-            (
-                "WEBHOOK_SECRET",
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            ),
+            ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ],
     )?;
     let idle = gateway.status()?;
