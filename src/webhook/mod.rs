@@ -176,8 +176,9 @@ impl Webhooks {
         self.queue.len()
     }
 
-    /// Waits (at most `grace`) until every webhook handed over so far is on disk, so that a
-    /// shutdown loses none: what is not delivered yet is resumed at the next start. Returns
+    /// Waits (at most `grace`, on a condition) until every webhook handed over so far is on
+    /// disk, so that a shutdown loses none: what is not delivered yet is resumed at the next
+    /// start. `progress` webhooks are never written (a restart makes them stale). Returns
     /// whether all were written in time.
     pub fn flush(&self, grace: Duration) -> bool {
         self.queue.wait_saved(Instant::now() + grace)
