@@ -1,6 +1,8 @@
 //! `make bench` (`cargo bench --bench gateway`): throughput, latency, memory and CPU figures for
 //! the gateway, measured against the ComfyUI simulator on 127.0.0.1: in-process for sections 1
-//! to 8, with the gateway as its own process for the queue sections 9 to 13 (`gateway/queue.rs`).
+//! to 8, with the gateway as its own process for the queue sections 9 to 15 (`gateway/queue.rs`)
+//! and the Comfy API v2 section 16 (`gateway/v2.rs`), in-process again for the asset library's
+//! section 17 (`gateway/assets.rs`).
 //!
 //! It prints a table and asserts nothing about time: the figures depend on the machine. It fails
 //! only when the gateway does not do its job (a request answered with an error, a missing event),
@@ -35,8 +37,12 @@ use comfyui_gateway::server::Server;
 use comfyui_gateway::workflow::Templates;
 use comfyui_sim::{ComfySim, RecordedRequest, SimEvent, SimOptions};
 
+#[path = "gateway/assets.rs"]
+mod assets;
 #[path = "gateway/queue.rs"]
 mod queue;
+#[path = "gateway/v2.rs"]
+mod v2;
 
 type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -130,15 +136,28 @@ fn main() -> BenchResult<()> {
         print!("{out}");
         return Ok(());
     }
+    // `cargo bench --bench gateway -- assets`: only the asset library's section.
+    if std::env::args().any(|arg| arg == "assets") {
+        assets::print_assets(&mut out, &assets::bench_assets()?)?;
+        print!("{out}");
+        return Ok(());
+    }
     // `cargo bench --bench gateway -- large-output` measures that section alone.
     if std::env::args().any(|arg| arg == "large-output") {
         print_large_output(&mut out, &bench_large_output()?)?;
         print!("{out}");
         return Ok(());
     }
-    // The queue sections (issues 8 and 9), alone or together: `-- streams`, `-- burst`,
-    // `-- backends`, `-- added-latency`, `-- previews`, `-- durable`, `-- webhooks` (issue 16),
-    // or `-- queue` for all of them;
+    // `cargo bench --bench gateway -- v2`: Comfy API v2 against comfy-api-proxy alone.
+    if std::env::args().any(|arg| arg == "v2") {
+        v2::print_v2(&mut out, &v2::bench_v2()?)?;
+        writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
+        print!("{out}");
+        return Ok(());
+    }
+    // The queue sections (issues 8, 9 and 16), alone or together: `-- streams`, `-- burst`,
+    // `-- backends`, `-- added-latency`, `-- previews`, `-- soak` (SOAK_SECS long, default
+    // 600), `-- submit-latency`, `-- durable`, `-- webhooks`, or `-- queue` for all of them;
     // `-- burst-heap` is the in-process heap part of `burst` alone.
     let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
     let queue_only = [
@@ -149,6 +168,8 @@ fn main() -> BenchResult<()> {
         "backends",
         "added-latency",
         "previews",
+        "soak",
+        "submit-latency",
         "durable",
         "webhooks",
     ]
@@ -181,6 +202,8 @@ fn main() -> BenchResult<()> {
     print_large_output(&mut out, &large)?;
     print_conversion(&mut out, &conversion)?;
     queue_sections(&mut out, &|_| true)?;
+    v2::print_v2(&mut out, &v2::bench_v2()?)?;
+    assets::print_assets(&mut out, &assets::bench_assets()?)?;
     writeln!(out, "\ntotal bench time: {:.1} s", secs(started.elapsed()))?;
     print!("{out}");
     Ok(())
@@ -212,6 +235,12 @@ fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResul
     }
     if wanted("previews") {
         queue::print_previews(out, &queue::bench_previews()?)?;
+    }
+    if wanted("submit-latency") {
+        queue::print_submit_latency(out, &queue::bench_submit_latency()?)?;
+    }
+    if wanted("soak") {
+        queue::print_soak(out, &queue::bench_soak()?)?;
     }
     Ok(())
 }
@@ -254,7 +283,7 @@ fn header(out: &mut String) -> BenchResult<()> {
     writeln!(
         out,
         "commit:  {commit}, {} build, on 127.0.0.1: simulator and gateway in one process for \
-         sections 1-8, the gateway in its own process for 9-13",
+         sections 1-8 and 17, the gateway in its own process for 9-16",
         if cfg!(debug_assertions) {
             "debug"
         } else {

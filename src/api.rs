@@ -41,6 +41,9 @@ pub enum ErrorCode {
     ExecutionFailed,
     /// ComfyUI went away mid-job and the job's fate could not be recovered.
     ComfyuiLost,
+    /// ComfyUI kept answering `/prompt` with a server error (5xx), or with a 2xx lacking a
+    /// `prompt_id`, through every retry.
+    ComfyuiError,
     /// The job ran longer than `JOB_TIMEOUT_SECS`.
     Timeout,
     /// The images could not be stored; details say where they were kept.
@@ -62,7 +65,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in the order the README's tables list them (the OpenAPI document and its
     /// drift test walk this list).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidParams,
         ErrorCode::Unauthorized,
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::ExecutionFailed,
         ErrorCode::ComfyuiLost,
+        ErrorCode::ComfyuiError,
         ErrorCode::StorageFailed,
         ErrorCode::ComfyuiUnavailable,
         ErrorCode::Timeout,
@@ -116,6 +120,10 @@ impl ErrorCode {
             }
             ErrorCode::ExecutionFailed => "a node raised while ComfyUI ran the graph",
             ErrorCode::ComfyuiLost => "ComfyUI went away and the job's fate could not be told",
+            ErrorCode::ComfyuiError => {
+                "ComfyUI kept answering /prompt with a server error (or without a prompt_id); \
+                 the message names the backend, its status and the start of its body"
+            }
             ErrorCode::Timeout => "the job ran longer than JOB_TIMEOUT_SECS",
             ErrorCode::StorageFailed => {
                 "the images could not be stored; details.spool_dir says where they are kept"
@@ -152,6 +160,7 @@ impl ErrorCode {
             ErrorCode::ComfyuiRejected => "comfyui_rejected",
             ErrorCode::ExecutionFailed => "execution_failed",
             ErrorCode::ComfyuiLost => "comfyui_lost",
+            ErrorCode::ComfyuiError => "comfyui_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Cancelled => "cancelled",
@@ -176,7 +185,10 @@ impl ErrorCode {
             ErrorCode::ComfyuiRejected => 422,
             ErrorCode::Overloaded => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::ExecutionFailed | ErrorCode::ComfyuiLost | ErrorCode::StorageFailed => 502,
+            ErrorCode::ExecutionFailed
+            | ErrorCode::ComfyuiLost
+            | ErrorCode::ComfyuiError
+            | ErrorCode::StorageFailed => 502,
             ErrorCode::ComfyuiUnavailable | ErrorCode::TooManyConnections => 503,
             ErrorCode::Timeout => 504,
         }
@@ -458,6 +470,10 @@ pub struct RequestOptions {
     /// checked by `webhook::Webhooks`).
     #[serde(default)]
     pub webhook: Option<WebhookRequest>,
+    /// Comfy API v2 `metadata`: string labels a client filters its jobs by. Set only by
+    /// `POST /api/v2/jobs` (not one of the [`COMMON_FIELDS`]); saved with the job.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A request field that every generation request may carry, next to its template parameters.
@@ -683,6 +699,7 @@ mod tests {
             output_format: OutputFormat::Jpeg,
             quality: Some(70),
             webhook: None,
+            labels: Default::default(),
         };
         assert_eq!(req.options, options);
         let GenerateRequest::Template { params, .. } = req.generate else {
@@ -863,6 +880,7 @@ mod tests {
                 MalformedRequest => 17,
                 ExpectationFailed => 18,
                 TooManyConnections => 19,
+                ComfyuiError => 20,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| ordinal(*c)).collect();

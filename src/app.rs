@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::blobs::BlobStore;
 use crate::comfyui::{ClientOptions, ComfyClient};
 use crate::config::Config;
 use crate::ids::JobId;
@@ -35,6 +36,8 @@ pub struct App {
     pub local: Option<Arc<LocalStorage>>,
     /// Outputs whose upload failed, waiting for a retry.
     pub spool: Arc<Spool>,
+    /// The content-addressed store in `DATA_DIR/blobs` (job inputs are kept there).
+    pub blobs: BlobStore,
     /// Every job, waiting, running or remembered.
     pub jobs: Arc<JobRegistry>,
     /// Jobs on disk, so that the queue survives a restart.
@@ -53,6 +56,8 @@ pub struct App {
     /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
     /// demand, and read again when a backend comes back after a restart.
     pub installed: Arc<Installed>,
+    /// Comfy API v2's own state (idempotency keys, job labels, the asset library).
+    pub v2: crate::v2::V2State,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -98,6 +103,8 @@ impl App {
             Spool::new(config.data_dir.join("spool")).map_err(|e| data_dir_error("spool", e))?;
         let store =
             JobStore::open(config.data_dir.join("jobs")).map_err(|e| data_dir_error("jobs", e))?;
+        let blobs = BlobStore::open(config.data_dir.join("blobs"))
+            .map_err(|e| data_dir_error("blobs", e))?;
         // Downloads a stopped gateway left half-done; ComfyUI still has those files.
         if let Err(e) = spool.clear_staging() {
             log::warn!(
@@ -112,6 +119,8 @@ impl App {
             queue_ahead: config.queue_ahead,
             max_queued: config.max_queued_jobs,
             png_metadata: config.png_metadata,
+            lost_retries: config.lost_retries,
+            backend_grace: config.backend_grace,
             ..RunSettings::default()
         };
         let metrics = Metrics::default();
@@ -135,8 +144,17 @@ impl App {
             )),
             None => None,
         };
+        let v2 = crate::v2::V2State::open(&config.data_dir, blobs.clone())
+            .map_err(|e| data_dir_error("v2", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
-        let restored = restore_jobs(&store, &jobs, &run, config.job_retention);
+        let restored = restore_jobs(
+            &store,
+            &jobs,
+            &run,
+            config.job_retention,
+            &templates,
+            &blobs,
+        );
         // Restored jobs keep sending their webhooks (a finished one may still complete from
         // the spool).
         for job in jobs.all() {
@@ -146,6 +164,7 @@ impl App {
         }
         Ok(App {
             installed,
+            v2,
             warmup,
             jobs,
             webhooks,
@@ -154,6 +173,7 @@ impl App {
             storage,
             local,
             spool: Arc::new(spool),
+            blobs,
             store: Arc::new(store),
             run,
             metrics: Arc::new(metrics),
@@ -180,6 +200,8 @@ impl App {
             storage: Arc::clone(&self.storage),
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
+            blobs: self.blobs.clone(),
+            assets: Arc::clone(&self.v2.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
             on_comeback: Some(self.comeback_hook()),
@@ -200,10 +222,12 @@ impl App {
     fn comeback_hook(&self) -> crate::job::ComebackHook {
         let installed = Arc::clone(&self.installed);
         let warmup = self.warmup.clone();
+        let classes = Arc::clone(&self.v2.known_classes);
         Box::new(move |client: &ComfyClient| {
             if let Some(warmup) = &warmup {
                 warmup.start(client.clone());
             }
+            classes.forget();
             let installed = Arc::clone(&installed);
             let url = client.base_url().to_string();
             // Reading /object_info may take a while on a big install: off the monitor thread.

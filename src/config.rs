@@ -69,8 +69,18 @@ pub struct Config {
     /// `QUEUE_TIMEOUT_SECS`: how long a job may wait before ComfyUI starts it (unset: as long
     /// as it takes).
     pub queue_timeout: Option<Duration>,
+    /// `LOST_RETRIES`: how many times a job whose prompt a ComfyUI started and then lost (it
+    /// crashed or restarted) is sent again, from the front of the queue, before it ends with
+    /// `comfyui_lost` (default 1, 0 to 10; 0: never).
+    pub lost_retries: u32,
+    /// `BACKEND_GRACE_SECS`: while no backend answers, submissions are still queued if one
+    /// answered within this long (default 300 s, 0 to 1 day; 0: refuse at once with 503).
+    pub backend_grace: Duration,
     /// `MAX_BODY_BYTES`: the largest request body accepted (default 20 MiB, at least 1024).
     pub max_body_bytes: u64,
+    /// `MAX_UPLOAD_BYTES`: the largest Comfy API v2 asset upload, which is streamed to disk
+    /// rather than read into memory (default 100 MiB, at least 1024).
+    pub max_upload_bytes: u64,
     /// `API_KEYS`: bearer keys accepted by every endpoint but `/health`; empty means no
     /// authentication. Each key is non-empty and free of whitespace.
     pub api_keys: Vec<String>,
@@ -261,7 +271,10 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
         max_queued_jobs: usize::try_from(max_queued_jobs).unwrap_or(usize::MAX),
         queue_ahead: usize::try_from(queue_ahead).unwrap_or(usize::MAX),
         queue_timeout,
+        lost_retries: u32::try_from(whole_number(vars, &LOST_RETRIES)?).unwrap_or(u32::MAX),
+        backend_grace: Duration::from_secs(whole_number(vars, &BACKEND_GRACE_SECS)?),
         max_body_bytes: whole_number(vars, &MAX_BODY_BYTES)?,
+        max_upload_bytes: whole_number(vars, &MAX_UPLOAD_BYTES)?,
         api_keys: match vars.get("API_KEYS") {
             Some(keys) => api_keys(&keys)?,
             None => Vec::new(),
@@ -497,6 +510,22 @@ const QUEUE_TIMEOUT_SECS: WholeNumber = WholeNumber {
     max: 30 * 86_400,
 };
 
+const LOST_RETRIES: WholeNumber = WholeNumber {
+    variable: "LOST_RETRIES",
+    default: 1,
+    unit: "retries",
+    min: 0,
+    max: 10,
+};
+
+const BACKEND_GRACE_SECS: WholeNumber = WholeNumber {
+    variable: "BACKEND_GRACE_SECS",
+    default: 300,
+    unit: "seconds",
+    min: 0,
+    max: 86_400,
+};
+
 /// Bodies are read into memory, so the cap is 1 GiB (and `limit + 1` cannot overflow).
 const MAX_BODY_BYTES: WholeNumber = WholeNumber {
     variable: "MAX_BODY_BYTES",
@@ -504,6 +533,15 @@ const MAX_BODY_BYTES: WholeNumber = WholeNumber {
     unit: "bytes",
     min: 1024,
     max: 1 << 30,
+};
+
+/// Uploads are streamed to disk, so the cap is only a sanity bound (1 TiB).
+const MAX_UPLOAD_BYTES: WholeNumber = WholeNumber {
+    variable: "MAX_UPLOAD_BYTES",
+    default: 104_857_600,
+    unit: "bytes",
+    min: 1024,
+    max: 1 << 40,
 };
 
 /// Capped at ten years, which Supabase's 32-bit `expiresIn` holds.
@@ -769,7 +807,10 @@ impl fmt::Debug for Config {
             .field("max_queued_jobs", &self.max_queued_jobs)
             .field("queue_ahead", &self.queue_ahead)
             .field("queue_timeout", &self.queue_timeout)
+            .field("lost_retries", &self.lost_retries)
+            .field("backend_grace", &self.backend_grace)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .field("api_keys", &redacted_keys)
             .field("png_metadata", &self.png_metadata)
             .field("log_filter", &self.log_filter)
@@ -852,13 +893,32 @@ mod tests {
         assert_eq!(config.max_queued_jobs, 10_000);
         assert_eq!(config.queue_ahead, 1);
         assert_eq!(config.queue_timeout, None);
+        assert_eq!(config.lost_retries, 1);
+        assert_eq!(config.backend_grace, Duration::from_secs(300));
         assert_eq!(config.max_body_bytes, 20_971_520);
+        assert_eq!(config.max_upload_bytes, 104_857_600);
         assert!(config.api_keys.is_empty());
         assert_eq!(config.png_metadata, PngMetadata::Strip);
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.max_connections, None);
         assert!(config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn lost_retries_and_backend_grace_are_read_and_checked() {
+        let config = load(&[("LOST_RETRIES", "0"), ("BACKEND_GRACE_SECS", "30")]).expect("valid");
+        assert_eq!(config.lost_retries, 0);
+        assert_eq!(config.backend_grace, Duration::from_secs(30));
+        for (variable, value) in [
+            ("LOST_RETRIES", "11"),
+            ("LOST_RETRIES", "-1"),
+            ("BACKEND_GRACE_SECS", "86401"),
+            ("BACKEND_GRACE_SECS", "soon"),
+        ] {
+            let err = error(&[(variable, value)]);
+            assert_eq!((err.variable, err.value.as_str()), (variable, value));
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@
 
 pub mod api;
 pub mod app;
+pub mod assets;
+pub mod blobs;
 pub mod comfyui;
 pub mod config;
 pub mod convert;
@@ -64,6 +66,7 @@ pub mod sse;
 pub mod storage;
 pub mod strip;
 pub mod timestamp;
+pub mod v2;
 pub mod warmup;
 pub mod webhook;
 pub mod workflow;

@@ -35,6 +35,8 @@ pub fn document(app: &App) -> Value {
             .or_insert_with(|| json!({}));
         path[endpoint.method.to_ascii_lowercase()] = operation;
     }
+    // Comfy API v2, from its own router table.
+    paths.extend(crate::v2::doc::paths());
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -93,7 +95,7 @@ carry a raw ComfyUI graph); progress arrives as Server-Sent Events. Every error 
 `{\"error\": {\"code\", \"message\", \"details\"}}`; the codes and their statuses are the \
 `ErrorCode` schema. Any path answers 404 `not_found` when it does not exist and 405 \
 `method_not_allowed` (with an `Allow` header) for a method it does not take. With `API_KEYS` \
-set, every endpoint but `/health` and `/` needs `Authorization: Bearer KEY`.";
+set, every endpoint but `/health`, `/api/v2/health` and `/` needs `Authorization: Bearer KEY`. The paths under `/api/v2` are Comfy API v2 (tag `comfy-api-v2`), with that contract's own error envelope and codes (`V2Error`).";
 
 fn operation(app: &App, endpoint: &Endpoint) -> Value {
     let mut op = json!({
@@ -601,6 +603,9 @@ fn components(app: &App) -> Value {
     for (name, schema) in answer_schemas() {
         schemas.insert(name.into(), schema);
     }
+    for (name, schema) in crate::v2::doc::schemas() {
+        schemas.insert(name.into(), schema);
+    }
     json!({
         "schemas": schemas,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -657,7 +662,7 @@ fn event_schemas() -> Vec<(&'static str, Value)> {
             json!({"type": "object", "required": ["job_id", "workflow", "queue_position"],
             "description": "The gateway accepted the job and saved it; it waits in the gateway's queue.",
             "properties": {"job_id": job_id, "workflow": {"type": "string"},
-                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead in the gateway's queue (0: next)."},
+                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead of this one: its place in the gateway's queue plus the prompts the ComfyUIs hold (running or queued); 0: none ahead."},
                 "priority": {"type": "integer"},
                 "prompt_id": {"type": "null", "description": "Always null here: see the dispatched event."},
                 "backend": {"type": "null", "description": "Always null here: see the dispatched event."}},
@@ -693,7 +698,7 @@ fn event_schemas() -> Vec<(&'static str, Value)> {
             "description": "Every PROGRESS_INTERVAL_MS until the job ends.",
             "properties": {"job_id": job_id,
                 "state": {"enum": ["queued", "running", "uploading"]},
-                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead in the gateway's queue; 0 once on a ComfyUI."},
+                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead of this one: in the gateway's queue, its place there plus the prompts the ComfyUIs hold; in a ComfyUI's queue, the prompt it runs plus those sent to it before; 0 once running."},
                 "backend": {"type": ["string", "null"], "description": "The ComfyUI that runs the job, once dispatched."},
                 "node": {"type": ["string", "null"]}, "node_type": {"type": ["string", "null"]},
                 "step": {"type": ["integer", "null"]}, "steps": {"type": ["integer", "null"]},
@@ -819,7 +824,7 @@ fn answer_schemas() -> Vec<(&'static str, Value)> {
                 "workflow": {"type": "string"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "priority": {"type": "integer"},
-                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead in the gateway's queue while it waits there."},
+                "queue_position": {"type": ["integer", "null"], "description": "Jobs ahead of this one while it waits (in the gateway's queue or a ComfyUI's); 0 while it runs; null once ComfyUI is done with it."},
                 "backend": {"type": ["string", "null"], "description": "The ComfyUI that runs (or ran) the job."},
                 "prompt_id": {"type": ["string", "null"]},
                 "progress": {"oneOf": [{"$ref": "#/components/schemas/ProgressEvent"}, {"type": "null"}]},

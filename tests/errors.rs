@@ -2,7 +2,7 @@
 
 mod common;
 
-use comfyui_sim::{Failure, SimEvent};
+use comfyui_sim::{Failure, PromptFault, SimEvent};
 use common::harness::{Harness, Options, agent, small_txt2img};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -227,7 +227,10 @@ fn execution_error_ends_the_stream_naming_the_node() {
 
 #[test]
 fn comfyui_down_is_503_before_any_stream() {
-    let h = Harness::start();
+    let h = Harness::with(Options {
+        vars: vec![("BACKEND_GRACE_SECS", "0".into())],
+        ..Options::default()
+    });
     h.sim.crash();
     let stream = h.generate_stream(&small_txt2img("nobody home"));
     assert_eq!(stream.status, 503);
@@ -254,8 +257,11 @@ fn websocket_dropped_mid_job_reconnects_and_completes() {
 }
 
 #[test]
-fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
+fn comfyui_dying_mid_job_ends_with_comfyui_lost_when_lost_retries_is_0() {
+    // With the default LOST_RETRIES=1 the job would go back to the queue and wait for a
+    // backend instead (tests/queue.rs).
     let h = Harness::with(Options {
+        vars: vec![("LOST_RETRIES", "0".into())],
         tweak: |app| app.run.comfyui_grace = Duration::from_millis(800),
         ..Options::step_ms(30)
     });
@@ -273,8 +279,11 @@ fn comfyui_dying_mid_job_ends_with_comfyui_lost() {
 }
 
 #[test]
-fn comfyui_restarting_mid_job_loses_the_prompt() {
-    let h = Harness::with(Options::step_ms(30));
+fn comfyui_restarting_mid_job_loses_the_prompt_when_lost_retries_is_0() {
+    let h = Harness::with(Options {
+        vars: vec![("LOST_RETRIES", "0".into())],
+        ..Options::step_ms(30)
+    });
     let sim_events = h.sim.events();
     h.sim.fail_next(Failure::CrashAt { step: 2 });
     let mut body = small_txt2img("restarted");
@@ -391,5 +400,90 @@ fn raw_graphs_are_checked_here_and_by_comfyui() {
     assert!(
         message.contains("NoSuchNode"),
         "ComfyUI's reason reaches the client: {message}"
+    );
+}
+
+/// `/prompt` requests a simulator received.
+fn prompt_requests(sim: &comfyui_sim::ComfySim) -> Vec<comfyui_sim::RecordedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .collect()
+}
+
+#[test]
+fn a_comfyui_answering_prompt_with_500_ends_the_job_with_a_clear_error_not_a_hang() {
+    let h = Harness::start();
+    h.sim.fail_prompts(Some(PromptFault {
+        status: 500,
+        body: "Internal Server Error: custom node exploded\n".into(),
+        times: u32::MAX,
+    }));
+    // A stream and a JSON waiter, both on the only backend.
+    let mut stream = h.generate_stream(&small_txt2img("streamed"));
+    let (status, body) = h.post_json("/generate", &small_txt2img("waited for"));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(code(&body), "comfyui_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    for part in [h.sim.url().as_str(), "500", "custom node exploded"] {
+        assert!(message.contains(part), "{part:?} in {message:?}");
+    }
+    assert_eq!(body["error"]["details"]["status"], 500, "{body}");
+    assert_eq!(body["error"]["details"]["backend"], h.sim.url().as_str());
+    let events = stream.until_terminal();
+    let last = events.last().expect("a terminal event");
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "comfyui_error", "{:?}", last.data);
+    // Each job was tried a bounded number of times, about once a second: no hot loop.
+    let tries = prompt_requests(&h.sim);
+    assert_eq!(tries.len(), 6, "3 tries for each of the 2 jobs");
+    // Nothing more is sent once they ended.
+    let (status, _) = h.get_json("/health");
+    assert_eq!(status, 200);
+    assert_eq!(prompt_requests(&h.sim).len(), 6);
+}
+
+#[test]
+fn a_backend_answering_without_a_prompt_id_rests_while_the_other_takes_the_jobs() {
+    let broken = comfyui_sim::ComfySim::start(comfyui_sim::SimOptions {
+        step_delay: Duration::from_millis(5),
+        ..comfyui_sim::SimOptions::default()
+    })
+    .expect("a second simulator");
+    broken.fail_prompts(Some(PromptFault {
+        status: 200,
+        body: "{\"number\": 3}".into(),
+        times: u32::MAX,
+    }));
+    let h = Harness::with(Options {
+        more_backends: vec![broken.url()],
+        ..Options::default()
+    });
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..8)
+        .map(|n| {
+            let (status, body) = h.post_json(
+                "/jobs",
+                &json!({"workflow": "invert", "width": 8, "height": 8, "color": n}),
+            );
+            assert_eq!(status, 202, "{body}");
+            body["job_id"].as_str().expect("job id").to_string()
+        })
+        .collect();
+    for id in &ids {
+        let events = h
+            .get_stream(&format!("/jobs/{id}/events"), &[])
+            .until_terminal();
+        let last = events.last().expect("a terminal event");
+        assert_eq!(last.event, "complete", "{:?}", last.data);
+        assert_eq!(last.data["backend"], h.sim.url().as_str());
+    }
+    // The broken one was asked about once a second at most, not every few milliseconds.
+    let asked = prompt_requests(&broken).len() as u64;
+    assert!(asked >= 1, "the broken backend was tried");
+    assert!(
+        asked <= 2 + started.elapsed().as_secs(),
+        "{asked} tries in {:?}",
+        started.elapsed()
     );
 }

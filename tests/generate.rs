@@ -315,6 +315,69 @@ fn img2img_uploads_the_input_image_first() {
     assert_eq!(result["params"]["image"]["bytes"], png.len());
 }
 
+#[test]
+fn an_input_image_is_kept_once_and_uploaded_once_per_backend_under_its_content_name() {
+    let h = Harness::start();
+    let sim_events = h.sim.events();
+    let red = common::tiny_png(8, 8);
+    let other = common::tiny_png(9, 9);
+    let job = |png: &[u8], seed: u64| {
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png);
+        json!({"workflow": "img2img", "prompt": "again", "seed": seed, "steps": 1, "image": encoded})
+    };
+    let uploads = || {
+        h.sim
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/upload/image")
+            .count()
+    };
+    let hex = comfyui_gateway::blobs::BlobHash::of(&red).hex();
+    for seed in 1..=3 {
+        let (status, result) = h.post_json("/generate", &job(&red, seed));
+        assert_eq!(status, 200, "{result}");
+        // The saved record refers to the image; it does not carry it.
+        let id = result["job_id"].as_str().expect("job id");
+        let record = std::fs::read_to_string(h.dir.path().join("jobs").join(format!("{id}.json")))
+            .expect("the job's record");
+        assert!(record.contains(&format!("blake3:{hex}")), "{record}");
+        assert!(
+            record.len() < 4096,
+            "a small record: {} bytes",
+            record.len()
+        );
+    }
+    assert_eq!(uploads(), 1, "the same image is uploaded once");
+    let (status, result) = h.post_json("/generate", &job(&other, 4));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(uploads(), 2, "a different image is uploaded");
+    let requests = h.sim.requests();
+    let prompts: Vec<Value> = requests
+        .iter()
+        .filter(|r| r.path == "/prompt" && r.method == "POST")
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON"))
+        .collect();
+    assert_eq!(
+        prompts[0]["prompt"]["10"]["inputs"]["image"],
+        format!("gateway/{hex}.png"),
+        "LoadImage names the file by its content, in the gateway subfolder"
+    );
+    let blob = h.dir.path().join("blobs").join(&hex[..2]).join(&hex);
+    assert_eq!(std::fs::read(blob).expect("the blob"), red);
+
+    // A restarted ComfyUI (its input folder gone) gets the file again.
+    h.sim.restart().expect("the simulator restarts");
+    common::wait_for(&sim_events, "the restart", |e| {
+        matches!(e, comfyui_sim::SimEvent::Restarted)
+    });
+    common::wait_for(&sim_events, "the gateway to reconnect", |e| {
+        matches!(e, comfyui_sim::SimEvent::WsConnected { .. })
+    });
+    let (status, result) = h.post_json("/generate", &job(&red, 5));
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(uploads(), 3, "uploaded again after ComfyUI restarted");
+}
+
 /// The first image of a result as the gateway stored it, and as ComfyUI made it.
 fn stored_and_original(h: &Harness, result: &Value) -> (Vec<u8>, Vec<u8>) {
     let key = result["images"][0]["key"].as_str().expect("key");

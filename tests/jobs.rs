@@ -70,16 +70,18 @@ fn a_client_that_drops_mid_stream_re_attaches_and_misses_nothing() {
         .get_stream(&format!("/jobs/{job_id}/events"), &[("Last-Event-ID", "3")])
         .until_terminal();
     let rest_ids = ids(&rest);
-    assert_eq!(
-        rest_ids.first(),
-        Some(&4),
-        "resumes right after the last seen event"
+    assert!(
+        rest_ids.first().is_some_and(|id| *id >= 4),
+        "resumes after the last seen event: {rest_ids:?}"
     );
-    assert_eq!(
-        rest_ids,
-        (4..4 + rest.len() as u64).collect::<Vec<_>>(),
-        "no gaps or repeats"
+    assert!(
+        rest_ids.windows(2).all(|w| w[0] < w[1]),
+        "no repeats: {rest_ids:?}"
     );
+    // Only the newest progress tick is kept for a replay: between two kept events a gap can
+    // only be ticks that a newer tick replaced.
+    let kinds: Vec<&str> = rest.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.contains(&"complete"), "{kinds:?}");
     assert_eq!(
         rest.last().map(|e| e.event.as_str()),
         Some("complete"),
@@ -106,10 +108,18 @@ fn two_watchers_see_the_same_events_and_a_late_one_gets_the_replay() {
     assert_eq!(summary(&a), summary(&b));
     assert_eq!(a.first().map(|e| e.event.as_str()), Some("queued"));
     let late = h.get_stream(&path, &[]).until_terminal();
+    // A watcher after the end gets every event but the progress ticks, and the newest tick.
+    let newest_tick = a.iter().rposition(|e| e.event == "progress");
+    let kept: Vec<_> = a
+        .iter()
+        .enumerate()
+        .filter(|(n, e)| e.event != "progress" || Some(*n) == newest_tick)
+        .map(|(_, e)| e.clone())
+        .collect();
     assert_eq!(
         summary(&late),
-        summary(&a),
-        "a watcher after the end gets the full replay"
+        summary(&kept),
+        "a watcher after the end gets the replay"
     );
     let by_query = h
         .get_stream(&format!("{path}?last_event_id={}", a.len() - 1), &[])
@@ -222,7 +232,10 @@ fn beyond_max_queued_jobs_is_429_with_retry_after() {
     wait_dispatched(&h, &on_comfyui);
     let job_id = create_job(&h, &small_txt2img("waits in the gateway"));
     let (_, waiting) = h.get_json(&format!("/jobs/{job_id}"));
-    assert_eq!(waiting["queue_position"], 0, "{waiting}");
+    assert_eq!(
+        waiting["queue_position"], 1,
+        "behind the one on ComfyUI: {waiting}"
+    );
     assert_eq!(waiting["backend"], Value::Null);
     let mut response = agent()
         .post(&h.url("/jobs"))

@@ -6,6 +6,7 @@ mod common;
 use comfyui_gateway::api::{COMMON_FIELDS, ErrorCode};
 use comfyui_gateway::openapi::template_component;
 use comfyui_gateway::server::{ENDPOINTS, Endpoint, ROUTER_ERRORS};
+use comfyui_gateway::v2;
 use common::harness::{Harness, Options, agent};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -82,7 +83,10 @@ fn the_document_and_the_router_table_agree() {
             assert!(
                 ENDPOINTS
                     .iter()
-                    .any(|e| e.path == path && e.method.eq_ignore_ascii_case(method)),
+                    .any(|e| e.path == path && e.method.eq_ignore_ascii_case(method))
+                    || v2::ROUTES
+                        .iter()
+                        .any(|r| r.path == path && r.method.eq_ignore_ascii_case(method)),
                 "{method} {path} is documented but not routed"
             );
         }
@@ -105,6 +109,47 @@ fn the_document_and_the_router_table_agree() {
     }
     let router: Vec<&str> = ROUTER_ERRORS.iter().map(|c| c.as_str()).collect();
     assert_eq!(doc["x-router-errors"], json!(router));
+}
+
+#[test]
+fn the_v2_routes_are_documented_as_their_table_says() {
+    let h = Harness::start();
+    let doc = document(&h);
+    let mut ids = BTreeSet::new();
+    for route in v2::ROUTES {
+        let name = format!("{} {}", route.method, route.path);
+        let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
+        assert_eq!(op["x-contract-operation-id"], route.operation_id, "{name}");
+        let id = op["operationId"]
+            .as_str()
+            .expect("an operation id")
+            .to_string();
+        assert!(
+            ENDPOINTS.iter().all(|e| e.operation_id != id),
+            "{name}: {id} is also a gateway operation"
+        );
+        assert!(ids.insert(id), "{name}: operation ids are unique");
+        let documented: BTreeSet<u16> = op["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(|s| s.parse().expect("a numeric status"))
+            .collect();
+        let served: BTreeSet<u16> = route
+            .answers
+            .iter()
+            .copied()
+            .chain(route.errors.iter().map(|(status, _)| *status))
+            .collect();
+        assert_eq!(documented, served, "{name}");
+        for (status, code) in route.errors {
+            let response = &op["responses"][status.to_string()];
+            assert!(
+                documented_codes(response).contains(*code),
+                "{name}: {code} is not documented under {status}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use comfyui_sim::{ComfySim, SimEvent, SimOptions};
+use comfyui_sim::{ComfySim, Failure, SimEvent, SimOptions};
 use common::harness::{Harness, Options};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,8 +95,8 @@ fn higher_priority_runs_first_and_arrival_order_holds_within_a_priority() {
         .collect();
     assert_eq!(
         positions,
-        BTreeMap::from([(4, 0), (2, 1), (1, 2), (3, 3), (5, 4)]),
-        "queue_position is the place in the gateway's queue"
+        BTreeMap::from([(4, 1), (2, 2), (1, 3), (3, 4), (5, 5)]),
+        "queue_position is the place in the gateway's queue, behind the blocker on ComfyUI"
     );
     h.sim.resume();
     for id in jobs.keys() {
@@ -215,7 +215,8 @@ fn after_both_restart_a_started_prompt_is_lost_and_a_waiting_one_is_sent_again()
         options.vars.extend(more);
         options
     };
-    let first = Harness::with(options(vec![]));
+    // LOST_RETRIES=0: a prompt lost mid-render is not sent again.
+    let first = Harness::with(options(vec![("LOST_RETRIES", "0".into())]));
     let sim_events = first.sim.events();
     let mut long = small_txt2img_steps("runs when both restart", 30);
     long["seed"] = json!(1);
@@ -239,7 +240,10 @@ fn after_both_restart_a_started_prompt_is_lost_and_a_waiting_one_is_sent_again()
     drop(app);
     sim.crash();
     sim.restart().expect("the simulator restarts");
-    let second = Harness::with(options(vec![("COMFYUI_URL", sim.url())]));
+    let second = Harness::with(options(vec![
+        ("COMFYUI_URL", sim.url()),
+        ("LOST_RETRIES", "0".into()),
+    ]));
     let (event, data) = outcome(&second, &running);
     assert_eq!(
         (event.as_str(), data["code"].as_str()),
@@ -248,6 +252,123 @@ fn after_both_restart_a_started_prompt_is_lost_and_a_waiting_one_is_sent_again()
     );
     let (event, data) = outcome(&second, &waiting);
     assert_eq!(event, "complete", "sent again: {data}");
+}
+
+#[test]
+fn queue_position_counts_the_jobs_ahead_in_comfyuis_queue_and_in_the_gateways() {
+    let h = Harness::with(Options {
+        vars: vec![("QUEUE_AHEAD", "1".into())],
+        ..Options::step_ms(100)
+    });
+    // A runs, B waits in ComfyUI's queue behind it, C waits in the gateway's queue.
+    let mut a_body = small_txt2img_steps("runs", 60);
+    a_body["seed"] = json!(1);
+    let a = create(&h, &a_body);
+    let mut a_events = h.get_stream(&format!("/jobs/{a}/events"), &[]);
+    while let Some(event) = a_events.next_event() {
+        if event.event == "progress" && event.data["state"] == "running" {
+            assert_eq!(event.data["queue_position"], 0, "{:?}", event.data);
+            break;
+        }
+    }
+    let b = create(&h, &small_txt2img_steps("waits in ComfyUI", 1));
+    let mut b_events = h.get_stream(&format!("/jobs/{b}/events"), &[]);
+    let mut dispatched = false;
+    while let Some(event) = b_events.next_event() {
+        dispatched |= event.event == "dispatched";
+        if dispatched && event.event == "progress" {
+            assert_eq!(
+                event.data["queue_position"], 1,
+                "behind the one ComfyUI runs: {:?}",
+                event.data
+            );
+            break;
+        }
+    }
+    let c = create(&h, &small_txt2img_steps("waits in the gateway", 1));
+    let position = |id: &str| h.get_json(&format!("/jobs/{id}")).1["queue_position"].clone();
+    assert_eq!(position(&a), json!(0), "the running job has none ahead");
+    assert_eq!(position(&b), json!(1), "A runs ahead of B");
+    assert_eq!(position(&c), json!(2), "A and B are ahead of C");
+    let mut c_events = h.get_stream(&format!("/jobs/{c}/events"), &[]);
+    let first = c_events.next_event().expect("C's queued event");
+    assert_eq!(first.event, "queued");
+    assert_eq!(first.data["queue_position"], 2, "{:?}", first.data);
+    let tick = c_events.next_event().expect("C's tick");
+    assert_eq!(tick.data["queue_position"], 2, "{:?}", tick.data);
+    for id in [&a, &b, &c] {
+        let (status, _) = h.delete_json(&format!("/jobs/{id}"));
+        assert_eq!(status, 200);
+    }
+}
+
+#[test]
+fn a_render_lost_to_a_crash_runs_again_once_then_ends_comfyui_lost() {
+    let h = Harness::with(Options::step_ms(20));
+    let sim_events = h.sim.events();
+    h.sim.fail_next(Failure::CrashAt { step: 2 });
+    let mut stream = h.generate_stream(&small_txt2img_steps("crashes twice", 6));
+    // First loss: ComfyUI dies mid-render and comes back empty.
+    common::wait_for(&sim_events, "the first crash", |e| {
+        matches!(e, SimEvent::Crashed)
+    });
+    h.sim.fail_next(Failure::CrashAt { step: 2 });
+    h.sim.restart().expect("the simulator restarts");
+    // The job is sent again; the resent prompt is lost too, and that ends it.
+    common::wait_for(&sim_events, "the second crash", |e| {
+        matches!(e, SimEvent::Crashed)
+    });
+    h.sim.restart().expect("the simulator restarts");
+    let events = stream.until_terminal();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e.event.as_str())
+        .filter(|name| *name != "progress")
+        .collect();
+    assert_eq!(
+        names,
+        ["queued", "dispatched", "queued", "dispatched", "error"],
+        "waiting and dispatched again, then the end"
+    );
+    let requeued = events
+        .iter()
+        .filter(|e| e.event == "queued")
+        .nth(1)
+        .expect("a second queued event");
+    assert_eq!(
+        requeued.data["lost"]["code"], "comfyui_lost",
+        "{:?}",
+        requeued.data
+    );
+    let last = events.last().expect("the terminal event");
+    assert_eq!(last.data["code"], "comfyui_lost", "{:?}", last.data);
+    let prompts = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .count();
+    assert_eq!(prompts, 2, "sent once more, not more");
+}
+
+#[test]
+fn a_render_lost_to_a_crash_completes_on_its_second_run_and_submissions_wait_meanwhile() {
+    let h = Harness::with(Options::step_ms(20));
+    let sim_events = h.sim.events();
+    h.sim.fail_next(Failure::CrashAt { step: 2 });
+    let mut body = small_txt2img_steps("crashes once", 6);
+    body["seed"] = json!(7);
+    let lost = create(&h, &body);
+    common::wait_for(&sim_events, "the crash", |e| matches!(e, SimEvent::Crashed));
+    // No backend answers now, but one did moments ago (BACKEND_GRACE_SECS): still queued.
+    let (status, answer) = h.post_json("/jobs", &invert(5));
+    assert_eq!(status, 202, "queued while ComfyUI restarts: {answer}");
+    let later = answer["job_id"].as_str().expect("job id").to_string();
+    h.sim.restart().expect("the simulator restarts");
+    let (event, data) = outcome(&h, &lost);
+    assert_eq!(event, "complete", "the lost render ran again: {data}");
+    let (event, data) = outcome(&h, &later);
+    assert_eq!(event, "complete", "{data}");
 }
 
 /// A small txt2img job with `steps` sampler steps.

@@ -1,5 +1,6 @@
-//! Issue 16 items 7 and 9: what the durable write of a job record costs a submission, and the
-//! gateway's memory while 10,000 waiting jobs ask for `progress` webhooks a slow receiver takes.
+//! Sections 18 and 19 (issue 16 items 9 and 7): what the durable write of a job record costs a
+//! submission, and the gateway's memory while 10,000 waiting jobs ask for `progress` webhooks a
+//! slow receiver takes.
 //!
 //! A child of the queue sections' module, so it uses their gateway process and helpers.
 
@@ -21,7 +22,7 @@ const SAVES: usize = 300;
 /// Submissions timed end to end.
 const SUBMISSIONS: usize = 300;
 
-/// Section 16: the cost of `fsync`ing every job record.
+/// Section 18: the cost of `fsync`ing every job record.
 pub struct DurableCost {
     record_bytes: usize,
     /// A temporary file renamed over the record, not synced: how records were written before.
@@ -35,7 +36,7 @@ pub struct DurableCost {
 /// Times both ways of writing a job-record-sized file in a scratch folder on the machine's temp
 /// disk, then `POST /jobs` against a gateway process whose `DATA_DIR` is on the same disk.
 pub fn bench_durable() -> BenchResult<DurableCost> {
-    note("16. durable job records");
+    note("18. durable job records");
     let dir = std::env::temp_dir().join(format!(
         "comfyui-gateway-bench-durable-{}",
         comfyui_gateway::ids::new_uuid()
@@ -78,11 +79,11 @@ pub fn bench_durable() -> BenchResult<DurableCost> {
     })
 }
 
-/// Prints section 16.
+/// Prints section 18.
 pub fn print_durable(out: &mut String, cost: &DurableCost) -> BenchResult<()> {
     writeln!(
         out,
-        "\n16. Durable job records: a {} B record written {SAVES} times in the temp folder; \
+        "\n18. Durable job records: a {} B record written {SAVES} times in the temp folder; \
          then {SUBMISSIONS} POST /jobs (one client, jobs waiting behind a slow render)",
         cost.record_bytes
     )?;
@@ -117,7 +118,7 @@ const WEBHOOK_SAMPLE: Duration = Duration::from_secs(15);
 /// How long the slow receiver takes to answer each webhook (it answers one at a time).
 const RECEIVER_DELAY: Duration = Duration::from_millis(50);
 
-/// Section 17: memory while many jobs ask for `progress` webhooks a slow receiver takes.
+/// Section 19: memory while many jobs ask for `progress` webhooks a slow receiver takes.
 pub struct WebhookMemory {
     idle_mib: f64,
     submitted_in: Duration,
@@ -208,7 +209,7 @@ fn answer_slowly(stream: TcpStream) -> bool {
 /// Queues [`WEBHOOK_JOBS`] jobs behind one slow render, each asking for `progress` webhooks to a
 /// receiver that takes 20 a second, and samples the gateway's RSS while they wait.
 pub fn bench_webhooks() -> BenchResult<WebhookMemory> {
-    note("17. progress webhooks of 10,000 waiting jobs");
+    note("19. progress webhooks of 10,000 waiting jobs");
     let receiver = SlowReceiver::start()?;
     let sim = quiet_sim(Duration::from_secs(600))?;
     let gateway = GatewayProcess::start(
@@ -249,11 +250,11 @@ pub fn bench_webhooks() -> BenchResult<WebhookMemory> {
     })
 }
 
-/// Prints section 17.
+/// Prints section 19.
 pub fn print_webhooks(out: &mut String, memory: &WebhookMemory) -> BenchResult<()> {
     writeln!(
         out,
-        "\n17. {WEBHOOK_JOBS} jobs waiting behind one slow render, each asking for progress \
+        "\n19. {WEBHOOK_JOBS} jobs waiting behind one slow render, each asking for progress \
          webhooks (a tick a second each) to one receiver answering one at a time in {} ms",
         RECEIVER_DELAY.as_millis()
     )?;

@@ -24,7 +24,7 @@ use comfyui_sim::{ComfySim, PreviewFormat, SimEvent, SimOptions, WsStats};
 
 use super::{BenchResult, SseStream, Summary, agent, invert_request, ms, note, secs};
 
-/// Sections 16 and 17 (issue 16): durable job records and progress webhooks.
+/// Sections 18 and 19 (issue 16): durable job records and progress webhooks.
 #[path = "frontdoor.rs"]
 pub mod frontdoor;
 
@@ -32,7 +32,7 @@ pub mod frontdoor;
 // A gateway in its own process
 
 /// The gateway's release binary, run with a scratch `DATA_DIR` and its log in a file.
-struct GatewayProcess {
+pub(super) struct GatewayProcess {
     child: Child,
     addr: SocketAddr,
     /// Holds `data/` (the gateway's `DATA_DIR`) and `gateway.log`; removed on drop.
@@ -41,17 +41,26 @@ struct GatewayProcess {
 
 /// What `/proc/{pid}/status` says about a process.
 #[derive(Clone, Copy, Default)]
-struct ProcStatus {
+pub(super) struct ProcStatus {
     rss_kib: u64,
-    hwm_kib: u64,
+    pub(super) hwm_kib: u64,
     threads: u64,
 }
 
 impl GatewayProcess {
     /// Starts the gateway against `comfyui` (one URL per backend) with `vars` on top of the
     /// bench's settings, and waits (at most 20 s) until `/health` answers.
-    fn start(comfyui: &[String], vars: &[(&str, &str)]) -> BenchResult<GatewayProcess> {
-        let scratch = std::env::temp_dir().join(format!(
+    pub(super) fn start(comfyui: &[String], vars: &[(&str, &str)]) -> BenchResult<GatewayProcess> {
+        GatewayProcess::start_in(&std::env::temp_dir(), comfyui, vars)
+    }
+
+    /// Like [`start`](Self::start), with its scratch folder (and so `DATA_DIR`) under `root`.
+    fn start_in(
+        root: &Path,
+        comfyui: &[String],
+        vars: &[(&str, &str)],
+    ) -> BenchResult<GatewayProcess> {
+        let scratch = root.join(format!(
             "comfyui-gateway-bench-process-{}",
             comfyui_gateway::ids::new_uuid()
         ));
@@ -114,11 +123,11 @@ impl GatewayProcess {
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -179,7 +188,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn proc_status(pid: u32) -> BenchResult<ProcStatus> {
+pub(super) fn proc_status(pid: u32) -> BenchResult<ProcStatus> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
@@ -239,7 +248,7 @@ impl Drop for ThreadWatch {
 
 /// Raises this process's open-files soft limit to its hard limit: a thousand clients, each
 /// with a socket, plus the simulator's, need more than the common default of 1,024.
-fn raise_open_files_limit() {
+pub(super) fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -255,7 +264,7 @@ fn raise_open_files_limit() {
 }
 
 /// A simulator with this step delay that keeps no request log.
-fn quiet_sim(step_delay: Duration) -> BenchResult<ComfySim> {
+pub(super) fn quiet_sim(step_delay: Duration) -> BenchResult<ComfySim> {
     Ok(ComfySim::start(SimOptions {
         step_delay,
         record_requests: false,
@@ -1053,6 +1062,253 @@ pub(super) fn print_previews(out: &mut String, runs: &[PreviewRun]) -> BenchResu
                 ms(r.gaps.p99),
                 ms(r.gaps.max)
             ),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14: the soak (issue 16 item 1)
+
+/// Jobs waiting through the soak, and what each runs: img2img on one small input image, 8
+/// sampler steps of 250 ms (2 s a job), so a few hundred complete while the rest wait.
+const SOAK_JOBS: usize = 10_000;
+const SOAK_STEPS: u32 = 8;
+const SOAK_STEP_MS: u64 = 250;
+/// RSS is sampled this often.
+const SOAK_SAMPLE: Duration = Duration::from_secs(30);
+
+/// How long the soak lasts: `SOAK_SECS` (default 600), e.g. `SOAK_SECS=60` for a quick look.
+fn soak_length() -> Duration {
+    let secs = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs.max(1))
+}
+
+/// One sample of the soak.
+pub(super) struct SoakSample {
+    at: Duration,
+    status: ProcStatus,
+    completed: u64,
+}
+
+pub(super) struct Soak {
+    length: Duration,
+    queued: usize,
+    refused: usize,
+    first_refusal: Option<String>,
+    submit: Duration,
+    idle: ProcStatus,
+    image_bytes: usize,
+    samples: Vec<SoakSample>,
+    saved_bytes: u64,
+    ended: BTreeMap<String, u64>,
+}
+
+/// A 64x64 RGB PNG of noise (about 12 KB), the input image of every soak job.
+fn soak_image() -> BenchResult<Vec<u8>> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let pixels: Vec<u8> = (0..64 * 64 * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    super::encode_rgb(&pixels, 64, 64, None)
+}
+
+pub(super) fn bench_soak() -> BenchResult<Soak> {
+    let length = soak_length();
+    note(&format!(
+        "14. soak: {SOAK_JOBS} jobs waiting behind a slow backend for {} s (SOAK_SECS)",
+        length.as_secs()
+    ));
+    let sim = quiet_sim(Duration::from_millis(SOAK_STEP_MS))?;
+    let gateway = GatewayProcess::start(
+        &[sim.url()],
+        &[("JOB_TIMEOUT_SECS", "3600"), ("MAX_QUEUED_JOBS", "20000")],
+    )?;
+    let url = gateway.url();
+    let warm = agent();
+    for _ in 0..20 {
+        queue_job(&warm, &url, &invert_request())?;
+    }
+    gateway.wait_for_jobs(20, Duration::from_secs(60))?;
+    let idle = gateway.status()?;
+    let image = soak_image()?;
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &image);
+    let seed = AtomicU64::new(1);
+    let body = || {
+        json!({"workflow": "img2img", "prompt": "a lighthouse at dusk", "image": encoded,
+               "seed": seed.fetch_add(1, Ordering::Relaxed), "steps": SOAK_STEPS})
+    };
+    let started = Instant::now();
+    let (refused, first_refusal) = queue_jobs(&url, BURST_CLIENTS, SOAK_JOBS, &body);
+    let submit = started.elapsed();
+    let saved_bytes = gateway.saved_job_bytes();
+    let soak = Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        let ended = gateway.jobs_ended()?;
+        samples.push(SoakSample {
+            at: soak.elapsed(),
+            status: gateway.status()?,
+            completed: completed(&ended).saturating_sub(20),
+        });
+        let next = SOAK_SAMPLE * samples.len() as u32;
+        if next > length {
+            break;
+        }
+        thread::sleep(next.saturating_sub(soak.elapsed()));
+    }
+    let mut ended = gateway.jobs_ended()?;
+    if let Some(done) = ended.get_mut("completed") {
+        *done = done.saturating_sub(20);
+    }
+    Ok(Soak {
+        length,
+        queued: SOAK_JOBS - refused,
+        refused,
+        first_refusal,
+        submit,
+        idle,
+        image_bytes: image.len(),
+        samples,
+        saved_bytes,
+        ended,
+    })
+}
+
+pub(super) fn print_soak(out: &mut String, soak: &Soak) -> BenchResult<()> {
+    writeln!(
+        out,
+        "\n14. Soak: {} img2img jobs (one {} B input image each) queued, then {} s behind one slow \
+         ComfyUI ({SOAK_STEPS} steps x {SOAK_STEP_MS} ms)\n    while jobs complete; the gateway in \
+         its own process, PROGRESS_INTERVAL_MS 1000 (every waiting job ticks each second)",
+        soak.queued,
+        soak.image_bytes,
+        soak.length.as_secs()
+    )?;
+    writeln!(
+        out,
+        "submitted in {:.1} s (refused {}); idle RSS {:.1} MiB; job files {:.0} B each on disk",
+        secs(soak.submit),
+        soak.refused,
+        mib(soak.idle.rss_kib),
+        soak.saved_bytes as f64 / soak.queued.max(1) as f64
+    )?;
+    writeln!(out, "  t (s)   RSS (MiB)   completed   waiting   threads")?;
+    for sample in &soak.samples {
+        writeln!(
+            out,
+            "  {:>5.0}   {:>9.1}   {:>9}   {:>7}   {:>7}",
+            secs(sample.at),
+            mib(sample.status.rss_kib),
+            sample.completed,
+            (soak.queued as u64).saturating_sub(sample.completed),
+            sample.status.threads
+        )?;
+    }
+    let rss: Vec<u64> = soak.samples.iter().map(|s| s.status.rss_kib).collect();
+    let (low, high) = (
+        rss.iter().copied().min().unwrap_or(0),
+        rss.iter().copied().max().unwrap_or(0),
+    );
+    let first = rss.first().copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    let spread = (high - low) as f64 / low.max(1) as f64 * 100.0;
+    let peak = soak.samples.last().map_or(0, |s| s.status.hwm_kib);
+    writeln!(
+        out,
+        "RSS first {:.1} MiB, last {:.1} MiB, lowest {:.1}, highest {:.1}: spread {:.1} % ({}); \
+         peak (VmHWM) {:.1} MiB ({})",
+        mib(first),
+        mib(last),
+        mib(low),
+        mib(high),
+        spread,
+        if spread <= 10.0 {
+            "flat within 10 %"
+        } else {
+            "NOT flat within 10 %"
+        },
+        mib(peak),
+        if mib(peak) <= 100.0 {
+            "at most 100 MiB"
+        } else {
+            "OVER 100 MiB"
+        },
+    )?;
+    writeln!(out, "jobs ended by state: {:?}", soak.ended)?;
+    if let Some(refusal) = &soak.first_refusal {
+        writeln!(out, "  the first refusal: {refusal}")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15: what fsync costs a submission
+
+/// Submissions timed in each place.
+const SUBMIT_JOBS: usize = 300;
+
+pub(super) struct SubmitLatency {
+    place: &'static str,
+    summary: Summary,
+}
+
+/// `POST /jobs` latency, one client, with `DATA_DIR` on the disk and on tmpfs (`/dev/shm`,
+/// where `fsync` costs nothing): the difference is what the durable writes cost.
+pub(super) fn bench_submit_latency() -> BenchResult<Vec<SubmitLatency>> {
+    note("15. submit latency: DATA_DIR on disk and on tmpfs");
+    let mut rows = Vec::new();
+    for (place, root) in [
+        ("disk (temp dir)", std::env::temp_dir()),
+        ("tmpfs (/dev/shm)", PathBuf::from("/dev/shm")),
+    ] {
+        if !root.is_dir() {
+            continue;
+        }
+        let sim = quiet_sim(Duration::ZERO)?;
+        sim.pause();
+        let gateway = GatewayProcess::start_in(&root, &[sim.url()], &[])?;
+        let url = gateway.url();
+        let client = agent();
+        for _ in 0..20 {
+            queue_job(&client, &url, &invert_request())?;
+        }
+        let mut times = Vec::with_capacity(SUBMIT_JOBS);
+        for _ in 0..SUBMIT_JOBS {
+            let started = Instant::now();
+            queue_job(&client, &url, &invert_request())?;
+            times.push(started.elapsed());
+        }
+        rows.push(SubmitLatency {
+            place,
+            summary: Summary::of(times),
+        });
+    }
+    Ok(rows)
+}
+
+pub(super) fn print_submit_latency(out: &mut String, rows: &[SubmitLatency]) -> BenchResult<()> {
+    writeln!(
+        out,
+        "\n15. Submit latency: {SUBMIT_JOBS} POST /jobs in a row (invert, one keep-alive client, \
+         the simulator paused so every job waits), DATA_DIR on disk vs on tmpfs"
+    )?;
+    for row in rows {
+        writeln!(
+            out,
+            "{:<18} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            row.place,
+            ms(row.summary.p50),
+            ms(row.summary.p99),
+            ms(row.summary.max)
         )?;
     }
     Ok(())

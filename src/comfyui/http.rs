@@ -162,10 +162,23 @@ impl ComfyClient {
     /// A graph ComfyUI's validation refuses gives [`ComfyError::Rejected`] with its
     /// `node_errors`.
     pub fn queue_prompt(&self, graph: &Value, client_id: &str) -> Result<QueuedPrompt, ComfyError> {
+        self.queue_prompt_with(graph, client_id, None)
+    }
+
+    /// Like [`ComfyClient::queue_prompt`], with `/prompt`'s `extra_data` (a partner node's API
+    /// key, from a v2 submission). The caller keeps it out of logs and records; so does this.
+    pub fn queue_prompt_with(
+        &self,
+        graph: &Value,
+        client_id: &str,
+        extra_data: Option<&Value>,
+    ) -> Result<QueuedPrompt, ComfyError> {
         #[derive(serde::Serialize)]
         struct PromptRequest<'a> {
             prompt: &'a Value,
             client_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            extra_data: Option<&'a Value>,
         }
         #[derive(Deserialize)]
         struct Accepted {
@@ -178,6 +191,7 @@ impl ComfyClient {
         let body = serde_json::to_vec(&PromptRequest {
             prompt: graph,
             client_id,
+            extra_data,
         })
         .map_err(|e| ComfyError::InvalidInput {
             reason: format!("the graph cannot be written as JSON: {e}"),
@@ -187,7 +201,23 @@ impl ComfyClient {
             let body = read_error_body(&mut response);
             return Err(rejection(&body).unwrap_or_else(|| status_error(&url, 400, body)));
         }
-        let accepted: Accepted = parse_json(&url, self.json_body(&url, response)?)?;
+        // A 2xx must carry the prompt's id; anything else (a proxy's page, a broken custom
+        // node's answer) is reported with its status and the start of its body.
+        let mut response = self.expect_success(&url, response)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JSON_BYTES)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(&url, e))?;
+        let accepted: Accepted = serde_json::from_slice(&bytes).map_err(|e| {
+            let body = truncate(String::from_utf8_lossy(&bytes).into_owned(), 200);
+            bad_response(
+                &url,
+                &format!("HTTP {status} without a prompt_id ({e}): {}", body.trim()),
+            )
+        })?;
         Ok(QueuedPrompt {
             prompt_id: accepted.prompt_id,
             number: accepted.number,
@@ -272,13 +302,26 @@ impl ComfyClient {
     /// Uploads an image into ComfyUI's `input` folder for a `LoadImage` node, and returns the
     /// name to put in that node's `image` input (`subfolder/name` when ComfyUI used a subfolder).
     ///
-    /// Sends `overwrite=true`: the caller picks unique names (the gateway uses the job id), so
-    /// overwriting only ever replaces an earlier attempt of the same upload, and a retry cannot
-    /// pile up `name (1).png` copies. `filename` must not contain quotes, slashes or control
+    /// Sends `overwrite=true`: the caller picks names that stand for the content (the gateway
+    /// uses the blake3 hash of the file), so overwriting only ever replaces a file with the same
+    /// bytes, and a retry cannot pile up `name (1).png` copies. `filename` must not contain quotes, slashes or control
     /// characters.
     pub fn upload_image(
         &self,
         bytes: &[u8],
+        filename: &str,
+        content_type: &str,
+    ) -> Result<String, ComfyError> {
+        self.upload_input(bytes, "", filename, content_type)
+    }
+
+    /// Like [`upload_image`](Self::upload_image), into `subfolder` of ComfyUI's `input` folder
+    /// (`""`: the folder itself); the name returned is `subfolder/filename` as `LoadImage`
+    /// expects it. `subfolder` must not contain quotes, backslashes, `..` or control characters.
+    pub fn upload_input(
+        &self,
+        bytes: &[u8],
+        subfolder: &str,
         filename: &str,
         content_type: &str,
     ) -> Result<String, ComfyError> {
@@ -289,7 +332,7 @@ impl ComfyClient {
             subfolder: String,
         }
         let url = self.url("/upload/image");
-        let form = Multipart::image_upload(bytes, filename, content_type)?;
+        let form = Multipart::image_upload(bytes, subfolder, filename, content_type)?;
         let request = self
             .agent
             .post(&url)
@@ -546,9 +589,21 @@ impl Multipart {
     /// and `type=input`.
     fn image_upload(
         bytes: &[u8],
+        subfolder: &str,
         filename: &str,
         content_type: &str,
     ) -> Result<Multipart, ComfyError> {
+        let unsafe_folder = subfolder.contains(['"', '\\'])
+            || subfolder.split('/').any(|part| part == "..")
+            || subfolder.chars().any(char::is_control);
+        if unsafe_folder {
+            return Err(ComfyError::InvalidInput {
+                reason: format!(
+                    "cannot upload into {subfolder:?} of ComfyUI's input folder: a subfolder must \
+                     be free of quotes, backslashes, '..' and control characters"
+                ),
+            });
+        }
         let unsafe_name = filename.is_empty()
             || filename.contains(['"', '/', '\\'])
             || filename.chars().any(char::is_control);
@@ -585,7 +640,12 @@ impl Multipart {
         );
         body.extend_from_slice(bytes);
         body.extend_from_slice(b"\r\n");
-        for (name, value) in [("overwrite", "true"), ("type", "input")] {
+        let fields = [
+            ("overwrite", "true"),
+            ("type", "input"),
+            ("subfolder", subfolder),
+        ];
+        for (name, value) in fields.into_iter().filter(|(_, value)| !value.is_empty()) {
             part(
                 &mut body,
                 format!("Content-Disposition: form-data; name=\"{name}\""),

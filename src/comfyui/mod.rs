@@ -46,6 +46,7 @@ mod url;
 mod warnings;
 mod ws;
 
+pub(crate) use error::truncate;
 pub use error::{ComfyError, describe_node_errors};
 pub use http::{
     ClientOptions, ComfyClient, FileDownload, MAX_IMAGE_BYTES, MAX_OUTPUT_BYTES, QueueSnapshot,

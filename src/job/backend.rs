@@ -17,8 +17,9 @@ use serde_json::json;
 use super::engine::{Ending, Engine};
 use super::{Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::blobs::BlobHash;
 use crate::comfyui::{ComfyClient, ComfyError, HistoryEntry, Monitor, QueueSnapshot, WsEvent};
-use crate::ids::{self, PromptId};
+use crate::ids::{self, JobId, PromptId};
 
 /// The message that asks ComfyUI for previews that name their prompt and node (type-4 frames).
 const FEATURE_FLAGS: &str = r#"{"type":"feature_flags","data":{"supports_preview_metadata":true}}"#;
@@ -62,7 +63,17 @@ struct State {
     down_since: Option<Instant>,
     /// When its websocket last delivered anything (or opened).
     last_heard: Option<Instant>,
+    /// `/prompt` answers in a row that were server errors (or lacked a `prompt_id`).
+    bad_answers: u32,
+    /// Input files uploaded to this ComfyUI since its websocket last (re)connected: uploaded
+    /// once each, under a name derived from their content.
+    uploaded: HashSet<BlobHash>,
+    /// No prompt is sent before this, after a bad answer (backoff).
+    resting_until: Option<Instant>,
 }
+
+/// How long a backend gets no prompt after a bad `/prompt` answer.
+pub(super) const BAD_ANSWER_REST: Duration = Duration::from_secs(1);
 
 /// One ComfyUI the gateway sends prompts to.
 pub struct Backend {
@@ -89,6 +100,9 @@ impl Backend {
                 abandoned: Vec::new(),
                 down_since: None,
                 last_heard: None,
+                bad_answers: 0,
+                resting_until: None,
+                uploaded: HashSet::new(),
             }),
         }
     }
@@ -121,16 +135,54 @@ impl Backend {
             && state.last_heard.is_some_and(|at| at.elapsed() < recently)
     }
 
+    /// When it last answered: its websocket opened or delivered something, or a call to it
+    /// succeeded (`None`: never since the gateway started).
+    pub fn last_answered(&self) -> Option<Instant> {
+        self.lock().last_heard
+    }
+
+    /// Records that it answered a call now (its websocket may still be connecting).
+    pub(super) fn answered(&self) {
+        self.lock().last_heard = Some(Instant::now());
+    }
+
     /// Prompts it holds for the gateway.
     pub fn in_flight(&self) -> usize {
         self.lock().jobs.len()
+    }
+
+    /// Prompts it holds for the gateway plus the dispatches to it under way.
+    pub(super) fn taken_slots(&self) -> usize {
+        let state = self.lock();
+        state.jobs.len() + state.reserved
+    }
+
+    /// The jobs whose prompts this backend holds, each with the number of prompts ahead of it:
+    /// 0 for one ComfyUI runs; for one waiting in ComfyUI's queue, the one running plus those
+    /// sent before it. Locks each job briefly: never call it under a job's lock.
+    pub(super) fn positions(&self) -> Vec<(JobId, usize)> {
+        let mut held: Vec<(bool, Instant, JobId)> = self
+            .held()
+            .into_iter()
+            .filter_map(|(_, job)| {
+                let (started, sent) =
+                    job.with_run(|run| (run.started.is_some() || run.tracker.started(), run.sent))?;
+                Some((!started, sent, job.id().clone()))
+            })
+            .collect();
+        // Running ones first, then in the order they were sent.
+        held.sort_by_key(|(waiting, sent, _)| (*waiting, *sent));
+        held.into_iter()
+            .enumerate()
+            .map(|(place, (waiting, _, id))| (id, if waiting { place } else { 0 }))
+            .collect()
     }
 
     /// Takes a slot for a dispatch when the backend is up and holds fewer than `capacity`
     /// prompts; returns the client id to queue the prompt under and the free slots left.
     pub(super) fn try_reserve(&self, capacity: usize) -> Option<(String, usize)> {
         let mut state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return None;
         }
         let used = state.jobs.len() + state.reserved;
@@ -145,10 +197,38 @@ impl Backend {
     /// Free slots, for choosing among backends.
     pub(super) fn free_slots(&self, capacity: usize) -> usize {
         let state = self.lock();
-        if state.status != BackendStatus::Up {
+        if state.status != BackendStatus::Up || state.is_resting() {
             return 0;
         }
         capacity.saturating_sub(state.jobs.len() + state.reserved)
+    }
+
+    /// Records a `/prompt` answer that was a server error (or lacked a `prompt_id`): the
+    /// backend gets no prompt for [`BAD_ANSWER_REST`], so a broken ComfyUI is asked at most
+    /// about once a second while the other backends go on. Returns how many such answers it
+    /// gave in a row.
+    pub(super) fn answered_badly(&self) -> u32 {
+        let mut state = self.lock();
+        state.bad_answers = state.bad_answers.saturating_add(1);
+        state.resting_until = Some(Instant::now() + BAD_ANSWER_REST);
+        state.bad_answers
+    }
+
+    /// Records a `/prompt` that ComfyUI accepted.
+    pub(super) fn answered_well(&self) {
+        let mut state = self.lock();
+        state.bad_answers = 0;
+        state.resting_until = None;
+    }
+
+    /// Whether the input file `hash` was uploaded to this ComfyUI since it last connected.
+    pub(super) fn has_input(&self, hash: &BlobHash) -> bool {
+        self.lock().uploaded.contains(hash)
+    }
+
+    /// Remembers that the input file `hash` is in this ComfyUI's input folder.
+    pub(super) fn input_uploaded(&self, hash: BlobHash) {
+        self.lock().uploaded.insert(hash);
     }
 
     /// Gives back a slot whose dispatch did not end with a prompt on this backend.
@@ -278,6 +358,9 @@ impl Backend {
             state.client_id = Some(client_id);
             state.down_since = None;
             state.executing = None;
+            // A ComfyUI that restarted may have lost its input folder (a fresh container):
+            // upload again rather than trust a name it may no longer know.
+            state.uploaded.clear();
             for job in state.jobs.values() {
                 job.with_run(|run| run.orphaned = true);
             }
@@ -324,7 +407,8 @@ impl Backend {
             for (prompt_id, _) in requeue.iter().chain(&lost) {
                 state.release(prompt_id);
             }
-            for (prompt_id, _) in &requeue {
+            // Should it come back, none of them may run there as well as where they go now.
+            for (prompt_id, _) in requeue.iter().chain(&lost) {
                 state.abandoned.push(prompt_id.clone());
             }
             drop(state);
@@ -338,7 +422,7 @@ impl Backend {
                     ),
                 )
                 .with_details(json!({ "prompt_id": prompt_id, "comfyui": self.url() }));
-                engine.finish(&job, JobState::Failed(error));
+                engine.lost(&job, error);
             }
             (newly_down, requeue)
         };
@@ -451,7 +535,7 @@ impl Backend {
                         ),
                     )
                     .with_details(json!({ "prompt_id": prompt_id, "comfyui": self.url() }));
-                    engine.finish(job, JobState::Failed(error));
+                    engine.lost(job, error);
                 } else {
                     log::info!(
                         "job {}: ComfyUI at {} no longer knows prompt {prompt_id}, which had \
@@ -554,6 +638,12 @@ fn feed(
 }
 
 impl State {
+    /// Whether the backend rests after bad `/prompt` answers.
+    fn is_resting(&self) -> bool {
+        self.resting_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Takes a prompt out of the backend's care, remembering it so its late messages are
     /// recognised.
     fn release(&mut self, prompt_id: &PromptId) -> Option<Arc<Job>> {

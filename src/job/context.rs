@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::assets::AssetStore;
+use crate::blobs::BlobStore;
 use crate::image::PngMetadata;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -43,6 +45,11 @@ pub struct RunSettings {
     pub orphan_poll: Duration,
     /// Threads that fetch and store outputs.
     pub output_workers: usize,
+    /// How many times a job whose started prompt a ComfyUI lost is sent again (`LOST_RETRIES`).
+    pub lost_retries: u32,
+    /// Submissions are queued while no backend answers if one answered within this long
+    /// (`BACKEND_GRACE_SECS`).
+    pub backend_grace: Duration,
 }
 
 impl Default for RunSettings {
@@ -60,6 +67,8 @@ impl Default for RunSettings {
             silence_check: Duration::from_secs(10),
             orphan_poll: Duration::from_millis(500),
             output_workers: 2,
+            lost_retries: 1,
+            backend_grace: Duration::from_secs(300),
         }
     }
 }
@@ -79,6 +88,11 @@ pub struct JobContext {
     pub local: Option<Arc<LocalStorage>>,
     /// Outputs whose upload failed, waiting for a retry.
     pub spool: Arc<Spool>,
+    /// The content-addressed store (`DATA_DIR/blobs`) holding the jobs' input files.
+    pub blobs: BlobStore,
+    /// The asset library: every output a job commits is registered there (Comfy API v2's
+    /// "outputs are assets"), its hash computed once from the staged file.
+    pub assets: Arc<AssetStore>,
     /// Counters for `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Tunables.

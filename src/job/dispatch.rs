@@ -3,6 +3,11 @@
 //! Each backend holds at most `1 + QUEUE_AHEAD` of the gateway's prompts (the one it runs and
 //! the ones it will run next), so its GPU never idles and no job waits behind a dead or slow
 //! backend. The next job goes to the backend with the most free slots.
+//!
+//! A backend that answers `/prompt` with a server error (or a 2xx without a `prompt_id`) rests
+//! for a second while the others go on; the job goes back to the front of the queue
+//! and is tried again, at most [`PROMPT_ATTEMPTS`] times in all, then ends with
+//! `comfyui_error`.
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -13,6 +18,16 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::{Engine, Job, JobState};
 use crate::api::{ApiError, ErrorCode};
+use crate::blobs::{BlobHash, BlobStore};
+use crate::comfyui::ComfyError;
+
+/// The subfolder of ComfyUI's `input` folder where job inputs go, each named `<hex>.<ext>`
+/// after the blake3 hash of its contents.
+pub const INPUT_SUBFOLDER: &str = "gateway";
+
+/// How many bad `/prompt` answers (server errors, or a 2xx without a `prompt_id`) a job gets
+/// before it ends with `comfyui_error`.
+pub const PROMPT_ATTEMPTS: u32 = 3;
 
 /// The dispatcher: whenever a backend has a free slot and a job waits, sends the job's prompt.
 pub(super) fn run(engine: &Weak<Engine>) {
@@ -73,7 +88,29 @@ fn dispatch_one(engine: &Engine) -> bool {
         return true;
     }
     match send_prompt(engine, backend, &job, &client_id) {
-        Ok(()) => {}
+        Ok(()) => backend.answered_well(),
+        Err(Refusal::BadAnswer(error)) => {
+            backend.release();
+            engine.ctx.metrics.comfyui_error();
+            let in_a_row = backend.answered_badly();
+            let attempts = job.answered_badly();
+            if attempts >= PROMPT_ATTEMPTS {
+                log::warn!("job {}: {error}; giving up", job.id());
+                engine.finish(
+                    &job,
+                    JobState::Failed(bad_answer(backend, &error, attempts)),
+                );
+            } else {
+                log::warn!(
+                    "job {}: {error}; trying again (attempt {attempts} of {PROMPT_ATTEMPTS}); \
+                     {} answered badly {in_a_row} times in a row and rests {:?}",
+                    job.id(),
+                    backend.url(),
+                    super::backend::BAD_ANSWER_REST
+                );
+                engine.queue.push(job.id().clone(), job.ticket().requeued());
+            }
+        }
         Err(Refusal::Rejected(error)) => {
             backend.release();
             engine.finish(&job, JobState::Failed(error));
@@ -101,9 +138,95 @@ enum Refusal {
     Rejected(ApiError),
     /// The backend could not be reached: the job goes back to the queue.
     Unreachable(String),
+    /// The backend answered with a server error, or a 2xx that was not ComfyUI's answer: the
+    /// job is tried again, a bounded number of times.
+    BadAnswer(ComfyError),
 }
 
-/// Uploads the job's input images, fills its graph and queues it under `client_id`.
+/// How the dispatcher treats a ComfyUI call's failure (uploads and `/prompt`).
+fn refusal(error: ComfyError) -> Refusal {
+    match error {
+        ComfyError::Rejected { .. } => Refusal::Rejected(rejected(&error)),
+        ComfyError::Unreachable { .. } => Refusal::Unreachable(error.to_string()),
+        ComfyError::Status { .. } | ComfyError::BadResponse { .. } => Refusal::BadAnswer(error),
+        ComfyError::InvalidInput { .. } => Refusal::Rejected(ApiError::internal(error.to_string())),
+    }
+}
+
+/// `502 comfyui_error`: the backend answered badly `attempts` times, the last with `error`.
+fn bad_answer(backend: &Backend, error: &ComfyError, attempts: u32) -> ApiError {
+    let (status, body) = match error {
+        ComfyError::Status { status, body, .. } => {
+            let body = crate::comfyui::truncate(body.trim().to_string(), 200);
+            (Some(*status), body)
+        }
+        other => (None, other.to_string()),
+    };
+    let last = match status {
+        Some(status) if body.is_empty() => format!("HTTP {status} with an empty body"),
+        Some(status) => format!("HTTP {status}: {body}"),
+        None => body.clone(),
+    };
+    ApiError::new(
+        ErrorCode::ComfyuiError,
+        format!(
+            "ComfyUI at {} could not queue the prompt: {attempts} bad answers to /prompt, the \
+             last {last}",
+            backend.url()
+        ),
+    )
+    .with_details(json!({
+        "backend": backend.url(),
+        "status": status,
+        "body": body,
+        "attempts": attempts,
+    }))
+}
+
+/// Makes sure the input file `hash` (from `blobs`) is in `backend`'s input folder, and returns
+/// the name a graph gives it there (`gateway/<hex>.<ext>`, as `LoadImage` takes it).
+///
+/// Each file is uploaded once per backend: the name is derived from the content, so a repeated
+/// image is found under the same name and ComfyUI's input folder grows only with distinct
+/// files. The backend remembers what it received until its websocket reconnects (ComfyUI may
+/// have restarted) or the gateway restarts; then a file is uploaded once more, harmlessly
+/// (`overwrite` with the same bytes). The bytes are read from disk for the upload only.
+pub fn ensure_input(
+    backend: &Backend,
+    blobs: &BlobStore,
+    hash: &BlobHash,
+    ext: &str,
+) -> Result<String, ComfyError> {
+    let filename = format!("{}.{ext}", hash.hex());
+    let name = format!("{INPUT_SUBFOLDER}/{filename}");
+    if backend.has_input(hash) {
+        return Ok(name);
+    }
+    let bytes = std::fs::read(blobs.path(hash)).map_err(|e| ComfyError::InvalidInput {
+        reason: format!(
+            "the input file {hash} cannot be read from {}: {e}",
+            blobs.dir().display()
+        ),
+    })?;
+    let content_type = super::plan::content_type_of(ext);
+    let uploaded =
+        backend
+            .client()
+            .upload_input(&bytes, INPUT_SUBFOLDER, &filename, content_type)?;
+    if uploaded == name {
+        backend.input_uploaded(*hash);
+    } else {
+        log::warn!(
+            "ComfyUI at {} stored the input {filename} as {uploaded}: it will be uploaded again \
+             next time",
+            backend.url()
+        );
+    }
+    Ok(uploaded)
+}
+
+/// Uploads the job's input files (those the backend lacks), fills its graph and queues it
+/// under `client_id`.
 fn send_prompt(
     engine: &Engine,
     backend: &Backend,
@@ -111,27 +234,29 @@ fn send_prompt(
     client_id: &str,
 ) -> Result<(), Refusal> {
     let client = backend.client();
-    let mut uploaded = std::collections::BTreeMap::new();
-    for image in job.plan().input_images() {
-        let filename = format!("gateway-{}-{}.{}", job.id(), image.param, image.extension);
-        let name = client
-            .upload_image(&image.bytes, &filename, image.content_type)
-            .map_err(|e| Refusal::Unreachable(e.to_string()))?;
-        uploaded.insert(image.param.clone(), name);
-    }
+    let names = job
+        .plan()
+        .inputs
+        .iter()
+        .map(|input| ensure_input(backend, &engine.ctx.blobs, &input.hash, &input.ext))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refusal)?;
     let graph = job
         .plan()
-        .build_graph(&engine.ctx.templates, &uploaded)
+        .build_graph(&engine.ctx.templates, &names)
         .map_err(|e| Refusal::Rejected(ApiError::internal(e.0)))?;
-    let queued = match client.queue_prompt(&graph, client_id) {
-        Ok(queued) => queued,
-        Err(error @ crate::comfyui::ComfyError::Rejected { .. }) => {
-            return Err(Refusal::Rejected(rejected(&error)));
-        }
-        Err(error) => return Err(Refusal::Unreachable(error.to_string())),
-    };
+    let queued = client
+        .queue_prompt_with(&graph, client_id, job.extra_data())
+        .map_err(refusal)?;
     let warnings = crate::comfyui::dropped_outputs(&queued.node_errors, &graph);
-    job.dispatched(backend.url(), queued.prompt_id.clone(), &graph, warnings);
+    let ahead = backend.in_flight();
+    job.dispatched(
+        backend.url(),
+        queued.prompt_id.clone(),
+        &graph,
+        warnings,
+        ahead,
+    );
     log::info!(
         "job {} sent to {} as prompt {}",
         job.id(),

@@ -127,16 +127,16 @@ impl Engine {
                     self.backends[index].adopt(run.prompt_id.clone(), job);
                 }
                 None if run.started => {
-                    self.finish(
+                    self.lost(
                         &job,
-                        JobState::Failed(ApiError::new(
+                        ApiError::new(
                             ErrorCode::ComfyuiLost,
                             format!(
                                 "the gateway restarted while ComfyUI at {} ran this job, and that \
                              ComfyUI is no longer configured",
                                 run.backend_url
                             ),
-                        )),
+                        ),
                     );
                 }
                 None => self.requeue(&job),
@@ -179,14 +179,43 @@ impl Engine {
         self.queue.len()
     }
 
-    /// The job's place in the gateway's queue, while it waits there.
+    /// How many jobs are ahead of this one: those ComfyUI runs or will start before it.
+    ///
+    /// For a job in the gateway's queue, its place there plus every prompt the backends hold
+    /// (running or waiting in ComfyUI's queue); for a job waiting in a ComfyUI's queue, the
+    /// prompt that ComfyUI runs plus the ones sent to it before; 0 for the job ComfyUI runs;
+    /// `None` once ComfyUI is done with it. Only this gateway's jobs are counted.
     pub fn queue_position(&self, id: &JobId) -> Option<usize> {
-        self.queue.position(id)
+        if let Some(place) = self.queue.position(id) {
+            return Some(place + self.held_prompts());
+        }
+        self.backends.iter().find_map(|backend| {
+            backend
+                .positions()
+                .into_iter()
+                .find_map(|(held, ahead)| (held == *id).then_some(ahead))
+        })
     }
 
-    /// Every waiting job's place in line.
+    /// Prompts the backends hold for the gateway, running or waiting in ComfyUI's queue, and
+    /// the ones being sent.
+    fn held_prompts(&self) -> usize {
+        self.backends.iter().map(Backend::taken_slots).sum()
+    }
+
+    /// Every waiting or running job's [`queue_position`](Self::queue_position).
     pub(super) fn positions(&self) -> std::collections::HashMap<JobId, usize> {
-        self.queue.positions()
+        let held = self.held_prompts();
+        let mut positions: std::collections::HashMap<JobId, usize> = self
+            .queue
+            .positions()
+            .into_iter()
+            .map(|(id, place)| (id, place + held))
+            .collect();
+        for backend in &self.backends {
+            positions.extend(backend.positions());
+        }
+        positions
     }
 
     /// Whether the threads should end.
@@ -205,7 +234,22 @@ impl Engine {
         request: JobRequest,
         events: Option<Arc<dyn JobEvents>>,
     ) -> Result<Arc<Job>, ApiError> {
-        let plan = Plan::new(&self.ctx.templates, request.generate)?;
+        self.submit_with(request, events, None, Vec::new())
+    }
+
+    /// Like [`Engine::submit`], with `/prompt`'s `extra_data` (a v2 submission's partner-node
+    /// key), which the job keeps in memory only and the dispatcher forwards to ComfyUI, and
+    /// input files already in the blob store (a v2 workflow's asset references), uploaded to
+    /// the chosen backend like a template's input images.
+    pub fn submit_with(
+        &self,
+        request: JobRequest,
+        events: Option<Arc<dyn JobEvents>>,
+        extra_data: Option<serde_json::Value>,
+        inputs: Vec<super::BlobInput>,
+    ) -> Result<Arc<Job>, ApiError> {
+        let mut plan = Plan::new(&self.ctx.templates, request.generate, &self.ctx.blobs)?;
+        plan.inputs.extend(inputs);
         let waiting = self.queue.len();
         if waiting >= self.ctx.run.max_queued {
             return Err(ApiError::new(
@@ -219,8 +263,11 @@ impl Engine {
         self.check_a_backend_answers()?;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let job = Arc::new(Job::new(plan, request.options, seq));
+        if let Some(extra_data) = extra_data {
+            job.set_extra_data(extra_data);
+        }
         // Saved (its `queued` event included) before it can be dispatched or seen queued.
-        let position = self.queue.ahead_of(job.ticket());
+        let position = self.queue.ahead_of(job.ticket()) + self.held_prompts();
         job.publish(
             EventKind::Queued,
             json!({
@@ -251,7 +298,9 @@ impl Engine {
     /// Refuses a submission when no backend answers. A backend whose websocket spoke within
     /// the last moments is taken at its word (a busy batch costs no extra call); any other is
     /// asked `/system_stats`, so that a ComfyUI that just died, or one whose socket is still
-    /// connecting, is judged by what it answers now.
+    /// connecting, is judged by what it answers now. When none answers but one did within
+    /// `BACKEND_GRACE_SECS` (a restart, a crash being recovered), the job is accepted all the
+    /// same and waits for it.
     fn check_a_backend_answers(&self) -> Result<(), ApiError> {
         const RECENTLY: Duration = Duration::from_millis(250);
         if self.backends.iter().any(|b| b.heard_within(RECENTLY)) {
@@ -260,7 +309,10 @@ impl Engine {
         let mut reasons = Vec::new();
         for backend in &self.backends {
             match backend.client().system_stats() {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    backend.answered();
+                    return Ok(());
+                }
                 Err(e) => {
                     if let BackendStatus::Down(why) = backend.status() {
                         log::debug!("ComfyUI at {} is down ({why}): {e}", backend.url());
@@ -270,6 +322,22 @@ impl Engine {
             }
         }
         self.ctx.metrics.comfyui_error();
+        let grace = self.ctx.run.backend_grace;
+        let last = self
+            .backends
+            .iter()
+            .filter_map(Backend::last_answered)
+            .map(|at| at.elapsed())
+            .min();
+        if let Some(ago) = last.filter(|ago| *ago < grace) {
+            log::debug!(
+                "no ComfyUI answers now, but one did {} s ago (BACKEND_GRACE_SECS={}): the job \
+                 is queued and waits for it",
+                ago.as_secs(),
+                grace.as_secs()
+            );
+            return Ok(());
+        }
         Err(ApiError::new(
             ErrorCode::ComfyuiUnavailable,
             "no ComfyUI backend could be reached; is ComfyUI running at COMFYUI_URL?",
@@ -347,6 +415,49 @@ impl Engine {
             return;
         }
         self.queue.push(job.id().clone(), job.ticket().requeued());
+        self.save(job);
+        self.wake();
+    }
+
+    /// A ComfyUI lost a job's started prompt (it crashed, restarted, or stayed unreachable
+    /// past its grace): the job is sent again, from the front of the queue, to any backend, up
+    /// to `LOST_RETRIES` times; the next loss ends it with `error`. The job must have left its
+    /// backend's care already. Its stream shows a new `queued` event (with `lost`: why), then a
+    /// new `dispatched`.
+    pub(super) fn lost(&self, job: &Arc<Job>, error: ApiError) {
+        if job.is_finished() {
+            return;
+        }
+        if job.cancel_requested() {
+            self.finish(job, JobState::Cancelled);
+            return;
+        }
+        let earlier = job.count_loss();
+        if earlier >= self.ctx.run.lost_retries {
+            self.finish(job, JobState::Failed(error));
+            return;
+        }
+        log::warn!(
+            "job {}: {} (LOST_RETRIES: sending it again, {} of {})",
+            job.id(),
+            error.message,
+            earlier + 1,
+            self.ctx.run.lost_retries
+        );
+        job.requeue();
+        let ticket = job.ticket().requeued();
+        job.publish(
+            EventKind::Queued,
+            json!({
+                "workflow": job.workflow(),
+                "queue_position": self.queue.ahead_of(ticket) + self.held_prompts(),
+                "priority": job.options().priority,
+                "prompt_id": null,
+                "backend": null,
+                "lost": error,
+            }),
+        );
+        self.queue.push(job.id().clone(), ticket);
         self.save(job);
         self.wake();
     }

@@ -76,8 +76,8 @@ pub struct Subscription {
 }
 
 /// The progress tick of a job still waiting in the gateway's queue, kept in 24 bytes instead of
-/// a few hundred: a night's batch of 10,000 waiting jobs ticks 10,000 times a second, and every
-/// tick must stay replayable.
+/// a few hundred: a night's batch of 10,000 waiting jobs ticks 10,000 times a second, and its
+/// newest tick must stay replayable.
 #[derive(Debug, Clone, Copy)]
 pub struct WaitingTick {
     /// The job's place in the gateway's queue.
@@ -116,6 +116,14 @@ impl Stored {
         }
     }
 
+    /// Whether this is a progress snapshot (of which the log keeps only the newest).
+    fn is_progress(&self) -> bool {
+        match self {
+            Stored::Full(event) => event.kind == EventKind::Progress,
+            Stored::Waiting(..) => true,
+        }
+    }
+
     fn materialise(&self, job_id: &str) -> Arc<Event> {
         match self {
             Stored::Full(event) => Arc::clone(event),
@@ -128,7 +136,13 @@ impl Stored {
     }
 }
 
-/// Every event of one job plus the channels of its live watchers.
+/// The events of one job worth replaying, plus the channels of its live watchers.
+///
+/// Its size is constant in time: it keeps every event but progress ticks and previews, and of
+/// those only the newest one of each kind (a progress snapshot replaces the previous one, so a
+/// job waiting all night costs one tick, not one per second). A watcher re-attaching from any id
+/// gets every non-progress event after it and the newest progress. Ids stay 1, 2, 3... as
+/// emitted, so a replay may skip the ids of the ticks that were replaced.
 ///
 /// The log lives inside the job's mutex, so subscribing (copying the replay and registering the
 /// channel) and publishing are atomic with respect to each other: a watcher sees every event
@@ -174,14 +188,17 @@ impl EventLog {
     /// Watchers whose receiving end is gone (the client disconnected) are dropped here. After a
     /// terminal event every watcher's channel is closed, which ends their streams.
     ///
-    /// Only the newest preview is kept for replay (previews are large and stale once a newer one
-    /// exists), and none once the job has ended.
+    /// Only the newest progress snapshot and the newest preview are kept for replay (both are
+    /// stale once a newer one exists), and no preview once the job has ended.
     pub fn push(&mut self, kind: EventKind, data: String) -> Arc<Event> {
         let event = Arc::new(Event {
             id: self.take_id(),
             kind,
             data,
         });
+        if kind == EventKind::Progress {
+            self.events.retain(|e| !e.is_progress());
+        }
         if kind == EventKind::Preview || kind.is_terminal() {
             self.events
                 .retain(|e| !matches!(e, Stored::Full(old) if old.kind == EventKind::Preview));
@@ -195,7 +212,8 @@ impl EventLog {
         event
     }
 
-    /// Appends the progress tick of a waiting job, kept compact.
+    /// Appends the progress tick of a waiting job, kept compact, in place of the previous
+    /// progress snapshot.
     pub fn push_waiting(&mut self, tick: WaitingTick) {
         let id = self.take_id();
         let stored = Stored::Waiting(id, tick);
@@ -203,6 +221,7 @@ impl EventLog {
             let event = stored.materialise(&self.job_id);
             self.deliver(&event);
         }
+        self.events.retain(|e| !e.is_progress());
         self.events.push(stored);
     }
 
@@ -268,12 +287,18 @@ impl EventLog {
         self.watchers.len()
     }
 
-    /// How many events were emitted.
+    /// How many events are kept for replay (constant in time: see [`EventLog`]).
     pub fn len(&self) -> usize {
         self.events.len()
     }
 
-    /// Whether no event was emitted yet.
+    /// How many events the job emitted so far (the id of the newest one; after a restart, ids
+    /// the old process may have used are counted too).
+    pub fn emitted(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// Whether no event is kept.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
@@ -298,7 +323,7 @@ mod tests {
         log.push(EventKind::Complete, "{}".into());
         let live = sub.live.expect("job still running when subscribed");
         let rest: Vec<_> = live.iter().collect(); // ends: the terminal event closed the channel
-        assert_eq!(ids(&rest), [3, 4]);
+        assert_eq!(ids(&rest), [3, 4], "a live watcher sees every tick");
     }
 
     #[test]
@@ -350,6 +375,40 @@ mod tests {
         assert_eq!(ids(&log.subscribe(0).replay), [2, 3]);
         log.push(EventKind::Complete, "{}".into());
         assert_eq!(ids(&log.subscribe(0).replay), [2, 4]);
+    }
+
+    #[test]
+    fn a_log_keeps_every_other_event_and_only_the_newest_progress() {
+        let mut log = EventLog::new("j");
+        log.push(EventKind::Queued, "{}".into()); // 1
+        for n in 0..1000u64 {
+            log.push_waiting(WaitingTick {
+                queue_position: Some(5),
+                elapsed_ms: n,
+            }); // 2..=1001
+        }
+        assert_eq!(log.len(), 2, "a night of waiting ticks costs one tick");
+        log.push(EventKind::Dispatched, "{}".into()); // 1002
+        log.push(EventKind::Progress, "{\"n\":1}".into()); // 1003
+        log.push(EventKind::Progress, "{\"n\":2}".into()); // 1004
+        log.push(EventKind::Preview, "{}".into()); // 1005
+        log.push(EventKind::Progress, "{\"n\":3}".into()); // 1006
+        assert_eq!(log.len(), 4);
+        assert_eq!(log.emitted(), 1006);
+        // From any id: every non-progress event after it, and the newest progress.
+        assert_eq!(ids(&log.subscribe(0).replay), [1, 1002, 1005, 1006]);
+        assert_eq!(ids(&log.subscribe(500).replay), [1002, 1005, 1006]);
+        assert_eq!(ids(&log.subscribe(1003).replay), [1005, 1006]);
+        assert_eq!(ids(&log.subscribe(1006).replay), Vec::<u64>::new());
+        assert_eq!(log.subscribe(0).replay[3].data, "{\"n\":3}");
+        // A waiting tick replaces a running snapshot too (a job requeued), and ids go on.
+        log.push_waiting(WaitingTick {
+            queue_position: Some(0),
+            elapsed_ms: 9,
+        });
+        assert_eq!(ids(&log.subscribe(0).replay), [1, 1002, 1005, 1007]);
+        log.push(EventKind::Error, "{}".into());
+        assert_eq!(ids(&log.subscribe(0).replay), [1, 1002, 1007, 1008]);
     }
 
     #[test]

@@ -21,20 +21,24 @@ mod ticker;
 
 pub use backend::{Backend, BackendStatus};
 pub use context::{ComebackHook, JobContext, RunSettings};
+pub use dispatch::{INPUT_SUBFOLDER, ensure_input};
 pub use engine::{Engine, RestoredRun};
 pub use log::{Event, EventKind, EventLog, Subscription, WaitingTick};
-pub use plan::{GraphSource, Plan};
+pub use plan::{BlobInput, GraphSource, InputTarget, Plan};
 pub use progress::{Outcome, ProgressTracker};
 pub use queue::{JobQueue, MemoryQueue, Ticket};
 pub use registry::JobRegistry;
 pub use store::{JobRecord, JobStore, Restored, RunRecord, restore_jobs};
 
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::api::{ApiError, ErrorCode, RequestOptions};
+use crate::assets::Asset;
 use crate::comfyui::{PreviewFormat, WsEvent};
 use crate::ids::{JobId, PromptId};
 use crate::storage::ImageRecord;
@@ -100,6 +104,9 @@ pub struct Run {
     pub stop_sent: bool,
     /// When ComfyUI last said anything about this prompt (or `/history` was last asked).
     pub last_heard: Instant,
+    /// When the prompt was sent (or taken back after a restart): orders the prompts a backend
+    /// holds, as ComfyUI's queue does.
+    pub sent: Instant,
 }
 
 /// A live preview image waiting for the next tick.
@@ -115,6 +122,8 @@ struct JobInner {
     progress: Value,
     finished_at: Option<Instant>,
     finished_unix_ms: Option<u64>,
+    /// When ComfyUI started executing the job (not saved: unknown after a restart).
+    started_unix_ms: Option<u64>,
     run: Option<Run>,
     /// Where the job last ran, kept after its run ended.
     last_backend: Option<String>,
@@ -122,6 +131,19 @@ struct JobInner {
     preview: Option<PendingPreview>,
     /// Output branches ComfyUI dropped at validation while running the rest.
     warnings: Vec<Value>,
+    /// The outputs committed so far by this process, as assets, in commit order.
+    outputs: Vec<Arc<Asset>>,
+    /// Told of each output as it is committed; dropped when the job ends.
+    output_watchers: Vec<Sender<Arc<Asset>>>,
+}
+
+/// What [`Job::watch_outputs`] gives: the outputs committed so far, then a channel of the next.
+pub struct OutputWatch {
+    /// The outputs already committed, in order.
+    pub committed: Vec<Arc<Asset>>,
+    /// Each later output the moment it is committed; the channel closes when the job ends
+    /// (every output is committed before its terminal event). `None` if the job has ended.
+    pub live: Option<Receiver<Arc<Asset>>>,
 }
 
 /// What a ComfyUI message meant for a job.
@@ -144,12 +166,19 @@ pub struct Job {
     plan: Plan,
     options: RequestOptions,
     cancel_requested: AtomicBool,
+    /// `/prompt` answers for this job that were server errors (or lacked a `prompt_id`).
+    bad_answers: AtomicU32,
+    /// Times a ComfyUI lost this job's started prompt (it was sent again after each but the
+    /// last); saved with the job.
+    losses: AtomicU32,
     inner: Mutex<JobInner>,
     /// Held while the job's record is written, so that saves from different threads land in
     /// the order their records were taken: the newest state always wins on disk.
     saving: Mutex<()>,
     /// Told of every event (the job's webhooks); set at submission.
     sink: OnceLock<Arc<dyn JobEvents>>,
+    /// `/prompt`'s `extra_data` (a v2 partner-node key): in memory only, never saved or logged.
+    extra_data: OnceLock<Value>,
 }
 
 impl Job {
@@ -167,6 +196,8 @@ impl Job {
             plan,
             options,
             cancel_requested: AtomicBool::new(false),
+            bad_answers: AtomicU32::new(0),
+            losses: AtomicU32::new(0),
             saving: Mutex::new(()),
             inner: Mutex::new(JobInner {
                 state: JobState::Queued,
@@ -174,14 +205,18 @@ impl Job {
                 progress: Value::Null,
                 finished_at: None,
                 finished_unix_ms: None,
+                started_unix_ms: None,
                 run: None,
                 last_backend: None,
                 last_prompt: None,
                 preview: None,
                 warnings: Vec::new(),
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
             id,
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
         }
     }
 
@@ -249,6 +284,28 @@ impl Job {
         }
     }
 
+    /// Sets `/prompt`'s `extra_data` for this job (once). Kept in memory only: a job still
+    /// waiting when the gateway restarts runs without it.
+    pub fn set_extra_data(&self, extra_data: Value) {
+        let _ = self.extra_data.set(extra_data);
+    }
+
+    /// `/prompt`'s `extra_data`, if the submission had one.
+    pub fn extra_data(&self) -> Option<&Value> {
+        self.extra_data.get()
+    }
+
+    /// When the job was created, when ComfyUI started it (if known) and when it ended, as Unix
+    /// milliseconds.
+    pub fn times_unix_ms(&self) -> (u64, Option<u64>, Option<u64>) {
+        let inner = self.lock();
+        (
+            self.created_unix_ms,
+            inner.started_unix_ms,
+            inner.finished_unix_ms,
+        )
+    }
+
     /// Sends every later event to `sink` too (once; a second sink is ignored).
     pub fn set_event_sink(&self, sink: Arc<dyn JobEvents>) {
         let _ = self.sink.set(sink);
@@ -313,6 +370,7 @@ impl Job {
             inner.last_prompt = Some(run.prompt_id);
         }
         inner.preview = None;
+        inner.output_watchers.clear();
         let text = self.with_job_id(data);
         let event = inner.log.push(kind, text);
         self.tell_sink(&event);
@@ -333,13 +391,15 @@ impl Job {
     }
 
     /// Records that ComfyUI at `backend_url` accepted the prompt and announces it with a
-    /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation.
+    /// `dispatched` event. `warnings` name output branches ComfyUI dropped at validation;
+    /// `ahead` counts the prompts that backend held before this one (its queue position).
     pub fn dispatched(
         &self,
         backend_url: &str,
         prompt_id: PromptId,
         graph: &Value,
         warnings: Vec<Value>,
+        ahead: usize,
     ) {
         let mut inner = self.lock();
         if inner.state.is_finished() {
@@ -353,7 +413,7 @@ impl Job {
         });
         let mut tracker = ProgressTracker::new(prompt_id.clone(), graph);
         tracker.drop_outputs(warnings.iter().filter_map(|w| w["node"].as_str()));
-        tracker.set_queue_position(Some(0));
+        tracker.set_queue_position(Some(ahead));
         inner.warnings = warnings;
         inner.run = Some(Run {
             backend_url: backend_url.to_string(),
@@ -364,6 +424,7 @@ impl Job {
             orphaned: false,
             stop_sent: false,
             last_heard: Instant::now(),
+            sent: Instant::now(),
         });
         let text = self.with_job_id(data);
         let event = inner.log.push(EventKind::Dispatched, text);
@@ -417,6 +478,9 @@ impl Job {
         if started && inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
+        if started {
+            inner.started_unix_ms = Some(timestamp::unix_millis());
+        }
         Observed { started, outcome }
     }
 
@@ -430,6 +494,7 @@ impl Job {
             return false;
         }
         run.started = Some(Instant::now());
+        inner.started_unix_ms = Some(timestamp::unix_millis());
         if inner.state == JobState::Queued {
             inner.state = JobState::Running;
         }
@@ -453,7 +518,8 @@ impl Job {
 
     /// Publishes this tick's `progress` event (and the newest preview, at most one per tick);
     /// returns false, publishing nothing, once the job has ended. `queue_position` is asked
-    /// only while the job waits in the gateway's queue.
+    /// while the job waits, in the gateway's queue or in ComfyUI's (see
+    /// `Engine::queue_position`); it is called under the job's lock, so it must not lock a job.
     pub fn tick(&self, queue_position: impl FnOnce(&JobId) -> Option<usize>) -> bool {
         let mut inner = self.lock();
         if inner.state.is_finished() {
@@ -461,7 +527,7 @@ impl Job {
         }
         let elapsed_ms = self.elapsed_ms();
         let state = inner.state.as_str();
-        let snapshot = match inner.run.as_ref() {
+        let snapshot = match inner.run.as_mut() {
             None => {
                 let tick = WaitingTick {
                     queue_position: queue_position(&self.id)
@@ -478,6 +544,11 @@ impl Job {
                 return true;
             }
             Some(run) => {
+                if run.started.is_none() && !run.tracker.started() {
+                    if let Some(position) = queue_position(&self.id) {
+                        run.tracker.set_queue_position(Some(position));
+                    }
+                }
                 let mut snapshot = run.tracker.snapshot(state, elapsed_ms);
                 snapshot["backend"] = json!(run.backend_url);
                 snapshot
@@ -502,6 +573,44 @@ impl Job {
     /// Output branches ComfyUI dropped at validation.
     pub fn warnings(&self) -> Vec<Value> {
         self.lock().warnings.clone()
+    }
+
+    /// Records that the output `asset` was committed (stored), and tells the watchers.
+    /// The same asset twice (a retried store) is recorded once.
+    pub(crate) fn output_committed(&self, asset: Arc<Asset>) {
+        let mut inner = self.lock();
+        if inner.outputs.iter().any(|known| known.id == asset.id) {
+            return;
+        }
+        inner
+            .output_watchers
+            .retain(|watcher| watcher.send(Arc::clone(&asset)).is_ok());
+        inner.outputs.push(asset);
+    }
+
+    /// The outputs this process saw the job commit, in order. After a restart the durable
+    /// list is [`crate::assets::AssetStore::for_job`].
+    pub fn outputs(&self) -> Vec<Arc<Asset>> {
+        self.lock().outputs.clone()
+    }
+
+    /// The outputs committed so far and a channel of those to come (Comfy API v2's `output`
+    /// events), taken atomically: no output is missed or seen twice.
+    pub fn watch_outputs(&self) -> OutputWatch {
+        let mut inner = self.lock();
+        let committed = inner.outputs.clone();
+        if inner.state.is_finished() {
+            return OutputWatch {
+                committed,
+                live: None,
+            };
+        }
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        inner.output_watchers.push(sender);
+        OutputWatch {
+            committed,
+            live: Some(receiver),
+        }
     }
 
     /// Records that the outputs of a job that failed with `storage_failed` reached storage
@@ -584,13 +693,23 @@ impl Job {
         true
     }
 
+    /// Counts one more loss of this job's started prompt; returns how many it had before.
+    pub(super) fn count_loss(&self) -> u32 {
+        self.losses.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Counts one more bad `/prompt` answer for this job; returns how many it had.
+    pub(super) fn answered_badly(&self) -> u32 {
+        self.bad_answers.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
     /// Whether a client asked to cancel.
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested.load(Ordering::SeqCst)
     }
 
-    /// The job as `GET /jobs/{id}` shows it. `queue_position` is its place in the gateway's
-    /// queue while it waits there.
+    /// The job as `GET /jobs/{id}` shows it, with its `queue_position` (see
+    /// `Engine::queue_position`).
     pub fn to_json(&self, queue_position: Option<usize>) -> Value {
         let inner = self.lock();
         let (result, error) = match &inner.state {
@@ -620,7 +739,7 @@ impl Job {
             "backend": backend,
             "prompt_id": prompt_id,
             "progress": progress,
-            "events": inner.log.len(),
+            "events": inner.log.emitted(),
             "result": result,
             "error": error,
         })
@@ -660,6 +779,7 @@ impl Job {
             warnings: inner.warnings.clone(),
             events: inner.log.durable_events(),
             next_event_id: inner.log.next_id(),
+            losses: self.losses.load(Ordering::SeqCst),
             saved_unix_ms: timestamp::unix_millis(),
             finished_unix_ms: inner.finished_unix_ms,
             result,
@@ -674,12 +794,15 @@ impl Job {
     /// A job as a saved record describes it, after a restart. Event ids continue past any the
     /// old process could have sent: ticks after the last save were never written down, so the
     /// next id skips as many as could have happened since.
+    /// `templates` and `blobs` read the input images of records older gateways wrote.
     pub fn from_record(
         record: JobRecord,
         progress_interval: Duration,
+        templates: &crate::workflow::Templates,
+        blobs: &crate::blobs::BlobStore,
     ) -> Result<(Job, Option<store::RunRecord>), String> {
         let id = JobId::parse(&record.id).ok_or_else(|| format!("bad job id {:?}", record.id))?;
-        let plan = Plan::from_record(record.plan)?;
+        let plan = Plan::from_record(record.plan, templates, blobs)?;
         let now_ms = timestamp::unix_millis();
         let age = Duration::from_millis(now_ms.saturating_sub(record.created_unix_ms));
         let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -712,8 +835,11 @@ impl Job {
             plan,
             options: record.options,
             cancel_requested: AtomicBool::new(false),
+            losses: AtomicU32::new(record.losses),
+            bad_answers: AtomicU32::new(0),
             saving: Mutex::new(()),
             sink: OnceLock::new(),
+            extra_data: OnceLock::new(),
             inner: Mutex::new(JobInner {
                 state,
                 log,
@@ -724,11 +850,14 @@ impl Job {
                         .unwrap_or_else(Instant::now)
                 }),
                 finished_unix_ms: record.finished_unix_ms,
+                started_unix_ms: None,
                 run: None,
                 last_backend: record.last_backend,
                 last_prompt: record.last_prompt,
                 preview: None,
                 warnings: record.warnings,
+                outputs: Vec::new(),
+                output_watchers: Vec::new(),
             }),
         };
         let run = if finished { None } else { record.run };
@@ -752,6 +881,7 @@ impl Job {
             orphaned: true,
             stop_sent: false,
             last_heard: now,
+            sent: now,
         });
         if saved.started {
             inner.state = JobState::Running;
@@ -777,6 +907,7 @@ mod tests {
         let plan = Plan {
             workflow: "graph".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let _ = GenerateRequest::Graph { graph: json!({}) };
         Job::new(plan, RequestOptions::default(), 1)
@@ -839,11 +970,16 @@ mod tests {
         let job = job();
         job.publish(EventKind::Queued, json!({}));
         job.tick(|_| Some(3));
-        job.dispatched("http://c", PromptId("p".into()), &json!({}), vec![]);
+        job.dispatched("http://c", PromptId("p".into()), &json!({}), vec![], 0);
         let record = job.to_record();
         let text = serde_json::to_string(&record).expect("serialisable");
         let record: JobRecord = serde_json::from_str(&text).expect("readable");
-        let (back, run) = Job::from_record(record, Duration::from_secs(1)).expect("restorable");
+        let blobs_dir = std::env::temp_dir().join(format!("blobs-{}", crate::ids::new_uuid()));
+        let blobs = crate::blobs::BlobStore::open(&blobs_dir).expect("a blob store");
+        let templates = crate::workflow::Templates::default();
+        let (back, run) = Job::from_record(record, Duration::from_secs(1), &templates, &blobs)
+            .expect("restorable");
+        let _ = std::fs::remove_dir_all(&blobs_dir);
         assert_eq!(back.id(), job.id());
         assert_eq!(run.map(|r| r.prompt_id), Some(PromptId("p".into())));
         let replay = back.subscribe(0).replay;

@@ -12,11 +12,14 @@
 use serde_json::{Value, json};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Job, JobContext};
 use crate::api::{ApiError, ErrorCode};
+use crate::assets::{Asset, NewOutput};
+use crate::blobs::{self, BlobHash};
 use crate::comfyui::{ComfyClient, HistoryEntry, ImageRef, MAX_IMAGE_BYTES, OutputFile};
 use crate::convert;
 use crate::ids::{self, PromptId};
@@ -67,6 +70,10 @@ struct Collected {
     bytes: u64,
     width: Option<u32>,
     height: Option<u32>,
+    /// The blake3 hash of the staged file as stored (`None` if it could not be read).
+    hash: Option<BlobHash>,
+    /// The size of the file that was hashed (the asset's `size_bytes`).
+    hashed_bytes: Option<u64>,
 }
 
 /// Fetches, processes and stores the prompt's output files; returns the `complete` data.
@@ -231,6 +238,8 @@ fn fetch_one(
             size: media::file_dimensions(&received.path, media, &received.head),
         }
     };
+    // Last, once the staged file is final: its hash and size, for the asset it becomes.
+    let hashed = hash_staged(req, &received.path);
     Ok(Collected {
         node: file.node_id.clone(),
         source: source.clone(),
@@ -240,7 +249,35 @@ fn fetch_one(
         bytes,
         width: size.map(|(w, _)| w),
         height: size.map(|(_, h)| h),
+        hash: hashed.map(|(hash, _)| hash),
+        hashed_bytes: hashed.map(|(_, size)| size),
     })
+}
+
+/// The blake3 hash and size of a staged output, computed once. With local storage the file
+/// also joins the blob store (a hard link), so that it can be minted from and used as a job
+/// input; with remote storage only the hash is kept. A failure costs the output its asset,
+/// never the job.
+fn hash_staged(req: &StoreRequest<'_>, path: &std::path::Path) -> Option<(BlobHash, u64)> {
+    let hashed = if req.app.local.is_some() {
+        req.app
+            .assets
+            .blobs()
+            .put_file(path)
+            .map(|outcome| (outcome.hash, outcome.size))
+            .map_err(|e| e.to_string())
+    } else {
+        blobs::hash_file(path).map_err(|e| e.to_string())
+    };
+    hashed
+        .inspect_err(|e| {
+            log::warn!(
+                "job {}: hashing the output {}: {e}; it gets no asset",
+                req.job.id(),
+                path.display()
+            );
+        })
+        .ok()
 }
 
 /// A staged file as it will be stored: its type, its length, and its size in pixels if known.
@@ -330,10 +367,11 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
         }
     }
     match stored {
-        Ok(()) => Ok(collected
+        Ok(assets) => Ok(collected
             .iter()
             .zip(&rows)
-            .map(|(c, row)| {
+            .zip(&assets)
+            .map(|((c, row), asset)| {
                 json!({
                     "url": row.url,
                     "key": c.key,
@@ -343,6 +381,8 @@ fn store_all(req: &StoreRequest<'_>, collected: &[Collected]) -> Result<Vec<Valu
                     "width": c.width,
                     "height": c.height,
                     "node": c.node,
+                    "asset_id": asset.as_ref().map(|a| &a.id),
+                    "hash": c.hash,
                 })
             })
             .collect()),
@@ -391,18 +431,46 @@ fn rows_for(req: &StoreRequest<'_>, collected: &[Collected]) -> Vec<ImageRecord>
         .collect()
 }
 
+/// Stores each file (each becomes an asset, and the job is told, the moment storage has it),
+/// then records the rows. Returns each output's asset (`None` where it could not be made).
 fn upload_and_record(
     req: &StoreRequest<'_>,
     collected: &[Collected],
     rows: &mut [ImageRecord],
-) -> Result<(), StorageError> {
-    for (c, row) in collected.iter().zip(rows.iter_mut()) {
+) -> Result<Vec<Option<Arc<Asset>>>, StorageError> {
+    let mut assets = Vec::with_capacity(collected.len());
+    for (index, (c, row)) in collected.iter().zip(rows.iter_mut()).enumerate() {
         row.url = req
             .app
             .storage
             .put_file(&c.key, &c.path, c.media.content_type)?;
+        let asset = register_output(req, index, c);
+        if let Some(asset) = &asset {
+            req.job.output_committed(Arc::clone(asset));
+        }
+        assets.push(asset);
     }
-    req.app.storage.record(rows)
+    req.app.storage.record(rows)?;
+    Ok(assets)
+}
+
+/// Registers a stored output as an asset; a failure is logged and costs only the asset.
+fn register_output(req: &StoreRequest<'_>, index: usize, c: &Collected) -> Option<Arc<Asset>> {
+    let hash = c.hash?;
+    let job_id = req.job.id().to_string();
+    let registered = req.app.assets.register_output(NewOutput {
+        job_id: &job_id,
+        node_id: &c.node,
+        name: &c.source.filename,
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        media: c.media,
+        hash,
+        size_bytes: c.hashed_bytes.unwrap_or(c.bytes),
+        storage_key: &c.key,
+    });
+    registered
+        .inspect_err(|e| log::warn!("job {job_id}: output {} gets no asset: {e}", c.key))
+        .ok()
 }
 
 /// Keeps the files on disk for a later upload and builds the `storage_failed` error.
@@ -584,6 +652,7 @@ mod tests {
         let plan = Plan {
             workflow: "txt2video".into(),
             source: GraphSource::Raw(json!({})),
+            inputs: Vec::new(),
         };
         let job = Arc::new(Job::new(plan, RequestOptions::default(), 1));
         let ctx = JobContext {
@@ -591,6 +660,8 @@ mod tests {
             storage: Arc::clone(&app.storage),
             local: app.local.clone(),
             spool: Arc::clone(&app.spool),
+            blobs: app.blobs.clone(),
+            assets: Arc::clone(&app.v2.assets),
             metrics: Arc::clone(&app.metrics),
             run: app.run.clone(),
             on_comeback: None,

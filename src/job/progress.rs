@@ -293,6 +293,8 @@ impl ProgressTracker {
             "step": self.step.map(|(value, _)| value),
             "steps": self.step.map(|(_, max)| max),
             "percent": self.percent(),
+            "nodes_done": self.done.iter().filter(|node| self.weights.contains_key(*node)).count(),
+            "nodes_total": self.weights.len(),
             "elapsed_ms": elapsed_ms,
         })
     }

@@ -106,6 +106,7 @@ mod tests {
         let plan = Plan {
             workflow: "graph".into(),
             source: GraphSource::Raw(serde_json::json!({})),
+            inputs: Vec::new(),
         };
         Arc::new(Job::new(plan, RequestOptions::default(), 1))
     }

@@ -52,6 +52,9 @@ pub struct JobRecord {
     pub events: Vec<Event>,
     /// The id the next event would have had when this was written.
     pub next_event_id: u64,
+    /// Times a ComfyUI lost the job's started prompt (`LOST_RETRIES` bounds the resends).
+    #[serde(default)]
+    pub losses: u32,
     /// When this was written, Unix milliseconds.
     pub saved_unix_ms: u64,
     /// When the job ended, Unix milliseconds.
@@ -153,12 +156,15 @@ pub struct Restored {
 }
 
 /// Reads every saved job back into `registry`: finished ones (until their retention ends, when
-/// their file is removed) to stay readable, unfinished ones to be resumed.
+/// their file is removed) to stay readable, unfinished ones to be resumed. `templates` and
+/// `blobs` read the input images of records older gateways wrote.
 pub fn restore_jobs(
     store: &JobStore,
     registry: &super::JobRegistry,
     run: &super::RunSettings,
     retention: std::time::Duration,
+    templates: &crate::workflow::Templates,
+    blobs: &crate::blobs::BlobStore,
 ) -> Restored {
     use std::sync::Arc;
     let records = match store.load() {
@@ -185,13 +191,14 @@ pub fn restore_jobs(
             }
             continue;
         }
-        let (job, saved_run) = match super::Job::from_record(record, run.progress_interval) {
-            Ok(restored) => restored,
-            Err(e) => {
-                log::error!("cannot restore saved job {id}: {e}");
-                continue;
-            }
-        };
+        let (job, saved_run) =
+            match super::Job::from_record(record, run.progress_interval, templates, blobs) {
+                Ok(restored) => restored,
+                Err(e) => {
+                    log::error!("cannot restore saved job {id}: {e}");
+                    continue;
+                }
+            };
         let job = Arc::new(job);
         registry.insert(Arc::clone(&job));
         if job.is_finished() {

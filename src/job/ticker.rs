@@ -73,13 +73,14 @@ pub(super) fn run(engine: &Weak<Engine>, new_jobs: &Receiver<Arc<Job>>) {
             let Some(Reverse(Due { at, job })) = due.pop() else {
                 break;
             };
+            // Computed outside the job's lock: it reads every held job's run.
+            let fresh = positions
+                .as_ref()
+                .is_some_and(|(computed, _)| computed.elapsed() < POSITIONS_FRESH);
+            if !fresh {
+                positions = Some((Instant::now(), engine.positions()));
+            }
             let ticked = job.tick(|id| {
-                let fresh = positions
-                    .as_ref()
-                    .is_some_and(|(computed, _)| computed.elapsed() < POSITIONS_FRESH);
-                if !fresh {
-                    positions = Some((Instant::now(), engine.positions()));
-                }
                 positions
                     .as_ref()
                     .and_then(|(_, places)| places.get(id).copied())

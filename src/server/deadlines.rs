@@ -9,6 +9,7 @@
 //! blocked write then fails at once and the thread lets go.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -124,6 +125,52 @@ impl WriteDeadlines {
     }
 }
 
+/// A writer whose every answer (what is written between two flushes: one SSE event, say) must
+/// be written within the deadline it arms at its first byte; the flush that ends it disarms it.
+pub struct DeadlineWriter<'a, W: Write> {
+    inner: W,
+    deadlines: &'a WriteDeadlines,
+    peer: Option<SocketAddr>,
+    within: Duration,
+    armed: Option<Armed<'a>>,
+}
+
+impl<'a, W: Write> DeadlineWriter<'a, W> {
+    /// Wraps `inner`, the connection of `peer`, with a deadline `within` for each answer.
+    pub fn new(
+        inner: W,
+        deadlines: &'a WriteDeadlines,
+        peer: Option<SocketAddr>,
+        within: Duration,
+    ) -> DeadlineWriter<'a, W> {
+        DeadlineWriter {
+            inner,
+            deadlines,
+            peer,
+            within,
+            armed: None,
+        }
+    }
+}
+
+impl<W: Write> Write for DeadlineWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.armed.is_none() {
+            self.armed = Some(self.deadlines.arm(self.peer, self.within));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.armed.is_none() {
+            self.armed = Some(self.deadlines.arm(self.peer, self.within));
+        }
+        let flushed = self.inner.flush();
+        self.armed = None;
+        flushed
+    }
+}
+
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
@@ -135,7 +182,7 @@ impl Drop for Armed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
 
     /// Stops the watch when dropped, so a failed assertion cannot leave its thread running.

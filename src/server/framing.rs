@@ -9,13 +9,26 @@ use tiny_http::Request;
 
 use crate::api::{ApiError, ErrorCode};
 
-/// Checks the request's framing headers and its declared length against `max_body`.
+/// The largest body a request may have, and the variable that sets it (for the refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    /// The limit in bytes.
+    pub bytes: u64,
+    /// The variable that sets it, e.g. `MAX_BODY_BYTES`.
+    pub variable: &'static str,
+}
+
+/// Checks the request's framing headers and its declared length against `limit`.
 ///
 /// Refuses (400 `malformed_request`) `Content-Length` together with `Transfer-Encoding`, a
 /// repeated or malformed `Content-Length` (anything but digits), and any transfer coding other
-/// than a single `chunked`; refuses a declared length over `max_body` with 413
+/// than a single `chunked`; refuses a declared length over the limit with 413
 /// `payload_too_large`, or 417 `expectation_failed` when the client waits for `100 Continue`.
-pub fn check(request: &Request, max_body: u64) -> Result<(), ApiError> {
+pub fn check(request: &Request, limit: BodyLimit) -> Result<(), ApiError> {
+    let BodyLimit {
+        bytes: max_body,
+        variable,
+    } = limit;
     let lengths: Vec<&str> = values(request, "Content-Length").collect();
     let codings: Vec<&str> = values(request, "Transfer-Encoding").collect();
     if !lengths.is_empty() && !codings.is_empty() {
@@ -46,13 +59,13 @@ pub fn check(request: &Request, max_body: u64) -> Result<(), ApiError> {
             (
                 ErrorCode::ExpectationFailed,
                 format!(
-                    "the body would be larger than MAX_BODY_BYTES ({max_body} bytes): do not send it"
+                    "the body would be larger than {variable} ({max_body} bytes): do not send it"
                 ),
             )
         } else {
             (
                 ErrorCode::PayloadTooLarge,
-                format!("the body is larger than MAX_BODY_BYTES ({max_body} bytes)"),
+                format!("the body is larger than {variable} ({max_body} bytes)"),
             )
         };
         return Err(

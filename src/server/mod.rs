@@ -5,11 +5,11 @@
 //! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection). A streaming answer (`POST /generate`, `GET /jobs/{id}/events`) keeps its request
 //! thread until the job's terminal event has been written.
 
-mod auth;
+pub(crate) mod auth;
 mod connections;
-mod deadlines;
-mod framing;
-mod reply;
+pub(crate) mod deadlines;
+pub(crate) mod framing;
+pub(crate) mod reply;
 mod routes;
 pub mod socket;
 
@@ -142,6 +142,17 @@ impl FrontDoor {
     /// within `IDLE_TIMEOUT_SECS`, its connection is shut down and the write fails.
     pub(crate) fn write_deadline(&self, peer: Option<SocketAddr>) -> deadlines::Armed<'_> {
         self.deadlines.arm(peer, self.write_within)
+    }
+
+    /// `writer` (a stream's raw connection to `peer`) with a deadline for each answer written
+    /// between two flushes: one SSE event, however large, must be written within
+    /// `IDLE_TIMEOUT_SECS`, or the connection is shut down and the write fails.
+    pub(crate) fn deadline_writer<W: std::io::Write>(
+        &self,
+        writer: W,
+        peer: Option<SocketAddr>,
+    ) -> deadlines::DeadlineWriter<'_, W> {
+        deadlines::DeadlineWriter::new(writer, &self.deadlines, peer, self.write_within)
     }
 
     /// Closes the connection of `request`'s client after what was written to it, for an answer

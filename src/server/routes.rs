@@ -271,6 +271,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             // After the job started, JSON answers carry the job's error with its status.
             ErrorCode::ExecutionFailed,
             ErrorCode::ComfyuiLost,
+            ErrorCode::ComfyuiError,
             ErrorCode::Timeout,
             ErrorCode::StorageFailed,
             ErrorCode::Cancelled,
@@ -363,8 +364,13 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     log::info!("{} {method} {path}", door.client_address(&request));
-    if let Err(error) = framing::check(&request, app.config.max_body_bytes) {
+    let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
+    if let Err(error) = framing::check(&request, limit) {
         return door.refuse(request, &error, &[]);
+    }
+    // Comfy API v2 has its own router, key check and error vocabulary.
+    if crate::v2::owns(path) {
+        return crate::v2::handle(app, door, request, path, query);
     }
     let matching = route(path);
     // The page and /health hold no data (the page asks for the key itself), so they answer
@@ -640,22 +646,14 @@ fn write_stream(app: &App, door: &FrontDoor, request: Request, job: &Job, last_s
     let _open = app.metrics.sse_stream();
     let peer = request.remote_addr().copied();
     let subscription = job.subscribe(last_seen);
-    let writer = request.into_writer();
-    let started = {
-        let _deadline = door.write_deadline(peer);
-        SseWriter::start(writer, &[("X-Job-Id", job.id().as_str())])
-    };
-    let mut sse = match started {
+    let writer = door.deadline_writer(request.into_writer(), peer);
+    let mut sse = match SseWriter::start(writer, &[("X-Job-Id", job.id().as_str())]) {
         Ok(sse) => sse,
         Err(e) => return log::debug!("job {}: client left before the stream began: {e}", job.id()),
     };
     let live = subscription.live.into_iter().flat_map(|rx| rx.into_iter());
     for event in subscription.replay.into_iter().chain(live) {
-        let sent = {
-            let _deadline = door.write_deadline(peer);
-            sse.send(&event.to_sse())
-        };
-        if let Err(e) = sent {
+        if let Err(e) = sse.send(&event.to_sse()) {
             log::info!(
                 "job {}: a client stopped watching ({e}); the job goes on",
                 job.id()
@@ -666,7 +664,6 @@ fn write_stream(app: &App, door: &FrontDoor, request: Request, job: &Job, last_s
             break;
         }
     }
-    let _deadline = door.write_deadline(peer);
     let _ = sse.finish();
 }
 

@@ -52,6 +52,14 @@ pub trait Storage: Send + Sync {
 
     /// A cheap check that storage is usable right now (for `GET /ready`); never retries.
     fn check(&self) -> Result<(), StorageError>;
+
+    /// A fresh URL a client downloads the object at `key` from, when the backend hands out its
+    /// own (Supabase: the public URL, or a newly signed one when URLs are signed); `None` when
+    /// the gateway serves the files itself (local storage, the default).
+    fn fresh_url(&self, key: &str) -> Option<Result<String, StorageError>> {
+        let _ = key;
+        None
+    }
 }
 
 /// The metadata of one stored output file (an image, a video, a sound...): one row of the

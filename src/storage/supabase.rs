@@ -285,6 +285,11 @@ impl Storage for SupabaseStorage {
         "supabase"
     }
 
+    /// The public URL, or a URL signed now when `signed_url_ttl_secs` is above 0.
+    fn fresh_url(&self, key: &str) -> Option<Result<String, StorageError>> {
+        Some(self.url_for(key))
+    }
+
     /// Uploads (retrying transient failures), then returns the public URL, or a signed one when
     /// `signed_url_ttl_secs` is above 0.
     fn put_image(

@@ -386,6 +386,9 @@ fn bad_request(body: &Value) -> Reply {
 
 /// `POST /prompt`: validate, queue, answer `{prompt_id, number, node_errors}`.
 fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
+    if let Some(fault) = take_prompt_fault(shared) {
+        return Reply::text(fault.status, &fault.body);
+    }
     let request: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         // aiohttp's answer to the handler's uncaught JSONDecodeError.
@@ -469,6 +472,20 @@ fn post_prompt(shared: &Shared, body: &[u8]) -> Reply {
         200,
         &json!({"prompt_id": prompt_id, "number": number, "node_errors": node_errors}),
     )
+}
+
+/// Uses up one `/prompt` answer of an armed [`crate::PromptFault`].
+fn take_prompt_fault(shared: &Shared) -> Option<crate::PromptFault> {
+    let mut st = shared.state();
+    let fault = st.prompt_fault.as_mut()?;
+    let answer = fault.clone();
+    if fault.times != u32::MAX {
+        fault.times -= 1;
+        if fault.times == 0 {
+            st.prompt_fault = None;
+        }
+    }
+    Some(answer)
 }
 
 /// A JSON body, or `{}` when it is empty or not JSON (ComfyUI is lenient here too).

@@ -153,6 +153,18 @@ pub enum Failure {
     ValidationError,
 }
 
+/// An odd answer to `POST /prompt`, as a ComfyUI with a broken custom node or a proxy in front
+/// of it gives: armed with [`ComfySim::fail_prompts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptFault {
+    /// The HTTP status to answer with, e.g. 500 (or 200, with a body lacking `prompt_id`).
+    pub status: u16,
+    /// The body to answer with (sent as `text/plain`).
+    pub body: String,
+    /// How many `/prompt` requests get it; `u32::MAX`: every one from now on.
+    pub times: u32,
+}
+
 /// Something the simulator did, reported after the bytes that show it were written.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SimEvent {
@@ -330,6 +342,12 @@ impl ComfySim {
             Failure::ValidationError => st.reject_next = true,
             other => st.exec_failure = Some(other),
         }
+    }
+
+    /// Answers the next `fault.times` `POST /prompt` requests with `fault.status` and
+    /// `fault.body` instead of queueing them (replacing any fault armed before); `None` disarms.
+    pub fn fail_prompts(&self, fault: Option<PromptFault>) {
+        self.shared.state().prompt_fault = fault.filter(|f| f.times > 0);
     }
 
     /// Changes how long each sampler step takes, from the next step on.

@@ -156,6 +156,8 @@ pub(crate) struct SimState {
     pub exec_failure: Option<Failure>,
     /// Test control: refuse the next `/prompt` with node errors.
     pub reject_next: bool,
+    /// Test control: the next `/prompt` requests get this odd answer instead of being queued.
+    pub prompt_fault: Option<crate::PromptFault>,
     /// Test control: finished prompts wait before their history entry is written.
     pub history_held: bool,
     /// Waiting prompts by number: the order ComfyUI runs them in.
@@ -184,6 +186,7 @@ impl SimState {
             interrupt: false,
             exec_failure: None,
             reject_next: false,
+            prompt_fault: None,
             history_held: false,
             pending: BTreeMap::new(),
             running: None,
