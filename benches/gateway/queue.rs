@@ -1258,11 +1258,24 @@ const SUBMIT_JOBS: usize = 300;
 
 pub(super) struct SubmitLatency {
     place: &'static str,
+    request: &'static str,
     summary: Summary,
 }
 
+/// An img2img request whose input image is new each time (a 64x64 PNG whose first pixel
+/// counts up), so that every submission writes one blob durably.
+fn img2img_fresh_image(n: u64) -> BenchResult<Value> {
+    let mut pixels = vec![0u8; 64 * 64 * 3];
+    pixels[..8].copy_from_slice(&n.to_le_bytes());
+    let png = super::encode_rgb(&pixels, 64, 64, None)?;
+    let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png);
+    Ok(json!({"workflow": "img2img", "prompt": "p", "image": image, "seed": n, "steps": 1}))
+}
+
 /// `POST /jobs` latency, one client, with `DATA_DIR` on the disk and on tmpfs (`/dev/shm`,
-/// where `fsync` costs nothing): the difference is what the durable writes cost.
+/// where `fsync` costs nothing), for jobs without input (their record is written) and with a
+/// new input image each (the image is also written, through `durable`, with its `fsync`s):
+/// the differences are what the writes and their `fsync`s cost a submission.
 pub(super) fn bench_submit_latency() -> BenchResult<Vec<SubmitLatency>> {
     note("15. submit latency: DATA_DIR on disk and on tmpfs");
     let mut rows = Vec::new();
@@ -1281,16 +1294,26 @@ pub(super) fn bench_submit_latency() -> BenchResult<Vec<SubmitLatency>> {
         for _ in 0..20 {
             queue_job(&client, &url, &invert_request())?;
         }
-        let mut times = Vec::with_capacity(SUBMIT_JOBS);
-        for _ in 0..SUBMIT_JOBS {
-            let started = Instant::now();
-            queue_job(&client, &url, &invert_request())?;
-            times.push(started.elapsed());
+        let mut seed = 0u64;
+        for request in ["invert (no input)", "img2img (new input image)"] {
+            let mut times = Vec::with_capacity(SUBMIT_JOBS);
+            for _ in 0..SUBMIT_JOBS {
+                seed += 1;
+                let body = if request.starts_with("invert") {
+                    invert_request()
+                } else {
+                    img2img_fresh_image(seed)?
+                };
+                let started = Instant::now();
+                queue_job(&client, &url, &body)?;
+                times.push(started.elapsed());
+            }
+            rows.push(SubmitLatency {
+                place,
+                request,
+                summary: Summary::of(times),
+            });
         }
-        rows.push(SubmitLatency {
-            place,
-            summary: Summary::of(times),
-        });
     }
     Ok(rows)
 }
@@ -1298,14 +1321,15 @@ pub(super) fn bench_submit_latency() -> BenchResult<Vec<SubmitLatency>> {
 pub(super) fn print_submit_latency(out: &mut String, rows: &[SubmitLatency]) -> BenchResult<()> {
     writeln!(
         out,
-        "\n15. Submit latency: {SUBMIT_JOBS} POST /jobs in a row (invert, one keep-alive client, \
-         the simulator paused so every job waits), DATA_DIR on disk vs on tmpfs"
+        "\n15. Submit latency: {SUBMIT_JOBS} POST /jobs in a row of each kind (one keep-alive \
+         client, the simulator paused so every job waits), DATA_DIR on disk vs on tmpfs"
     )?;
     for row in rows {
         writeln!(
             out,
-            "{:<18} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "{:<18} {:<27} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             row.place,
+            row.request,
             ms(row.summary.p50),
             ms(row.summary.p99),
             ms(row.summary.max)

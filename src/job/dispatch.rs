@@ -155,23 +155,24 @@ fn refusal(error: ComfyError) -> Refusal {
 
 /// `502 comfyui_error`: the backend answered badly `attempts` times, the last with `error`.
 fn bad_answer(backend: &Backend, error: &ComfyError, attempts: u32) -> ApiError {
-    let (status, body) = match error {
-        ComfyError::Status { status, body, .. } => {
+    let (status, body, call) = match error {
+        ComfyError::Status { status, body, url } => {
             let body = crate::comfyui::truncate(body.trim().to_string(), 200);
-            (Some(*status), body)
+            let call = url.strip_prefix(backend.url()).unwrap_or(url).to_string();
+            (Some(*status), body, call)
         }
-        other => (None, other.to_string()),
+        other => (None, other.to_string(), "/prompt".to_string()),
     };
     let last = match status {
-        Some(status) if body.is_empty() => format!("HTTP {status} with an empty body"),
-        Some(status) => format!("HTTP {status}: {body}"),
+        Some(status) if body.is_empty() => format!("{call} answered HTTP {status}, empty"),
+        Some(status) => format!("{call} answered HTTP {status}: {body}"),
         None => body.clone(),
     };
     ApiError::new(
         ErrorCode::ComfyuiError,
         format!(
-            "ComfyUI at {} could not queue the prompt: {attempts} bad answers to /prompt, the \
-             last {last}",
+            "ComfyUI at {} could not queue the prompt after {attempts} bad answers; the last: \
+             {last}",
             backend.url()
         ),
     )

@@ -240,7 +240,7 @@ pub const ROUTES: &[Route] = &[
         errors: &[UNAUTHORIZED, NOT_FOUND],
         handler: |app, request, call| events::stream(app, request, call),
     },
-    // ---- assets (the asset library: v2-assets) -------------------------------------------
+    // ---- assets (the asset library) ----------------------------------------------------------
     Route {
         method: "POST",
         path: "/api/v2/assets",
