@@ -157,8 +157,8 @@ fn main() -> BenchResult<()> {
     }
     // The queue sections (issues 8, 9 and 16), alone or together: `-- streams`, `-- burst`,
     // `-- backends`, `-- added-latency`, `-- previews`, `-- soak` (SOAK_SECS long, default
-    // 600), `-- submit-latency`, or `-- queue` for all of them; `-- burst-heap` is the
-    // in-process heap part of `burst` alone.
+    // 600), `-- submit-latency`, `-- durable`, `-- webhooks`, or `-- queue` for all of them;
+    // `-- burst-heap` is the in-process heap part of `burst` alone.
     let asked = |name: &str| std::env::args().any(|arg| arg == name || arg == "queue");
     let queue_only = [
         "queue",
@@ -170,6 +170,8 @@ fn main() -> BenchResult<()> {
         "previews",
         "soak",
         "submit-latency",
+        "durable",
+        "webhooks",
     ]
     .iter()
     .any(|name| std::env::args().any(|arg| arg == *name));
@@ -221,6 +223,12 @@ fn queue_sections(out: &mut String, wanted: &dyn Fn(&str) -> bool) -> BenchResul
     }
     if wanted("backends") {
         queue::print_backends(out, &queue::bench_backends()?)?;
+    }
+    if wanted("durable") {
+        queue::frontdoor::print_durable(out, &queue::frontdoor::bench_durable()?)?;
+    }
+    if wanted("webhooks") {
+        queue::frontdoor::print_webhooks(out, &queue::frontdoor::bench_webhooks()?)?;
     }
     if wanted("added-latency") {
         queue::print_added_latency(out, &queue::bench_added_latency()?)?;

@@ -252,11 +252,23 @@ impl App {
         self.engine.get()
     }
 
-    /// Retries every spooled upload once. A job still remembered whose outputs now reached
-    /// storage turns from `failed` (`storage_failed`) into `completed`, with their links.
+    /// Retries every spooled upload once, except those storage refused for good (see
+    /// [`App::flush_spool_at_start`]). A job still remembered whose outputs now reached storage
+    /// turns from `failed` (`storage_failed`) into `completed`, with their links.
     ///
     /// Returns how many spooled jobs were stored.
     pub fn flush_spool(&self) -> usize {
+        self.flush_spool_with(false)
+    }
+
+    /// Retries every spooled upload once, those storage refused for good included (their cause
+    /// may have been fixed since: a bucket's size limit raised, a table migrated): what the
+    /// gateway does at start-up. Returns how many spooled jobs were stored.
+    pub fn flush_spool_at_start(&self) -> usize {
+        self.flush_spool_with(true)
+    }
+
+    fn flush_spool_with(&self, refused_too: bool) -> usize {
         let mut stored = 0;
         let pending = match self.spool.pending() {
             Ok(pending) => pending,
@@ -270,6 +282,9 @@ impl App {
             if job.as_ref().is_some_and(|job| !job.is_finished()) {
                 continue; // its own output worker is uploading it right now
             }
+            if !refused_too && self.spool.refusal(&job_id).is_some() {
+                continue; // refused for good: only a restart tries it again
+            }
             match self.spool.flush_one(&job_id, self.storage.as_ref()) {
                 Ok(rows) => {
                     stored += 1;
@@ -278,6 +293,17 @@ impl App {
                         if job.storage_recovered(&rows) {
                             self.save(&job);
                         }
+                    }
+                }
+                Err(e) if e.is_refusal() => {
+                    self.metrics.supabase_error();
+                    log::warn!(
+                        "spooled job {job_id}: storage refuses it ({e}); its files stay in {} \
+                         and are not retried until the gateway restarts",
+                        self.spool.dir().join(&job_id).display()
+                    );
+                    if let Err(mark) = self.spool.mark_refused(&job_id, &e.to_string()) {
+                        log::warn!("spooled job {job_id}: cannot mark it refused: {mark}");
                     }
                 }
                 Err(e) => {
@@ -304,15 +330,21 @@ impl App {
         }
     }
 
-    /// Starts the housekeeping thread: flushes the spool now and every `every`, and forgets
-    /// expired jobs. The thread ends once the app is dropped.
+    /// Starts the housekeeping thread: flushes the spool now (refused jobs too) and every
+    /// `every` (refused jobs skipped), and forgets expired jobs. The thread ends once the app is
+    /// dropped.
     pub fn spawn_housekeeping(app: &Arc<App>, every: Duration) -> std::io::Result<()> {
         let weak = Arc::downgrade(app);
         std::thread::Builder::new()
             .name("housekeeping".into())
             .spawn(move || {
+                let mut first = true;
                 while let Some(app) = weak.upgrade() {
-                    app.flush_spool();
+                    if std::mem::take(&mut first) {
+                        app.flush_spool_at_start();
+                    } else {
+                        app.flush_spool();
+                    }
                     app.prune_jobs();
                     drop(app);
                     std::thread::sleep(every);

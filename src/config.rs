@@ -94,8 +94,9 @@ pub struct Config {
     /// mid-request) or leave an answer unread before it is closed (default 60 s).
     pub idle_timeout: Duration,
     /// `MAX_CONNECTIONS`: client requests answered at once, each holding its connection and a
-    /// thread (default 512); beyond it the gateway answers 503 with `Retry-After` and closes.
-    pub max_connections: usize,
+    /// thread; beyond it the gateway answers 503 with `Retry-After` and closes. `None` (unset):
+    /// as many as the open-files limit holds (see `server::connection_limit`).
+    pub max_connections: Option<usize>,
     /// `TRUSTED_PROXY`: the addresses of reverse proxies whose `X-Forwarded-For` / `X-Real-IP`
     /// name the real client in the logs (default none).
     pub trusted_proxies: Vec<IpAddr>,
@@ -289,8 +290,12 @@ fn parse<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Config, Config
             None => None,
         },
         idle_timeout: Duration::from_secs(whole_number(vars, &IDLE_TIMEOUT_SECS)?),
-        max_connections: usize::try_from(whole_number(vars, &MAX_CONNECTIONS)?)
-            .unwrap_or(usize::MAX),
+        max_connections: match vars.get(MAX_CONNECTIONS.variable) {
+            Some(_) => {
+                Some(usize::try_from(whole_number(vars, &MAX_CONNECTIONS)?).unwrap_or(usize::MAX))
+            }
+            None => None,
+        },
         trusted_proxies: match vars.get("TRUSTED_PROXY") {
             Some(raw) => trusted_proxies(&raw)?,
             None => Vec::new(),
@@ -557,11 +562,12 @@ const IDLE_TIMEOUT_SECS: WholeNumber = WholeNumber {
     max: 86_400,
 };
 
-/// Each answered request holds a thread and its connection (two file descriptors); the default
-/// fits the common 1,024 open-files limit, and start-up lowers it further if the limit is lower.
+/// Each answered request holds a thread and its connection (two file descriptors). Unset, the
+/// limit comes from the open-files limit at start-up (`server::connection_limit`); the default
+/// here is never used.
 const MAX_CONNECTIONS: WholeNumber = WholeNumber {
     variable: "MAX_CONNECTIONS",
-    default: 512,
+    default: 0,
     unit: "connections",
     min: 1,
     max: 1_000_000,
@@ -895,7 +901,7 @@ mod tests {
         assert_eq!(config.png_metadata, PngMetadata::Strip);
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.idle_timeout, Duration::from_secs(60));
-        assert_eq!(config.max_connections, 512);
+        assert_eq!(config.max_connections, None);
         assert!(config.trusted_proxies.is_empty());
     }
 
@@ -924,7 +930,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(config.idle_timeout, Duration::from_secs(5));
-        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.max_connections, Some(10));
         assert_eq!(config.trusted_proxies.len(), 2);
         for (variable, value) in [
             ("IDLE_TIMEOUT_SECS", "0"),

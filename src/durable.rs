@@ -36,6 +36,22 @@ pub fn write_file(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -
     sync_parent(path)
 }
 
+/// Puts a durable copy of `source` at `path`, atomically like [`write_file`]: a hard link when
+/// both are on one file system (no byte copied: `source` and `path` then share their contents),
+/// else a streamed copy (never the whole file in memory). `source` stays where it is.
+pub fn copy_file(source: &Path, path: &Path) -> io::Result<()> {
+    let temp = temporary_beside(path)?;
+    let placed = fs::hard_link(source, &temp)
+        .or_else(|_| fs::copy(source, &temp).map(drop))
+        .and_then(|()| File::open(&temp)?.sync_all())
+        .and_then(|()| fs::rename(&temp, path));
+    if let Err(error) = placed {
+        let _ = fs::remove_file(&temp);
+        return Err(error);
+    }
+    sync_parent(path)
+}
+
 /// Renames `from` (a file already written and synced, on the same file system) over `to`, and
 /// syncs `to`'s folder so the rename survives a power cut.
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
@@ -126,6 +142,22 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(fs::read(&path).expect("read"), b"old");
         assert_eq!(names(&dir), ["record.json"]);
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn copies_leave_the_source_and_no_temporary() {
+        let dir = scratch();
+        let source = dir.join("staged.bin");
+        write_bytes(&source, b"image").expect("source written");
+        let path = dir.join("kept/0.png");
+        copy_file(&source, &path).expect("copied");
+        assert_eq!(fs::read(&path).expect("read"), b"image");
+        assert_eq!(fs::read(&source).expect("read"), b"image");
+        assert_eq!(names(&dir.join("kept")), ["0.png"]);
+        let missing = copy_file(&dir.join("gone.bin"), &dir.join("kept/1.png"));
+        assert!(missing.is_err());
+        assert_eq!(names(&dir.join("kept")), ["0.png"]);
         fs::remove_dir_all(dir).ok();
     }
 

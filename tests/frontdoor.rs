@@ -392,3 +392,80 @@ fn a_head_is_answered_like_the_get_it_mirrors_without_a_body() {
     let got = head("/jobs/no-such-job/events", Some("Bearer the-key"));
     assert_eq!(got.status(), 405, "{}", got.text);
 }
+
+/// How many `HTTP/1.x` answers `text` holds.
+fn answers_in(text: &str) -> usize {
+    text.matches("HTTP/1.1 ").count() + text.matches("HTTP/1.0 ").count()
+}
+
+#[test]
+fn nothing_behind_a_refused_request_is_ever_answered() {
+    let h = Harness::start();
+    // The fault showed in one run of three: repeat it enough to catch a race.
+    for round in 0..40 {
+        let pipelined = [
+            // Both in one write: the second may already sit in the server's read buffer.
+            "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            // An empty body, so the next request is parsed at once.
+            "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n\
+             GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            // A body over the limit is refused without being read: what follows is never seen.
+            "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 999999999\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for request in pipelined {
+            let got = exchange(h.gateway.addr(), request.as_bytes(), PROMPT);
+            assert!(
+                got.closed,
+                "round {round}: the connection is closed: {}",
+                got.text
+            );
+            assert_eq!(
+                answers_in(&got.text),
+                1,
+                "round {round}: only the refusal is answered: {}",
+                got.text
+            );
+            assert!(!got.text.contains("jobs_total"), "{}", got.text);
+        }
+    }
+}
+
+#[test]
+fn a_request_sent_after_a_refusal_is_never_read() {
+    let h = Harness::start();
+    for round in 0..20 {
+        let mut socket = TcpStream::connect(h.gateway.addr()).expect("connects");
+        socket
+            .write_all(
+                b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            )
+            .expect("sends");
+        // Read the whole refusal, then send another request on the same connection.
+        socket.set_read_timeout(Some(PROMPT)).expect("timeout set");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match socket.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                other => panic!("round {round}: the refusal was cut short: {other:?}"),
+            }
+        }
+        assert!(
+            String::from_utf8_lossy(&head).contains(" 400 "),
+            "round {round}"
+        );
+        let (rest, closed) = send_and_read_until_closed(
+            &mut socket,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            PROMPT,
+        );
+        assert!(closed, "round {round}: closed");
+        assert_eq!(
+            answers_in(&rest),
+            0,
+            "round {round}: answered after close: {rest}"
+        );
+    }
+}

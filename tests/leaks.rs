@@ -39,7 +39,7 @@ fn two_hundred_jobs_with_random_disconnects_leak_nothing() {
         seed ^= seed << 17;
         let body = json!({"workflow": "invert", "width": 8, "height": 8, "color": i});
         let mut stream = h.generate_stream(&body);
-        assert_eq!(stream.status, 200);
+        assert_eq!(stream.status, 200, "job {i}");
         if seed % 2 == 0 {
             let first = stream.next_event().expect("queued");
             assert_eq!(first.event, "queued");

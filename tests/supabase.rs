@@ -166,6 +166,70 @@ fn a_permanent_supabase_error_is_reported_with_its_message_and_images_kept() {
 }
 
 #[test]
+fn an_output_over_the_buckets_size_limit_is_kept_and_not_promised_an_upload() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    // Any PNG is larger than 16 bytes: Storage answers 413 EntityTooLarge inside a 400.
+    fake.set_file_size_limit("images", Some(16));
+    let events = h
+        .generate_stream(&small_txt2img("too large"))
+        .until_terminal();
+    let last = events.last().expect("terminal");
+    assert_eq!(last.event, "error", "{:?}", last.data);
+    assert_eq!(last.data["code"], "storage_failed", "{:?}", last.data);
+    let message = last.data["message"].as_str().unwrap_or_default();
+    assert!(message.contains("EntityTooLarge"), "{message}");
+    assert!(message.contains("size limit"), "says why: {message}");
+    assert!(
+        message.contains("will not be uploaded automatically"),
+        "no promise it cannot keep: {message}"
+    );
+    assert!(!message.contains("when storage works again"), "{message}");
+    let details = &last.data["details"];
+    assert_eq!(details["will_retry"], false, "{details}");
+    let spool_dir = std::path::PathBuf::from(details["spool_dir"].as_str().expect("spool_dir"));
+    assert!(
+        message.contains(&spool_dir.display().to_string()),
+        "{message}"
+    );
+    assert!(spool_dir.join("manifest.json").exists(), "files kept");
+    let uploads = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path().starts_with("/storage/v1/object/images/"))
+            .count()
+    };
+    assert_eq!(uploads(), 1, "a refusal is not retried");
+
+    // The periodic flush leaves it alone: no upload loop.
+    for _ in 0..3 {
+        assert_eq!(h.app.flush_spool(), 0);
+    }
+    assert_eq!(uploads(), 1, "the spool does not retry a refusal");
+    assert!(spool_dir.join("manifest.json").exists());
+
+    // Once the limit is raised, a restart (its start-up flush) uploads it.
+    fake.set_file_size_limit("images", None);
+    assert_eq!(h.app.flush_spool(), 0, "still not retried periodically");
+    assert_eq!(h.app.flush_spool_at_start(), 1, "a restart tries it again");
+    assert!(!spool_dir.exists(), "uploaded and removed from the spool");
+    let job_id = last.data["job_id"].as_str().expect("job id");
+    let (_, job) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(job["state"], "completed", "{job}");
+}
+
+#[test]
+fn a_failure_that_can_pass_is_promised_a_later_upload() {
+    let h = supabase_harness(vec![]);
+    h.supabase.as_ref().expect("fake").set_down(true);
+    let (status, answer) = h.post_json("/generate", &small_txt2img("outage"));
+    assert_eq!(status, 502, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("when storage works again"), "{message}");
+    assert_eq!(answer["error"]["details"]["will_retry"], true, "{answer}");
+}
+
+#[test]
 fn supabase_down_spools_then_uploads_once_it_returns() {
     let h = supabase_harness(vec![]);
     let fake = h.supabase.as_ref().expect("fake");

@@ -784,3 +784,85 @@ print("verified", len(hooks))
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_receiver_that_never_answers_delays_only_its_own_webhooks() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let silent_url = format!("http://{}/never", silent.local_addr().expect("addr"));
+    let receiver = HookReceiver::start();
+    let h = signed(vec![], |app| {
+        fast_retries(app);
+        app.webhooks.options.request_timeout = Duration::from_secs(60);
+    });
+    // Many jobs for the silent receiver first: with deliveries spread over the threads by job,
+    // every thread would wait a minute on it.
+    for n in 0..16 {
+        let request = with_webhook(
+            small_txt2img(&format!("unheard {n}")),
+            json!({"url": silent_url, "events": ["queued"]}),
+        );
+        assert_eq!(h.post_json("/jobs", &request).0, 202);
+    }
+    let request = with_webhook(
+        small_txt2img("heard"),
+        json!({"url": receiver.url("/fast"), "events": ["queued"]}),
+    );
+    assert_eq!(h.post_json("/jobs", &request).0, 202);
+    // WAIT (20 s) is far less than the minute an attempt on the silent receiver may take.
+    let hook = receiver.next();
+    assert_eq!(
+        (hook.path.as_str(), hook.kind().as_str()),
+        ("/fast", "queued")
+    );
+    drop(silent); // resets the waiting attempt, so the threads end promptly
+}
+
+#[test]
+fn progress_webhooks_of_waiting_jobs_collapse_to_one_per_job() {
+    let silent = TcpListener::bind("127.0.0.1:0").expect("binds");
+    let silent_url = format!("http://{}/never", silent.local_addr().expect("addr"));
+    let mut options = Options::step_ms(10);
+    options.vars = vec![
+        ("WEBHOOK_SECRET", SECRET.to_string()),
+        ("PROGRESS_INTERVAL_MS", "50".to_string()),
+    ];
+    options.tweak = |app| {
+        fast_retries(app);
+        app.webhooks.options.request_timeout = Duration::from_secs(60);
+    };
+    let h = Harness::with(options);
+    h.sim.pause();
+    let jobs = 40;
+    let mut ids = Vec::new();
+    for n in 0..jobs {
+        let request = with_webhook(
+            small_txt2img(&format!("waiting {n}")),
+            json!({"url": silent_url, "events": ["progress"]}),
+        );
+        let (status, created) = h.post_json("/jobs", &request);
+        assert_eq!(status, 202, "{created}");
+        ids.push(created["job_id"].as_str().expect("id").to_string());
+    }
+    // Every waiting job ticks every 50 ms; the receiver takes none of them.
+    let last = ids.last().expect("jobs");
+    let mut events = h.get_stream(&format!("/jobs/{last}/events"), &[]);
+    let mut ticks = 0;
+    while ticks < 20 {
+        let event = events.next_event().expect("the job ticks");
+        if event.event == "progress" {
+            ticks += 1;
+        }
+    }
+    // One per job, and the one being posted (the receiver never answers it).
+    let queued = h.app.webhooks.queued();
+    assert!(
+        queued <= jobs + 1,
+        "{queued} deliveries wait for {jobs} jobs after 20 ticks each: one per job at most"
+    );
+    assert!(
+        pending_files(h.dir.path()).is_empty(),
+        "progress is not written to disk"
+    );
+    h.sim.resume();
+    drop(silent);
+}

@@ -24,6 +24,10 @@ use comfyui_sim::{ComfySim, PreviewFormat, SimEvent, SimOptions, WsStats};
 
 use super::{BenchResult, SseStream, Summary, agent, invert_request, ms, note, secs};
 
+/// Sections 18 and 19 (issue 16): durable job records and progress webhooks.
+#[path = "frontdoor.rs"]
+pub mod frontdoor;
+
 // ---------------------------------------------------------------------------------------------
 // A gateway in its own process
 
@@ -427,10 +431,7 @@ fn one_stream(addr: SocketAddr, body: &Value, start: &Barrier) -> StreamOutcome 
 /// simulator, and reads each to its end.
 fn stream_batch(streams: usize) -> BenchResult<StreamBatch> {
     let sim = quiet_sim(Duration::from_millis(STREAM_STEP_MS))?;
-    let gateway = GatewayProcess::start(
-        &[sim.url()],
-        &[("MAX_CONNECTIONS", "2000"), ("JOB_TIMEOUT_SECS", "120")],
-    )?;
+    let gateway = GatewayProcess::start(&[sim.url()], &[("JOB_TIMEOUT_SECS", "120")])?;
     let idle = gateway.status()?;
     let watch = ThreadWatch::start(gateway.pid());
     let start = Barrier::new(streams + 1);
@@ -503,7 +504,7 @@ pub(super) fn print_streams(out: &mut String, batches: &[StreamBatch]) -> BenchR
         out,
         "\n9. Streams submitted at once: POST /generate (SSE) all together, txt2img 64x64, \
          {STREAM_STEPS} steps x {STREAM_STEP_MS} ms,\n   one simulator (in the bench's process), \
-         the gateway in its own process (MAX_CONNECTIONS=2000, other settings default)\n\
+         the gateway in its own process (default settings: MAX_CONNECTIONS from the open-files limit)\n\
          streams  completed  wall s  jobs/s  gateway RSS idle/peak/after MiB  threads idle/peak/after  \
          progress gaps  gap mean/p50/p99/max ms     to queued p50/p99/max ms"
     )?;

@@ -332,17 +332,14 @@ fn check_and_strip(
     };
     let stored_len = bytes.len() as u64;
     if stored_len != len || media != media::identify(&bytes, &source.filename) {
-        rewrite_synced(&path, &bytes).map_err(|e| not_staged(&[source], &e.to_string()))?;
+        crate::durable::write_bytes(&path, &bytes)
+            .map_err(|e| not_staged(&[source], &e.to_string()))?;
     }
     Ok(Checked {
         media,
         bytes: stored_len,
         size: (width > 0 && height > 0).then_some((width, height)),
     })
-}
-
-fn rewrite_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    crate::durable::write_bytes(path, bytes)
 }
 
 /// Stores every file and records the rows; on failure, spools them and says where.
@@ -486,6 +483,34 @@ fn spool(
     let comfyui_files: Vec<&ImageRef> = collected.iter().map(|c| &c.source).collect();
     let job_id = req.job.id().to_string();
     match req.app.spool.save(&job_id, &pending_files(collected), rows) {
+        Ok(dir) if cause.is_refusal() => {
+            let why = cause.hint().unwrap_or("storage refuses it");
+            log::warn!(
+                "job {job_id}: storage refused the outputs ({cause}); files kept in {}, not \
+                 retried",
+                dir.display()
+            );
+            if let Err(e) = req.app.spool.mark_refused(&job_id, &cause.to_string()) {
+                log::warn!("job {job_id}: cannot mark its spooled files refused: {e}");
+            }
+            ApiError::new(
+                ErrorCode::StorageFailed,
+                format!(
+                    "storage refused the outputs ({cause}): {why}. Retrying cannot fix this, so \
+                     they will not be uploaded automatically; they are kept in {}. Once the \
+                     cause is fixed, restart the gateway: it tries every spooled job again at \
+                     start-up",
+                    dir.display()
+                ),
+            )
+            .with_details(json!({
+                "spool_dir": dir,
+                "keys": collected.iter().map(|c| &c.key).collect::<Vec<_>>(),
+                "cause": cause.to_string(),
+                "will_retry": false,
+                "comfyui_files": comfyui_files,
+            }))
+        }
         Ok(dir) => {
             log::warn!(
                 "job {job_id}: storage failed ({cause}); files spooled in {}",
@@ -503,6 +528,7 @@ fn spool(
                 "spool_dir": dir,
                 "keys": collected.iter().map(|c| &c.key).collect::<Vec<_>>(),
                 "cause": cause.to_string(),
+                "will_retry": true,
                 "comfyui_files": comfyui_files,
             }))
         }

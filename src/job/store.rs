@@ -2,18 +2,20 @@
 //! the queue, reconciles running prompts and still answers for finished jobs.
 //!
 //! A file is written whenever the job changes in a way that matters after a restart (accepted,
-//! sent to ComfyUI, started, requeued, finished), always to a temporary name first and then
-//! renamed, so a crash leaves either the old or the new version, never half of one.
+//! sent to ComfyUI, started, requeued, finished) through [`crate::durable`]: a temporary file,
+//! synced, renamed over the old one, and the folder synced, so a crash or a power cut leaves
+//! either the old or the new version, never half of one, and a job reported `queued` is on disk.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::log::Event;
 use super::plan::PlanRecord;
 use crate::api::{ApiError, RequestOptions};
+use crate::durable;
 use crate::ids::{JobId, PromptId};
 
 /// A job as saved.
@@ -96,22 +98,11 @@ impl JobStore {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Writes a job's record, replacing the previous one atomically (a temporary file renamed
-    /// over it; removed again if the write fails).
-    ///
-    /// Unlike stored images and webhook deliveries, records are not `fsync`ed: a job is saved
-    /// four times in its life, on the path of every request, and the page cache survives the
-    /// crashes this is for (`kill -9`, a panic); a power cut may lose the last seconds' states.
+    /// Writes a job's record durably, replacing the previous one atomically
+    /// ([`crate::durable::write_bytes`]): once this returns, the record survives a power cut.
     pub fn save(&self, record: &JobRecord) -> io::Result<()> {
         let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
-        let tmp = self.dir.join(format!(".tmp-{}.json", record.id));
-        let written = fs::File::create(&tmp)
-            .and_then(|mut file| file.write_all(&bytes))
-            .and_then(|()| fs::rename(&tmp, self.path(&record.id)));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        durable::write_bytes(&self.path(&record.id), &bytes)
     }
 
     /// Removes a job's record (the job expired).
@@ -131,7 +122,7 @@ impl JobStore {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if name.starts_with(".tmp-") {
+            if durable::is_temporary(name) {
                 let _ = fs::remove_file(&path);
                 continue;
             }
@@ -228,4 +219,21 @@ pub fn restore_jobs(
         );
     }
     restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_written_durably_and_interrupted_writes_are_cleared() {
+        let dir = std::env::temp_dir().join(format!("job-store-{}", crate::ids::new_uuid()));
+        let store = JobStore::open(&dir).expect("opens");
+        // What a power cut during `save` leaves: `durable`'s temporary beside the record.
+        let leftover = durable::temporary_beside(&store.path("0f0f")).expect("a name");
+        fs::write(&leftover, b"{\"id\":\"0f0").expect("writable");
+        assert!(store.load().expect("loads").is_empty());
+        assert!(!leftover.exists(), "the half-written record is removed");
+        fs::remove_dir_all(dir).ok();
+    }
 }

@@ -6,6 +6,8 @@
 //! thread until the job's terminal event has been written.
 
 pub(crate) mod auth;
+mod connections;
+pub(crate) mod deadlines;
 pub(crate) mod framing;
 pub(crate) mod reply;
 mod routes;
@@ -14,23 +16,26 @@ pub mod socket;
 pub use routes::{Body, ENDPOINTS, Endpoint, ROUTER_ERRORS};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, ErrorCode};
 use crate::app::App;
+use connections::Connections;
+use deadlines::WriteDeadlines;
 
 /// A running gateway: its address, its accept loop, and the watch on its listener.
 pub struct Server {
     http: Arc<tiny_http::Server>,
+    door: Arc<FrontDoor>,
     addr: SocketAddr,
     accept_loop: Option<JoinHandle<()>>,
     watchdog: Option<(Sender<()>, JoinHandle<()>)>,
+    deadlines: Option<(Arc<WriteDeadlines>, JoinHandle<()>)>,
     stopping: Arc<AtomicBool>,
     failures: Receiver<String>,
 }
@@ -49,9 +54,12 @@ pub struct FrontDoor {
     pub port: u16,
     /// `TRUSTED_PROXY`.
     trusted_proxies: Vec<IpAddr>,
-    /// Client addresses (`IP:port`, so one connection) whose framing was refused, with when the
-    /// refusal expires: a request smuggled into the same connection is refused too.
-    condemned: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Each connection's requests in order, and the connections closed (see `connections`).
+    connections: Arc<Connections>,
+    /// The deadlines of answers being written (see `deadlines`).
+    deadlines: Arc<WriteDeadlines>,
+    /// `IDLE_TIMEOUT_SECS`: how long one answer (an SSE event, a JSON result) may take to write.
+    write_within: Duration,
     /// Requests being answered, each on its own thread.
     in_flight: AtomicUsize,
     /// `MAX_CONNECTIONS`, lowered if the open-files limit cannot hold that many.
@@ -66,10 +74,12 @@ pub struct FrontDoor {
 /// before it asks to be restarted.
 const MAX_ABANDONED: usize = 256;
 
-/// How long a refused connection's address stays refused.
-const CONDEMNED_FOR: Duration = Duration::from_secs(10);
-/// File descriptors kept for everything but client connections (logs, storage, ComfyUI).
-const RESERVED_FDS: u64 = 32;
+/// File descriptors kept for everything but client connections (logs, storage, ComfyUI), on top
+/// of a sixteenth of the open-files limit (see `fitting_connections`).
+const RESERVED_FDS: u64 = 64;
+/// The most requests answered at once when `MAX_CONNECTIONS` is unset, however high the
+/// open-files limit: each holds two threads (tiny_http's and its request thread).
+const MAX_DEFAULT_CONNECTIONS: usize = 4096;
 /// File descriptors one answered request can hold: its connection's two (tiny_http clones the
 /// socket) and a file being stored or served.
 const FDS_PER_CONNECTION: u64 = 3;
@@ -104,13 +114,16 @@ impl FrontDoor {
     /// Answers `error` and closes the connection, without reading or waiting for the rest of
     /// the request: for refused framing or size, and beyond `MAX_CONNECTIONS`.
     pub fn refuse(&self, request: tiny_http::Request, error: &ApiError, extra: &[(&str, &str)]) {
+        let peer = request.remote_addr().copied();
         let absurd = request
             .body_length()
             .is_some_and(|length| length as u64 >= reply::ABSURD_BODY_LENGTH);
         if !absurd {
-            return reply::refuse_and_close(request, error, self.port, extra);
+            reply::refuse_and_close(request, error, self.port, extra);
+            return self.close(peer);
         }
         reply::abandon(request, error, self.port, extra);
+        self.close(peer);
         let abandoned = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
         log::warn!(
             "refused a request declaring a body of {} bytes or more ({abandoned} so far; a \
@@ -125,21 +138,29 @@ impl FrontDoor {
         }
     }
 
-    /// Refuses this request's connection for a while (see `condemned`).
-    fn condemn(&self, peer: SocketAddr) {
-        let mut condemned = self.condemned.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if condemned.len() >= 1024 {
-            condemned.retain(|_, until| *until > now);
-        }
-        condemned.insert(peer, now + CONDEMNED_FOR);
+    /// Arms the write deadline of one answer to `peer` (see `deadlines`): if it is not written
+    /// within `IDLE_TIMEOUT_SECS`, its connection is shut down and the write fails.
+    pub(crate) fn write_deadline(&self, peer: Option<SocketAddr>) -> deadlines::Armed<'_> {
+        self.deadlines.arm(peer, self.write_within)
     }
 
-    fn is_condemned(&self, peer: SocketAddr) -> bool {
-        let condemned = self.condemned.lock().unwrap_or_else(|p| p.into_inner());
-        condemned
-            .get(&peer)
-            .is_some_and(|until| *until > Instant::now())
+    /// `writer` (a stream's raw connection to `peer`) with a deadline for each answer written
+    /// between two flushes: one SSE event, however large, must be written within
+    /// `IDLE_TIMEOUT_SECS`, or the connection is shut down and the write fails.
+    pub(crate) fn deadline_writer<W: std::io::Write>(
+        &self,
+        writer: W,
+        peer: Option<SocketAddr>,
+    ) -> deadlines::DeadlineWriter<'_, W> {
+        deadlines::DeadlineWriter::new(writer, &self.deadlines, peer, self.write_within)
+    }
+
+    /// Closes the connection of `request`'s client after what was written to it, for an answer
+    /// that said `Connection: close`: nothing more is read from it or answered on it.
+    pub fn close(&self, peer: Option<SocketAddr>) {
+        if let Some(peer) = peer {
+            self.connections.close(peer);
+        }
     }
 }
 
@@ -171,15 +192,22 @@ impl Bound {
         let http =
             tiny_http::Server::from_listener(self.listener, None).map_err(io::Error::other)?;
         let http = Arc::new(http);
+        let deadlines = Arc::new(WriteDeadlines::new(self.addr.port()));
         let door = Arc::new(FrontDoor {
             port: self.addr.port(),
             trusted_proxies: app.config.trusted_proxies.clone(),
-            condemned: Mutex::new(HashMap::new()),
+            connections: Arc::new(Connections::new(self.addr.port())),
+            deadlines: Arc::clone(&deadlines),
+            write_within: app.config.idle_timeout,
             in_flight: AtomicUsize::new(0),
             max_in_flight: connection_limit(app.config.max_connections),
             abandoned: AtomicUsize::new(0),
             failed: failed.clone(),
         });
+        let watched_deadlines = Arc::clone(&deadlines);
+        let deadline_watch = thread::Builder::new()
+            .name("write-deadlines".into())
+            .spawn(move || watched_deadlines.watch())?;
         let stopping = Arc::new(AtomicBool::new(false));
         let (stop_watch, watch_stopped) = crossbeam_channel::bounded(1);
         let watch_failed = failed.clone();
@@ -195,6 +223,7 @@ impl Bound {
             .name("pool-nudge".into())
             .spawn(move || nudge_pool(addr, &seen, heartbeat))?;
         let accept_stopping = Arc::clone(&stopping);
+        let kept_door = Arc::clone(&door);
         let accept_loop = thread::Builder::new()
             .name("accept".into())
             .spawn(move || {
@@ -205,23 +234,34 @@ impl Bound {
             })?;
         Ok(Server {
             http,
+            door: kept_door,
             addr: self.addr,
             accept_loop: Some(accept_loop),
             watchdog: Some((stop_watch, watchdog)),
+            deadlines: Some((deadlines, deadline_watch)),
             stopping,
             failures,
         })
     }
 }
 
-/// `MAX_CONNECTIONS`, lowered (with a warning) to what the open-files limit can hold.
-fn connection_limit(configured: usize) -> usize {
-    let Some(fds) = socket::open_files_limit() else {
+/// `MAX_CONNECTIONS` if set, lowered (with a warning) to what the open-files limit can hold;
+/// unset, what that limit holds ([`default_connection_limit`]).
+fn connection_limit(configured: Option<usize>) -> usize {
+    let fds = socket::open_files_limit();
+    let Some(configured) = configured else {
+        let limit = default_connection_limit(fds);
+        log::info!(
+            "answering at most {limit} requests at once (MAX_CONNECTIONS unset; open-files \
+             limit {})",
+            fds.map_or_else(|| "unknown".to_string(), |fds| fds.to_string())
+        );
+        return limit;
+    };
+    let Some(fds) = fds else {
         return configured;
     };
-    let fitting = usize::try_from(fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION)
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let fitting = fitting_connections(fds);
     if fitting < configured {
         log::warn!(
             "MAX_CONNECTIONS={configured} does not fit the open-files limit ({fds}): \
@@ -230,6 +270,24 @@ fn connection_limit(configured: usize) -> usize {
         return fitting;
     }
     configured
+}
+
+/// The connection limit when `MAX_CONNECTIONS` is unset: what an open-files limit of `fds`
+/// holds ([`fitting_connections`]), at most [`MAX_DEFAULT_CONNECTIONS`]; 512 where the system
+/// does not tell its limit.
+fn default_connection_limit(fds: Option<u64>) -> usize {
+    fds.map_or(512, fitting_connections)
+        .min(MAX_DEFAULT_CONNECTIONS)
+}
+
+/// How many answered requests an open-files limit of `fds` holds: [`FDS_PER_CONNECTION`] each,
+/// after keeping [`RESERVED_FDS`] plus a sixteenth of the limit for everything else (stored and
+/// spooled files, ComfyUI and Supabase connections, webhooks, logs). At least 1.
+fn fitting_connections(fds: u64) -> usize {
+    let reserved = RESERVED_FDS + fds / 16;
+    usize::try_from(fds.saturating_sub(reserved) / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 impl Server {
@@ -248,6 +306,12 @@ impl Server {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many requests are being answered right now, each on its own thread (what
+    /// `MAX_CONNECTIONS` caps): streams and JSON waiters included.
+    pub fn requests_in_flight(&self) -> usize {
+        self.door.in_flight.load(Ordering::Acquire)
     }
 
     /// `http://ADDR`.
@@ -282,6 +346,12 @@ impl Server {
         }
         if let Some((stop, handle)) = self.watchdog.take() {
             let _ = stop.try_send(());
+            let _ = handle.join();
+        }
+        // Answers still being written keep their deadlines' promise no more: the socket write
+        // timeout still bounds them.
+        if let Some((deadlines, handle)) = self.deadlines.take() {
+            deadlines.stop();
             let _ = handle.join();
         }
     }
@@ -330,13 +400,24 @@ fn accept(
             door.refuse(request, &error, &[("Retry-After", &retry)]);
             continue;
         }
+        // Taken here, in the order tiny_http hands requests over, so that pipelined requests
+        // are handled one after the other.
+        let turn = door.connections.turn(request.remote_addr().copied());
         let app = Arc::clone(app);
         let thread_door = Arc::clone(door);
         let spawned = thread::Builder::new()
             .name("request".into())
             .spawn(move || {
                 let _counted = InFlight(&thread_door.in_flight);
-                routes::handle(&app, &thread_door, request);
+                if turn.wait() {
+                    routes::handle(&app, &thread_door, request);
+                } else {
+                    // Its connection was closed (shut down both ways): dropped, nothing is
+                    // read or written for it.
+                    log::debug!("dropped a request that followed `Connection: close`");
+                    drop(request);
+                }
+                drop(turn);
             });
         if let Err(e) = spawned {
             // The request moved into the closure and is dropped with it; tiny_http answers 500.
@@ -451,4 +532,39 @@ fn nudge_pool(addr: SocketAddr, activity: &Receiver<()>, heartbeat: Duration) {
 /// resulting error. A quarter of the timeout, at most 5 s.
 fn heartbeat_every(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_limit_carries_1000_streams_on_a_stock_linux_box() {
+        // Stock hard limits: 4,096 (older distributions) and 524,288 (systemd 240 and later);
+        // the gateway raises its soft limit to the hard one at start.
+        for hard in [4096, 524_288] {
+            let limit = default_connection_limit(Some(hard));
+            assert!(limit >= 1000, "hard limit {hard}: {limit}");
+            let descriptors = limit as u64 * FDS_PER_CONNECTION;
+            assert!(
+                descriptors + hard / 16 <= hard,
+                "hard limit {hard}: {limit}"
+            );
+        }
+        assert_eq!(
+            default_connection_limit(Some(10_000_000)),
+            MAX_DEFAULT_CONNECTIONS
+        );
+        assert_eq!(default_connection_limit(None), 512);
+        assert!(default_connection_limit(Some(1024)) < 341);
+        assert_eq!(default_connection_limit(Some(10)), 1);
+    }
+
+    #[test]
+    fn a_set_limit_is_kept_unless_the_open_files_limit_cannot_hold_it() {
+        assert_eq!(connection_limit(Some(3)), 3);
+        let fds = socket::open_files_limit().expect("Linux tells");
+        assert_eq!(connection_limit(Some(usize::MAX)), fitting_connections(fds));
+        assert_eq!(connection_limit(None), default_connection_limit(Some(fds)));
+    }
 }

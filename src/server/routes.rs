@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tiny_http::{Request, Response, StatusCode};
 
-use super::{FrontDoor, auth, framing, reply};
+use super::{FrontDoor, auth, framing, reply, socket};
 use crate::api::{ApiError, ErrorCode, GenerateRequest, JobRequest};
 use crate::app::App;
 use crate::ids::JobId;
@@ -323,7 +323,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         answers: &[(200, Body::Events)],
         errors: &[ErrorCode::NotFound],
-        handler: |app, request, call| job_events(app, request, call.param(0), &call.query),
+        handler: |app, request, call| {
+            job_events(app, call.door, request, call.param(0), &call.query)
+        },
     },
     Endpoint {
         method: "GET",
@@ -354,8 +356,9 @@ fn route(path: &str) -> Vec<(&'static Endpoint, Vec<String>)> {
 
 /// Answers one request, on its own thread.
 ///
-/// In this order: a connection refused earlier stays refused; ambiguous framing and declared
-/// bodies over the limit are refused and the connection closed; then the API key (everything
+/// In this order (once the requests before it on its connection are done, and only if that
+/// connection is still open: see `server::connections`): ambiguous framing and declared bodies
+/// over the limit are refused and the connection closed; then the API key (everything
 /// but `GET /` and `GET /health` needs it, so that 404 and 405 tell nothing to a client without
 /// one); then the route and the method.
 pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
@@ -363,21 +366,9 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     log::info!("{} {method} {path}", door.client_address(&request));
-    if let Some(&peer) = request.remote_addr() {
-        if door.is_condemned(peer) {
-            let error = ApiError::new(
-                ErrorCode::MalformedRequest,
-                "an earlier request on this connection was refused; the connection is closed",
-            );
-            return door.refuse(request, &error, &[]);
-        }
-        let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
-        if let Err(error) = framing::check(&request, limit) {
-            if error.code == ErrorCode::MalformedRequest {
-                door.condemn(peer);
-            }
-            return door.refuse(request, &error, &[]);
-        }
+    let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
+    if let Err(error) = framing::check(&request, limit) {
+        return door.refuse(request, &error, &[]);
     }
     // Comfy API v2 has its own router, key check and error vocabulary.
     if crate::v2::owns(path) {
@@ -595,15 +586,32 @@ fn generate(app: &Arc<App>, door: &FrontDoor, mut request: Request) {
         Err(error) => return refuse(door, request, &error),
     };
     if wants_json(&request) {
-        answer_when_finished(request, &job);
+        answer_when_finished(door, request, &job);
     } else {
-        stream(app, request, &job, 0);
+        stream(app, door, request, &job, 0);
     }
 }
 
+/// How often a JSON waiter looks whether its client is still there.
+const CLIENT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Waits for the job to end and answers its outcome as JSON (`Accept: application/json`).
-fn answer_when_finished(request: Request, job: &Job) {
-    job.wait_until_finished(None);
+///
+/// A client that goes away meanwhile is noticed within [`CLIENT_CHECK_EVERY`]: the thread
+/// lets go of the request (the job goes on, and can be looked up by its id).
+fn answer_when_finished(door: &FrontDoor, request: Request, job: &Job) {
+    let peer = request.remote_addr().copied();
+    while !job.wait_until_finished(Some(Instant::now() + CLIENT_CHECK_EVERY)) {
+        let gone = peer.and_then(|peer| socket::client_has_gone(peer, door.port));
+        if gone == Some(true) {
+            log::info!(
+                "job {}: the client waiting for its result left; the job goes on",
+                job.id()
+            );
+            return door.close(peer);
+        }
+    }
+    let _deadline = door.write_deadline(peer);
     let error = match job.state() {
         JobState::Completed(result) => return reply::json(request, 200, &result),
         JobState::Failed(error) => error,
@@ -624,13 +632,23 @@ fn with_job_id(mut error: ApiError, job: &Job) -> ApiError {
     error
 }
 
-/// Writes the job's events after `last_seen` as SSE, live, until its terminal event.
+/// Writes the job's events after `last_seen` as SSE, live, until its terminal event, then
+/// closes the connection (the answer says `Connection: close`).
 ///
 /// A client that disconnects only ends this stream: the job goes on and can be re-attached.
-fn stream(app: &App, request: Request, job: &Job, last_seen: u64) {
+/// Each write must be done within `IDLE_TIMEOUT_SECS` (`FrontDoor::write_deadline`), so a
+/// client that stops reading cannot hold the thread, whatever the size of the event.
+fn stream(app: &App, door: &FrontDoor, request: Request, job: &Job, last_seen: u64) {
+    let peer = request.remote_addr().copied();
+    write_stream(app, door, request, job, last_seen);
+    door.close(peer);
+}
+
+fn write_stream(app: &App, door: &FrontDoor, request: Request, job: &Job, last_seen: u64) {
     let _open = app.metrics.sse_stream();
+    let peer = request.remote_addr().copied();
     let subscription = job.subscribe(last_seen);
-    let writer = request.into_writer();
+    let writer = door.deadline_writer(request.into_writer(), peer);
     let mut sse = match SseWriter::start(writer, &[("X-Job-Id", job.id().as_str())]) {
         Ok(sse) => sse,
         Err(e) => return log::debug!("job {}: client left before the stream began: {e}", job.id()),
@@ -698,7 +716,7 @@ fn cancel_job(app: &App, request: Request, id: &str) {
     reply::json(request, 200, &job_json(app, &job));
 }
 
-fn job_events(app: &App, request: Request, id: &str, query: &str) {
+fn job_events(app: &App, door: &FrontDoor, request: Request, id: &str, query: &str) {
     let job = match find_job(app, id) {
         Ok(job) => job,
         Err(error) => return reply::error(request, &error),
@@ -710,7 +728,7 @@ fn job_events(app: &App, request: Request, id: &str, query: &str) {
         .or(from_query)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    stream(app, request, &job, last_seen);
+    stream(app, door, request, &job, last_seen);
 }
 
 fn image(app: &App, request: Request, key: &str) {

@@ -8,9 +8,11 @@
 //! framing it refuses), and its reading side is shut down: tiny_http then reads end-of-file and
 //! closes it after the answer.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How many connections the listener's queues hold before the kernel turns new ones away.
@@ -97,6 +99,26 @@ pub fn accept_queue_len(listener: &TcpListener) -> Option<u32> {
 
 #[cfg(target_os = "linux")]
 fn accept_queue_len_of(fd: RawFd) -> Option<u32> {
+    let info = tcp_info(fd)?;
+    // For a listening socket (state 10, TCP_LISTEN) Linux reports the accept queue's length as
+    // `tcpi_unacked`.
+    const TCP_LISTEN: u8 = 10;
+    (info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
+}
+
+/// A TCP socket's state (`TCP_ESTABLISHED`...), as Linux numbers them.
+#[cfg(target_os = "linux")]
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    Some(tcp_info(fd)?.tcpi_state)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_state(_fd: RawFd) -> Option<u8> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; zeroes are a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -110,10 +132,7 @@ fn accept_queue_len_of(fd: RawFd) -> Option<u32> {
             &mut len,
         )
     };
-    // For a listening socket (state 10, TCP_LISTEN) Linux reports the accept queue's length as
-    // `tcpi_unacked`.
-    const TCP_LISTEN: u8 = 10;
-    (status == 0 && info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked)
+    (status == 0).then_some(info)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -127,21 +146,42 @@ fn accept_queue_len_of(_fd: RawFd) -> Option<u32> {
 /// reading (or waiting for) anything more from the client.
 ///
 /// Bytes the client sends after this call are still delivered by the kernel; the caller refuses
-/// any further request from `peer` (the condemned connections of `server::FrontDoor`). Returns
-/// whether such a connection was found (only on Linux, where `/proc/self/fd` lists the
-/// process's descriptors).
+/// any further request from `peer` (`server::Connections`). Returns whether such a connection
+/// was found (only on Linux, where `/proc/self/fd` lists the process's descriptors).
 pub fn stop_reading(peer: SocketAddr, local_port: u16) -> bool {
-    /// Discarding is bounded: a client sending faster than this is read can only keep its own
-    /// connection (and its refusals) going.
-    const DISCARD_LIMIT: usize = 16 * 1024 * 1024;
-    let Some(&fd) = sockets_from(peer, local_port).first() else {
+    let Some(own) = socket_of(peer, local_port) else {
         return false;
     };
-    // SAFETY: shutdown takes a descriptor number and changes no memory; at worst the number was
-    // closed since and the call fails.
+    let fd = own.as_raw_fd();
+    // SAFETY: shutdown takes a descriptor number (our own duplicate) and changes no memory.
     if unsafe { libc::shutdown(fd, libc::SHUT_RD) } != 0 {
         return false;
     }
+    discard_input(fd);
+    true
+}
+
+/// Ends this process's connection from `peer` to `local_port` both ways, after what was
+/// written to it (an answer that said `Connection: close`): the client gets the answer and
+/// then end-of-file, the server reads end-of-file, and every later write to it fails. What
+/// the client sent and nobody read is discarded. Returns the identity of the connection
+/// ended ([`connection_id`]), or `None` when none was found.
+pub fn close_connection(peer: SocketAddr, local_port: u16) -> Option<u64> {
+    let own = socket_of(peer, local_port)?;
+    let fd = own.as_raw_fd();
+    let id = inode_of(fd);
+    // SAFETY: shutdown takes a descriptor number (our own duplicate) and changes no memory.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    discard_input(fd);
+    id
+}
+
+/// Reads and drops what waits in `fd`'s receive queue, without blocking, so that closing the
+/// socket later does not reset the connection (and with it an answer still on its way).
+fn discard_input(fd: RawFd) {
+    /// Discarding is bounded: a client sending faster than this is read can only keep its own
+    /// connection (and its refusals) going.
+    const DISCARD_LIMIT: usize = 16 * 1024 * 1024;
     let mut sink = [0u8; 16 * 1024];
     let mut discarded = 0;
     while discarded < DISCARD_LIMIT {
@@ -152,7 +192,51 @@ pub fn stop_reading(peer: SocketAddr, local_port: u16) -> bool {
         }
         discarded += n as usize;
     }
-    true
+}
+
+/// Whether the client of this process's connection from `peer` to `local_port` has gone: it
+/// closed the connection (or at least its sending side: a client that half-closes counts as
+/// gone), or the connection failed. `None` when the connection is not found or the system
+/// cannot tell (only Linux can). Never blocks and reads nothing.
+///
+/// The TCP state tells, not `POLLRDHUP`: tiny_http shuts the reading side of a connection down
+/// itself once no next request came within `IDLE_TIMEOUT_SECS`, which `POLLRDHUP` reports too.
+pub fn client_has_gone(peer: SocketAddr, local_port: u16) -> Option<bool> {
+    let own = socket_of(peer, local_port)?;
+    let fd = own.as_raw_fd();
+    let mut poll = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd we own; a timeout of 0 never blocks.
+    if unsafe { libc::poll(&mut poll, 1, 0) } < 0 {
+        return None;
+    }
+    if poll.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        return Some(true);
+    }
+    let state = tcp_state(fd)?;
+    // The client's FIN arrived (CLOSE_WAIT, then LAST_ACK once we close), or a reset (CLOSE).
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    const TCP_LAST_ACK: u8 = 9;
+    Some(matches!(state, TCP_CLOSE | TCP_CLOSE_WAIT | TCP_LAST_ACK))
+}
+
+/// The identity of this process's connection from `peer` to `local_port` (its socket's inode):
+/// tells a connection from a later one that reuses the same client address and port.
+pub fn connection_id(peer: SocketAddr, local_port: u16) -> Option<u64> {
+    let own = socket_of(peer, local_port)?;
+    inode_of(own.as_raw_fd())
+}
+
+/// The inode number of the file `fd` names (for a socket, unique while it is open).
+fn inode_of(fd: RawFd) -> Option<u64> {
+    // SAFETY: stat is plain data; zeroes are a valid value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes at most one stat into the struct we own.
+    (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some(stat.st_ino)
 }
 
 /// Writes `bytes` straight to this process's connection from `peer` to `local_port`, then
@@ -161,9 +245,10 @@ pub fn stop_reading(peer: SocketAddr, local_port: u16) -> bool {
 ///
 /// Returns whether such a connection was found (only on Linux).
 pub fn answer_and_shut_down(peer: SocketAddr, local_port: u16, bytes: &[u8]) -> bool {
-    let Some(&fd) = sockets_from(peer, local_port).first() else {
+    let Some(own) = socket_of(peer, local_port) else {
         return false;
     };
+    let fd = own.as_raw_fd();
     let mut sent = 0;
     while sent < bytes.len() {
         let rest = &bytes[sent..];
@@ -180,16 +265,61 @@ pub fn answer_and_shut_down(peer: SocketAddr, local_port: u16, bytes: &[u8]) -> 
     true
 }
 
-/// The descriptors of this process's TCP sockets connected from `peer` to `local_port`.
-fn sockets_from(peer: SocketAddr, local_port: u16) -> Vec<RawFd> {
+/// Where each connection's descriptor was last found: `(peer, local port)` → descriptor.
+/// Rebuilt from `/proc/self/fd` when a connection is missing from it, so a thousand streams
+/// ending together cost one scan, not a thousand.
+static KNOWN_SOCKETS: Mutex<Option<HashMap<(SocketAddr, u16), RawFd>>> = Mutex::new(None);
+
+/// A descriptor of its own for this process's TCP socket connected from `peer` to
+/// `local_port`: a duplicate, checked after it was made, so that the socket cannot change under
+/// the caller. The descriptor found belongs to tiny_http, which may close it at any moment and
+/// see its number reused by the next connection it accepts; the duplicate keeps the right
+/// socket until it is dropped.
+fn socket_of(peer: SocketAddr, local_port: u16) -> Option<OwnedFd> {
+    let mut known = KNOWN_SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
+    let cached = known
+        .as_ref()
+        .and_then(|map| map.get(&(peer, local_port)).copied());
+    if let Some(own) = cached.and_then(|fd| own_copy(fd, peer, local_port)) {
+        return Some(own);
+    }
+    let map = scan_sockets();
+    let found = map.get(&(peer, local_port)).copied();
+    *known = Some(map);
+    own_copy(found?, peer, local_port)
+}
+
+/// A duplicate of `fd` if, once made, it is a socket connected from `peer` to `local_port`.
+fn own_copy(fd: RawFd, peer: SocketAddr, local_port: u16) -> Option<OwnedFd> {
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes a descriptor number and returns a new one (or -1);
+    // at worst `fd` was closed since and the call fails, or it now names another file, which
+    // the check below tells.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return None;
+    }
+    // SAFETY: `copy` is a descriptor this function just made and nothing else owns.
+    let own = unsafe { OwnedFd::from_raw_fd(copy) };
+    is_connection(own.as_raw_fd(), peer, local_port).then_some(own)
+}
+
+/// Whether `fd` is a socket connected from `peer` to `local_port`.
+fn is_connection(fd: RawFd, peer: SocketAddr, local_port: u16) -> bool {
+    address_of(fd, libc::getpeername) == Some(peer)
+        && address_of(fd, libc::getsockname).is_some_and(|a| a.port() == local_port)
+}
+
+/// Every connected IP socket of this process, by `(peer, local port)`.
+fn scan_sockets() -> HashMap<(SocketAddr, u16), RawFd> {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
+        return HashMap::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| {
-            address_of(fd, libc::getpeername) == Some(peer)
-                && address_of(fd, libc::getsockname).is_some_and(|a| a.port() == local_port)
+        .filter_map(|fd| {
+            let peer = address_of(fd, libc::getpeername)?;
+            let local = address_of(fd, libc::getsockname)?;
+            Some(((peer, local.port()), fd))
         })
         .collect()
 }

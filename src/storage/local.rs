@@ -3,9 +3,10 @@
 //!
 //! Layout under `DATA_DIR`:
 //! - `images/{job_id}/{index}.{ext}`: each output file (`.png`, `.mp4`, `.gif`, `.wav`, ...: any
-//!   extension of [`crate::media::KNOWN`]), written to a hidden temporary file in the same
-//!   folder (a hard link or a streamed copy for [`Storage::put_file`]), flushed to disk, then
-//!   renamed into place, so a reader never sees half a file;
+//!   extension of [`crate::media::KNOWN`]), written through [`crate::durable`] (a hidden
+//!   temporary file in the same folder, a hard link or a streamed copy for
+//!   [`Storage::put_file`], synced, renamed into place, the folder synced), so a reader never
+//!   sees half a file;
 //! - `generations.jsonl`: one [`ImageRecord`] per line, appended.
 //!
 //! Durability: both the image files and the JSONL file are `fsync`ed before the call returns, so
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{ImageRecord, Storage, StorageError};
-use crate::ids;
+use crate::{durable, ids};
 
 /// Stores images under `DATA_DIR/images/` and metadata in `DATA_DIR/generations.jsonl`.
 #[derive(Debug)]
@@ -234,7 +235,7 @@ impl Storage for LocalStorage {
         bytes: &[u8],
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        self.store(key, |path| write_atomically(path, bytes))
+        self.store(key, |path| durable::write_bytes(path, bytes))
     }
 
     /// Puts a copy of the file at `DATA_DIR/images/{key}` atomically: a hard link when both are
@@ -246,7 +247,7 @@ impl Storage for LocalStorage {
         source: &Path,
         _content_type: &str,
     ) -> Result<String, StorageError> {
-        self.store(key, |path| copy_atomically(source, path))
+        self.store(key, |path| durable::copy_file(source, path))
     }
 
     /// Appends one JSON line per row to `generations.jsonl` in a single write. A retry after a
@@ -357,44 +358,6 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 pub fn content_type_for(key: &str) -> Option<&'static str> {
     let (_, extension) = key.rsplit_once('.')?;
     crate::media::is_key_extension(extension).then(|| crate::media::content_type_for_key(key))
-}
-
-/// Writes `bytes` to a hidden temporary file beside `path`, syncs it, and renames it over
-/// `path`: readers see the old file or the whole new one, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_atomically(path, |temp| {
-        let mut file = File::create(temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    })
-}
-
-/// Puts a copy of `source` at `path` like [`write_atomically`]: a hard link when the file
-/// system allows it, else a streamed copy (never the whole file in memory).
-fn copy_atomically(source: &Path, path: &Path) -> io::Result<()> {
-    replace_atomically(path, |temp| super::link_or_copy_synced(source, temp))
-}
-
-/// Has `fill` write a hidden temporary file beside `path`, then renames it over `path`; the
-/// temporary file is removed if anything fails.
-fn replace_atomically(path: &Path, fill: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no folder"))?;
-    fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        ids::new_uuid()
-    ));
-    let renamed = fill(&temp).and_then(|()| fs::rename(&temp, path));
-    if renamed.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    renamed
 }
 
 /// Whether `file` is empty or its last byte is a newline.

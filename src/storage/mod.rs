@@ -119,16 +119,6 @@ impl ImageRecord {
     }
 }
 
-/// A hard link to `source` at `target` (no byte copied), or a streamed copy across file
-/// systems (never the whole file in memory); synced to disk either way. Shared by the local
-/// backend and the spool, which both keep output files the job staged.
-fn link_or_copy_synced(source: &Path, target: &Path) -> io::Result<()> {
-    if std::fs::hard_link(source, target).is_err() {
-        std::fs::copy(source, target)?;
-    }
-    std::fs::File::open(target)?.sync_all()
-}
-
 /// How often and how patiently to retry a transient failure.
 ///
 /// The wait before retry `n` (counting from 1) is `initial_backoff * 2^(n-1)`, capped at
@@ -330,14 +320,46 @@ impl StorageError {
         &self.message
     }
 
-    /// Whether trying again later may succeed: connection failures, timeouts, 429 and 5xx.
-    /// Other 4xx answers and local failures will not get better by retrying.
+    /// Whether trying again at once may succeed: connection failures, timeouts, 408, 429 and
+    /// 5xx. Other 4xx answers and local failures will not get better by retrying now.
     pub fn is_transient(&self) -> bool {
         match self.kind {
             ErrorKind::Unreachable => true,
-            ErrorKind::Rejected => matches!(self.status(), Some(429) | Some(500..=599)),
+            ErrorKind::Rejected => {
+                matches!(self.status(), Some(408) | Some(429) | Some(500..=599))
+            }
             ErrorKind::Io | ErrorKind::Invalid => false,
         }
+    }
+
+    /// Whether the service refused the request in a way no later attempt can change until
+    /// someone fixes the cause: a 4xx answer other than 408 and 429 (an object over the
+    /// bucket's size limit, a key refused, a missing bucket or table, a key without rights).
+    /// The spool keeps such files but stops retrying them (see `spool::Spool::mark_refused`).
+    pub fn is_refusal(&self) -> bool {
+        self.kind == ErrorKind::Rejected
+            && matches!(self.status(), Some(400..=499))
+            && !self.is_transient()
+    }
+
+    /// What a person can do about a refusal, when the answer says: e.g. raise the bucket's
+    /// file size limit for `413 EntityTooLarge`.
+    pub fn hint(&self) -> Option<&'static str> {
+        if !self.is_refusal() {
+            return None;
+        }
+        Some(match (self.status(), self.code()) {
+            (Some(413), _) | (_, Some("EntityTooLarge")) => {
+                "the file is larger than the storage bucket's file size limit: raise the limit \
+                 (in Supabase: the bucket's settings, and the project's upload limit)"
+            }
+            (_, Some("InvalidKey")) => "storage does not accept this object name",
+            (_, Some("NoSuchBucket")) => "create the bucket SUPABASE_BUCKET names",
+            (Some(401) | Some(403), _) => {
+                "SUPABASE_KEY is not allowed to do this: use the service-role key"
+            }
+            _ => "storage refuses this request as it is",
+        })
     }
 }
 
@@ -443,6 +465,36 @@ mod tests {
         });
         assert_eq!(result.map_err(|e| e.status()), Err(Some(404)));
         assert_eq!(tries, 1);
+    }
+
+    #[test]
+    fn refusals_are_told_from_failures_that_can_pass() {
+        let too_large = StorageError::rejected(
+            "uploading j/0.mp4 to Supabase",
+            400,
+            Some("413".into()),
+            Some("EntityTooLarge".into()),
+            "The object exceeded the maximum allowed size",
+        );
+        assert!(too_large.is_refusal() && !too_large.is_transient());
+        assert!(too_large.hint().is_some_and(|h| h.contains("size limit")));
+        let invalid_key = StorageError::rejected(
+            "op",
+            400,
+            Some("400".into()),
+            Some("InvalidKey".into()),
+            "Invalid key: j/{x}.png",
+        );
+        assert!(invalid_key.is_refusal());
+        for status in [408, 429, 500, 503] {
+            let passing = StorageError::rejected("op", status, None, None, "later");
+            assert!(!passing.is_refusal() && passing.is_transient(), "{status}");
+            assert_eq!(passing.hint(), None);
+        }
+        let down = StorageError::unreachable("op", "connection refused");
+        assert!(!down.is_refusal());
+        let disk = StorageError::io("op", io::Error::other("disk full"));
+        assert!(!disk.is_refusal());
     }
 
     #[test]

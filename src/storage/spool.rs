@@ -8,7 +8,9 @@
 //! ```text
 //! {job_id}/manifest.json   the pending rows and, per image, its key, content type and file
 //! {job_id}/image-0         the first file (any kind: PNG, MP4, FLAC...), as it was to be uploaded
-//! .tmp-{job_id}-{uuid}/    a save in progress (ignored; renamed into place when complete)
+//! {job_id}/refused         present when storage refused the job for good: why (not retried
+//!                          until the gateway restarts)
+//! .{job_id}.tmp-{uuid}/    a save in progress (ignored; renamed into place when complete)
 //! .staging/{job_id}-{uuid}/ a job's downloads from ComfyUI in progress (see [`Staging`])
 //! ```
 //!
@@ -31,11 +33,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{ImageRecord, Storage, StorageError};
-use crate::ids;
+use crate::{durable, ids};
 
 const MANIFEST: &str = "manifest.json";
 
 const STAGING: &str = ".staging";
+
+/// Beside a job's manifest: storage refused the job and why (see [`Spool::mark_refused`]).
+const REFUSED: &str = "refused";
 
 /// A file handed to [`Spool::save`]: its storage key, where it is now, and its content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +115,8 @@ pub const RECEIVE_BUFFER: usize = 256 * 1024;
 impl Staging {
     /// Copies `source` into the staged file `name` as it arrives, through one
     /// [`RECEIVE_BUFFER`]-sized buffer, keeping the first `head_len` bytes aside; the file is
-    /// synced to disk before this returns.
+    /// synced to disk before this returns. A staged file is scratch, written in place: what
+    /// keeps it is [`crate::durable::copy_file`] into the spool or local storage.
     pub fn receive(
         &self,
         name: &str,
@@ -237,7 +243,7 @@ impl Spool {
         rows: &[ImageRecord],
     ) -> io::Result<PathBuf> {
         check_job_id(job_id)?;
-        let temp = self.dir.join(format!(".tmp-{job_id}-{}", ids::new_uuid()));
+        let temp = durable::temporary_beside(&self.dir.join(job_id))?;
         let result =
             write_job(&temp, job_id, files, rows).and_then(|()| self.publish(&temp, job_id));
         if result.is_err() {
@@ -256,12 +262,25 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
         };
-        fs::rename(temp, &target)?;
-        sync_dir(&self.dir)?;
+        durable::rename(temp, &target)?;
         if replaced {
             let _ = fs::remove_dir_all(&old);
         }
         Ok(target)
+    }
+
+    /// Marks a spooled job as refused by storage (`reason`, e.g. `413 EntityTooLarge`): no
+    /// amount of retrying uploads it until someone fixes the cause, so periodic flushes skip
+    /// it; a start-up flush tries it again. Saving the job again clears the mark.
+    pub fn mark_refused(&self, job_id: &str, reason: &str) -> io::Result<()> {
+        check_job_id(job_id)?;
+        durable::write_bytes(&self.dir.join(job_id).join(REFUSED), reason.as_bytes())
+    }
+
+    /// Why storage refused this spooled job, if it did (see [`Spool::mark_refused`]).
+    pub fn refusal(&self, job_id: &str) -> Option<String> {
+        check_job_id(job_id).ok()?;
+        fs::read_to_string(self.dir.join(job_id).join(REFUSED)).ok()
     }
 
     /// The ids of the jobs waiting in the spool, sorted.
@@ -371,7 +390,7 @@ fn write_job(
     let mut spooled = Vec::with_capacity(files.len());
     for (n, pending) in files.iter().enumerate() {
         let file = format!("image-{n}");
-        super::link_or_copy_synced(&pending.path, &dir.join(&file))?;
+        durable::copy_file(&pending.path, &dir.join(&file))?;
         spooled.push(SpooledImage {
             key: pending.key.clone(),
             content_type: pending.content_type.clone(),
@@ -384,18 +403,7 @@ fn write_job(
         rows: rows.to_vec(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-    write_synced(&dir.join(MANIFEST), &json)?;
-    sync_dir(dir)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    fs::write(path, bytes)?;
-    File::open(path)?.sync_all()
-}
-
-/// Makes a folder's entries (new files, renames) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    durable::write_bytes(&dir.join(MANIFEST), &json)
 }
 
 fn read_manifest(job_dir: &Path) -> io::Result<Manifest> {

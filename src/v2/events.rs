@@ -35,21 +35,30 @@ pub fn frame(event: &str, data: &Value) -> String {
 }
 
 /// Streams the job's events until its terminal status.
+/// The connection is closed once the stream ends (its answer says `Connection: close`), and
+/// each event must be written within `IDLE_TIMEOUT_SECS` (`FrontDoor::deadline_writer`).
 pub fn stream(app: &Arc<App>, request: Request, call: &Call<'_>) {
     let Some(job) = JobId::parse(call.param(0)).and_then(|id| app.jobs.get(&id)) else {
         let error = V2Error::not_found(format!("job {}", call.param(0)));
         return respond_error(request, &error);
     };
+    let peer = request.remote_addr().copied();
+    write_stream(app, request, call, &job);
+    call.door.close(peer);
+}
+
+fn write_stream(app: &Arc<App>, request: Request, call: &Call<'_>, job: &Arc<Job>) {
     let _open = app.metrics.sse_stream();
     let watch = job.watch_outputs();
     let subscription = job.subscribe(0);
-    let writer = request.into_writer();
+    let peer = request.remote_addr().copied();
+    let writer = call.door.deadline_writer(request.into_writer(), peer);
     let Ok(sse) = SseWriter::start(writer, &[]) else {
         return log::debug!("job {}: a v2 client left before its stream began", job.id());
     };
     let mut stream = Stream {
         app,
-        job: &job,
+        job,
         sse,
         status: String::new(),
         queue_position: Value::Null,

@@ -1,17 +1,17 @@
 //! The delivery threads: post each webhook, retry failures with exponential backoff and jitter,
 //! give up after the retry window.
 //!
-//! Deliveries are spread over a few threads by job id, so one job's webhooks leave in the order
-//! the job emitted them (a retried one can still arrive after later ones: receivers should use
-//! `webhook-id` to deduplicate, and the body's `type` rather than arrival order).
+//! Each thread takes the next due delivery of a receiver nobody else posts to (`queue`), so one
+//! job's webhooks leave in the order the job emitted them (a retried one can still arrive after
+//! later ones: receivers should use `webhook-id` to deduplicate, and the body's `type` rather
+//! than arrival order), and a slow receiver holds up only its own deliveries.
 
-use crossbeam_channel::{Receiver, Sender, select};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::queue::{Attempted, Pending, Queue};
 use super::signing::SigningKey;
 use super::store::{Delivery, Store};
 use super::target::{AllowedHosts, WebhookUrl, without_query};
@@ -108,76 +108,17 @@ impl Shared {
     }
 }
 
-/// A delivery in memory, with its attempts so far.
-struct Pending {
-    delivery: Delivery,
-    attempts: u32,
-}
-
-/// A pending delivery waiting for its next attempt, ordered by when that is due.
-struct Scheduled {
-    due: Instant,
-    seq: u64,
-    pending: Pending,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
+/// One delivery thread: takes due deliveries from `queue` and attempts each, until the queue
+/// stops (the service was dropped; what is pending stays on disk).
+pub(super) fn run_worker(shared: &Shared, queue: &Queue) {
+    while let Some(taken) = queue.take() {
+        let attempted = attempt(shared, taken.pending);
+        queue.done(taken.slot, attempted);
     }
 }
 
-/// One delivery thread: takes deliveries (already on disk) from `inbox`, retries them on
-/// schedule, and ends when `stop` is disconnected (the service was dropped; what is pending
-/// stays on disk).
-pub(super) fn run_worker(shared: &Shared, inbox: &Receiver<Delivery>, stop: &Receiver<()>) {
-    let mut waiting: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    loop {
-        // Whatever is due goes first, so a busy inbox cannot starve the retries.
-        while waiting
-            .peek()
-            .is_some_and(|Reverse(s)| s.due <= Instant::now())
-        {
-            if let Some(Reverse(scheduled)) = waiting.pop() {
-                attempt(shared, scheduled.pending, &mut waiting, &mut seq);
-            }
-        }
-        let timeout = waiting
-            .peek()
-            .map(|Reverse(s)| s.due.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        select! {
-            recv(inbox) -> message => match message {
-                Ok(delivery) => {
-                    attempt(shared, Pending { delivery, attempts: 0 }, &mut waiting, &mut seq);
-                }
-                Err(_) => return,
-            },
-            recv(stop) -> _ => return,
-            default(timeout) => {}
-        }
-    }
-}
-
-/// One attempt, then: done, scheduled again, or given up.
-fn attempt(
-    shared: &Shared,
-    mut pending: Pending,
-    waiting: &mut BinaryHeap<Reverse<Scheduled>>,
-    seq: &mut u64,
-) {
+/// One attempt, then: done, to be tried again (when), or given up.
+fn attempt(shared: &Shared, mut pending: Pending) -> Attempted {
     let delivery = &pending.delivery;
     let result = post(shared, delivery);
     pending.attempts += 1;
@@ -192,7 +133,7 @@ fn attempt(
                 pending.attempts
             );
             shared.report(&pending, Some(status), AttemptOutcome::Delivered);
-            return;
+            return Attempted::Finished;
         }
         Err(failure) => failure,
     };
@@ -211,7 +152,7 @@ fn attempt(
             failure.reason
         );
         shared.report(&pending, failure.status, AttemptOutcome::GaveUp);
-        return;
+        return Attempted::Finished;
     }
     shared.counters.retries.fetch_add(1, Ordering::Relaxed);
     log::info!(
@@ -225,12 +166,7 @@ fn attempt(
         delay.as_secs()
     );
     shared.report(&pending, failure.status, AttemptOutcome::WillRetry);
-    *seq += 1;
-    waiting.push(Reverse(Scheduled {
-        due: Instant::now() + delay,
-        seq: *seq,
-        pending,
-    }));
+    Attempted::RetryAt(Instant::now() + delay, pending)
 }
 
 /// Forgets a delivery that gets no more attempts (on disk and in the pending count), counting it

@@ -4,15 +4,18 @@
 //! webhook (the request's `"webhook"` field, or `WEBHOOK_URL`) turns the events its target wants
 //! into deliveries: the SSE event's data plus `type`, signed (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`) and posted by the delivery threads, at least once. Handing an event over
-//! never blocks the job: it is a send on an unbounded channel to the `webhook-store` thread, which
-//! writes the delivery to disk before passing it to the delivery thread of its job.
+//! never blocks the job: it joins its receiver's queue in memory (`queue`), where a `progress`
+//! replaces the job's older one; every other event is written to disk by the `webhook-store`
+//! thread before its first attempt.
 //!
 //! - `signing`: the `whsec_` secret and the `v1,` signature;
 //! - `target`: URLs, event names, `WEBHOOK_ALLOWED_HOSTS`, the request field;
 //! - `store`: pending deliveries in `DATA_DIR/webhooks/`, resumed at start-up;
+//! - `queue`: the deliveries in memory, one queue per receiver, progress collapsed per job;
 //! - `delivery`: the threads that post, retry with backoff and jitter, and give up.
 
 mod delivery;
+mod queue;
 mod signing;
 mod store;
 mod target;
@@ -24,10 +27,9 @@ pub use target::{AllowedHosts, WebhookEvent, WebhookRequest, WebhookTarget, Webh
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Map, Value};
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ use crate::api::{ApiError, invalid_field};
 use crate::config::WebhookConfig;
 use crate::metrics::WebhookCounters;
 use delivery::Shared;
+use queue::{Queue, Submitted};
 use store::Store;
 
 /// How many delivery threads post webhooks.
@@ -57,61 +60,22 @@ pub struct Webhooks {
     pub options: DeliveryOptions,
     counters: Arc<WebhookCounters>,
     queue: Arc<Queue>,
-    shards: Arc<Shards>,
-    /// The threads' ends of their channels, until `start` takes them.
-    receivers: Mutex<Option<Inboxes>>,
+    started: AtomicBool,
     observer: Arc<Mutex<Option<Sender<AttemptReport>>>>,
-    /// Dropped with the service: the delivery threads then end.
-    _stop: Sender<()>,
-    stopped: Receiver<()>,
 }
 
-/// The store thread's inbox, and each delivery thread's.
-struct Inboxes {
-    store: Receiver<Delivery>,
-    delivery: Vec<Receiver<Delivery>>,
-}
-
-/// Where jobs' sinks put new deliveries: the store thread's inbox.
-struct Queue {
-    to_store: Sender<Delivery>,
-    /// Deliveries handed over but not yet written to disk.
-    unsaved: AtomicU64,
-}
-
-/// The delivery threads' inboxes, one per thread.
-struct Shards {
-    inboxes: Vec<Sender<Delivery>>,
-}
-
-impl Shards {
-    /// Hands a delivery to the thread that serves its job (so one job's webhooks keep their order).
-    fn send(&self, delivery: Delivery) {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        delivery.job_id.hash(&mut hasher);
-        let index = (hasher.finish() % self.inboxes.len() as u64) as usize;
-        // A closed inbox means the service is shutting down: the delivery stays on disk.
-        let _ = self.inboxes[index].send(delivery);
+impl Drop for Webhooks {
+    /// Ends the webhook threads; what is not delivered yet stays on disk.
+    fn drop(&mut self) {
+        self.queue.stop();
     }
 }
 
-/// The store thread: writes each new delivery to disk, then passes it to its delivery thread.
-/// It does no network I/O, so [`Webhooks::flush`] can rely on it keeping up.
-fn run_store(
-    store: &Store,
-    queue: &Queue,
-    shards: &Shards,
-    inbox: &Receiver<Delivery>,
-    stop: &Receiver<()>,
-) {
-    loop {
-        let delivery = crossbeam_channel::select! {
-            recv(inbox) -> message => match message {
-                Ok(delivery) => delivery,
-                Err(_) => return,
-            },
-            recv(stop) -> _ => return,
-        };
+/// The store thread: writes each delivery that must survive a restart to disk, in order, and
+/// then lets it be attempted. It does no network I/O, so [`Webhooks::flush`] can rely on it
+/// keeping up.
+fn run_store(store: &Store, queue: &Queue) {
+    while let Some((slot, delivery)) = queue.next_to_save() {
         if let Err(e) = store.save(&delivery) {
             log::warn!(
                 "webhook {} is not kept on disk ({}: {e}); it is tried anyway",
@@ -119,8 +83,7 @@ fn run_store(
                 store.dir().display()
             );
         }
-        queue.unsaved.fetch_sub(1, Ordering::SeqCst);
-        shards.send(delivery);
+        queue.saved(slot);
     }
 }
 
@@ -133,11 +96,6 @@ impl Webhooks {
         counters: Arc<WebhookCounters>,
     ) -> io::Result<Webhooks> {
         let store = Store::open(dir)?;
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..DELIVERY_THREADS)
-            .map(|_| crossbeam_channel::unbounded())
-            .unzip();
-        let (to_store, store_inbox) = crossbeam_channel::unbounded();
-        let (stop, stopped) = crossbeam_channel::bounded(0);
         let options = DeliveryOptions {
             retry_window: config.retry_window,
             ..DeliveryOptions::default()
@@ -147,18 +105,9 @@ impl Webhooks {
             store,
             options,
             counters,
-            queue: Arc::new(Queue {
-                to_store,
-                unsaved: AtomicU64::new(0),
-            }),
-            shards: Arc::new(Shards { inboxes: senders }),
-            receivers: Mutex::new(Some(Inboxes {
-                store: store_inbox,
-                delivery: receivers,
-            })),
+            queue: Arc::new(Queue::new()),
+            started: AtomicBool::new(false),
             observer: Arc::new(Mutex::new(None)),
-            _stop: stop,
-            stopped,
         })
     }
 
@@ -166,17 +115,9 @@ impl Webhooks {
     /// Only the first call does anything. Without `WEBHOOK_SECRET` nothing can be signed: left
     /// deliveries stay on disk (a warning says so).
     pub fn start(&self) {
-        let Some(Inboxes {
-            store: store_inbox,
-            delivery: inboxes,
-        }) = self
-            .receivers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+        if self.started.swap(true, Ordering::SeqCst) {
             return;
-        };
+        }
         let pending = self.store.load();
         let Some(key) = self.config.signing_key.clone() else {
             if !pending.is_empty() {
@@ -197,25 +138,20 @@ impl Webhooks {
             counters: Arc::clone(&self.counters),
             observer: Arc::clone(&self.observer),
         });
-        for (n, inbox) in inboxes.into_iter().enumerate() {
+        for n in 0..DELIVERY_THREADS {
             let shared = Arc::clone(&shared);
-            let stop = self.stopped.clone();
+            let queue = Arc::clone(&self.queue);
             let spawned = thread::Builder::new()
                 .name(format!("webhook-{n}"))
-                .spawn(move || delivery::run_worker(&shared, &inbox, &stop));
+                .spawn(move || delivery::run_worker(&shared, &queue));
             if let Err(e) = spawned {
                 log::error!("cannot start webhook delivery thread {n}: {e}");
             }
         }
-        let (store, queue, shards) = (
-            self.store.clone(),
-            Arc::clone(&self.queue),
-            Arc::clone(&self.shards),
-        );
-        let stop = self.stopped.clone();
+        let (store, queue) = (self.store.clone(), Arc::clone(&self.queue));
         let spawned = thread::Builder::new()
             .name("webhook-store".into())
-            .spawn(move || run_store(&store, &queue, &shards, &store_inbox, &stop));
+            .spawn(move || run_store(&store, &queue));
         if let Err(e) = spawned {
             log::error!("cannot start the webhook store thread: {e}");
         }
@@ -227,23 +163,25 @@ impl Webhooks {
             );
         }
         for delivery in pending {
-            self.counters.pending.fetch_add(1, Ordering::Relaxed);
-            self.shards.send(delivery);
+            // Already on disk.
+            if self.queue.submit(delivery, false) == Submitted::Added {
+                self.counters.pending.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Waits (at most `grace`) until every webhook handed over so far is on disk, so that a
-    /// shutdown loses none: what is not delivered yet is resumed at the next start. Returns
+    /// How many deliveries wait in memory (being posted included): at most one `progress` per
+    /// job and receiver, and a job's few other events.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Waits (at most `grace`, on a condition) until every webhook handed over so far is on
+    /// disk, so that a shutdown loses none: what is not delivered yet is resumed at the next
+    /// start. `progress` webhooks are never written (a restart makes them stale). Returns
     /// whether all were written in time.
     pub fn flush(&self, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        while self.queue.unsaved.load(Ordering::SeqCst) > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        true
+        self.queue.wait_saved(Instant::now() + grace)
     }
 
     /// A channel that hears how every later attempt ended (for tests and diagnostics). A new
@@ -339,12 +277,11 @@ impl JobEvents for JobWebhook {
             body: Value::Object(body).to_string(),
             created_unix: delivery::unix_now(),
         };
-        self.counters.pending.fetch_add(1, Ordering::Relaxed);
-        self.queue.unsaved.fetch_add(1, Ordering::SeqCst);
-        if self.queue.to_store.send(delivery).is_err() {
-            // The service is gone (the process is ending): nothing will send it.
-            self.queue.unsaved.fetch_sub(1, Ordering::SeqCst);
-            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+        // Progress is never kept on disk: it is stale after a restart, and the newest replaces
+        // it in the queue.
+        let persist = kind != WebhookEvent::Progress;
+        if self.queue.submit(delivery, persist) == Submitted::Added {
+            self.counters.pending.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Pending deliveries on disk (`DATA_DIR/webhooks/{id}.json`), so that they survive a restart.
 //!
-//! A delivery is written (atomically: a temporary file, synced, then renamed) before its first
-//! attempt and removed once it was delivered or given up. At start-up every file left is loaded
-//! and tried again.
+//! A delivery is written durably (`crate::durable`: a temporary file, synced, renamed, the folder
+//! synced) before its first attempt and removed once it was delivered or given up. At start-up
+//! every file left is loaded and tried again.
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
+
+use crate::durable;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// One webhook to deliver, as it is kept on disk. The body is stored, not the signature: each
@@ -71,12 +73,7 @@ impl Store {
             )));
         }
         let json = serde_json::to_vec(delivery).map_err(io::Error::other)?;
-        let temp = self.dir.join(format!(".{}.json.tmp", delivery.id));
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, self.path_of(&delivery.id))
+        durable::write_bytes(&self.path_of(&delivery.id), &json)
     }
 
     /// Forgets a delivery (delivered or given up). A missing file is fine.
@@ -113,7 +110,8 @@ impl Store {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name.ends_with(".json.tmp") {
+            // `.ID.json.tmp`: what gateways before `crate::durable` left behind.
+            if durable::is_temporary(name) || name.ends_with(".json.tmp") {
                 let _ = fs::remove_file(&path);
                 continue;
             }

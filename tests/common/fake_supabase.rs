@@ -89,6 +89,8 @@ pub struct StoredObject {
 struct Bucket {
     public: bool,
     objects: BTreeMap<String, StoredObject>,
+    /// The bucket's file size limit in bytes: larger uploads get 413 `EntityTooLarge`.
+    file_size_limit: Option<usize>,
 }
 
 struct Table {
@@ -177,6 +179,7 @@ impl FakeSupabase {
             Bucket {
                 public: true,
                 objects: BTreeMap::new(),
+                file_size_limit: None,
             },
         );
         state
@@ -251,8 +254,17 @@ impl FakeSupabase {
             Bucket {
                 public,
                 objects: BTreeMap::new(),
+                file_size_limit: None,
             },
         );
+    }
+
+    /// Sets (or, with `None`, lifts) a bucket's file size limit: Storage then refuses larger
+    /// uploads with `statusCode` "413", `EntityTooLarge`, as a real project does.
+    pub fn set_file_size_limit(&self, bucket: &str, limit: Option<usize>) {
+        if let Some(bucket) = lock(&self.state).buckets.get_mut(bucket) {
+            bucket.file_size_limit = limit;
+        }
     }
 
     /// Every request received so far (requests made while down never arrive).
@@ -718,6 +730,17 @@ fn upload(
             "InvalidKey",
         );
     }
+    if bucket
+        .file_size_limit
+        .is_some_and(|limit| request.body.len() > limit)
+    {
+        return storage_error(
+            "413",
+            "Payload too large",
+            "The object exceeded the maximum allowed size",
+            "EntityTooLarge",
+        );
+    }
     let upsert = request.header("x-upsert") == Some("true");
     let existing = bucket.objects.get(path).map(|o| o.id.clone());
     let id = match (&existing, replace, upsert) {
@@ -855,6 +878,9 @@ fn create_bucket(state: &mut State, request: &RecordedRequest) -> Reply {
         Bucket {
             public,
             objects: BTreeMap::new(),
+            file_size_limit: body["file_size_limit"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok()),
         },
     );
     Reply::json(200, json!({"name": id}))
