@@ -2,10 +2,12 @@
 //! shared (behind an `Arc`) by the accept loop, the request threads and the job engine.
 
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::assets::NewOutput;
 use crate::blobs::BlobStore;
 use crate::comfyui::{ClientOptions, ComfyClient};
 use crate::config::Config;
@@ -13,6 +15,7 @@ use crate::ids::JobId;
 use crate::job::{
     Engine, Job, JobContext, JobRegistry, JobStore, Restored, RunSettings, restore_jobs,
 };
+use crate::media;
 use crate::metrics::Metrics;
 use crate::storage::local::LocalStorage;
 use crate::storage::spool::Spool;
@@ -285,7 +288,11 @@ impl App {
             if !refused_too && self.spool.refusal(&job_id).is_some() {
                 continue; // refused for good: only a restart tries it again
             }
-            match self.spool.flush_one(&job_id, self.storage.as_ref()) {
+            let mut register = |key: &str, file: &Path| self.register_spooled(&job_id, key, file);
+            match self
+                .spool
+                .flush_one_with(&job_id, self.storage.as_ref(), &mut register)
+            {
                 Ok(rows) => {
                     stored += 1;
                     log::info!("spooled job {job_id}: {} outputs stored", rows.len());
@@ -313,6 +320,39 @@ impl App {
             }
         }
         stored
+    }
+
+    /// Makes a spooled output that storage has just accepted an asset, as the output worker
+    /// does for outputs stored at once (Comfy API v2 lists a job's outputs from its assets).
+    /// Its index is the storage key's (`{job_id}/{index}.{ext}`); which node wrote it is not
+    /// kept in the spool. A failure costs only the asset, and is logged.
+    fn register_spooled(&self, job_id: &str, key: &str, file: &Path) {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let index = name
+            .split('.')
+            .next()
+            .and_then(|stem| stem.parse().ok())
+            .unwrap_or(0);
+        let registered = (|| {
+            let (hash, size_bytes) = crate::blobs::hash_file(file)?;
+            let mut head = Vec::new();
+            std::fs::File::open(file)?
+                .take(media::HEAD_LEN as u64)
+                .read_to_end(&mut head)?;
+            self.v2.assets.register_output(NewOutput {
+                job_id,
+                node_id: "",
+                name,
+                index,
+                media: media::identify(&head, name),
+                hash,
+                size_bytes,
+                storage_key: key,
+            })
+        })();
+        if let Err(e) = registered {
+            log::warn!("job {job_id}: spooled output {key} is stored but gets no asset: {e}");
+        }
     }
 
     fn save(&self, job: &Job) {

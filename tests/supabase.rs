@@ -272,6 +272,25 @@ fn supabase_down_spools_then_uploads_once_it_returns() {
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["result"]["images"][0]["key"], key.as_str());
     assert_eq!(job["result"]["recovered_from"]["code"], "storage_failed");
+    // The recovered output is an asset too, with the hash of the bytes storage holds, so Comfy
+    // API v2 lists it like an output stored at once.
+    let stored = fake
+        .objects()
+        .into_iter()
+        .find(|(path, _)| path.ends_with(&key))
+        .expect("uploaded")
+        .1
+        .bytes;
+    let (status, v2) = h.get_json(&format!("/api/v2/jobs/{job_id}"));
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["status"], "succeeded", "{v2}");
+    let outputs = v2["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), 1, "{v2}");
+    assert_eq!(
+        outputs[0]["hash"],
+        comfyui_gateway::blobs::BlobHash::of(&stored).to_string(),
+        "{v2}"
+    );
 }
 
 #[test]

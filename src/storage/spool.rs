@@ -305,6 +305,17 @@ impl Spool {
         job_id: &str,
         storage: &dyn Storage,
     ) -> Result<Vec<ImageRecord>, StorageError> {
+        self.flush_one_with(job_id, storage, &mut |_, _| {})
+    }
+
+    /// Like [`Spool::flush_one`], telling `stored` of each file (its key and the spooled file,
+    /// still on disk) the moment storage accepted it.
+    pub fn flush_one_with(
+        &self,
+        job_id: &str,
+        storage: &dyn Storage,
+        stored: &mut dyn FnMut(&str, &Path),
+    ) -> Result<Vec<ImageRecord>, StorageError> {
         let operation = format!("flushing spooled job {job_id}");
         check_job_id(job_id).map_err(|e| StorageError::io(&operation, e))?;
         let job_dir = self.dir.join(job_id);
@@ -315,6 +326,7 @@ impl Spool {
             let path = spooled_file(&job_dir, &image.file)
                 .map_err(|e| StorageError::io(format!("{operation}: reading {}", image.key), e))?;
             let url = storage.put_file(&image.key, &path, &image.content_type)?;
+            stored(&image.key, &path);
             for row in rows.iter_mut().filter(|row| row.storage_key == image.key) {
                 row.url = url.clone();
             }

@@ -196,9 +196,15 @@ impl<W: Write> Stream<'_, W> {
         )
     }
 
-    /// The job's current status, sent if it changed.
+    /// The job's current status, sent if it changed. A terminal status is left to the log's
+    /// terminal event, which sends the job's last progress, outputs and status, then ends the
+    /// stream: read from the job a moment before that event arrives, it would be sent twice,
+    /// with events after it.
     fn current_status(&mut self, position: Value) -> std::io::Result<()> {
         let status = view::status_of(self.job, &self.job.state());
+        if view::is_terminal(status) {
+            return Ok(());
+        }
         let position = if status == "queued" {
             position
         } else {
