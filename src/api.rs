@@ -19,6 +19,9 @@ pub enum ErrorCode {
     InvalidJson,
     /// The body is JSON but its parameters are wrong; details name each bad field.
     InvalidParams,
+    /// A workflow as ComfyUI saves it (a raw graph, or a template) cannot be converted to the
+    /// API format; details name each node and what to install or fix.
+    InvalidWorkflow,
     /// The request names a workflow template that does not exist.
     UnknownWorkflow,
     /// No such path, job or image.
@@ -65,9 +68,10 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Every code, in the order the README's tables list them (the OpenAPI document and its
     /// drift test walk this list).
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidParams,
+        ErrorCode::InvalidWorkflow,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownWorkflow,
         ErrorCode::NotFound,
@@ -102,6 +106,10 @@ impl ErrorCode {
             ErrorCode::InvalidJson => "the body is not JSON",
             ErrorCode::InvalidParams => {
                 "a parameter is wrong; details.fields names each bad field and why"
+            }
+            ErrorCode::InvalidWorkflow => {
+                "a workflow as ComfyUI saves it cannot be converted; details.nodes names each \
+                 node (id, type, title) and what to install or fix"
             }
             ErrorCode::UnknownWorkflow => "no workflow template has that name",
             ErrorCode::NotFound => "no such path, job or image",
@@ -149,6 +157,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
             ErrorCode::InvalidParams => "invalid_params",
+            ErrorCode::InvalidWorkflow => "invalid_workflow",
             ErrorCode::UnknownWorkflow => "unknown_workflow",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -174,7 +183,10 @@ impl ErrorCode {
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidJson | ErrorCode::InvalidParams | ErrorCode::MalformedRequest => 400,
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidParams
+            | ErrorCode::InvalidWorkflow
+            | ErrorCode::MalformedRequest => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::UnknownWorkflow | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -881,6 +893,7 @@ mod tests {
                 ExpectationFailed => 18,
                 TooManyConnections => 19,
                 ComfyuiError => 20,
+                InvalidWorkflow => 21,
             }
         }
         let mut seen: Vec<usize> = ErrorCode::ALL.iter().map(|c| ordinal(*c)).collect();

@@ -79,7 +79,7 @@ impl App {
     /// Builds the application: loads and checks the templates, prepares storage and the spool,
     /// and reads back the jobs a previous run left in `DATA_DIR/jobs/`.
     pub fn new(config: Config) -> Result<App, StartupError> {
-        let templates = Templates::load_dir(&config.workflows_dir)
+        let mut templates = Templates::load_dir(&config.workflows_dir)
             .map_err(|e| StartupError(format!("WORKFLOWS_DIR: {e}")))?;
         if templates.get(&config.default_workflow).is_none() {
             return Err(StartupError(format!(
@@ -140,6 +140,9 @@ impl App {
             ))
         })?;
         let installed = Arc::new(Installed::new(&backends, &templates));
+        // Workflows as ComfyUI saves them are converted with the backends' node definitions,
+        // read and cached like the installed models.
+        templates.use_node_defs(Arc::clone(&installed) as Arc<dyn crate::workflow::NodeDefsSource>);
         let warmup = match &config.warmup {
             Some(spec) => Some(Arc::new(
                 Warmup::new(spec.clone(), &templates, config.job_timeout)

@@ -50,6 +50,7 @@ pub mod api;
 pub mod app;
 pub mod assets;
 pub mod blobs;
+pub mod cli;
 pub mod comfyui;
 pub mod config;
 pub mod convert;

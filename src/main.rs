@@ -1,10 +1,12 @@
-//! The `comfyui-gateway` binary: read the configuration, build the app, serve until a signal.
+//! The `comfyui-gateway` binary: read the command line ([`cli`]); then either convert a workflow,
+//! or read the configuration, build the app and serve until a signal.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use comfyui_gateway::app::App;
+use comfyui_gateway::cli;
 use comfyui_gateway::config::Config;
 use comfyui_gateway::server::{Server, socket};
 use comfyui_gateway::storage::local;
@@ -19,6 +21,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const WEBHOOK_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    // `--help`, `--version`, `convert` and bad arguments are answered here; no argument serves.
+    if let Some(code) = cli::run(std::env::args_os().skip(1)) {
+        return code;
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -556,15 +556,20 @@ fn components(app: &App) -> Value {
     graph_properties.insert(OPTIONS_FIELD.into(), options_schema());
     graph_properties.insert(
         "graph".into(),
-        json!({"type": "object", "description": "A ComfyUI API-format graph: node id → node.",
-               "additionalProperties": {"type": "object", "required": ["class_type", "inputs"],
-                   "properties": {"class_type": {"type": "string"}, "inputs": {"type": "object"}}}}),
+        json!({"oneOf": [
+            {"type": "object", "description": "A ComfyUI API-format graph: node id → node.",
+             "additionalProperties": {"type": "object", "required": ["class_type", "inputs"],
+                 "properties": {"class_type": {"type": "string"}, "inputs": {"type": "object"}}}},
+            {"type": "object", "required": ["nodes"],
+             "description": "A workflow as ComfyUI saves it (the UI format), converted to the API \
+                 format with the backends' node definitions before it is queued.",
+             "properties": {"nodes": {"type": "array"}, "links": {"type": "array"}}}]}),
     );
     schemas.insert(
         "GraphRequest".into(),
         json!({
         "type": "object", "required": ["graph"], "additionalProperties": false,
-        "description": "A raw graph, run as it is; it takes no template parameters.",
+        "description": "A raw graph, run as it is (a workflow as ComfyUI saves it is converted first); it takes no template parameters.",
         "properties": graph_properties, "example": graph_example()}),
     );
     schemas.insert(
@@ -793,7 +798,16 @@ fn answer_schemas() -> Vec<(&'static str, Value)> {
                 "parameters": {"type": "object", "additionalProperties": parameter},
                 "choices_unavailable": {"type": "object", "additionalProperties": {"type": "string"},
                     "description": "Backends whose /object_info could not be read → why."},
-                "choices_note": {"type": "string"}}}),
+                "choices_note": {"type": "string"},
+                "format": {"const": "ui",
+                    "description": "Present when the template is a workflow as ComfyUI saves it."},
+                "available": {"type": "boolean",
+                    "description": "For a workflow as ComfyUI saves it: whether it converts with the backends' node definitions now."},
+                "unavailable": {"type": "string", "description": "Why it does not."},
+                "problems": {"type": "array", "items": {"type": "object",
+                    "required": ["id", "type", "title", "reason"],
+                    "properties": {"id": {"type": "string"}, "type": {"type": "string"},
+                        "title": {"type": "string"}, "reason": {"type": "string"}}}}}}),
         ),
         (
             "WorkflowList",

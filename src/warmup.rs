@@ -109,6 +109,14 @@ impl Warmup {
                 templates.names().collect::<Vec<_>>().join(", ")
             )
         })?;
+        if template.is_ui() {
+            // Its graph needs ComfyUI's node definitions, and start-up never waits for ComfyUI.
+            return Err(format!(
+                "template {:?} is a workflow as ComfyUI saves it; a warm-up needs an API-format \
+                 template (its graph is built at start-up, when ComfyUI may not answer yet)",
+                spec.workflow
+            ));
+        }
         let resolved = template
             .resolve(&spec.params)
             .map_err(|errors| errors.to_string())?;
@@ -252,5 +260,15 @@ mod tests {
         assert!(WarmupSpec::parse("").is_err());
         assert!(WarmupSpec::parse("txt2img:steps").is_err());
         assert_eq!(spec.to_string(), "txt2img:prompt=a cat,steps=1,width=64");
+    }
+
+    #[test]
+    fn a_ui_format_template_is_refused_without_asking_comfyui() {
+        let saved = r#"{"nodes": [{"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0]}], "links": []}"#;
+        let template = crate::workflow::Template::parse("saved", saved).expect("a template");
+        let templates: Templates = [template].into_iter().collect();
+        let spec = WarmupSpec::parse("saved").expect("valid");
+        let err = Warmup::new(spec, &templates, Duration::from_secs(1)).err();
+        assert!(err.expect("refused").contains("API-format template"));
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::api::{ApiError, ErrorCode, GenerateRequest};
 use crate::blobs::{BlobHash, BlobStore};
-use crate::workflow::{self, Resolved, Target, Templates};
+use crate::workflow::{self, Resolved, Target, Templates, WorkflowFailure};
 /// Where the graph comes from.
 #[derive(Debug, Clone)]
 pub enum GraphSource {
@@ -102,6 +102,16 @@ impl Plan {
     ) -> Result<Plan, ApiError> {
         match request {
             GenerateRequest::Graph { graph } => {
+                // A workflow as ComfyUI saves it is converted now: nothing is queued if it
+                // cannot be.
+                let graph = if workflow::ui::is_ui_format(&graph) {
+                    templates
+                        .convert_ui(&graph)
+                        .map(Value::Object)
+                        .map_err(|e| workflow_failure("graph", &e))?
+                } else {
+                    graph
+                };
                 workflow::check_raw_graph(&graph).map_err(|errors| {
                     ApiError::new(ErrorCode::InvalidParams, format!("graph: {errors}"))
                         .with_details(errors.to_details())
@@ -125,6 +135,13 @@ impl Plan {
                     ApiError::new(ErrorCode::InvalidParams, format!("{workflow}: {errors}"))
                         .with_details(errors.to_details())
                 })?;
+                if template.is_ui() {
+                    // Converted again when the job is sent; checked now so that a workflow
+                    // that cannot be converted is refused before anything is queued.
+                    template
+                        .api_graph()
+                        .map_err(|e| workflow_failure(&workflow, &e))?;
+                }
                 // The images leave memory for the blob store; the plan keeps their hashes.
                 let mut inputs = Vec::new();
                 for image in std::mem::take(&mut resolved.images) {
@@ -265,6 +282,26 @@ impl Plan {
                     inputs,
                 })
             }
+        }
+    }
+}
+
+/// The answer to a workflow as ComfyUI saves it that could not be converted: 503
+/// `comfyui_unavailable` while the node definitions cannot be read, 400 `invalid_workflow`
+/// naming every node that cannot be converted otherwise. `what` is `"graph"` or the template.
+pub fn workflow_failure(what: &str, failure: &WorkflowFailure) -> ApiError {
+    match failure {
+        WorkflowFailure::Unavailable(e) => ApiError::new(
+            ErrorCode::ComfyuiUnavailable,
+            format!(
+                "{what} is a workflow as ComfyUI saves it; converting it needs the node \
+                 definitions of ComfyUI, which cannot be read yet: {e}"
+            ),
+        )
+        .with_details(json!({ "backends": e.backends })),
+        WorkflowFailure::Invalid(e) => {
+            ApiError::new(ErrorCode::InvalidWorkflow, format!("{what}: {e}"))
+                .with_details(json!({ "nodes": e.nodes() }))
         }
     }
 }

@@ -138,9 +138,10 @@ impl Call<'_> {
 }
 
 /// Errors of every request that starts a job.
-const START_ERRORS: [ErrorCode; 8] = [
+const START_ERRORS: [ErrorCode; 9] = [
     ErrorCode::InvalidJson,
     ErrorCode::InvalidParams,
+    ErrorCode::InvalidWorkflow,
     ErrorCode::UnknownWorkflow,
     ErrorCode::PayloadTooLarge,
     ErrorCode::UnsupportedMediaType,
@@ -268,6 +269,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
             START_ERRORS[5],
             START_ERRORS[6],
             START_ERRORS[7],
+            START_ERRORS[8],
             // After the job started, JSON answers carry the job's error with its status.
             ErrorCode::ExecutionFailed,
             ErrorCode::ComfyuiLost,

@@ -13,6 +13,9 @@
 //!   `partial_choices` names the backends of the others. A request must use one of `choices`
 //!   (any backend may run the job); that is checked before anything is queued.
 //! - When no backend could be read, the parameter stays free text and its schema says why.
+//! - The same cache gives the node definitions that convert workflows as ComfyUI saves them
+//!   ([`NodeDefsSource`]): each class is read once per backend, on first use, with the same
+//!   retry delay and refresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use super::definitions::{DefsUnavailable, NodeDefsSource, WorkflowFailure};
 use super::params::{ParamDefault, ParamErrors, ParamType};
+use super::ui::{ClassDef, NodeDefs};
 use super::{Template, Templates};
 use crate::comfyui::ComfyClient;
 
@@ -38,6 +43,16 @@ pub struct Installed {
 struct Backend {
     client: ComfyClient,
     state: Mutex<State>,
+    defs: Mutex<DefsCache>,
+}
+
+/// The node definitions read from one backend so far.
+#[derive(Default)]
+struct DefsCache {
+    /// Class → its definition, or `None` when this backend does not have it.
+    classes: BTreeMap<String, Option<ClassDef>>,
+    /// The last failure to read, and when.
+    failed: Option<(String, Instant)>,
 }
 
 /// One backend's combo inputs: class → input → allowed values. A class it lacks is absent.
@@ -102,30 +117,39 @@ impl Installed {
             .map(|client| Backend {
                 client: client.clone(),
                 state: Mutex::new(State::Unread),
+                defs: Mutex::new(DefsCache::default()),
             })
             .collect();
         Installed { backends, classes }
     }
 
     /// Reads `backend` (a base URL as [`ComfyClient::base_url`] gives it) again now, e.g. after
-    /// it restarted with other models. Returns the reason when it could not be read; an unknown
-    /// URL is an error too.
+    /// it restarted with other models, and forgets the node definitions read from it (read again
+    /// when next needed). Returns the reason when it could not be read; an unknown URL is an
+    /// error too.
     pub fn refresh(&self, backend: &str) -> Result<(), String> {
         let found = self
             .backends
             .iter()
             .find(|b| b.client.base_url() == backend.trim_end_matches('/'));
         match found {
-            Some(b) => self.read(b).map(drop),
+            Some(b) => {
+                forget_defs(b);
+                self.read(b).map(drop)
+            }
             None => Err(format!("{backend} is not one of the configured backends")),
         }
     }
 
-    /// Reads every backend again now; base URL → `null` when read, or the reason it was not.
+    /// Reads every backend again now (and forgets their node definitions); base URL → `null`
+    /// when read, or the reason it was not.
     pub fn refresh_all(&self) -> BTreeMap<String, Option<String>> {
         self.backends
             .iter()
-            .map(|b| (b.client.base_url().to_string(), self.read(b).err()))
+            .map(|b| {
+                forget_defs(b);
+                (b.client.base_url().to_string(), self.read(b).err())
+            })
             .collect()
     }
 
@@ -194,6 +218,24 @@ impl Installed {
     /// built from this same value.
     pub fn schema(&self, template: &Template) -> Value {
         let mut schema = template.schema();
+        if template.is_ui() {
+            schema["format"] = json!("ui");
+            match template.api_graph() {
+                Ok(_) => schema["available"] = json!(true),
+                Err(WorkflowFailure::Unavailable(e)) => {
+                    schema["available"] = json!(false);
+                    schema["unavailable"] = json!(format!(
+                        "this template is a workflow as ComfyUI saves it; converting it needs \
+                         the node definitions of ComfyUI: {e}"
+                    ));
+                }
+                Err(WorkflowFailure::Invalid(e)) => {
+                    schema["available"] = json!(false);
+                    schema["unavailable"] = json!(e.to_string());
+                    schema["problems"] = json!(e.nodes());
+                }
+            }
+        }
         let (choices, unavailable) = self.template_view(template);
         if let Some(parameters) = schema["parameters"].as_object_mut() {
             for (name, param_choices) in &choices {
@@ -392,12 +434,93 @@ fn problem(value: &str, is_default: bool, choices: &ParamChoices) -> String {
 
 /// The class of node `node` in the template's graph.
 fn class_of(template: &Template, node: &str) -> Option<String> {
-    template
-        .graph
-        .get(node)?
-        .get("class_type")?
-        .as_str()
-        .map(str::to_owned)
+    template.node_class(node).map(str::to_owned)
+}
+
+impl NodeDefsSource for Installed {
+    /// Each backend in turn gives the classes it has (read once, then cached); a class comes
+    /// from the first backend that has it. Fails only when no backend could be read.
+    fn node_defs(&self, classes: &BTreeSet<String>) -> Result<NodeDefs, DefsUnavailable> {
+        let mut defs = NodeDefs::default();
+        let mut unavailable = DefsUnavailable::default();
+        let mut readable = 0;
+        for backend in &self.backends {
+            match backend_defs(backend, classes) {
+                Ok(found) => {
+                    readable += 1;
+                    for (class, def) in found {
+                        if defs.get(&class).is_none() {
+                            defs.insert(&class, def);
+                        }
+                    }
+                }
+                Err(reason) => {
+                    unavailable
+                        .backends
+                        .insert(backend.client.base_url().to_string(), reason);
+                }
+            }
+        }
+        if readable == 0 {
+            return Err(unavailable);
+        }
+        Ok(defs)
+    }
+}
+
+/// Forgets the node definitions read from `backend`: they are read again when next needed.
+fn forget_defs(backend: &Backend) {
+    *backend.defs.lock().unwrap_or_else(PoisonError::into_inner) = DefsCache::default();
+}
+
+/// The definitions of `classes` one backend has, reading those it was never asked for.
+fn backend_defs(
+    backend: &Backend,
+    classes: &BTreeSet<String>,
+) -> Result<Vec<(String, ClassDef)>, String> {
+    let missing: Vec<String> = {
+        let mut cache = backend.defs.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut cache.failed {
+            Some((reason, at)) if at.elapsed() < RETRY_AFTER => return Err(reason.clone()),
+            // This request retries; the others keep the failure meanwhile.
+            Some((_, at)) => *at = Instant::now(),
+            None => {}
+        }
+        classes
+            .iter()
+            .filter(|class| !cache.classes.contains_key(*class))
+            .cloned()
+            .collect()
+    };
+    let mut read = Vec::new();
+    let mut failure = None;
+    for class in missing {
+        match backend.client.node_info(&class) {
+            Ok(info) => {
+                let def = info.and_then(|info| ClassDef::from_object_info(&class, &info));
+                read.push((class, def));
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let mut cache = backend.defs.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.classes.extend(read);
+    if let Some(reason) = failure {
+        log::warn!(
+            "cannot read node definitions from ComfyUI at {}: {reason}",
+            backend.client.base_url()
+        );
+        cache.failed = Some((reason.clone(), Instant::now()));
+        return Err(reason);
+    }
+    cache.failed = None;
+    Ok(classes
+        .iter()
+        .filter_map(|class| Some((class.clone(), cache.classes.get(class)?.clone()?)))
+        .collect())
 }
 
 #[cfg(test)]

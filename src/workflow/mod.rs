@@ -24,6 +24,10 @@
 //!
 //! Clients may also send a raw graph; [`check_raw_graph`] checks only its shape.
 //!
+//! A template's graph (or the whole file) may also be the workflow exactly as ComfyUI saves it
+//! (the UI format): [`ui`] converts it to the API format as ComfyUI's frontend does, with the
+//! node definitions of the backends ([`NodeDefsSource`], implemented by [`Installed`]).
+//!
 //! ```
 //! use comfyui_gateway::workflow::Template;
 //!
@@ -39,10 +43,12 @@
 //! ```
 
 mod choices;
+mod definitions;
 mod graph;
 mod input_image;
 mod params;
 mod template;
+pub mod ui;
 
 #[cfg(test)]
 mod tests;
@@ -52,17 +58,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use choices::{Installed, ParamChoices, RETRY_AFTER, combo_values};
+pub use definitions::{DefsHandle, DefsUnavailable, NodeDefsSource, WorkflowFailure};
 pub use graph::check_raw_graph;
 pub use input_image::InputImage;
 pub use params::{ParamDefault, ParamErrors, ParamSpec, ParamType, Target};
 pub use template::{
     BuildError, OutputTypes, RESERVED_PARAMETER_NAMES, Resolved, Template, TemplateProblem,
+    UiWorkflow,
 };
 
-/// All templates of a workflows directory, by name.
+/// All templates of a workflows directory, by name, and where the node definitions for
+/// converting workflows as ComfyUI saves them come from.
 #[derive(Debug, Clone, Default)]
 pub struct Templates {
     by_name: BTreeMap<String, Template>,
+    defs: DefsHandle,
 }
 
 /// Why the workflows directory could not be loaded: the directory or a file could not be read,
@@ -151,6 +161,26 @@ impl Templates {
         files.iter().map(|file| load_file(file)).collect()
     }
 
+    /// Converts workflows as ComfyUI saves them (templates, and raw graphs through
+    /// [`Templates::convert_ui`]) with the node definitions `source` gives.
+    pub fn use_node_defs(&mut self, source: std::sync::Arc<dyn NodeDefsSource>) {
+        self.defs = DefsHandle::new(source);
+        for template in self.by_name.values_mut() {
+            if let Some(ui) = &mut template.ui {
+                ui.defs = self.defs.clone();
+            }
+        }
+    }
+
+    /// The API graph of a workflow as ComfyUI saves it (a client's raw graph), converted with
+    /// the backends' node definitions.
+    pub fn convert_ui(
+        &self,
+        workflow: &serde_json::Value,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, WorkflowFailure> {
+        self.defs.convert(workflow)
+    }
+
     /// The template called `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<&Template> {
         self.by_name.get(name)
@@ -185,7 +215,10 @@ impl FromIterator<Template> for Templates {
             .into_iter()
             .map(|template| (template.name.clone(), template))
             .collect();
-        Templates { by_name }
+        Templates {
+            by_name,
+            defs: DefsHandle::default(),
+        }
     }
 }
 

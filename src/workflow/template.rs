@@ -7,9 +7,11 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::definitions::{DefsHandle, WorkflowFailure};
 use super::graph::{link_source, node_problem};
 use super::input_image::InputImage;
 use super::params::{ParamErrors, ParamFile, ParamSpec, ParamType, Resolution, Target};
+use super::ui::{self, ConvertError, NodeProblem};
 
 /// Request keys that are never template parameters: the template's name, a raw graph, and the
 /// object of the gateway's own fields (`api::OPTIONS_FIELD`). A template naming a parameter
@@ -18,10 +20,13 @@ use super::params::{ParamErrors, ParamFile, ParamSpec, ParamType, Resolution, Ta
 /// name, and the gateway's field is given in `options`.)
 pub const RESERVED_PARAMETER_NAMES: &[&str] = &["workflow", "graph", "options"];
 
-/// A checked workflow template: a ComfyUI API-format graph and the parameters a client may set.
+/// A checked workflow template: a ComfyUI API-format graph, or a workflow as ComfyUI saves it,
+/// and the parameters a client may set.
 ///
 /// Every target of every parameter names an existing node and one of its literal (non-link)
-/// inputs, and no two parameters write the same input.
+/// inputs, and no two parameters write the same input. For a workflow as ComfyUI saves it, the
+/// node is checked when the file is loaded and the input once the workflow is converted (that
+/// needs the node definitions of ComfyUI).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     /// The template's name: its file stem, and the `workflow` a request names.
@@ -30,10 +35,25 @@ pub struct Template {
     pub description: String,
     /// The parameters, by name.
     pub parameters: BTreeMap<String, ParamSpec>,
-    /// The API-format graph as the file has it; parameters fill copies of it.
+    /// The API-format graph as the file has it; parameters fill copies of it. Empty when the
+    /// template is a workflow as ComfyUI saves it ([`Template::ui`]).
     pub graph: Map<String, Value>,
     /// Which of ComfyUI's file types a job keeps (the file's `outputs` field).
     pub outputs: OutputTypes,
+    /// The workflow as ComfyUI saved it, when the template is one: converted to an API graph
+    /// each time one is needed, with the backends' node definitions.
+    pub ui: Option<UiWorkflow>,
+}
+
+/// A template's workflow as ComfyUI saves it (the UI format).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UiWorkflow {
+    /// The workflow as saved.
+    pub workflow: std::sync::Arc<Value>,
+    /// Its nodes by API-format id (`"5:12"` inside subgraph instance 5) → type.
+    pub nodes: BTreeMap<String, String>,
+    /// Where node definitions come from (set by [`super::Templates::use_node_defs`]).
+    pub(super) defs: DefsHandle,
 }
 
 /// Which of ComfyUI's file types a job collects and stores: a template's `"outputs"` field.
@@ -175,6 +195,8 @@ pub enum BuildError {
         /// Its target, `node.input`.
         target: String,
     },
+    /// The template is a workflow as ComfyUI saves it, and it could not be converted.
+    Workflow(WorkflowFailure),
 }
 
 impl fmt::Display for BuildError {
@@ -188,6 +210,7 @@ impl fmt::Display for BuildError {
                 f,
                 "building the graph: parameter {param:?} targets {target}, which the graph lacks"
             ),
+            BuildError::Workflow(failure) => write!(f, "converting the workflow: {failure}"),
         }
     }
 }
@@ -200,8 +223,36 @@ impl Template {
         if !is_valid_name(name) {
             return Err(TemplateProblem::Name(name.to_owned()));
         }
-        let file: TemplateFile = serde_json::from_str(text).map_err(TemplateProblem::Json)?;
-        check_graph(&file.graph).map_err(TemplateProblem::Graph)?;
+        let value: Value = serde_json::from_str(text).map_err(TemplateProblem::Json)?;
+        let file: TemplateFile = if ui::is_ui_format(&value) {
+            // The workflow exactly as ComfyUI saved it: no parameters.
+            TemplateFile {
+                description: String::new(),
+                parameters: BTreeMap::new(),
+                graph: value.as_object().cloned().unwrap_or_default(),
+                outputs: None,
+            }
+        } else {
+            serde_json::from_value(value).map_err(TemplateProblem::Json)?
+        };
+        let ui = if ui::is_ui_format(&Value::Object(file.graph.clone())) {
+            let workflow = Value::Object(file.graph.clone());
+            let nodes =
+                ui::node_types(&workflow).map_err(|e| TemplateProblem::Graph(e.to_string()))?;
+            if nodes.is_empty() {
+                return Err(TemplateProblem::Graph(
+                    "the workflow has no node to run".into(),
+                ));
+            }
+            Some(UiWorkflow {
+                workflow: std::sync::Arc::new(workflow),
+                nodes,
+                defs: DefsHandle::default(),
+            })
+        } else {
+            check_graph(&file.graph).map_err(TemplateProblem::Graph)?;
+            None
+        };
         let outputs = match &file.outputs {
             None => OutputTypes::default(),
             Some(list) => OutputTypes::from_list(list).map_err(TemplateProblem::Outputs)?,
@@ -221,7 +272,10 @@ impl Template {
             }
             let spec = ParamSpec::from_file(raw).map_err(problem)?;
             for target in &spec.targets {
-                check_target(&file.graph, target).map_err(problem)?;
+                match &ui {
+                    Some(ui) => check_ui_target(ui, target).map_err(problem)?,
+                    None => check_target(&file.graph, target).map_err(problem)?,
+                }
                 match written.entry(target.clone()) {
                     Entry::Occupied(other) => {
                         return Err(problem(format!(
@@ -238,9 +292,51 @@ impl Template {
             name: name.to_owned(),
             description: file.description,
             parameters,
-            graph: file.graph,
+            graph: if ui.is_some() { Map::new() } else { file.graph },
             outputs,
+            ui,
         })
+    }
+
+    /// Whether the template is a workflow as ComfyUI saves it (converted on use).
+    pub fn is_ui(&self) -> bool {
+        self.ui.is_some()
+    }
+
+    /// The class of node `node` (an API-format id), whichever format the template is in.
+    pub fn node_class(&self, node: &str) -> Option<&str> {
+        match &self.ui {
+            Some(ui) => ui.nodes.get(node).map(String::as_str),
+            None => self.graph.get(node)?.get("class_type")?.as_str(),
+        }
+    }
+
+    /// The API-format graph parameters are written into: the file's, or the conversion of the
+    /// workflow as ComfyUI saved it, with every parameter target checked against it.
+    pub fn api_graph(&self) -> Result<Map<String, Value>, WorkflowFailure> {
+        let Some(ui) = &self.ui else {
+            return Ok(self.graph.clone());
+        };
+        let graph = ui.defs.convert(&ui.workflow)?;
+        let mut problems = Vec::new();
+        for (param, spec) in &self.parameters {
+            for target in &spec.targets {
+                if let Err(reason) = check_target(&graph, target) {
+                    let class = ui.nodes.get(&target.node).cloned().unwrap_or_default();
+                    problems.push(NodeProblem {
+                        id: target.node.clone(),
+                        title: class.clone(),
+                        node_type: class,
+                        reason: format!("template parameter {param:?} {reason}"),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(graph)
+        } else {
+            Err(WorkflowFailure::Invalid(ConvertError::Nodes(problems)))
+        }
     }
 
     /// The template as `GET /workflows` shows it: `{"name", "description", "parameters": {name:
@@ -308,7 +404,7 @@ impl Template {
         resolved: &Resolved,
         uploaded: &BTreeMap<String, String>,
     ) -> Result<Value, BuildError> {
-        let mut graph = self.graph.clone();
+        let mut graph = self.api_graph().map_err(BuildError::Workflow)?;
         for (param, spec) in &self.parameters {
             let value = if spec.kind == ParamType::Image {
                 match uploaded.get(param) {
@@ -376,6 +472,21 @@ fn check_graph(graph: &Map<String, Value>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks that a target of a workflow as ComfyUI saves it names one of its nodes (its input is
+/// checked once the workflow is converted).
+fn check_ui_target(ui: &UiWorkflow, target: &Target) -> Result<(), String> {
+    if ui.nodes.contains_key(&target.node) {
+        return Ok(());
+    }
+    let known: Vec<&str> = ui.nodes.keys().map(String::as_str).collect();
+    Err(format!(
+        "targets {target}, but the workflow has no node {:?} that ComfyUI runs (nodes inside a \
+         subgraph are \"INSTANCE:INNER\"); it has: {}",
+        target.node,
+        known.join(", ")
+    ))
 }
 
 /// Checks that a target names an existing node and one of its literal inputs.

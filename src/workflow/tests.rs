@@ -591,6 +591,96 @@ fn a_templates_outputs_field_chooses_saved_files_previews_or_both() {
     );
 }
 
+/// Node definitions from the conversion fixtures, as if read from a ComfyUI.
+struct FixtureDefs;
+
+impl NodeDefsSource for FixtureDefs {
+    fn node_defs(
+        &self,
+        _classes: &std::collections::BTreeSet<String>,
+    ) -> Result<ui::NodeDefs, DefsUnavailable> {
+        let info: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/ui/object_info.json"))
+                .expect("fixture is JSON");
+        Ok(ui::NodeDefs::from_object_info(&info))
+    }
+}
+
+/// A template whose graph is the subgraph fixture's workflow, with these parameters.
+fn ui_template(parameters: Value) -> Result<Templates, TemplateProblem> {
+    let case: Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/ui/subgraphs.json")).unwrap();
+    let file = json!({"parameters": parameters, "graph": case["workflow"]});
+    let template = Template::parse("ui", &file.to_string())?;
+    let mut templates: Templates = [template].into_iter().collect();
+    templates.use_node_defs(std::sync::Arc::new(FixtureDefs));
+    Ok(templates)
+}
+
+#[test]
+fn ui_template_parameters_reach_nodes_inside_subgraphs_by_the_frontends_ids() {
+    let templates = ui_template(json!({
+        "steps": {"type": "integer", "default": 4, "targets": ["2:10.steps", "4:20:10.steps"]},
+        "checkpoint": {"type": "string", "default": "b.safetensors", "targets": ["1.ckpt_name"]}
+    }))
+    .expect("a valid template");
+    let template = templates.get("ui").expect("loaded");
+    assert!(template.is_ui());
+    assert_eq!(template.node_class("4:20:10"), Some("Sampler"));
+    let resolved = resolve_ok(template, json!({"steps": 9}));
+    let graph = template
+        .build_graph(&resolved, &BTreeMap::new())
+        .expect("built");
+    assert_eq!(graph["2:10"]["inputs"]["steps"], 9);
+    assert_eq!(graph["4:20:10"]["inputs"]["steps"], 9);
+    assert_eq!(graph["1"]["inputs"]["ckpt_name"], "b.safetensors");
+    assert!(graph.get("2").is_none(), "instances are not sent");
+}
+
+#[test]
+fn ui_template_targets_are_checked_at_load_and_after_conversion() {
+    let unknown_node = ui_template(json!({
+        "steps": {"type": "integer", "default": 4, "targets": ["10.steps"]}
+    }));
+    let problem = unknown_node
+        .expect_err("no node 10 at the top level")
+        .to_string();
+    assert!(
+        problem.contains("INSTANCE:INNER") && problem.contains("2:10"),
+        "{problem}"
+    );
+
+    // The node exists; its input is only known once the workflow is converted.
+    let templates = ui_template(json!({
+        "strength": {"type": "number", "default": 1.0, "targets": ["2:10.strength"]},
+        "model": {"type": "string", "default": "x", "targets": ["2:10.model"]}
+    }))
+    .expect("nodes exist");
+    let template = templates.get("ui").expect("loaded");
+    let Err(WorkflowFailure::Invalid(err)) = template.api_graph() else {
+        panic!("the targets do not fit the converted graph");
+    };
+    let reasons: Vec<&str> = err.nodes().iter().map(|n| n.reason.as_str()).collect();
+    assert_eq!(err.nodes()[0].id, "2:10");
+    assert!(
+        reasons.iter().any(|r| r.contains("no input \"strength\"")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("link")), "{reasons:?}");
+}
+
+#[test]
+fn a_ui_template_without_node_definitions_says_they_are_unavailable() {
+    let case: Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/ui/basic.json")).unwrap();
+    let template = Template::parse("saved", &case["workflow"].to_string()).expect("loads");
+    assert!(template.parameters.is_empty());
+    assert!(matches!(
+        template.api_graph(),
+        Err(WorkflowFailure::Unavailable(_))
+    ));
+}
+
 #[test]
 fn a_parameter_named_like_a_key_of_the_request_itself_is_refused() {
     for reserved in RESERVED_PARAMETER_NAMES {

@@ -289,6 +289,7 @@ async function tour(browser) {
 
   await reconnects(page);
   await cancels(page);
+  await savedWorkflowFile(page);
 
   // A narrow screen: one column, nothing wider than the viewport.
   await page.setViewportSize({ width: 380, height: 800 });
@@ -358,6 +359,108 @@ async function reconnects(page) {
   await imagesLoaded(page);
   await page.reload();
   await page.waitForSelector('#param-prompt');
+}
+
+// ---- A saved workflow file (the UI format), run as a raw graph. ----
+
+/** A workflow as ComfyUI saves it, on the simulator's nodes: a solid image, a reroute, inverted. */
+function savedWorkflow(width, height, extraNodes = []) {
+  const node = (id, type, inputs, outputs, widgets) => ({ id, type, pos: [0, 0], size: [200, 100], flags: {},
+    order: id, mode: 0, inputs, outputs, properties: {}, widgets_values: widgets });
+  return {
+    last_node_id: 9, last_link_id: 3, version: 0.4, groups: [], config: {}, extra: {},
+    nodes: [
+      node(1, 'EmptyImage', [], [{ name: 'IMAGE', type: 'IMAGE', links: [1] }], [width, height, 1, 255]),
+      node(2, 'Reroute', [{ name: '', type: '*', link: 1 }], [{ name: '', type: 'IMAGE', links: [2] }]),
+      node(3, 'ImageInvert', [{ name: 'image', type: 'IMAGE', link: 2 }], [{ name: 'IMAGE', type: 'IMAGE', links: [3] }]),
+      node(4, 'SaveImage', [{ name: 'images', type: 'IMAGE', link: 3 }], [], ['from-a-file']),
+      node(5, 'Note', [], [], ['notes are not sent']),
+      ...extraNodes,
+    ],
+    links: [[1, 1, 0, 2, 0, 'IMAGE'], [2, 2, 0, 3, 0, 'IMAGE'], [3, 3, 0, 4, 0, 'IMAGE']],
+  };
+}
+
+/** A 1×1 PNG carrying `workflow` in a tEXt chunk, as ComfyUI writes its outputs. */
+function pngWithWorkflow(workflow) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (bytes) => {
+    let c = 0xffffffff;
+    for (const b of bytes) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    body.copy(out, 4);
+    out.writeUInt32BE(crc(body), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.from([0, 0, 0, 1, 0, 0, 0, 1, 8, 0, 0, 0, 0]);
+  const idat = Buffer.from([0x78, 0x01, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01]);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr),
+    chunk('tEXt', Buffer.from('workflow\0' + JSON.stringify(workflow), 'latin1')), chunk('IDAT', idat),
+    chunk('IEND', Buffer.alloc(0))]);
+}
+
+/** A WebP whose EXIF carries `workflow:JSON`, as ComfyUI's WebP savers write it. */
+function webpWithWorkflow(workflow) {
+  const exif = Buffer.concat([Buffer.from('MM\0*\0\0\0\x08', 'latin1'),
+    Buffer.from('workflow:' + JSON.stringify(workflow) + '\0', 'latin1')]);
+  const chunk = Buffer.alloc(8);
+  chunk.write('EXIF', 0, 'latin1');
+  chunk.writeUInt32LE(exif.length, 4);
+  const body = Buffer.concat([Buffer.from('WEBP', 'latin1'), chunk, exif, Buffer.alloc(exif.length % 2)]);
+  const head = Buffer.alloc(8);
+  head.write('RIFF', 0, 'latin1');
+  head.writeUInt32LE(body.length, 4);
+  return Buffer.concat([head, body]);
+}
+
+async function savedWorkflowFile(page) {
+  await page.selectOption('#workflow', ':file');
+  check(await page.$eval('#workflow-file', (el) => el.type) === 'file' && await page.$$eval('#params input', (l) => l.length) === 1,
+    'a saved workflow file is picked with a file input, and has no parameters');
+  await page.setInputFiles('#workflow-file', { name: 'inverted.json', mimeType: 'application/json',
+    buffer: Buffer.from(JSON.stringify(savedWorkflow(48, 40))) });
+  await page.waitForFunction(() => savedFile !== null);
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a workflow file as ComfyUI saves it runs', await shown(page));
+  const images = await imagesLoaded(page);
+  check(images.length === 1 && images[0].naturalWidth === 48 && images[0].naturalHeight === 40,
+    'its image is the one the file describes', JSON.stringify(images));
+
+  await page.setInputFiles('#workflow-file', { name: 'ComfyUI_00001_.png', mimeType: 'image/png',
+    buffer: pngWithWorkflow(savedWorkflow(24, 16)) });
+  await page.waitForFunction(() => savedFile && savedFile.name.endsWith('.png'));
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a PNG from ComfyUI runs the workflow it carries', await shown(page));
+  const fromPng = await imagesLoaded(page);
+  check(fromPng.length === 1 && fromPng[0].naturalWidth === 24, 'the PNG\'s workflow made the image', JSON.stringify(fromPng));
+
+  await page.setInputFiles('#workflow-file', { name: 'ComfyUI_00002_.webp', mimeType: 'image/webp',
+    buffer: webpWithWorkflow(savedWorkflow(20, 12)) });
+  await page.waitForFunction(() => savedFile && savedFile.name.endsWith('.webp'));
+  await submit(page);
+  check(await waitForEnd(page) === 'completed', 'a WebP from ComfyUI runs the workflow it carries', await shown(page));
+  const fromWebp = await imagesLoaded(page);
+  check(fromWebp.length === 1 && fromWebp[0].naturalWidth === 20, 'the WebP\'s workflow made the image', JSON.stringify(fromWebp));
+
+  const broken = savedWorkflow(8, 8, [{ id: 9, type: 'NotInstalledNode', mode: 0, title: 'Magic', inputs: [], outputs: [] }]);
+  await page.setInputFiles('#workflow-file', { name: 'broken.json', mimeType: 'application/json',
+    buffer: Buffer.from(JSON.stringify(broken)) });
+  await page.waitForFunction(() => savedFile && savedFile.name === 'broken.json');
+  await page.click('#generate');
+  await page.waitForSelector('#error:not([hidden])');
+  check(await text(page, '#error-title') === 'The workflow cannot be converted'
+    && (await text(page, '#error-list')).includes('node 9 (NotInstalledNode, "Magic"): node type "NotInstalledNode" is not installed'),
+  'a workflow that cannot be converted names each node and what to install', await text(page, '#error'));
+  await page.selectOption('#workflow', 'txt2img');
 }
 
 async function cancels(page) {
