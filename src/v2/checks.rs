@@ -45,11 +45,6 @@ impl KnownClasses {
     }
 }
 
-/// Whether `workflow` is the UI export (`nodes` as a list, and `links`), not the API format.
-pub fn is_ui_format(workflow: &Map<String, Value>) -> bool {
-    workflow.get("nodes").is_some_and(Value::is_array) && workflow.contains_key("links")
-}
-
 /// Per-node problems: node id → list of `{field, reason, message}`.
 #[derive(Default)]
 struct NodeErrors(BTreeMap<String, Vec<Value>>);
@@ -324,14 +319,6 @@ mod tests {
 
     fn graph(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap_or_default()
-    }
-
-    #[test]
-    fn the_ui_export_is_told_apart() {
-        assert!(is_ui_format(&graph(json!({"nodes": [], "links": []}))));
-        assert!(!is_ui_format(&graph(
-            json!({"1": {"class_type": "A", "inputs": {}}})
-        )));
     }
 
     #[test]

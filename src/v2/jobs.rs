@@ -179,6 +179,14 @@ fn parse(body: Value) -> Result<Submission, V2Error> {
         }
     }
     let workflow = match fields.remove("workflow") {
+        Some(ui) if crate::workflow::ui::is_ui_format(&ui) => {
+            return Err(V2Error::new(
+                422,
+                "workflow_format_ui",
+                "this is ComfyUI's UI export (nodes/links); export the workflow in API format \
+                 (Save (API Format)) instead",
+            ));
+        }
         Some(Value::Object(workflow)) => workflow,
         Some(_) => {
             return Err(V2Error::new(
@@ -195,14 +203,6 @@ fn parse(body: Value) -> Result<Submission, V2Error> {
             ));
         }
     };
-    if checks::is_ui_format(&workflow) {
-        return Err(V2Error::new(
-            422,
-            "workflow_format_ui",
-            "this is ComfyUI's UI export (nodes/links); export the workflow in API format \
-             (Save (API Format)) instead",
-        ));
-    }
     let labels = match fields.remove("metadata") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(value) => labels(&value)?,
