@@ -228,12 +228,10 @@ impl App {
     fn comeback_hook(&self) -> crate::job::ComebackHook {
         let installed = Arc::clone(&self.installed);
         let warmup = self.warmup.clone();
-        let classes = Arc::clone(&self.v2.known_classes);
         Box::new(move |client: &ComfyClient| {
             if let Some(warmup) = &warmup {
                 warmup.start(client.clone());
             }
-            classes.forget();
             let installed = Arc::clone(&installed);
             let url = client.base_url().to_string();
             // Reading /object_info may take a while on a big install: off the monitor thread.

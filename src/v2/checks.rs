@@ -5,45 +5,12 @@
 //! with `details.node_errors` keyed by node id, each a list of `{field, reason, message}`.
 
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::V2Error;
 use crate::blobs::BlobHash;
-use crate::comfyui::ComfyClient;
 use crate::job::{BlobInput, INPUT_SUBFOLDER, InputTarget};
-
-/// The definitions (`/object_info/{class}`) of the node classes a backend confirmed: a class is
-/// asked about until one backend has it, then never again.
-#[derive(Default)]
-pub struct KnownClasses(Mutex<HashMap<String, Arc<Value>>>);
-
-impl KnownClasses {
-    /// Forgets every definition (a backend came back: its nodes may have changed).
-    pub fn forget(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    fn get(&self, class: &str) -> Option<Arc<Value>> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(class)
-            .cloned()
-    }
-
-    fn learn(&self, class: &str, definition: Value) -> Arc<Value> {
-        let definition = Arc::new(definition);
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(class.to_string(), Arc::clone(&definition));
-        definition
-    }
-}
+use crate::workflow::NodeDefsSource;
 
 /// Per-node problems: node id → list of `{field, reason, message}`.
 #[derive(Default)]
@@ -146,14 +113,14 @@ fn link_source(value: &Value) -> Option<&str> {
     }
 }
 
-/// Refuses node classes no backend has, and nodes that leave out a required input of their
-/// class. A class is confirmed by the first backend that answers `/object_info/{class}` with it
-/// (and its definition kept); when no backend answers at all the check is left to ComfyUI's own
-/// validation at dispatch (the job then fails with `invalid_workflow`).
+/// Checks that every node's class is one the backends have and that each gets its required
+/// inputs, from the backends' node definitions (`/object_info`, read and cached by
+/// [`crate::workflow::Installed`], the same definitions UI-format workflows are converted with).
+/// When no backend can be read at all the check is left to ComfyUI's own validation at dispatch
+/// (the job then fails with `invalid_workflow`).
 pub fn check_classes(
     workflow: &Map<String, Value>,
-    backends: &[ComfyClient],
-    known: &KnownClasses,
+    definitions: &dyn NodeDefsSource,
 ) -> Result<(), V2Error> {
     let mut classes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (id, node) in workflow {
@@ -161,43 +128,30 @@ pub fn check_classes(
             classes.entry(class).or_default().push(id);
         }
     }
+    let wanted: BTreeSet<String> = classes.keys().map(|class| class.to_string()).collect();
+    let defs = match definitions.node_defs(&wanted) {
+        Ok(defs) => defs,
+        Err(why) => {
+            log::debug!("v2 node check left to ComfyUI: {why}");
+            return Ok(());
+        }
+    };
     let mut errors = NodeErrors::default();
     for (class, nodes) in classes {
-        let definition = match known.get(class) {
-            Some(definition) => Some(definition),
-            None => {
-                let mut answered = false;
-                let mut found = None;
-                for backend in backends {
-                    match backend.node_info(class) {
-                        Ok(Some(definition)) => {
-                            found = Some(known.learn(class, definition));
-                            break;
-                        }
-                        Ok(None) => answered = true,
-                        Err(e) => log::debug!("asking {} about {class}: {e}", backend.base_url()),
-                    }
-                }
-                if found.is_none() && answered {
-                    for node in &nodes {
-                        errors.add(
-                            node,
-                            Some("class_type"),
-                            "unknown_class",
-                            format!("node class '{class}' is not installed on this ComfyUI"),
-                        );
-                    }
-                }
-                found
+        let Some(definition) = defs.get(class) else {
+            for node in &nodes {
+                errors.add(
+                    node,
+                    Some("class_type"),
+                    "unknown_class",
+                    format!("node class '{class}' is not installed on this ComfyUI"),
+                );
             }
-        };
-        let Some(definition) = definition else {
             continue;
         };
-        let required = definition["input"]["required"].as_object();
         for node in nodes {
             let inputs = workflow[node]["inputs"].as_object();
-            for name in required.into_iter().flat_map(|r| r.keys()) {
+            for name in &definition.required {
                 if !inputs.is_some_and(|i| i.contains_key(name)) {
                     errors.add(
                         node,

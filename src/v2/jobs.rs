@@ -143,7 +143,7 @@ fn accept(app: &Arc<App>, body: Value) -> Result<Arc<Job>, V2Error> {
         let ext = checks::extension_for(asset.file_path.as_deref(), &asset.content_type);
         Some((asset.hash, ext))
     })?;
-    checks::check_classes(&submission.workflow, &app.backends, &app.v2.known_classes)?;
+    checks::check_classes(&submission.workflow, app.installed.as_ref())?;
     let options = RequestOptions {
         priority: submission.priority,
         previews: true,

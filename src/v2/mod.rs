@@ -22,7 +22,6 @@ mod multipart;
 mod range;
 mod view;
 
-pub use checks::KnownClasses;
 pub use error::V2Error;
 pub use idempotency::Idempotency;
 
@@ -69,9 +68,6 @@ pub fn owns(path: &str) -> bool {
 pub struct V2State {
     /// Idempotency keys of `POST /api/v2/jobs`, kept 24 h in `DATA_DIR/v2/idempotency/`.
     pub idempotency: Idempotency,
-    /// Node classes a backend confirmed it has (`/object_info/{class}`), so each is asked once.
-    /// Forgotten whenever a backend (re)connects: it may have restarted with other nodes.
-    pub known_classes: Arc<KnownClasses>,
     /// The asset library: records in `DATA_DIR/assets/` over the blobs in `DATA_DIR/blobs/`.
     /// The job engine registers outputs in it too (`JobContext::assets`).
     pub assets: Arc<AssetStore>,
@@ -84,7 +80,6 @@ impl V2State {
         let root = data_dir.join("v2");
         Ok(V2State {
             idempotency: Idempotency::open(root.join("idempotency"))?,
-            known_classes: Arc::default(),
             assets: Arc::new(AssetStore::open(data_dir.join("assets"), blobs)?),
         })
     }

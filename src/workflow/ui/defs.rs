@@ -117,6 +117,8 @@ pub struct ClassDef {
     pub widgets: Vec<WidgetDef>,
     /// Every input name the class declares (required and optional).
     pub inputs: BTreeSet<String>,
+    /// The inputs the class requires: a graph without one of them is refused by ComfyUI.
+    pub required: BTreeSet<String>,
 }
 
 impl ClassDef {
@@ -126,6 +128,7 @@ impl ClassDef {
         let input = info.get("input").and_then(Value::as_object);
         let mut widgets = Vec::new();
         let mut inputs = BTreeSet::new();
+        let mut required = BTreeSet::new();
         for group in ["required", "optional"] {
             let Some(specs) = input.and_then(|i| i.get(group)).and_then(Value::as_object) else {
                 continue;
@@ -135,6 +138,9 @@ impl ClassDef {
                     continue;
                 };
                 inputs.insert(name.clone());
+                if group == "required" {
+                    required.insert(name.clone());
+                }
                 if let Some(widget) = widget_def(&name, spec) {
                     widgets.push(widget);
                 }
@@ -167,6 +173,7 @@ impl ClassDef {
             display_name,
             widgets,
             inputs,
+            required,
         })
     }
 }
