@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use crate::assets::NewOutput;
+use crate::assets::{AssetStore, NewOutput};
 use crate::blobs::BlobStore;
 use crate::comfyui::{ClientOptions, ComfyClient};
 use crate::config::Config;
+use crate::idempotency::Idempotency;
 use crate::ids::JobId;
 use crate::job::{
     Engine, Job, JobContext, JobRegistry, JobStore, Restored, RunSettings, restore_jobs,
@@ -59,8 +60,11 @@ pub struct App {
     /// The values ComfyUI's combo inputs accept on each backend (installed models...), read on
     /// demand, and read again when a backend comes back after a restart.
     pub installed: Arc<Installed>,
-    /// Comfy API v2's own state (idempotency keys, job labels, the asset library).
-    pub v2: crate::v2::V2State,
+    /// The asset library: records in `DATA_DIR/assets/` over the blobs in `DATA_DIR/blobs/`;
+    /// outputs are registered in it as they are stored (`JobContext::assets`).
+    pub assets: Arc<AssetStore>,
+    /// Comfy API v2's `Idempotency-Key`s, kept 24 h in `DATA_DIR/v2/idempotency/`.
+    pub idempotency: Idempotency,
 }
 
 /// Why the gateway cannot start: one line naming what to fix.
@@ -150,8 +154,10 @@ impl App {
             )),
             None => None,
         };
-        let v2 = crate::v2::V2State::open(&config.data_dir, blobs.clone())
-            .map_err(|e| data_dir_error("v2", e))?;
+        let assets = AssetStore::open(config.data_dir.join("assets"), blobs.clone())
+            .map_err(|e| data_dir_error("assets", e))?;
+        let idempotency = Idempotency::open(config.data_dir.join("v2").join("idempotency"))
+            .map_err(|e| data_dir_error("v2/idempotency", e))?;
         let jobs = Arc::new(JobRegistry::new(config.job_retention));
         let restored = restore_jobs(
             &store,
@@ -170,7 +176,8 @@ impl App {
         }
         Ok(App {
             installed,
-            v2,
+            assets: Arc::new(assets),
+            idempotency,
             warmup,
             jobs,
             webhooks,
@@ -207,7 +214,7 @@ impl App {
             local: self.local.clone(),
             spool: Arc::clone(&self.spool),
             blobs: self.blobs.clone(),
-            assets: Arc::clone(&self.v2.assets),
+            assets: Arc::clone(&self.assets),
             metrics: Arc::clone(&self.metrics),
             run: self.run.clone(),
             on_comeback: Some(self.comeback_hook()),
@@ -337,7 +344,7 @@ impl App {
             std::fs::File::open(file)?
                 .take(media::HEAD_LEN as u64)
                 .read_to_end(&mut head)?;
-            self.v2.assets.register_output(NewOutput {
+            self.assets.register_output(NewOutput {
                 job_id,
                 node_id: "",
                 name,

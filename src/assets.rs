@@ -10,7 +10,7 @@
 //! What a file is (its content type and its [`AssetType`]) comes from [`crate::media`], from its
 //! bytes and its name, never from what a client declares.
 //!
-//! This module knows nothing of HTTP: `crate::v2::assets` answers the routes, and the job code
+//! This module knows nothing of HTTP: `crate::server::v2::assets` answers the routes, and the job code
 //! registers outputs through [`AssetStore::register_output`].
 
 use std::collections::HashMap;

@@ -36,7 +36,7 @@ pub fn document(app: &App) -> Value {
         path[endpoint.method.to_ascii_lowercase()] = operation;
     }
     // Comfy API v2, from its own router table.
-    paths.extend(crate::v2::doc::paths());
+    paths.extend(crate::server::v2::doc::paths());
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -608,7 +608,7 @@ fn components(app: &App) -> Value {
     for (name, schema) in answer_schemas() {
         schemas.insert(name.into(), schema);
     }
-    for (name, schema) in crate::v2::doc::schemas() {
+    for (name, schema) in crate::server::v2::doc::schemas() {
         schemas.insert(name.into(), schema);
     }
     json!({

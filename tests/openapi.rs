@@ -5,8 +5,8 @@ mod common;
 
 use comfyui_gateway::api::{COMMON_FIELDS, ErrorCode};
 use comfyui_gateway::openapi::template_component;
+use comfyui_gateway::server::v2;
 use comfyui_gateway::server::{ENDPOINTS, Endpoint, ROUTER_ERRORS};
-use comfyui_gateway::v2;
 use common::harness::{Harness, Options, agent};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;

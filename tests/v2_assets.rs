@@ -203,7 +203,7 @@ fn a_wrong_expected_hash_is_refused_and_nothing_is_kept() {
         );
         assert_eq!(head_status(&h, &BlobHash::of(&png).to_string()), 404);
     }
-    assert!(h.app.v2.assets.is_empty());
+    assert!(h.app.assets.is_empty());
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn bad_uploads_get_the_envelope() {
             .unwrap_or("")
             .contains("MAX_UPLOAD_BYTES")
     );
-    assert!(h.app.v2.assets.is_empty());
+    assert!(h.app.assets.is_empty());
     assert_eq!(
         head_status(&h, &BlobHash::of(&[7u8; 5000]).to_string()),
         404
@@ -586,7 +586,7 @@ fn a_generate_output_is_an_asset_served_by_the_gateway() {
 
     // The job's assets, as the v2 job view reads them.
     let job_id = result["job_id"].as_str().expect("job id");
-    let outputs = h.app.v2.assets.for_job(job_id);
+    let outputs = h.app.assets.for_job(job_id);
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].id, id);
     let view = outputs[0].to_output_json(&h.app.config.public_base_url);
@@ -667,7 +667,7 @@ fn a_supabase_output_redirects_to_a_fresh_storage_url() {
         "{body}"
     );
     // Remote outputs are not copied into the local blob store.
-    assert!(!h.app.v2.assets.can_mint(&BlobHash::of(&stored)));
+    assert!(!h.app.assets.can_mint(&BlobHash::of(&stored)));
 }
 
 #[test]
@@ -807,7 +807,7 @@ fn an_output_that_cannot_be_hashed_keeps_its_job_and_file() {
     assert_eq!(status, 200);
     assert!(!bytes.is_empty());
     let job_id = result["job_id"].as_str().expect("job id");
-    assert!(h.app.v2.assets.for_job(job_id).is_empty());
+    assert!(h.app.assets.for_job(job_id).is_empty());
 }
 
 #[test]
@@ -860,7 +860,7 @@ fn an_upload_idempotency_key_replays_or_refuses() {
         (400, "invalid_request"),
         "{body}"
     );
-    assert_eq!(h.app.v2.assets.len(), 1);
+    assert_eq!(h.app.assets.len(), 1);
 }
 
 #[test]

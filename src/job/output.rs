@@ -661,7 +661,7 @@ mod tests {
             local: app.local.clone(),
             spool: Arc::clone(&app.spool),
             blobs: app.blobs.clone(),
-            assets: Arc::clone(&app.v2.assets),
+            assets: Arc::clone(&app.assets),
             metrics: Arc::clone(&app.metrics),
             run: app.run.clone(),
             on_comeback: None,

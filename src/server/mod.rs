@@ -2,8 +2,10 @@
 //!
 //! `routes` decides what a request is for; `reply` writes JSON and file answers; `auth` checks
 //! API keys; `framing` refuses requests whose length is ambiguous or too large; `socket` does
-//! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection). A streaming answer (`POST /generate`, `GET /jobs/{id}/events`) keeps its request
-//! thread until the job's terminal event has been written.
+//! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection); `v2` answers
+//! Comfy API v2 under `/api/v2` with the same front door. A streaming answer (`POST /generate`,
+//! `GET /jobs/{id}/events`) keeps its request thread until the job's terminal event has been
+//! written.
 
 pub(crate) mod auth;
 mod connections;
@@ -12,6 +14,7 @@ pub(crate) mod framing;
 pub(crate) mod reply;
 mod routes;
 pub mod socket;
+pub mod v2;
 
 pub use routes::{Body, ENDPOINTS, Endpoint, ROUTER_ERRORS};
 

@@ -366,13 +366,13 @@ pub fn handle(app: &Arc<App>, door: &FrontDoor, request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     log::info!("{} {method} {path}", door.client_address(&request));
-    let limit = crate::v2::body_limit(&app.config, method.as_str(), path);
+    let limit = crate::server::v2::body_limit(&app.config, method.as_str(), path);
     if let Err(error) = framing::check(&request, limit) {
         return door.refuse(request, &error, &[]);
     }
     // Comfy API v2 has its own router, key check and error vocabulary.
-    if crate::v2::owns(path) {
-        return crate::v2::handle(app, door, request, path, query);
+    if crate::server::v2::owns(path) {
+        return crate::server::v2::handle(app, door, request, path, query);
     }
     let matching = route(path);
     // The page and /health hold no data (the page asks for the key itself), so they answer

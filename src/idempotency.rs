@@ -71,6 +71,9 @@ pub enum Begin<'a> {
     Reused,
     /// Same key while the first request is still being answered.
     InFlight,
+    /// Same key and body, but the answer recorded on disk cannot be read (why); the request
+    /// must not run again.
+    Unreadable(String),
 }
 
 /// The keys seen in the last 24 hours and the answers recorded for them.
@@ -138,7 +141,10 @@ impl Idempotency {
             }
             Some(Entry::Done(record)) if !expired(record, now) => {
                 if record.fingerprint == fingerprint {
-                    return Begin::Replay(self.read_back(&scope, record));
+                    return match self.read_back(&scope, record) {
+                        Ok(recorded) => Begin::Replay(recorded),
+                        Err(why) => Begin::Unreadable(why),
+                    };
                 }
                 return Begin::Reused;
             }
@@ -177,13 +183,13 @@ impl Idempotency {
 
     /// The whole recorded answer: from memory when it is there, else from its file. A file
     /// that cannot be read any more is answered as `500 internal` rather than run twice.
-    fn read_back(&self, scope: &str, record: &Recorded) -> Recorded {
+    fn read_back(&self, scope: &str, record: &Recorded) -> Result<Recorded, String> {
         if !record.body.is_null() {
-            return record.clone();
+            return Ok(record.clone());
         }
         let path = self.path_of(scope);
         match std::fs::read(&path).map(|bytes| serde_json::from_slice::<Recorded>(&bytes)) {
-            Ok(Ok(full)) => full,
+            Ok(Ok(full)) => Ok(full),
             failed => {
                 let why = match failed {
                     Err(e) => e.to_string(),
@@ -194,15 +200,7 @@ impl Idempotency {
                     "the idempotency record {} cannot be read: {why}",
                     path.display()
                 );
-                Recorded {
-                    status: 500,
-                    body: super::V2Error::internal(
-                        "the answer recorded for this Idempotency-Key cannot be read; the \
-                         request is not run again",
-                    )
-                    .to_body(),
-                    ..record.clone()
-                }
+                Err(format!("{}: {why}", path.display()))
             }
         }
     }

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::Value;
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use super::idempotency::{self, Begin};
 use super::multipart::{self, Multipart};
 use super::range::RangeAnswer;
 use super::{Call, V2Error, respond, respond_error};
@@ -18,6 +17,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::app::App;
 use crate::assets::{AssetError, AssetStore, Minted, NewAsset};
 use crate::blobs::{BlobError, BlobHash};
+use crate::idempotency::{self, Begin};
 use crate::server::reply;
 
 /// The longest a text field of an upload form (`file_path`, `content_type`, a tag...) may be.
@@ -30,7 +30,7 @@ const PARTS_LIMIT: usize = 64;
 const TAGS_LIMIT: usize = 32;
 
 fn store(app: &App) -> &AssetStore {
-    &app.v2.assets
+    &app.assets
 }
 
 /// `POST /api/v2/assets`: a `multipart/form-data` upload with a `file` part and the fields
@@ -163,11 +163,7 @@ fn idempotent<'a>(
         "file_path": received.file_path,
         "tags": received.tags,
     });
-    match app
-        .v2
-        .idempotency
-        .begin(call.token.as_deref(), key, &request)
-    {
+    match app.idempotency.begin(call.token.as_deref(), key, &request) {
         Begin::Fresh(claim) => Ok(KeyVerdict::Go(Some(claim))),
         Begin::Replay(recorded) => Ok(KeyVerdict::Replay(recorded.status, recorded.body)),
         Begin::Reused => Err(V2Error::new(
@@ -181,6 +177,7 @@ fn idempotent<'a>(
             "a request with this Idempotency-Key is still being answered; retry shortly",
         )
         .retry_after(1)),
+        Begin::Unreadable(_) => Err(V2Error::unreadable_key()),
     }
 }
 

@@ -63,6 +63,15 @@ impl V2Error {
         V2Error::new(500, "internal", message)
     }
 
+    /// 500 `internal`: the answer recorded for an `Idempotency-Key` cannot be read back (the
+    /// request is not run again; the log says why).
+    pub fn unreadable_key() -> V2Error {
+        V2Error::internal(
+            "the answer recorded for this Idempotency-Key cannot be read; the request is not run \
+             again",
+        )
+    }
+
     /// The body: the contract's envelope.
     pub fn to_body(&self) -> Value {
         json!({ "error": { "code": self.code, "message": self.message, "details": self.details } })

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tiny_http::Request;
 
-use super::idempotency::{self, Begin};
 use super::{Call, V2Error, checks, respond, respond_error, view};
 use crate::api::{ErrorCode, GenerateRequest, JobRequest, RequestOptions};
 use crate::app::App;
+use crate::idempotency::{self, Begin};
 use crate::ids::JobId;
 use crate::job::{Engine, GraphSource, Job};
 use crate::server::reply;
@@ -83,7 +83,7 @@ pub fn submit(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
             ));
             return respond_error(request, &error);
         }
-        Some(key) => match app.v2.idempotency.begin(call.token.as_deref(), key, &body) {
+        Some(key) => match app.idempotency.begin(call.token.as_deref(), key, &body) {
             Begin::Fresh(claim) => Some(claim),
             Begin::Replay(recorded) => {
                 let headers = vec![reply::header("Idempotency-Replayed", "true")];
@@ -106,6 +106,7 @@ pub fn submit(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
                 .retry_after(1);
                 return respond_error(request, &error);
             }
+            Begin::Unreadable(_) => return respond_error(request, &V2Error::unreadable_key()),
         },
     };
     let job = match accept(app, body) {
@@ -118,7 +119,7 @@ pub fn submit(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
             log::error!(
                 "job {}: its Idempotency-Key could not be saved in {}: {e}",
                 job.id(),
-                app.v2.idempotency.dir().display()
+                app.idempotency.dir().display()
             );
         }
     }
@@ -134,7 +135,7 @@ pub fn submit(app: &Arc<App>, mut request: Request, call: &Call<'_>) {
 fn accept(app: &Arc<App>, body: Value) -> Result<Arc<Job>, V2Error> {
     let mut submission = parse(body)?;
     checks::check_shape(&submission.workflow)?;
-    let assets = &app.v2.assets;
+    let assets = &app.assets;
     let inputs = checks::resolve_assets(&mut submission.workflow, |id| {
         let asset = assets.get(id)?;
         if !assets.blobs().contains(&asset.hash) {

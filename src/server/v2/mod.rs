@@ -16,23 +16,18 @@ mod checks;
 pub mod doc;
 mod error;
 mod events;
-mod idempotency;
 mod jobs;
 mod multipart;
 mod range;
 mod view;
 
 pub use error::V2Error;
-pub use idempotency::Idempotency;
 
 use serde_json::Value;
-use std::path::Path;
 use std::sync::Arc;
 use tiny_http::{Header, Request};
 
 use crate::app::App;
-use crate::assets::AssetStore;
-use crate::blobs::BlobStore;
 use crate::server::FrontDoor;
 use crate::server::framing::BodyLimit;
 use crate::server::{auth, reply};
@@ -62,27 +57,6 @@ const UPLOAD_PATH: &str = "/api/v2/assets";
 /// Whether `path` belongs to the v2 surface.
 pub fn owns(path: &str) -> bool {
     path == PREFIX || path.starts_with("/api/v2/")
-}
-
-/// The v2 surface's long-lived state, built once with the [`App`].
-pub struct V2State {
-    /// Idempotency keys of `POST /api/v2/jobs`, kept 24 h in `DATA_DIR/v2/idempotency/`.
-    pub idempotency: Idempotency,
-    /// The asset library: records in `DATA_DIR/assets/` over the blobs in `DATA_DIR/blobs/`.
-    /// The job engine registers outputs in it too (`JobContext::assets`).
-    pub assets: Arc<AssetStore>,
-}
-
-impl V2State {
-    /// Opens (creating) the v2 folders under `data_dir` and reads back what they hold.
-    /// `blobs` is the gateway's one blob store (`DATA_DIR/blobs`), under the asset records.
-    pub fn open(data_dir: &Path, blobs: BlobStore) -> std::io::Result<V2State> {
-        let root = data_dir.join("v2");
-        Ok(V2State {
-            idempotency: Idempotency::open(root.join("idempotency"))?,
-            assets: Arc::new(AssetStore::open(data_dir.join("assets"), blobs)?),
-        })
-    }
 }
 
 /// What a handler learns of its request besides the request itself.

@@ -169,7 +169,7 @@ fn output_type(kind: &str) -> &'static str {
 /// while the job runs), else, for a job finished before the asset library knew it, the files
 /// its result lists.
 pub fn outputs(app: &App, job: &Job, state: &JobState) -> Vec<Value> {
-    let committed = app.v2.assets.for_job(job.id().as_str());
+    let committed = app.assets.for_job(job.id().as_str());
     if !committed.is_empty() {
         let base = &app.config.public_base_url;
         return committed
