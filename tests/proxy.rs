@@ -262,6 +262,32 @@ fn check_through(proxy: &Proxy, gateway: &mut Gateway) {
         "{name}: the gateway is still running"
     );
 
+    // Comfy API v2 asset uploads have their own, larger limit (MAX_UPLOAD, like the gateway's
+    // MAX_UPLOAD_BYTES): 25 MB, over the 20 MB of every other body, reaches the gateway.
+    let boundary = "proxy-upload-boundary";
+    let mut upload = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    upload.extend(std::iter::repeat_n(name.as_bytes()[0], 25 << 20));
+    upload.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut request = format!(
+        "POST /api/v2/assets HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        upload.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&upload);
+    let (answer, _) = exchange(proxy.addr, &request, Duration::from_secs(60));
+    assert_eq!(
+        status_of(&answer),
+        201,
+        "{name}: a 25 MB asset upload: {}",
+        answer.lines().next().unwrap_or("")
+    );
+
     // A client that trickles its request head is cut off.
     let started = Instant::now();
     let slow = format!("GET /slow HTTP/1.1\r\nHost: {host}\r\n");
