@@ -303,6 +303,40 @@ fn queue_position_counts_the_jobs_ahead_in_comfyuis_queue_and_in_the_gateways() 
 }
 
 #[test]
+fn outputs_comfyui_can_no_longer_give_are_a_lost_render_and_run_again() {
+    let h = Harness::with(Options::step_ms(0));
+    // ComfyUI announces success but never gives the prompt's history (as if it crashed right
+    // after): nothing can be stored, so the render is lost and sent again (LOST_RETRIES=1).
+    h.sim.hold_history(true);
+    let mut stream = h.generate_stream(&small_txt2img_steps("history gone", 2));
+    loop {
+        let event = stream
+            .next_event()
+            .expect("the job is sent again, not ended");
+        assert!(!event.is_terminal(), "ended: {:?}", event.data);
+        if event.event == "queued" && !event.data["lost"].is_null() {
+            assert_eq!(
+                event.data["lost"]["code"], "comfyui_lost",
+                "{:?}",
+                event.data
+            );
+            break;
+        }
+    }
+    h.sim.hold_history(false);
+    let events = stream.until_terminal();
+    let last = events.last().expect("the terminal event");
+    assert_eq!(last.event, "complete", "{:?}", last.data);
+    let prompts = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .count();
+    assert_eq!(prompts, 2, "sent once more");
+}
+
+#[test]
 fn a_render_lost_to_a_crash_runs_again_once_then_ends_comfyui_lost() {
     let h = Harness::with(Options::step_ms(20));
     let sim_events = h.sim.events();

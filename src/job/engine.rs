@@ -562,7 +562,16 @@ fn output_worker(engine: &Weak<Engine>, work: &Receiver<Collect>) {
                     "the gateway hit a bug while storing this job's outputs ({what})"
                 )))
             });
-        engine.finish(&job, state);
+        match state {
+            // ComfyUI finished but could no longer give its outputs (it crashed or restarted
+            // meanwhile): nothing was stored, so the render is lost like one that died mid-way.
+            JobState::Failed(error) if error.code == ErrorCode::ComfyuiLost => {
+                engine.lost(&job, error);
+            }
+            state => {
+                engine.finish(&job, state);
+            }
+        }
     }
 }
 
