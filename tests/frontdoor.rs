@@ -283,7 +283,21 @@ fn beyond_max_connections_requests_get_503_with_retry_after() {
     assert_eq!(status, 202, "{created}");
     let job_id = created["job_id"].as_str().expect("job id").to_string();
     let events = format!("/jobs/{job_id}/events");
+    // A request's slot is given back a moment after its answer reached the client: wait for
+    // it, so each stream below finds a free slot.
+    let settled = |count: usize| {
+        let deadline = Instant::now() + common::EVENT_DEADLINE;
+        while h.gateway.requests_in_flight() > count {
+            assert!(
+                Instant::now() < deadline,
+                "a finished request kept its slot"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    settled(0);
     let first = h.get_stream(&events, &[]);
+    settled(1);
     let second = h.get_stream(&events, &[]);
     assert_eq!((first.status, second.status), (200, 200));
 
