@@ -393,9 +393,9 @@ fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// An ISO-BMFF box header: its type, the header's length and the whole box's size (clamped to
+/// An ISO-BMFF box header: its type, the header's length and the whole box's size (at most
 /// `remaining`, 0 meaning "to the end"). `None` if the header is cut short or impossible.
-fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
+pub(crate) fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
     let size32 = u32::from_be_bytes(*bytes.first_chunk::<4>()?);
     let kind: [u8; 4] = *bytes.get(4..)?.first_chunk::<4>()?;
     let (header_len, size) = match size32 {
