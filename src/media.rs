@@ -274,7 +274,7 @@ fn ebml_doc_type(head: &[u8]) -> Option<&[u8]> {
 /// An EBML variable-length integer at the start of `bytes`: its value (without the length
 /// marker) and its length, 1 to 8 bytes. The reserved all-ones value ("unknown size") comes back
 /// as `u64::MAX`.
-fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
     let first = *bytes.first()?;
     let len = first.leading_zeros() as usize + 1;
     let raw = bytes.get(..len).filter(|_| len <= 8)?;
