@@ -221,6 +221,24 @@ pub fn by_extension(filename: &str) -> Option<MediaType> {
         .copied()
 }
 
+/// The type a MIME type names (parameters such as `; charset=` ignored, case-insensitively);
+/// the first of [`KNOWN`] where several share one (`audio/ogg` is Ogg, not Opus). `None` for
+/// `application/octet-stream` and anything unknown.
+pub fn by_content_type(content_type: &str) -> Option<MediaType> {
+    let essence = |text: &str| {
+        text.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let wanted = essence(content_type);
+    KNOWN
+        .iter()
+        .find(|m| essence(m.content_type) == wanted && m.content_type != UNKNOWN.content_type)
+        .copied()
+}
+
 /// Whether `extension` is one a storage key may end with (one of [`KNOWN`]).
 pub fn is_key_extension(extension: &str) -> bool {
     KNOWN.iter().any(|m| m.extension == extension)
@@ -646,5 +664,14 @@ mod tests {
             let size = mp4_dimensions(&mut Cursor::new(&whole[..cut])).expect("mem");
             assert_eq!(size, None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_content_type_names_its_type_once() {
+        assert_eq!(by_content_type("image/jpeg"), Some(JPEG));
+        assert_eq!(by_content_type("Image/WebP; q=1"), Some(WEBP));
+        assert_eq!(by_content_type("audio/ogg"), Some(OGG));
+        assert_eq!(by_content_type("application/octet-stream"), None);
+        assert_eq!(by_content_type("text/html"), None);
     }
 }

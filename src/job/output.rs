@@ -321,11 +321,7 @@ fn check_and_strip(
     .map_err(|e| unusable(format!("converting it to {}: {e}", options.output_format)))?;
     let (media, bytes, width, height) = match converted {
         Some(converted) => {
-            let media = match converted.content_type {
-                "image/jpeg" => media::JPEG,
-                "image/webp" => media::WEBP,
-                _ => media::PNG,
-            };
+            let media = media::by_content_type(converted.content_type).unwrap_or(media::UNKNOWN);
             (media, converted.bytes, converted.width, converted.height)
         }
         None => (media, processed.bytes, processed.width, processed.height),
