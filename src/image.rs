@@ -26,7 +26,7 @@ use std::fmt;
 use std::io::Cursor;
 
 /// The eight bytes every PNG file starts with.
-const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+pub(crate) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
 /// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
 const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
@@ -499,7 +499,8 @@ fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xff, 0xd8, 0xff])
 }
 
-fn is_webp(bytes: &[u8]) -> bool {
+/// Whether the bytes start with the RIFF/WEBP signature.
+pub(crate) fn is_webp(bytes: &[u8]) -> bool {
     bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP"
 }
 

@@ -6,9 +6,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::image;
-
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+use crate::image::{self, PNG_SIGNATURE, is_webp};
 
 /// Why a file gave no workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +57,7 @@ pub fn workflow_from_file(bytes: &[u8]) -> Result<Value, EmbeddedError> {
             reason: e.to_string(),
         }
     };
-    if bytes.starts_with(PNG_SIGNATURE) {
+    if bytes.starts_with(&PNG_SIGNATURE) {
         let chunks = image::png_chunks(bytes).map_err(broken("PNG"))?;
         let text = chunks
             .iter()
@@ -67,7 +65,7 @@ pub fn workflow_from_file(bytes: &[u8]) -> Result<Value, EmbeddedError> {
             .ok_or(EmbeddedError::NoWorkflow("PNG"))?;
         return serde_json::from_slice(&text).map_err(|e| EmbeddedError::NotJson(e.to_string()));
     }
-    if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+    if is_webp(bytes) {
         let chunks = image::webp_chunks(bytes).map_err(broken("WebP"))?;
         let json = chunks
             .iter()
