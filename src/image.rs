@@ -386,7 +386,7 @@ struct ChunkSpan {
 /// `comf`) except APNG's `acTL`, `fcTL` and `fdAT`, which predate APNG's standardisation and are
 /// spelled like private chunks. Ancillary chunks are never needed to show an image, and private
 /// ones carry whatever their writer chose, so none of these can take pixels or frames with it.
-pub fn is_metadata_chunk(chunk_type: &[u8; 4]) -> bool {
+fn is_metadata_chunk(chunk_type: &[u8; 4]) -> bool {
     let private_ancillary =
         chunk_type[0].is_ascii_lowercase() && chunk_type[1].is_ascii_lowercase();
     match chunk_type {

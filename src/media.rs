@@ -274,7 +274,7 @@ fn ebml_doc_type(head: &[u8]) -> Option<&[u8]> {
 /// An EBML variable-length integer at the start of `bytes`: its value (without the length
 /// marker) and its length, 1 to 8 bytes. The reserved all-ones value ("unknown size") comes back
 /// as `u64::MAX`.
-fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
     let first = *bytes.first()?;
     let len = first.leading_zeros() as usize + 1;
     let raw = bytes.get(..len).filter(|_| len <= 8)?;
@@ -393,9 +393,9 @@ fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// An ISO-BMFF box header: its type, the header's length and the whole box's size (clamped to
+/// An ISO-BMFF box header: its type, the header's length and the whole box's size (at most
 /// `remaining`, 0 meaning "to the end"). `None` if the header is cut short or impossible.
-fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
+pub(crate) fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
     let size32 = u32::from_be_bytes(*bytes.first_chunk::<4>()?);
     let kind: [u8; 4] = *bytes.get(4..)?.first_chunk::<4>()?;
     let (header_len, size) = match size32 {

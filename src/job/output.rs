@@ -5,9 +5,9 @@
 //! files are kept in the spool so that nothing finished is lost.
 //!
 //! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
-//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3 and
-//! MP4 files are stripped in place on disk ([`crate::strip`]); every other file is stored
-//! byte for byte as ComfyUI wrote it.
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3,
+//! MP4 (MOV, M4A), Ogg (Opus, Vorbis) and WebM/Matroska files are stripped in place on disk
+//! ([`crate::strip`]); every other file is stored byte for byte as ComfyUI wrote it.
 
 use serde_json::{Value, json};
 use std::fs;
