@@ -269,10 +269,7 @@ impl BlobStore {
             });
         }
         let temp = self.incoming()?;
-        let placed = fs::hard_link(path, &temp)
-            .or_else(|_| fs::copy(path, &temp).map(drop))
-            .and_then(|()| File::open(&temp)?.sync_all());
-        if let Err(e) = placed {
+        if let Err(e) = durable::link_or_copy(path, &temp) {
             remove_quietly(&temp);
             return Err(BlobError::Write(e));
         }

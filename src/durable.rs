@@ -41,15 +41,21 @@ pub fn write_file(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -
 /// else a streamed copy (never the whole file in memory). `source` stays where it is.
 pub fn copy_file(source: &Path, path: &Path) -> io::Result<()> {
     let temp = temporary_beside(path)?;
-    let placed = fs::hard_link(source, &temp)
-        .or_else(|_| fs::copy(source, &temp).map(drop))
-        .and_then(|()| File::open(&temp)?.sync_all())
-        .and_then(|()| fs::rename(&temp, path));
+    let placed = link_or_copy(source, &temp).and_then(|()| fs::rename(&temp, path));
     if let Err(error) = placed {
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
     sync_parent(path)
+}
+
+/// Makes `temp` (a new path, a temporary one from [`temporary_beside`]) a synced copy of
+/// `source`: a hard link when both are on one file system, else a streamed copy. The caller
+/// renames it into place, or removes it on error.
+pub fn link_or_copy(source: &Path, temp: &Path) -> io::Result<()> {
+    fs::hard_link(source, temp)
+        .or_else(|_| fs::copy(source, temp).map(drop))
+        .and_then(|()| File::open(temp)?.sync_all())
 }
 
 /// Renames `from` (a file already written and synced, on the same file system) over `to`, and

@@ -403,14 +403,6 @@ fn raw_graphs_are_checked_here_and_by_comfyui() {
     );
 }
 
-/// `/prompt` requests a simulator received.
-fn prompt_requests(sim: &comfyui_sim::ComfySim) -> Vec<comfyui_sim::RecordedRequest> {
-    sim.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == "/prompt")
-        .collect()
-}
-
 #[test]
 fn a_comfyui_answering_prompt_with_500_ends_the_job_with_a_clear_error_not_a_hang() {
     let h = Harness::start();
@@ -435,12 +427,12 @@ fn a_comfyui_answering_prompt_with_500_ends_the_job_with_a_clear_error_not_a_han
     assert_eq!(last.event, "error");
     assert_eq!(last.data["code"], "comfyui_error", "{:?}", last.data);
     // Each job was tried a bounded number of times, about once a second: no hot loop.
-    let tries = prompt_requests(&h.sim);
+    let tries = common::prompt_requests(&h.sim);
     assert_eq!(tries.len(), 6, "3 tries for each of the 2 jobs");
     // Nothing more is sent once they ended.
     let (status, _) = h.get_json("/health");
     assert_eq!(status, 200);
-    assert_eq!(prompt_requests(&h.sim).len(), 6);
+    assert_eq!(common::prompt_requests(&h.sim).len(), 6);
 }
 
 #[test]
@@ -479,7 +471,7 @@ fn a_backend_answering_without_a_prompt_id_rests_while_the_other_takes_the_jobs(
         assert_eq!(last.data["backend"], h.sim.url().as_str());
     }
     // The broken one was asked about once a second at most, not every few milliseconds.
-    let asked = prompt_requests(&broken).len() as u64;
+    let asked = common::prompt_requests(&broken).len() as u64;
     assert!(asked >= 1, "the broken backend was tried");
     assert!(
         asked <= 2 + started.elapsed().as_secs(),

@@ -103,11 +103,8 @@ fn higher_priority_runs_first_and_arrival_order_holds_within_a_priority() {
         assert_eq!(outcome(&h, id).0, "complete");
     }
     // ComfyUI received the prompts in priority order, FIFO within a priority.
-    let colors: Vec<u64> = h
-        .sim
-        .requests()
+    let colors: Vec<u64> = common::prompt_requests(&h.sim)
         .iter()
-        .filter(|r| r.method == "POST" && r.path == "/prompt")
         .filter_map(|r| {
             let body: Value = serde_json::from_slice(&r.body).ok()?;
             body["prompt"]
@@ -327,12 +324,7 @@ fn outputs_comfyui_can_no_longer_give_are_a_lost_render_and_run_again() {
     let events = stream.until_terminal();
     let last = events.last().expect("the terminal event");
     assert_eq!(last.event, "complete", "{:?}", last.data);
-    let prompts = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path == "/prompt")
-        .count();
+    let prompts = common::prompt_requests(&h.sim).len();
     assert_eq!(prompts, 2, "sent once more");
 }
 
@@ -376,12 +368,7 @@ fn a_render_lost_to_a_crash_runs_again_once_then_ends_comfyui_lost() {
     );
     let last = events.last().expect("the terminal event");
     assert_eq!(last.data["code"], "comfyui_lost", "{:?}", last.data);
-    let prompts = h
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path == "/prompt")
-        .count();
+    let prompts = common::prompt_requests(&h.sim).len();
     assert_eq!(prompts, 2, "sent once more, not more");
 }
 

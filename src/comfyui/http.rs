@@ -14,7 +14,7 @@ use ureq::typestate::{WithBody, WithoutBody};
 use ureq::{Body, RequestBuilder};
 
 use super::error::{MAX_ERROR_BODY, truncate};
-use super::messages::{HistoryEntry, trim_texts};
+use super::messages::{HistoryEntry, trim_end_owned, trim_texts};
 use super::url::BaseUrl;
 use super::{ComfyError, ImageRef};
 use crate::ids::PromptId;
@@ -304,8 +304,8 @@ impl ComfyClient {
     ///
     /// Sends `overwrite=true`: the caller picks names that stand for the content (the gateway
     /// uses the blake3 hash of the file), so overwriting only ever replaces a file with the same
-    /// bytes, and a retry cannot pile up `name (1).png` copies. `filename` must not contain quotes, slashes or control
-    /// characters.
+    /// bytes, and a retry cannot pile up `name (1).png` copies. `filename` must not contain
+    /// quotes, slashes or control characters.
     pub fn upload_image(
         &self,
         bytes: &[u8],
@@ -504,7 +504,7 @@ fn status_error(url: &str, status: u16, body: String) -> ComfyError {
     ComfyError::Status {
         url: url.to_string(),
         status,
-        body: truncate(body.trim_end().to_string(), MAX_ERROR_BODY),
+        body: truncate(trim_end_owned(body), MAX_ERROR_BODY),
     }
 }
 

@@ -314,3 +314,58 @@ fn expire_waiting(engine: &Engine) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comfyui::{ClientOptions, ComfyClient};
+
+    fn backend(url: &str) -> Backend {
+        let client = ComfyClient::new(url, ClientOptions::default()).expect("a client");
+        Backend::new(0, client)
+    }
+
+    fn uploads(sim: &comfyui_sim::ComfySim) -> usize {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/upload/image")
+            .count()
+    }
+
+    #[test]
+    fn an_input_is_uploaded_once_and_a_failed_or_impossible_upload_is_not_remembered() {
+        let sim = comfyui_sim::ComfySim::start(comfyui_sim::SimOptions::default()).expect("sim");
+        let dir = std::env::temp_dir().join(format!("dispatch-{}", crate::ids::new_uuid()));
+        let blobs = BlobStore::open(dir.join("blobs")).expect("opens");
+        let bytes: &[u8] = b"the bytes of an input image";
+        let hash = blobs
+            .put(&mut &bytes[..], 1 << 20, None)
+            .expect("stored")
+            .hash;
+        let up = backend(&sim.url());
+        let name = ensure_input(&up, &blobs, &hash, "png").expect("uploaded");
+        assert_eq!(name, format!("{INPUT_SUBFOLDER}/{}.png", hash.hex()));
+        assert_eq!(ensure_input(&up, &blobs, &hash, "png").ok(), Some(name));
+        assert_eq!(uploads(&sim), 1, "uploaded once");
+
+        // ComfyUI gone mid-dispatch: the job goes back to the queue (it does not fail), and
+        // the backend does not count the file as received.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let down = backend(&format!("http://{closed}"));
+        let error = ensure_input(&down, &blobs, &hash, "png").expect_err("nobody listens");
+        assert!(matches!(error, ComfyError::Unreachable { .. }), "{error}");
+        assert!(matches!(refusal(error), Refusal::Unreachable(_)));
+        assert!(!down.has_input(&hash));
+
+        // An input the blob store lost: an error before any upload, and the job fails.
+        blobs.remove(&hash).expect("removed");
+        let fresh = backend(&sim.url());
+        let error = ensure_input(&fresh, &blobs, &hash, "png").expect_err("no file");
+        assert!(matches!(error, ComfyError::InvalidInput { .. }), "{error}");
+        assert!(matches!(refusal(error), Refusal::Rejected(_)));
+        assert_eq!(uploads(&sim), 1, "nothing more was sent");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

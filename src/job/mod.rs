@@ -475,10 +475,10 @@ impl Job {
         if outcome.is_some() {
             run.executed = Some(Instant::now());
         }
-        if started && inner.state == JobState::Queued {
-            inner.state = JobState::Running;
-        }
         if started {
+            if inner.state == JobState::Queued {
+                inner.state = JobState::Running;
+            }
             inner.started_unix_ms = Some(timestamp::unix_millis());
         }
         Observed { started, outcome }

@@ -180,17 +180,21 @@ const SLOW_4_STEPS: [P; 11] = [
     (100.0, None, None),
 ];
 
+/// The points of a prompt whose nodes count one step each and run in `order`: each node starts
+/// at the percent the ones before it reached and ends one share further.
+fn one_step_each(order: &[&str]) -> Vec<Point> {
+    let share = |done: usize| (1000.0 * done as f64 / order.len() as f64).round() / 10.0;
+    let mut out = vec![point(0.0, None, None)];
+    for (done, node) in order.iter().enumerate() {
+        out.push(point(share(done), Some(node), None));
+        out.push(point(share(done + 1), Some(node), None));
+    }
+    out.push(point(100.0, None, None));
+    out
+}
+
 /// EmptyImage -> ImageInvert -> SaveImage, 1 each.
-const INVERT: [P; 8] = [
-    (0.0, None, None),
-    (0.0, Some("1"), None),
-    (33.3, Some("1"), None),
-    (33.3, Some("2"), None),
-    (66.7, Some("2"), None),
-    (66.7, Some("3"), None),
-    (100.0, Some("3"), None),
-    (100.0, None, None),
-];
+const INVERT: [&str; 3] = ["1", "2", "3"];
 
 #[test]
 fn a_running_node_is_counted_by_its_steps_although_progress_state_comes_before_executing() {
@@ -227,7 +231,7 @@ fn back_to_back_prompts_each_follow_only_their_own_messages() {
     let runs = scenario("03");
     assert_eq!(runs.len(), 4);
     assert!(runs.iter().all(|r| r.outcome == Some(Outcome::Succeeded)));
-    assert_eq!(runs[0].distinct(), points(&INVERT));
+    assert_eq!(runs[0].distinct(), one_step_each(&INVERT));
     assert_eq!(runs[1].distinct(), points(&SLOW_4_STEPS));
     // The second part: slow with 6 steps (8 in all), then invert queued behind it.
     assert_eq!(
@@ -248,7 +252,7 @@ fn back_to_back_prompts_each_follow_only_their_own_messages() {
             (100.0, None, None),
         ])
     );
-    assert_eq!(runs[3].distinct(), points(&INVERT));
+    assert_eq!(runs[3].distinct(), one_step_each(&INVERT));
     // The waiting prompt saw nothing of the running one: still at 0 when the first ended.
     let first_end = runs[2]
         .points
@@ -320,39 +324,17 @@ fn partial_graphs_reach_100_by_the_branches_that_run() {
     // value in SaveAnimatedWEBP, a missing file for LoadImage (and its SaveImage).
     let runs = scenario("07");
     assert_eq!(runs.len(), 2);
-    let halves = |node: &'static str| {
-        points(&[
-            (0.0, None, None),
-            (0.0, Some("1"), None),
-            (50.0, Some("1"), None),
-            (50.0, Some(node), None),
-            (100.0, Some(node), None),
-            (100.0, None, None),
-        ])
-    };
-    assert_eq!(runs[0].distinct(), halves("3"));
-    assert_eq!(runs[1].distinct(), halves("2"));
+    assert_eq!(runs[0].distinct(), one_step_each(&["1", "3"]));
+    assert_eq!(runs[1].distinct(), one_step_each(&["1", "2"]));
 }
 
 #[test]
 fn graphs_with_several_outputs_run_in_comfyuis_order_not_node_id_order() {
     let runs = scenario("08");
     assert_eq!(runs.len(), 4);
-    assert_eq!(runs[0].distinct(), points(&INVERT)); // video: 3 nodes in a row
+    assert_eq!(runs[0].distinct(), one_step_each(&INVERT)); // video: 3 nodes in a row
     for anim_or_audio in &runs[2..] {
-        assert_eq!(
-            anim_or_audio.distinct(),
-            points(&[
-                (0.0, None, None),
-                (0.0, Some("1"), None),
-                (33.3, Some("1"), None),
-                (33.3, Some("3"), None),
-                (66.7, Some("3"), None),
-                (66.7, Some("2"), None),
-                (100.0, Some("2"), None),
-                (100.0, None, None),
-            ])
-        );
+        assert_eq!(anim_or_audio.distinct(), one_step_each(&["1", "3", "2"]));
     }
 }
 
@@ -382,30 +364,30 @@ fn the_old_order_executing_before_progress_state_still_counts_right() {
         WsEvent::from_message("progress_state", json!({"prompt_id": "p", "nodes": nodes}))
     };
     let entry = |v: u64, m: u64, s: &str| json!({"value": v, "max": m, "state": s});
-    t.observe(&WsEvent::ExecutionStart {
+    let start = || WsEvent::ExecutionStart {
         prompt_id: p.clone(),
-    });
-    t.observe(&WsEvent::Executing {
+    };
+    let executing = |node: &str| WsEvent::Executing {
         prompt_id: Some(p.clone()),
-        node: Some("1".into()),
-    });
+        node: Some(node.into()),
+    };
+    let progress = |node: &str, value: u64, max: u64| WsEvent::Progress {
+        prompt_id: Some(p.clone()),
+        node: Some(node.into()),
+        value,
+        max,
+    };
+    t.observe(&start());
+    t.observe(&executing("1"));
     t.observe(&state(json!({"1": entry(0, 1, "running")})));
     t.observe(&state(json!({"1": entry(1, 1, "finished")})));
     assert_eq!(t.percent(), 16.7);
-    t.observe(&WsEvent::Executing {
-        prompt_id: Some(p.clone()),
-        node: Some("2".into()),
-    });
+    t.observe(&executing("2"));
     t.observe(&state(
         json!({"1": entry(1, 1, "finished"), "2": entry(0, 1, "running")}),
     ));
     assert_eq!(t.percent(), 16.7);
-    t.observe(&WsEvent::Progress {
-        prompt_id: Some(p.clone()),
-        node: Some("2".into()),
-        value: 2,
-        max: 4,
-    });
+    t.observe(&progress("2", 2, 4));
     t.observe(&state(
         json!({"1": entry(1, 1, "finished"), "2": entry(2, 4, "running")}),
     ));
@@ -422,27 +404,11 @@ fn the_old_order_executing_before_progress_state_still_counts_right() {
 
     // And a ComfyUI that sends no `progress_state` at all: a node is done when the next starts.
     let mut t = ProgressTracker::new(p.clone(), &graph);
-    t.observe(&WsEvent::ExecutionStart {
-        prompt_id: p.clone(),
-    });
-    t.observe(&WsEvent::Executing {
-        prompt_id: Some(p.clone()),
-        node: Some("1".into()),
-    });
-    t.observe(&WsEvent::Executing {
-        prompt_id: Some(p.clone()),
-        node: Some("2".into()),
-    });
-    t.observe(&WsEvent::Progress {
-        prompt_id: Some(p.clone()),
-        node: Some("2".into()),
-        value: 1,
-        max: 4,
-    });
+    t.observe(&start());
+    t.observe(&executing("1"));
+    t.observe(&executing("2"));
+    t.observe(&progress("2", 1, 4));
     assert_eq!(t.percent(), 33.3);
-    t.observe(&WsEvent::Executing {
-        prompt_id: Some(p.clone()),
-        node: Some("3".into()),
-    });
+    t.observe(&executing("3"));
     assert_eq!(t.percent(), 83.3);
 }

@@ -1,11 +1,13 @@
 //! The HTTP server: a blocking tiny_http accept loop that hands each request to its own thread.
 //!
 //! `routes` decides what a request is for; `reply` writes JSON and file answers; `auth` checks
-//! API keys; `framing` refuses requests whose length is ambiguous or too large; `socket` does
-//! what tiny_http cannot (socket timeouts, the open-files limit, ending one connection); `v2` answers
-//! Comfy API v2 under `/api/v2` with the same front door. A streaming answer (`POST /generate`,
-//! `GET /jobs/{id}/events`) keeps its request thread until the job's terminal event has been
-//! written.
+//! API keys; `framing` refuses requests whose length is ambiguous or too large; `connections`
+//! keeps each connection's requests in order and drops those behind a closed one; `deadlines`
+//! shuts down a connection whose answer is not written within `IDLE_TIMEOUT_SECS`; `socket`
+//! does what tiny_http cannot (socket timeouts, the open-files limit, ending one connection);
+//! `v2` answers Comfy API v2 under `/api/v2` with the same front door. A streaming answer
+//! (`POST /generate`, `GET /jobs/{id}/events`) keeps its request thread until the job's terminal
+//! event has been written.
 
 pub(crate) mod auth;
 mod connections;

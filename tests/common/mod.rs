@@ -103,6 +103,14 @@ pub fn comfyui_file(h: &harness::Harness, entry: &Value) -> (String, Vec<u8>) {
     (url, bytes)
 }
 
+/// `/prompt` requests a simulator received, in order.
+pub fn prompt_requests(sim: &comfyui_sim::ComfySim) -> Vec<comfyui_sim::RecordedRequest> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/prompt")
+        .collect()
+}
+
 /// GETs any URL as JSON.
 pub fn get_json_from(url: &str) -> (u16, Value) {
     let mut response = harness::agent().get(url).call().expect("answers");
