@@ -124,6 +124,34 @@ pub fn wait_for<T>(
     }
 }
 
+/// Waits at most `deadline` for `child` (spawned with stdout and stderr piped) to end, reading
+/// both pipes meanwhile, and returns what it printed: `(stdout, stderr)`. Panics naming `what`
+/// when it runs past the deadline (it is then killed) or exits unsuccessfully.
+pub fn finish_script(
+    mut child: std::process::Child,
+    what: &str,
+    deadline: std::time::Duration,
+) -> (String, String) {
+    use std::io::Read;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = stdout.read_to_string(&mut out);
+        let _ = stderr.read_to_string(&mut err);
+        let _ = done_tx.send((out, err));
+    });
+    let Ok((out, err)) = done_rx.recv_timeout(deadline) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {deadline:?}");
+    };
+    let status = child.wait().expect("the script ends");
+    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
+    (out, err)
+}
+
 /// A loopback port that refuses every connection for as long as this value lives: a socket
 /// bound to it but never listening. Unlike a port bound and released, no other test (or
 /// process) can take it over meanwhile, so a "dead backend" stays dead.
