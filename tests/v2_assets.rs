@@ -298,6 +298,57 @@ fn bad_uploads_get_the_envelope() {
     );
 }
 
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_client_gone_mid_upload_leaves_no_blob_and_no_temporary_file() {
+    use std::io::Write;
+    let h = Harness::with(Options::default());
+    let dir = h.app.blobs.dir().to_path_buf();
+    let whole = form(&[], &vec![9u8; 1 << 20], "gone.bin");
+    let addr = h.gateway.url().trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connects");
+    let head = format!(
+        "POST /api/v2/assets HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        whole.len()
+    );
+    socket.write_all(head.as_bytes()).expect("head sent");
+    // Half the body: more than the parser buffers before it streams the file to disk.
+    socket
+        .write_all(&whole[..whole.len() / 2])
+        .expect("half the body sent");
+    // The upload is under way: its bytes are landing in a temporary file of the blob store.
+    let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
+    while files_under(&dir).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no upload began");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(socket);
+    while !files_under(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            files_under(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(h.app.assets.is_empty());
+}
+
 #[test]
 fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
     let h = Harness::with(Options {
