@@ -162,7 +162,7 @@ pub const ROUTES: &[Route] = &[
             (429, "queue_full"),
             (503, "upstream_unreachable"),
         ],
-        handler: |app, request, call| jobs::submit(app, request, call),
+        handler: jobs::submit,
     },
     Route {
         method: "GET",
@@ -176,7 +176,7 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_cursor"),
             (400, "invalid_metadata_filter"),
         ],
-        handler: |app, request, call| jobs::list(app, request, call),
+        handler: jobs::list,
     },
     Route {
         method: "GET",
@@ -186,7 +186,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[NOT_FOUND],
-        handler: |app, request, call| jobs::get(app, request, call),
+        handler: jobs::get,
     },
     Route {
         method: "GET",
@@ -196,7 +196,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[NOT_FOUND],
-        handler: |app, request, call| jobs::workflow(app, request, call),
+        handler: jobs::workflow,
     },
     Route {
         method: "POST",
@@ -206,7 +206,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[NOT_FOUND],
-        handler: |app, request, call| jobs::cancel(app, request, call),
+        handler: jobs::cancel,
     },
     Route {
         method: "GET",
@@ -216,7 +216,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200],
         errors: &[NOT_FOUND],
-        handler: |app, request, call| events::stream(app, request, call),
+        handler: events::stream,
     },
     // ---- assets (the asset library) ----------------------------------------------------------
     Route {
