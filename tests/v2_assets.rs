@@ -754,26 +754,6 @@ fn a_watcher_is_told_of_each_output_as_it_is_committed() {
     );
 }
 
-/// A graph whose sampler runs `steps` steps of 64×64 (the txt2img template's).
-fn sampler(steps: u32) -> Value {
-    let template: Value = serde_json::from_str(
-        &std::fs::read_to_string(workflows_dir().join("txt2img.json")).expect("the template"),
-    )
-    .expect("JSON");
-    let mut graph = template["graph"].clone();
-    for node in graph.as_object_mut().expect("nodes").values_mut() {
-        if node["inputs"].get("steps").is_some() {
-            node["inputs"]["steps"] = json!(steps);
-        }
-        for size in ["width", "height"] {
-            if node["inputs"].get(size).is_some() {
-                node["inputs"][size] = json!(64);
-            }
-        }
-    }
-    graph
-}
-
 fn submit(h: &Harness, workflow: Value) -> String {
     let (status, job) = read(
         agent()
@@ -792,7 +772,7 @@ fn deleting_an_asset_keeps_the_bytes_a_waiting_job_needs() {
     let mut options = Options::step_ms(100);
     options.vars.push(("QUEUE_AHEAD", "0".to_string()));
     let h = Harness::with(options);
-    let busy = submit(&h, sampler(10));
+    let busy = submit(&h, common::sampler_graph(10));
     let png = tiny_png(16, 16);
     let (status, asset) = upload_png(&h, &png, "input.png");
     assert_eq!(status, 201, "{asset}");

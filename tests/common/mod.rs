@@ -103,6 +103,28 @@ pub fn get_json_from(url: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).expect("JSON"))
 }
 
+/// The txt2img template's API-format graph with its sampler at `steps` steps of 64×64, so that
+/// a job runs for as long as a test needs.
+pub fn sampler_graph(steps: u32) -> Value {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(harness::workflows_dir().join("txt2img.json"))
+            .expect("the txt2img template"),
+    )
+    .expect("JSON");
+    let mut graph = template["graph"].clone();
+    for node in graph.as_object_mut().expect("nodes").values_mut() {
+        if node["inputs"].get("steps").is_some() {
+            node["inputs"]["steps"] = serde_json::json!(steps);
+        }
+        for size in ["width", "height"] {
+            if node["inputs"].get(size).is_some() {
+                node["inputs"][size] = serde_json::json!(64);
+            }
+        }
+    }
+    graph
+}
+
 /// How long a test waits for any one event before failing: generous, so a busy machine does not
 /// fail a test, and finite, so no test can hang.
 pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
