@@ -96,6 +96,12 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("(none)")
 }
 
+/// Asserts that the answer `(status, body)` is the error envelope with `code` under `expected`.
+#[track_caller]
+fn assert_error(status: u16, body: &Value, expected: u16, code: &str) {
+    assert_eq!((status, error_code(body)), (expected, code), "{body}");
+}
+
 fn head_status(h: &Harness, hash: &str) -> u16 {
     agent()
         .head(h.url(&format!("/api/v2/assets/by-hash/{hash}")))
@@ -219,21 +225,13 @@ fn bad_uploads_get_the_envelope() {
             .header("Content-Type", "application/json")
             .send("{}"),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // No file part.
     let no_file = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file_path\"\r\n\r\nx.png\r\n--{BOUNDARY}--\r\n"
     );
     let (status, body) = upload(&h, no_file.into_bytes());
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -244,18 +242,10 @@ fn bad_uploads_get_the_envelope() {
     let mut cut = form(&[], b"0123456789", "a.bin");
     cut.truncate(cut.len() - 12);
     let (status, body) = upload(&h, cut);
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // A malformed expected hash.
     let (status, body) = upload(&h, form(&[("expected_hash", "md5:abc")], b"x", "a.bin"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // Over MAX_UPLOAD_BYTES, sent chunked so that only the streaming limit can catch it.
     let big = form(&[], &vec![7u8; 5000], "big.bin");
     let (status, body) = read(
@@ -267,11 +257,7 @@ fn bad_uploads_get_the_envelope() {
             )
             .send(ureq::SendBody::from_reader(&mut &big[..])),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -280,11 +266,7 @@ fn bad_uploads_get_the_envelope() {
     );
     // Declared over the limit: refused from the Content-Length alone.
     let (status, body) = upload(&h, big);
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -376,11 +358,7 @@ fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
         )
         .send(&bad[..]);
     let (status, body) = read(response);
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     let (status, record) = read(
         agent
             .get(h.url(&format!(
@@ -397,11 +375,7 @@ fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
             .header("Content-Type", "application/json")
             .send(&vec![b' '; 4096][..]),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
 }
 
 #[test]
@@ -418,23 +392,11 @@ fn from_hash_mints_over_known_bytes_only() {
         )
     };
     let (status, body) = mint(json!({ "hash": hash, "file_path": "x.png" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (404, "blob_not_found"),
-        "{body}"
-    );
+    assert_error(status, &body, 404, "blob_not_found");
     let (status, body) = mint(json!({ "hash": "blake3:nothex" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     let (status, body) = mint(json!({ "file_path": "x.png" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
 
     let (status, uploaded) = upload_png(&h, &png, "first.png");
     assert_eq!(status, 201, "{uploaded}");
@@ -712,11 +674,7 @@ fn a_supabase_output_redirects_to_a_fresh_storage_url() {
         r#"{"statusCode":"403","error":"Unauthorized","message":"no"}"#,
     );
     let (status, body) = read(no_redirects.get(asset["url"].as_str().expect("url")).call());
-    assert_eq!(
-        (status, error_code(&body)),
-        (502, "storage_failed"),
-        "{body}"
-    );
+    assert_error(status, &body, 502, "storage_failed");
     // Remote outputs are not copied into the local blob store.
     assert!(!h.app.assets.can_mint(&BlobHash::of(&stored)));
 }
@@ -878,19 +836,11 @@ fn an_upload_idempotency_key_replays_or_refuses() {
     // The same key for other bytes: refused, and those bytes are not kept.
     let other = tiny_png(10, 10);
     let (status, body, _) = send(key, form(&[("file_path", "a.png")], &other, "a.png"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (422, "idempotency_key_reuse"),
-        "{body}"
-    );
+    assert_error(status, &body, 422, "idempotency_key_reuse");
     assert_eq!(head_status(&h, &BlobHash::of(&other).to_string()), 404);
     // A key longer than 255 characters.
     let (status, body, _) = send(&"k".repeat(256), form(&[], &png, "a.png"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     assert_eq!(h.app.assets.len(), 1);
 }
 
