@@ -26,7 +26,7 @@ use std::fmt;
 use std::io::Cursor;
 
 /// The eight bytes every PNG file starts with.
-const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+pub(crate) const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
 /// The PNG specification caps chunk lengths at 2^31 - 1 bytes.
 const MAX_CHUNK_LENGTH: u32 = 0x7fff_ffff;
@@ -289,39 +289,16 @@ fn is_webp_metadata(fourcc: &[u8]) -> bool {
 /// the result is a valid WebP with exactly the same pixels.
 pub fn strip_webp_metadata(bytes: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
     let bad = |offset, reason| ImageError::BadWebp { offset, reason };
-    if !is_webp(bytes) {
-        return Err(bad(0, "the file lacks the RIFF/WEBP signature"));
-    }
-    let riff_end = le32(bytes, 4)
-        .and_then(|size| (size as usize).checked_add(8))
-        .filter(|&end| end <= bytes.len())
-        .ok_or(bad(4, "the RIFF size runs past the end of the file"))?;
-    // Chunks as (offset, end including padding, fourcc).
-    let mut chunks = Vec::new();
-    let mut at = 12;
-    while at < riff_end {
-        let size = le32(bytes, at + 4).ok_or(bad(at, "a chunk header is cut short"))? as usize;
-        let end = (at + 8)
-            .checked_add(size)
-            .filter(|&end| end <= riff_end)
-            .ok_or(bad(at, "a chunk runs past the end of the file"))?;
-        // Chunks are padded to an even size; a missing pad byte at the very end is tolerated.
-        let padded = (end + (size & 1)).min(riff_end);
-        chunks.push((at, padded, &bytes[at..at + 4]));
-        at = padded;
-    }
-    if !chunks.iter().any(|(_, _, fourcc)| is_webp_metadata(fourcc)) {
+    let (riff_end, chunks) = walk_webp_chunks(bytes)?;
+    if !chunks.iter().any(|c| is_webp_metadata(c.fourcc)) {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(riff_end);
     out.extend_from_slice(&bytes[..12]);
-    for &(start, end, fourcc) in &chunks {
-        if is_webp_metadata(fourcc) {
-            continue;
-        }
+    for c in chunks.iter().filter(|c| !is_webp_metadata(c.fourcc)) {
         let flags_at = out.len() + 8;
-        out.extend_from_slice(&bytes[start..end]);
-        if fourcc == b"VP8X" && end > start + 8 {
+        out.extend_from_slice(&bytes[c.offset..c.end]);
+        if c.fourcc == b"VP8X" && c.end > c.offset + 8 {
             // VP8X flags: bit 3 says EXIF is present, bit 2 XMP.
             out[flags_at] &= !0b0000_1100;
         }
@@ -329,6 +306,68 @@ pub fn strip_webp_metadata(bytes: &[u8]) -> Result<Option<Vec<u8>>, ImageError> 
     let riff_size = u32::try_from(out.len() - 8).map_err(|_| bad(4, "the file is too large"))?;
     out[4..8].copy_from_slice(&riff_size.to_le_bytes());
     Ok(Some(out))
+}
+
+/// Where one chunk sits in a WebP file: `bytes[offset..end]` is its header, data and padding,
+/// `bytes[offset + 8..data_end]` its data.
+struct RiffChunk<'a> {
+    offset: usize,
+    data_end: usize,
+    end: usize,
+    fourcc: &'a [u8],
+}
+
+/// Checks the RIFF structure of a whole WebP and returns where the RIFF data ends and where each
+/// chunk is.
+fn walk_webp_chunks(bytes: &[u8]) -> Result<(usize, Vec<RiffChunk<'_>>), ImageError> {
+    let bad = |offset, reason| ImageError::BadWebp { offset, reason };
+    if !is_webp(bytes) {
+        return Err(bad(0, "the file lacks the RIFF/WEBP signature"));
+    }
+    let riff_end = le32(bytes, 4)
+        .and_then(|size| (size as usize).checked_add(8))
+        .filter(|&end| end <= bytes.len())
+        .ok_or(bad(4, "the RIFF size runs past the end of the file"))?;
+    let mut chunks = Vec::new();
+    let mut at = 12;
+    while at < riff_end {
+        let size = le32(bytes, at + 4).ok_or(bad(at, "a chunk header is cut short"))? as usize;
+        let data_end = (at + 8)
+            .checked_add(size)
+            .filter(|&end| end <= riff_end)
+            .ok_or(bad(at, "a chunk runs past the end of the file"))?;
+        // Chunks are padded to an even size; a missing pad byte at the very end is tolerated.
+        let end = (data_end + (size & 1)).min(riff_end);
+        chunks.push(RiffChunk {
+            offset: at,
+            data_end,
+            end,
+            fourcc: &bytes[at..at + 4],
+        });
+        at = end;
+    }
+    Ok((riff_end, chunks))
+}
+
+/// The chunks of a file as (type, data), in file order.
+pub(crate) type ChunkList<'a, K> = Vec<(K, &'a [u8])>;
+
+/// The chunks of a WebP file as (fourcc, data), after checking its RIFF structure.
+pub(crate) fn webp_chunks(bytes: &[u8]) -> Result<ChunkList<'_, &[u8]>, ImageError> {
+    let (_, chunks) = walk_webp_chunks(bytes)?;
+    Ok(chunks
+        .iter()
+        .map(|c| (c.fourcc, &bytes[c.offset + 8..c.data_end]))
+        .collect())
+}
+
+/// The chunks of a PNG file as (type, data), after checking the whole file as
+/// [`strip_text_chunks`] does (signature, bounds, CRCs, `IHDR` first, `IEND` last).
+pub(crate) fn png_chunks(bytes: &[u8]) -> Result<ChunkList<'_, [u8; 4]>, ImageError> {
+    Ok(walk_chunks(bytes)?
+        .iter()
+        .map(|c| (c.chunk_type, &bytes[c.offset + 8..c.end - 4]))
+        .collect())
 }
 
 fn le32(bytes: &[u8], at: usize) -> Option<u32> {
@@ -347,7 +386,7 @@ struct ChunkSpan {
 /// `comf`) except APNG's `acTL`, `fcTL` and `fdAT`, which predate APNG's standardisation and are
 /// spelled like private chunks. Ancillary chunks are never needed to show an image, and private
 /// ones carry whatever their writer chose, so none of these can take pixels or frames with it.
-pub fn is_metadata_chunk(chunk_type: &[u8; 4]) -> bool {
+fn is_metadata_chunk(chunk_type: &[u8; 4]) -> bool {
     let private_ancillary =
         chunk_type[0].is_ascii_lowercase() && chunk_type[1].is_ascii_lowercase();
     match chunk_type {
@@ -460,7 +499,8 @@ fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xff, 0xd8, 0xff])
 }
 
-fn is_webp(bytes: &[u8]) -> bool {
+/// Whether the bytes start with the RIFF/WEBP signature.
+pub(crate) fn is_webp(bytes: &[u8]) -> bool {
     bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP"
 }
 

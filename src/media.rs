@@ -221,6 +221,24 @@ pub fn by_extension(filename: &str) -> Option<MediaType> {
         .copied()
 }
 
+/// The type a MIME type names (parameters such as `; charset=` ignored, case-insensitively);
+/// the first of [`KNOWN`] where several share one (`audio/ogg` is Ogg, not Opus). `None` for
+/// `application/octet-stream` and anything unknown.
+pub fn by_content_type(content_type: &str) -> Option<MediaType> {
+    let essence = |text: &str| {
+        text.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let wanted = essence(content_type);
+    KNOWN
+        .iter()
+        .find(|m| essence(m.content_type) == wanted && m.content_type != UNKNOWN.content_type)
+        .copied()
+}
+
 /// Whether `extension` is one a storage key may end with (one of [`KNOWN`]).
 pub fn is_key_extension(extension: &str) -> bool {
     KNOWN.iter().any(|m| m.extension == extension)
@@ -274,7 +292,7 @@ fn ebml_doc_type(head: &[u8]) -> Option<&[u8]> {
 /// An EBML variable-length integer at the start of `bytes`: its value (without the length
 /// marker) and its length, 1 to 8 bytes. The reserved all-ones value ("unknown size") comes back
 /// as `u64::MAX`.
-fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn ebml_vint(bytes: &[u8]) -> Option<(u64, usize)> {
     let first = *bytes.first()?;
     let len = first.leading_zeros() as usize + 1;
     let raw = bytes.get(..len).filter(|_| len <= 8)?;
@@ -393,9 +411,9 @@ fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// An ISO-BMFF box header: its type, the header's length and the whole box's size (clamped to
+/// An ISO-BMFF box header: its type, the header's length and the whole box's size (at most
 /// `remaining`, 0 meaning "to the end"). `None` if the header is cut short or impossible.
-fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
+pub(crate) fn box_header(bytes: &[u8], remaining: u64) -> Option<([u8; 4], u64, u64)> {
     let size32 = u32::from_be_bytes(*bytes.first_chunk::<4>()?);
     let kind: [u8; 4] = *bytes.get(4..)?.first_chunk::<4>()?;
     let (header_len, size) = match size32 {
@@ -646,5 +664,14 @@ mod tests {
             let size = mp4_dimensions(&mut Cursor::new(&whole[..cut])).expect("mem");
             assert_eq!(size, None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_content_type_names_its_type_once() {
+        assert_eq!(by_content_type("image/jpeg"), Some(JPEG));
+        assert_eq!(by_content_type("Image/WebP; q=1"), Some(WEBP));
+        assert_eq!(by_content_type("audio/ogg"), Some(OGG));
+        assert_eq!(by_content_type("application/octet-stream"), None);
+        assert_eq!(by_content_type("text/html"), None);
     }
 }

@@ -26,6 +26,23 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `convert WORKFLOW --object-info` with the fixtures' saved node definitions.
+fn convert_with_fixture_defs(workflow: &Path) -> Output {
+    let info = fixture("object_info.json");
+    gateway(&[
+        "convert",
+        workflow.to_str().expect("utf-8"),
+        "--object-info",
+        info.to_str().expect("utf-8"),
+    ])
+}
+
+/// The JSON a successful run printed on stdout.
+fn printed(out: &Output) -> Value {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 /// Writes the `workflow` of a rule fixture to a file of its own, as ComfyUI would save it.
 fn saved_from_case(dir: &TestDir, case: &str) -> (PathBuf, Value) {
     let case: Value =
@@ -70,16 +87,7 @@ fn an_unknown_argument_is_refused_with_a_usage_line() {
 fn convert_prints_the_api_graph_with_definitions_from_a_file() {
     let dir = TestDir::new();
     let (workflow, expected) = saved_from_case(&dir, "subgraphs.json");
-    let info = fixture("object_info.json");
-    let out = gateway(&[
-        "convert",
-        workflow.to_str().expect("utf-8"),
-        "--object-info",
-        info.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(printed, expected);
+    assert_eq!(printed(&convert_with_fixture_defs(&workflow)), expected);
 }
 
 #[test]
@@ -99,16 +107,10 @@ fn convert_reads_the_standard_input_given_as_a_dash() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the binary runs");
-    let text = std::fs::read(&workflow).expect("readable");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &text).expect("written");
+    let saved = std::fs::read(&workflow).expect("readable");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &saved).expect("written");
     let out = child.wait_with_output().expect("it ends");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(printed, expected);
+    assert_eq!(printed(&out), expected);
 }
 
 #[test]
@@ -129,16 +131,16 @@ fn convert_reads_the_workflow_a_png_from_comfyui_carries() {
     let mut writer = encoder.write_header().expect("header");
     writer.write_image_data(&[0, 0, 0]).expect("pixels");
     writer.finish().expect("written");
-    let info = fixture("object_info.json");
-    let out = gateway(&[
-        "convert",
-        png_path.to_str().expect("utf-8"),
-        "--object-info",
-        info.to_str().expect("utf-8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    assert_eq!(printed, expected);
+    assert_eq!(printed(&convert_with_fixture_defs(&png_path)), expected);
+
+    // The same PNG cut short is called damaged, not empty of a workflow.
+    let bytes = std::fs::read(&png_path).expect("readable");
+    std::fs::write(&png_path, &bytes[..bytes.len() - 20]).expect("writable");
+    let out = convert_with_fixture_defs(&png_path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let said = text(&out.stderr);
+    assert!(said.contains("this PNG is damaged"), "{said}");
 }
 
 #[test]
@@ -151,10 +153,8 @@ fn convert_reads_definitions_from_a_running_comfyui() {
         "--comfyui",
         &sim.url(),
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let printed: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(
-        printed,
+        printed(&out),
         json!({
             "1": {"class_type": "EmptyImage", "_meta": {"title": "EmptyImage"},
                   "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
@@ -175,13 +175,7 @@ fn convert_fails_with_every_reason_on_stderr() {
         {"id": 4, "type": "Decode", "mode": 0, "inputs": [{"name": "samples", "type": "LATENT", "link": 12}]}
     ], "links": []});
     std::fs::write(&workflow, broken.to_string()).expect("writable");
-    let info = fixture("object_info.json");
-    let out = gateway(&[
-        "convert",
-        workflow.to_str().expect("utf-8"),
-        "--object-info",
-        info.to_str().expect("utf-8"),
-    ]);
+    let out = convert_with_fixture_defs(&workflow);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let said = text(&out.stderr);

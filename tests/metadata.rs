@@ -9,7 +9,7 @@ mod common;
 
 use comfyui_sim::SimEvent;
 use common::harness::{Harness, Options};
-use common::{contains, get_json_from, wait_for};
+use common::{comfyui_file, contains, get_json_from, wait_for};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -92,15 +92,7 @@ fn run(h: &Harness, body: &Value) -> (Value, Vec<Output>) {
             .collect();
         let entry = entries[*index];
         *index += 1;
-        let url = format!(
-            "{}/view?filename={}&subfolder={}&type={}",
-            h.sim.url(),
-            entry["filename"].as_str().expect("a filename"),
-            entry["subfolder"].as_str().unwrap_or(""),
-            entry["type"].as_str().unwrap_or("output"),
-        );
-        let (status, original) = h.get_bytes(&url);
-        assert_eq!(status, 200, "{url}");
+        let (_, original) = comfyui_file(h, entry);
         let key = image["key"].as_str().expect("a key");
         let stored = std::fs::read(h.dir.path().join("images").join(key)).expect("stored");
         pairs.push(Output {
@@ -304,14 +296,7 @@ fn the_simulator_writes_the_workflow_only_when_extra_pnginfo_carries_it() {
             .flatten()
             .filter(|e| e.get("filename").is_some());
         for entry in entries {
-            let url = format!(
-                "{}/view?filename={}&subfolder={}&type={}",
-                h.sim.url(),
-                entry["filename"].as_str().expect("a filename"),
-                entry["subfolder"].as_str().unwrap_or(""),
-                entry["type"].as_str().unwrap_or("output"),
-            );
-            let (_, bytes) = h.get_bytes(&url);
+            let (url, bytes) = comfyui_file(&h, entry);
             assert!(
                 contains(&bytes, b"SecretNodeType") && contains(&bytes, b"class_type"),
                 "node {node}: the workflow and the prompt in {url}"

@@ -366,3 +366,48 @@ fn a_job_spooled_before_a_restart_is_completed_by_the_restarted_gateway() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["job_id"], job_id.as_str());
 }
+
+#[test]
+fn a_5xx_that_outlasts_the_retries_is_spooled_for_a_later_upload_not_refused() {
+    let h = supabase_harness(vec![]);
+    let fake = h.supabase.as_ref().expect("fake");
+    // As many 503s as the storage makes attempts (see `storage_for`): the job's upload fails.
+    fake.fail_next(
+        Route::Upload,
+        4,
+        503,
+        error_body("503", "Service Unavailable", "upstream overloaded", ""),
+    );
+    let (status, answer) = h.post_json("/generate", &small_txt2img("overloaded"));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("storage_failed")),
+        "{answer}"
+    );
+    let details = &answer["error"]["details"];
+    assert_eq!(details["will_retry"], true, "a 5xx can pass: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("when storage works again"), "{message}");
+    assert!(
+        !message.contains("will not be uploaded automatically"),
+        "{message}"
+    );
+    let job_id = details["job_id"].as_str().expect("job id");
+    assert_eq!(h.app.spool.refusal(job_id), None, "not marked refused");
+
+    // The next periodic flush (no restart needed) uploads it.
+    assert_eq!(h.app.flush_spool(), 1);
+    let spool_dir = std::path::PathBuf::from(details["spool_dir"].as_str().expect("spool_dir"));
+    assert!(!spool_dir.exists(), "uploaded and removed from the spool");
+    let uploads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path().starts_with("/storage/v1/object/images/"))
+        .count();
+    assert_eq!(
+        uploads, 5,
+        "four 503s while the job ran, then the flush's upload"
+    );
+    let (_, job) = h.get_json(&format!("/jobs/{job_id}"));
+    assert_eq!(job["state"], "completed", "{job}");
+}

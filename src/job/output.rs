@@ -5,9 +5,9 @@
 //! files are kept in the spool so that nothing finished is lost.
 //!
 //! A file never sits whole in memory on its way through, except PNG and WebP pictures, which are
-//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3 and
-//! MP4 files are stripped in place on disk ([`crate::strip`]); every other file is stored
-//! byte for byte as ComfyUI wrote it.
+//! read to check their structure and strip ComfyUI's metadata (they are a few MB). FLAC, MP3,
+//! MP4 (MOV, M4A), Ogg (Opus, Vorbis) and WebM/Matroska files are stripped in place on disk
+//! ([`crate::strip`]); every other file is stored byte for byte as ComfyUI wrote it.
 
 use serde_json::{Value, json};
 use std::fs;
@@ -321,11 +321,7 @@ fn check_and_strip(
     .map_err(|e| unusable(format!("converting it to {}: {e}", options.output_format)))?;
     let (media, bytes, width, height) = match converted {
         Some(converted) => {
-            let media = match converted.content_type {
-                "image/jpeg" => media::JPEG,
-                "image/webp" => media::WEBP,
-                _ => media::PNG,
-            };
+            let media = media::by_content_type(converted.content_type).unwrap_or(media::UNKNOWN);
             (media, converted.bytes, converted.width, converted.height)
         }
         None => (media, processed.bytes, processed.width, processed.height),

@@ -9,8 +9,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::api::{ApiError, ErrorCode, GenerateRequest};
 use crate::blobs::{BlobHash, BlobStore};
@@ -24,6 +25,10 @@ pub enum GraphSource {
         name: String,
         /// The parameters as resolved (seed drawn, images decoded).
         resolved: Resolved,
+        /// The API graph of a template saved as ComfyUI saves it, converted when the request was
+        /// checked so that sending it does not convert it again. `None` for an API-format
+        /// template, and for a plan read back from its record (converted when sent).
+        converted: Option<Arc<Map<String, Value>>>,
     },
     /// A raw API-format graph, sent as it is.
     Raw(Value),
@@ -135,13 +140,16 @@ impl Plan {
                     ApiError::new(ErrorCode::InvalidParams, format!("{workflow}: {errors}"))
                         .with_details(errors.to_details())
                 })?;
-                if template.is_ui() {
-                    // Converted again when the job is sent; checked now so that a workflow
-                    // that cannot be converted is refused before anything is queued.
-                    template
+                // Converted now, once: a workflow that cannot be converted is refused before
+                // anything is queued, and the job sends the graph made here.
+                let converted = if template.is_ui() {
+                    let graph = template
                         .api_graph()
                         .map_err(|e| workflow_failure(&workflow, &e))?;
-                }
+                    Some(Arc::new(graph))
+                } else {
+                    None
+                };
                 // The images leave memory for the blob store; the plan keeps their hashes.
                 let mut inputs = Vec::new();
                 for image in std::mem::take(&mut resolved.images) {
@@ -170,6 +178,7 @@ impl Plan {
                     source: GraphSource::Template {
                         name: workflow,
                         resolved,
+                        converted,
                     },
                     inputs,
                 })
@@ -202,13 +211,20 @@ impl Plan {
     ) -> Result<Value, BuildFailure> {
         let mut graph = match &self.source {
             GraphSource::Raw(graph) => graph.clone(),
-            GraphSource::Template { name, resolved } => {
+            GraphSource::Template {
+                name,
+                resolved,
+                converted,
+            } => {
                 let template = templates.get(name).ok_or_else(|| {
                     BuildFailure(format!("the template {name:?} is no longer loaded"))
                 })?;
-                template
-                    .build_graph(resolved, &BTreeMap::new())
-                    .map_err(|e| BuildFailure(format!("filling template {name}: {e}")))?
+                let none = BTreeMap::new();
+                match converted {
+                    Some(graph) => template.fill_graph(Map::clone(graph), resolved, &none),
+                    None => template.build_graph(resolved, &none),
+                }
+                .map_err(|e| BuildFailure(format!("filling template {name}: {e}")))?
             }
         };
         for (input, name) in self.inputs.iter().zip(names) {
@@ -236,7 +252,7 @@ impl Plan {
                 graph: graph.clone(),
                 inputs: self.inputs.clone(),
             },
-            GraphSource::Template { name, resolved } => PlanRecord::Template {
+            GraphSource::Template { name, resolved, .. } => PlanRecord::Template {
                 name: name.clone(),
                 values: resolved.values.clone(),
                 seed: resolved.seed,
@@ -278,6 +294,7 @@ impl Plan {
                             seed,
                             images: Vec::new(),
                         },
+                        converted: None,
                     },
                     inputs,
                 })
@@ -420,6 +437,59 @@ mod tests {
             .build_graph(&templates, &["gateway/x.png".to_string()])
             .expect("a graph");
         assert_eq!(graph["10"]["inputs"]["image"], "gateway/x.png");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The conversion fixtures' node definitions, counting how often they are asked for.
+    #[derive(Default)]
+    struct CountingDefs(std::sync::atomic::AtomicUsize);
+
+    impl workflow::NodeDefsSource for CountingDefs {
+        fn node_defs(
+            &self,
+            _classes: &std::collections::BTreeSet<String>,
+        ) -> Result<workflow::ui::NodeDefs, workflow::DefsUnavailable> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let info: Value =
+                serde_json::from_str(include_str!("../../tests/fixtures/ui/object_info.json"))
+                    .expect("fixture is JSON");
+            Ok(workflow::ui::NodeDefs::from_object_info(&info))
+        }
+    }
+
+    #[test]
+    fn a_ui_template_is_converted_once_when_checked_and_not_again_when_sent() {
+        let dir = std::env::temp_dir().join(format!("plan-ui-{}", crate::ids::new_uuid()));
+        let blobs = BlobStore::open(&dir).expect("a blob store");
+        let case: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/ui/basic.json")).expect("JSON");
+        let template =
+            workflow::Template::parse("saved", &case["workflow"].to_string()).expect("a template");
+        let mut templates: Templates = [template].into_iter().collect();
+        let defs = Arc::new(CountingDefs::default());
+        templates.use_node_defs(defs.clone());
+        let conversions = || defs.0.load(std::sync::atomic::Ordering::SeqCst);
+        let request = GenerateRequest::Template {
+            workflow: "saved".into(),
+            params: Map::new(),
+        };
+        let plan = Plan::new(&templates, request, &blobs).expect("a plan");
+        assert_eq!(conversions(), 1);
+        for _ in 0..2 {
+            assert_eq!(
+                plan.build_graph(&templates, &[]).expect("a graph"),
+                case["api"]
+            );
+        }
+        assert_eq!(conversions(), 1, "sending converts nothing again");
+
+        // A plan read back from its record has no conversion with it: made when sent.
+        let restored = Plan::from_record(plan.to_record(), &templates, &blobs).expect("restored");
+        assert_eq!(
+            restored.build_graph(&templates, &[]).expect("a graph"),
+            case["api"]
+        );
+        assert_eq!(conversions(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -75,41 +75,20 @@ impl From<io::Error> for StripError {
     }
 }
 
-/// Whether [`strip_in_place`] knows where `media`'s metadata is.
-pub fn handles(media: MediaType) -> bool {
-    [
-        media::FLAC,
-        media::MP3,
-        media::MP4,
-        media::MOV,
-        media::M4A,
-        media::OPUS,
-        media::OGG,
-        media::WEBM,
-        media::MKV,
-    ]
-    .contains(&media)
-}
-
 /// Overwrites the metadata of the file at `path` (of type `media`) in place, keeping its size,
 /// and syncs it; returns how many bytes were blanked (0: there was nothing to remove, the file
-/// is untouched). A type [`handles`] refuses is left alone.
+/// is untouched). A type without a stripper here is left alone.
 pub fn strip_in_place(path: &Path, media: MediaType) -> Result<u64, StripError> {
-    if !handles(media) {
-        return Ok(0);
-    }
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    let blanked = if media == media::FLAC {
-        flac::strip(&mut file)?
-    } else if media == media::MP3 {
-        mp3::strip(&mut file)?
-    } else if media == media::OPUS || media == media::OGG {
-        ogg::strip(&mut file)?
-    } else if media == media::WEBM || media == media::MKV {
-        webm::strip(&mut file)?
-    } else {
-        mp4::strip(&mut file)?
+    let strip: fn(&mut File) -> Result<u64, StripError> = match media {
+        media::FLAC => flac::strip,
+        media::MP3 => mp3::strip,
+        media::MP4 | media::MOV | media::M4A => mp4::strip,
+        media::OPUS | media::OGG => ogg::strip,
+        media::WEBM | media::MKV => webm::strip,
+        _ => return Ok(0),
     };
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let blanked = strip(&mut file)?;
     if blanked > 0 {
         file.sync_all()?;
     }

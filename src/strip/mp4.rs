@@ -11,6 +11,7 @@
 use std::fs::File;
 
 use super::{StripError, read_at, write_at, zero_at};
+use crate::media;
 
 fn malformed(offset: u64, reason: &'static str) -> StripError {
     StripError::Malformed {
@@ -38,33 +39,22 @@ impl BoxHeader {
     }
 }
 
-/// Reads the header of the box at `at`, which must end by `limit` (its parent's end).
+/// Reads the header of the box at `at`, which must end by `limit` (its parent's end), and reads
+/// it with [`media::box_header`], the one ISO-BMFF header parser.
 fn read_box(file: &mut File, at: u64, limit: u64) -> Result<BoxHeader, StripError> {
-    if at + 8 > limit {
+    let remaining = limit.saturating_sub(at);
+    if remaining < 8 {
         return Err(malformed(at, "a box header is cut short"));
     }
-    let mut header = [0u8; 8];
-    read_at(file, at, &mut header)?;
-    let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let kind = [header[4], header[5], header[6], header[7]];
-    let (header_len, size) = match size32 {
-        0 => (8, limit - at),
-        1 => {
-            if at + 16 > limit {
-                return Err(malformed(at, "a box's 64-bit size is cut short"));
-            }
-            let mut large = [0u8; 8];
-            read_at(file, at + 8, &mut large)?;
-            (16, u64::from_be_bytes(large))
-        }
-        n => (8, u64::from(n)),
-    };
-    if size < header_len {
-        return Err(malformed(at, "a box is smaller than its header"));
-    }
-    if at.checked_add(size).is_none_or(|end| end > limit) {
-        return Err(malformed(at, "a box runs past its parent or the file"));
-    }
+    let mut header = [0u8; 16];
+    let header = &mut header[..remaining.min(16) as usize];
+    read_at(file, at, header)?;
+    let (kind, header_len, size) = media::box_header(header, remaining).ok_or_else(|| {
+        malformed(
+            at,
+            "a box's size is cut short, smaller than its header, or past its parent or the file",
+        )
+    })?;
     Ok(BoxHeader {
         at,
         header_len,

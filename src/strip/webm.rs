@@ -11,6 +11,7 @@
 use std::fs::File;
 
 use super::{StripError, read_at, write_at, zero_at};
+use crate::media;
 
 const EBML: u32 = 0x1A45_DFA3;
 const SEGMENT: u32 = 0x1853_8067;
@@ -45,25 +46,12 @@ impl Element {
     }
 }
 
-/// A variable-length integer from `bytes`: `(value with the length marker kept or not, length)`.
-fn vint(bytes: &[u8], keep_marker: bool, max_len: u32) -> Option<(u64, usize, bool)> {
-    let first = *bytes.first()?;
-    let len = first.leading_zeros() + 1;
-    if len > max_len {
-        return None;
-    }
-    let len = len as usize;
-    let raw = bytes.get(..len)?;
-    let mut value = if keep_marker {
-        u64::from(first)
-    } else {
-        u64::from(first) & (0xff >> len)
-    };
-    for &b in &raw[1..] {
-        value = (value << 8) | u64::from(b);
-    }
-    let all_ones = value == (1u64 << (7 * len)) - 1;
-    Some((value, len, all_ones))
+/// An element ID at the start of `bytes` (1 to 4 bytes, its length marker kept, as IDs are
+/// written) and its length.
+fn element_id(bytes: &[u8]) -> Option<(u32, usize)> {
+    let len = bytes.first()?.leading_zeros() as usize + 1;
+    let raw = bytes.get(..len).filter(|_| len <= 4)?;
+    Some((raw.iter().fold(0, |id, &b| id << 8 | u32::from(b)), len))
 }
 
 fn read_element(file: &mut File, at: u64, limit: u64) -> Result<Element, StripError> {
@@ -73,12 +61,13 @@ fn read_element(file: &mut File, at: u64, limit: u64) -> Result<Element, StripEr
         return Err(malformed(at, "an element header is cut short"));
     }
     read_at(file, at, &mut header[..n])?;
-    let (id, id_len, _) = vint(&header[..n], true, 4)
-        .ok_or(malformed(at, "an element ID is invalid or cut short"))?;
-    let (size, size_len, unknown) = vint(&header[id_len..n], false, 8)
+    let (id, id_len) =
+        element_id(&header[..n]).ok_or(malformed(at, "an element ID is invalid or cut short"))?;
+    let (size, size_len) = media::ebml_vint(&header[id_len..n])
         .ok_or(malformed(at, "an element size is invalid or cut short"))?;
     let data_at = at + (id_len + size_len) as u64;
-    let size = (!unknown).then_some(size);
+    // `ebml_vint` gives the reserved all-ones size ("unknown") as `u64::MAX`.
+    let size = (size != u64::MAX).then_some(size);
     if let Some(size) = size {
         if data_at.checked_add(size).is_none_or(|end| end > limit) {
             return Err(malformed(at, "an element runs past its parent or the file"));
@@ -86,7 +75,7 @@ fn read_element(file: &mut File, at: u64, limit: u64) -> Result<Element, StripEr
     }
     Ok(Element {
         at,
-        id: id as u32,
+        id,
         data_at,
         size,
     })

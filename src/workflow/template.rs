@@ -404,7 +404,18 @@ impl Template {
         resolved: &Resolved,
         uploaded: &BTreeMap<String, String>,
     ) -> Result<Value, BuildError> {
-        let mut graph = self.api_graph().map_err(BuildError::Workflow)?;
+        let graph = self.api_graph().map_err(BuildError::Workflow)?;
+        self.fill_graph(graph, resolved, uploaded)
+    }
+
+    /// [`Template::build_graph`] into `graph`, the template's [`Template::api_graph`] made
+    /// earlier (a workflow as ComfyUI saves it is then not converted again).
+    pub fn fill_graph(
+        &self,
+        mut graph: Map<String, Value>,
+        resolved: &Resolved,
+        uploaded: &BTreeMap<String, String>,
+    ) -> Result<Value, BuildError> {
         for (param, spec) in &self.parameters {
             let value = if spec.kind == ParamType::Image {
                 match uploaded.get(param) {

@@ -443,6 +443,13 @@ async function savedWorkflowFile(page) {
   const fromPng = await imagesLoaded(page);
   check(fromPng.length === 1 && fromPng[0].naturalWidth === 24, 'the PNG\'s workflow made the image', JSON.stringify(fromPng));
 
+  // A big workflow (300 kB) is read too: the page once spread every byte into one call.
+  const big = { ...savedWorkflow(24, 16), extra: { note: 'x'.repeat(300000) } };
+  await page.setInputFiles('#workflow-file', { name: 'big.png', mimeType: 'image/png', buffer: pngWithWorkflow(big) });
+  await page.waitForFunction(() => savedFile && savedFile.name === 'big.png');
+  check(await page.evaluate(() => JSON.parse(savedFile.text).extra.note.length) === 300000,
+    'a PNG carrying a 300 kB workflow is read whole');
+
   await page.setInputFiles('#workflow-file', { name: 'ComfyUI_00002_.webp', mimeType: 'image/webp',
     buffer: webpWithWorkflow(savedWorkflow(20, 12)) });
   await page.waitForFunction(() => savedFile && savedFile.name.endsWith('.webp'));

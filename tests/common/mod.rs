@@ -85,14 +85,22 @@ pub fn comfyui_original(h: &harness::Harness, prompt_id: &str) -> Vec<u8> {
         .values()
         .find_map(|o| o["images"].as_array().and_then(|a| a.first()).cloned())
         .expect("an output image");
+    comfyui_file(h, &image).1
+}
+
+/// The file a ComfyUI history entry (`{"filename", "subfolder", "type"}`) names, fetched from
+/// the simulator's `/view`: its URL, and its bytes exactly as ComfyUI made them.
+pub fn comfyui_file(h: &harness::Harness, entry: &Value) -> (String, Vec<u8>) {
     let url = format!(
         "{}/view?filename={}&subfolder={}&type={}",
         h.sim.url(),
-        image["filename"].as_str().expect("filename"),
-        image["subfolder"].as_str().unwrap_or(""),
-        image["type"].as_str().unwrap_or("output"),
+        entry["filename"].as_str().expect("a filename"),
+        entry["subfolder"].as_str().unwrap_or(""),
+        entry["type"].as_str().unwrap_or("output"),
     );
-    h.get_bytes(&url).1
+    let (status, bytes) = h.get_bytes(&url);
+    assert_eq!(status, 200, "{url}");
+    (url, bytes)
 }
 
 /// GETs any URL as JSON.

@@ -6,13 +6,20 @@ use std::fmt;
 
 use serde_json::Value;
 
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+use crate::image::{self, PNG_SIGNATURE, is_webp};
 
 /// Why a file gave no workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EmbeddedError {
     /// A PNG or WebP without a `workflow` entry.
     NoWorkflow(&'static str),
+    /// A file with a PNG or WebP signature whose structure is broken (cut short, bad CRC, ...).
+    Broken {
+        /// `PNG` or `WebP`.
+        format: &'static str,
+        /// What is wrong, as [`image::ImageError`] says it.
+        reason: String,
+    },
     /// The entry is there but is not JSON.
     NotJson(String),
     /// Neither JSON, PNG nor WebP.
@@ -27,6 +34,9 @@ impl fmt::Display for EmbeddedError {
                 "this {format} holds no ComfyUI workflow (ComfyUI writes one in the files of its \
                  save nodes unless metadata is disabled; a file re-encoded elsewhere loses it)"
             ),
+            EmbeddedError::Broken { format, reason } => {
+                write!(f, "this {format} is damaged: {reason}")
+            }
             EmbeddedError::NotJson(e) => write!(f, "the embedded workflow is not JSON: {e}"),
             EmbeddedError::UnknownFormat => f.write_str(
                 "not a workflow: expected JSON (as ComfyUI saves it), or a PNG or WebP that \
@@ -39,58 +49,57 @@ impl fmt::Display for EmbeddedError {
 impl std::error::Error for EmbeddedError {}
 
 /// The workflow in a file's bytes: the JSON itself, or the one a PNG or WebP from ComfyUI
-/// carries.
+/// carries. The chunks of a PNG or WebP are walked (and checked) by [`crate::image`].
 pub fn workflow_from_file(bytes: &[u8]) -> Result<Value, EmbeddedError> {
-    if bytes.starts_with(PNG_SIGNATURE) {
-        let text = png_text(bytes, "workflow").ok_or(EmbeddedError::NoWorkflow("PNG"))?;
+    let broken = |format| {
+        move |e: image::ImageError| EmbeddedError::Broken {
+            format,
+            reason: e.to_string(),
+        }
+    };
+    if bytes.starts_with(&PNG_SIGNATURE) {
+        let chunks = image::png_chunks(bytes).map_err(broken("PNG"))?;
+        let text = chunks
+            .iter()
+            .find_map(|(kind, data)| png_text(kind, data, "workflow"))
+            .ok_or(EmbeddedError::NoWorkflow("PNG"))?;
         return serde_json::from_slice(&text).map_err(|e| EmbeddedError::NotJson(e.to_string()));
     }
-    if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        return webp_workflow(bytes);
+    if is_webp(bytes) {
+        let chunks = image::webp_chunks(bytes).map_err(broken("WebP"))?;
+        let json = chunks
+            .iter()
+            .filter(|(fourcc, _)| *fourcc == b"EXIF")
+            .find_map(|(_, data)| exif_workflow(data))
+            .ok_or(EmbeddedError::NoWorkflow("WebP"))?;
+        return serde_json::from_slice(json).map_err(|e| EmbeddedError::NotJson(e.to_string()));
     }
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     serde_json::from_slice(text).map_err(|_| EmbeddedError::UnknownFormat)
 }
 
-/// The text of the first `tEXt` or uncompressed `iTXt` chunk with this keyword.
-fn png_text(bytes: &[u8], keyword: &str) -> Option<Vec<u8>> {
-    let mut pos = PNG_SIGNATURE.len();
-    while pos + 8 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().ok()?) as usize;
-        let kind = &bytes[pos + 4..pos + 8];
-        let data = bytes.get(pos + 8..pos + 8 + len)?;
-        match kind {
-            b"tEXt" => {
-                if let Some((key, text)) = split_nul(data)
-                    && key == keyword.as_bytes()
-                {
-                    // Latin-1 by the PNG specification; ComfyUI writes ASCII JSON.
-                    return Some(
-                        text.iter()
-                            .map(|&b| b as char)
-                            .collect::<String>()
-                            .into_bytes(),
-                    );
-                }
-            }
-            b"iTXt" => {
-                if let Some((key, rest)) = split_nul(data)
-                    && key == keyword.as_bytes()
-                    && rest.first() == Some(&0)
-                {
-                    // compression flag 0, method, then language and translated keyword.
-                    let rest = rest.get(2..)?;
-                    let (_, rest) = split_nul(rest)?;
-                    let (_, text) = split_nul(rest)?;
-                    return Some(text.to_vec());
-                }
-            }
-            b"IEND" => return None,
-            _ => {}
-        }
-        pos += 12 + len;
+/// The text of a `tEXt` or uncompressed `iTXt` chunk with this keyword.
+fn png_text(kind: &[u8; 4], data: &[u8], keyword: &str) -> Option<Vec<u8>> {
+    let (key, rest) = split_nul(data)?;
+    if key != keyword.as_bytes() {
+        return None;
     }
-    None
+    match kind {
+        // Latin-1 by the PNG specification; ComfyUI writes ASCII JSON.
+        b"tEXt" => Some(
+            rest.iter()
+                .map(|&b| b as char)
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        // Compression flag 0, method, then language and translated keyword.
+        b"iTXt" if rest.first() == Some(&0) => {
+            let (_, rest) = split_nul(rest.get(2..)?)?;
+            let (_, text) = split_nul(rest)?;
+            Some(text.to_vec())
+        }
+        _ => None,
+    }
 }
 
 fn split_nul(data: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -98,34 +107,12 @@ fn split_nul(data: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&data[..at], &data[at + 1..]))
 }
 
-/// The JSON after `workflow:` in a WebP's `EXIF` chunk.
-fn webp_workflow(bytes: &[u8]) -> Result<Value, EmbeddedError> {
-    let mut pos = 12;
-    while pos + 8 <= bytes.len() {
-        let kind = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]) as usize;
-        let Some(data) = bytes.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if kind == b"EXIF"
-            && let Some(at) = find(data, b"workflow:")
-        {
-            let json = &data[at + b"workflow:".len()..];
-            let json = json.split(|&b| b == 0).next().unwrap_or(json);
-            return serde_json::from_slice(json).map_err(|e| EmbeddedError::NotJson(e.to_string()));
-        }
-        pos += 8 + len + (len & 1);
-    }
-    Err(EmbeddedError::NoWorkflow("WebP"))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The JSON after `workflow:` in a WebP's `EXIF` chunk, up to the next NUL.
+fn exif_workflow(data: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"workflow:";
+    let at = data.windows(KEY.len()).position(|w| w == KEY)?;
+    let json = &data[at + KEY.len()..];
+    json.split(|&b| b == 0).next()
 }
 
 #[cfg(test)]
@@ -152,6 +139,7 @@ mod tests {
             Ok(serde_json::json!({"nodes": []}))
         );
         let mut bare = PNG_SIGNATURE.to_vec();
+        bare.extend(chunk(b"IHDR", &[0; 13]));
         bare.extend(chunk(b"IEND", b""));
         assert_eq!(
             workflow_from_file(&bare),
@@ -176,6 +164,28 @@ mod tests {
             workflow_from_file(&webp),
             Ok(serde_json::json!({"nodes": [1]}))
         );
+    }
+
+    #[test]
+    fn a_damaged_png_or_webp_is_called_damaged_not_empty() {
+        let mut png = PNG_SIGNATURE.to_vec();
+        png.extend(chunk(b"IHDR", &[0; 13]));
+        png.extend(chunk(b"tEXt", b"workflow\0{\"nodes\": []}"));
+        png.extend(chunk(b"IEND", b""));
+        let cut = &png[..png.len() - 20];
+        assert!(
+            matches!(
+                workflow_from_file(cut),
+                Err(EmbeddedError::Broken { format: "PNG", .. })
+            ),
+            "{:?}",
+            workflow_from_file(cut)
+        );
+        let webp = b"RIFF\xff\0\0\0WEBPEXIF";
+        assert!(matches!(
+            workflow_from_file(webp),
+            Err(EmbeddedError::Broken { format: "WebP", .. })
+        ));
     }
 
     #[test]

@@ -107,11 +107,7 @@ impl<'a> Workflow<'a> {
         let root = read_graph(ui).map_err(|e| format!("the workflow {e}"))?;
         let mut graphs = vec![root];
         let mut subgraph_index = HashMap::new();
-        let definitions = ui
-            .get("definitions")
-            .and_then(|d| d.get("subgraphs"))
-            .and_then(Value::as_array);
-        for def in definitions.into_iter().flatten() {
+        for def in items(ui.get("definitions").and_then(|d| d.get("subgraphs"))) {
             let Some(id) = def.get("id").and_then(Value::as_str) else {
                 return Err("a subgraph definition has no string id".into());
             };
@@ -140,18 +136,10 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
         let Some(kind) = node.get("type").and_then(Value::as_str) else {
             return Err(format!("node {id} has no type"));
         };
-        let inputs = node
-            .get("inputs")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+        let inputs = items(node.get("inputs"))
             .map(|slot| Slot {
-                name: slot
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                kind: slot.get("type").map(type_string).unwrap_or_default(),
+                name: slot_name(slot),
+                kind: slot_type(slot),
                 link: slot.get("link").and_then(Value::as_i64),
                 widget: slot
                     .get("widget")
@@ -160,13 +148,7 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
                     .map(str::to_owned),
             })
             .collect();
-        let outputs = node
-            .get("outputs")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|slot| slot.get("type").map(type_string).unwrap_or_default())
-            .collect();
+        let outputs = items(node.get("outputs")).map(slot_type).collect();
         graph.node_index.insert(id.clone(), graph.nodes.len());
         graph.nodes.push(Node {
             id,
@@ -187,12 +169,7 @@ fn read_graph(value: &Value) -> Result<Graph<'_>, ShapeError> {
                 .is_some_and(|v| v.as_bool() == Some(true)),
         });
     }
-    for link in value
-        .get("links")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for link in items(value.get("links")) {
         if let Some((id, link)) = read_link(link) {
             graph.links.insert(id, link);
         }
@@ -235,22 +212,11 @@ fn pack_of(node: &Value) -> Option<(&str, Option<&str>)> {
 }
 
 fn read_io(value: Option<&Value>) -> Vec<IoSlot> {
-    value
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    items(value)
         .map(|slot| IoSlot {
-            name: slot
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            kind: slot.get("type").map(type_string).unwrap_or_default(),
-            link_ids: slot
-                .get("linkIds")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
+            name: slot_name(slot),
+            kind: slot_type(slot),
+            link_ids: items(slot.get("linkIds"))
                 .filter_map(Value::as_i64)
                 .collect(),
         })
@@ -264,6 +230,24 @@ pub fn id_string(value: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+/// The elements of a JSON array, none when `value` is absent or not an array.
+fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
+    value.and_then(Value::as_array).into_iter().flatten()
+}
+
+/// A slot's `name`, empty when it has none.
+fn slot_name(slot: &Value) -> String {
+    slot.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A slot's `type` ([`type_string`]), empty when it has none.
+fn slot_type(slot: &Value) -> String {
+    slot.get("type").map(type_string).unwrap_or_default()
 }
 
 /// A slot type as text; litegraph writes `0` or `""` for "any", which we spell `*`.
