@@ -383,21 +383,9 @@ fn receive(reader: &mut dyn Read, temp: &Path, limit: u64) -> Result<(BlobHash, 
 
 /// The hash and size of the file at `path`, read through one bounded buffer (nothing stored).
 pub fn hash_file(path: &Path) -> io::Result<(BlobHash, u64)> {
-    let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        size += n as u64;
-        hasher.update(&buffer[..n]);
-    }
-    Ok((BlobHash(*hasher.finalize().as_bytes()), size))
+    hasher.update_reader(File::open(path)?)?;
+    Ok((BlobHash(*hasher.finalize().as_bytes()), hasher.count()))
 }
 
 fn remove_quietly(path: &Path) {

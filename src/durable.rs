@@ -1,5 +1,7 @@
 //! The one durable write: every file the gateway keeps (job records, webhook deliveries, spool
-//! entries, idempotency records, stored outputs, blobs) reaches disk through [`write_file`].
+//! entries, idempotency records, stored outputs) reaches disk through [`write_file`] or
+//! [`copy_file`]; blobs, whose name (their hash) is known only once their bytes are written, use
+//! its parts: [`temporary_beside`], [`rename`] and [`sync_parent`].
 //!
 //! The recipe is the classic one: write a hidden temporary file beside the target, `fsync` it,
 //! rename it over the target, then `fsync` the folder so the rename itself survives a power cut.

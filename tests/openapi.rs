@@ -139,13 +139,13 @@ fn the_v2_routes_are_documented_as_their_table_says() {
             .answers
             .iter()
             .copied()
-            .chain(route.errors.iter().map(|(status, _)| *status))
+            .chain(route.error_codes().iter().map(|(status, _)| *status))
             .collect();
         assert_eq!(documented, served, "{name}");
-        for (status, code) in route.errors {
+        for (status, code) in route.error_codes() {
             let response = &op["responses"][status.to_string()];
             assert!(
-                documented_codes(response).contains(*code),
+                documented_codes(response).contains(code),
                 "{name}: {code} is not documented under {status}"
             );
         }

@@ -4,10 +4,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::Duration;
 
 use common::harness::{Harness, Options};
@@ -40,7 +38,7 @@ fn run_script(h: &Harness, program: &str, script: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
         .join(script);
-    let mut child = Command::new(program)
+    let child = Command::new(program)
         .arg(&path)
         .env("GATEWAY", h.url(""))
         .env("COUNT", JOBS.to_string())
@@ -53,26 +51,7 @@ fn run_script(h: &Harness, program: &str, script: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program} {}: {e}", path.display()));
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = stdout.read_to_string(&mut out);
-        let _ = stderr.read_to_string(&mut err);
-        let _ = done_tx.send((out, err));
-    });
-    let Ok((out, err)) = done_rx.recv_timeout(DEADLINE) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{script} did not finish within {DEADLINE:?}");
-    };
-    let status = child.wait().expect("the script ends");
-    assert!(
-        status.success(),
-        "{script} failed ({status}):\n{out}\n{err}"
-    );
-    out
+    common::finish_script(child, script, DEADLINE).0
 }
 
 /// The script's report, checked against the gateway: every job completed with an image.

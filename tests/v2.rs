@@ -26,27 +26,6 @@ fn invert(color: u32) -> Value {
     })
 }
 
-/// A graph with a sampler, so the job runs for `steps` steps.
-fn sampler(steps: u32) -> Value {
-    let template: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::harness::workflows_dir().join("txt2img.json"))
-            .expect("the txt2img template"),
-    )
-    .expect("JSON");
-    let mut graph = template["graph"].clone();
-    for node in graph.as_object_mut().expect("nodes").values_mut() {
-        if node["inputs"].get("steps").is_some() {
-            node["inputs"]["steps"] = json!(steps);
-        }
-        for size in ["width", "height"] {
-            if node["inputs"].get(size).is_some() {
-                node["inputs"][size] = json!(64);
-            }
-        }
-    }
-    graph
-}
-
 /// Sends a request; answers the status, the headers asked for, and the JSON body.
 fn call(
     base: &str,
@@ -175,8 +154,7 @@ fn a_job_runs_end_to_end_and_every_answer_fits_the_contract() {
 
     // ComfyUI holds the job until the stream is open, so the stream sees it queued.
     h.sim.pause();
-    let body =
-        json!({"workflow": sampler(40), "metadata": {"client": "acme", "run": "7"}, "priority": 3});
+    let body = json!({"workflow": common::sampler_graph(40), "metadata": {"client": "acme", "run": "7"}, "priority": 3});
     let job = submit(&h, &body);
     let id = job["id"].as_str().expect("an id").to_string();
     assert_eq!(job["status"], "queued");
@@ -513,7 +491,7 @@ fn cancel_a_waiting_a_running_and_a_finished_job() {
         j["status"] == "succeeded"
     });
 
-    let running = submit(&h, &json!({"workflow": sampler(200)}));
+    let running = submit(&h, &json!({"workflow": common::sampler_graph(200)}));
     let running_id = running["id"].as_str().expect("id").to_string();
     wait_for(&events, "the long job running", |e| {
         matches!(e, SimEvent::Step { .. })
@@ -678,7 +656,7 @@ fn many_streams_on_one_job_all_reach_its_end() {
     options.vars = vec![("MAX_CONNECTIONS", "512".to_string())];
     let h = Harness::with(options);
     h.sim.pause();
-    let job = submit(&h, &json!({"workflow": sampler(10)}));
+    let job = submit(&h, &json!({"workflow": common::sampler_graph(10)}));
     let id = job["id"].as_str().expect("id").to_string();
     let addr = h.gateway.addr();
     let (opened_tx, opened) = crossbeam_channel::unbounded();
@@ -783,7 +761,7 @@ fn a_job_running_past_job_timeout_secs_fails_with_timeout() {
     let mut options = Options::step_ms(50);
     options.vars = vec![("JOB_TIMEOUT_SECS", "1".to_string())];
     let h = Harness::with(options);
-    let job = submit(&h, &json!({"workflow": sampler(400)}));
+    let job = submit(&h, &json!({"workflow": common::sampler_graph(400)}));
     let id = job["id"].as_str().expect("id");
     let events = follow(h.gateway.addr(), id);
     assert_eq!(statuses(&events).last().map(String::as_str), Some("failed"));
@@ -814,7 +792,7 @@ fn progress_comes_about_twice_a_second_even_with_slow_ticks() {
     let mut options = Options::step_ms(100);
     options.vars = vec![("PROGRESS_INTERVAL_MS", "60000".to_string())];
     let h = Harness::with(options);
-    let job = submit(&h, &json!({"workflow": sampler(30)}));
+    let job = submit(&h, &json!({"workflow": common::sampler_graph(30)}));
     let id = job["id"].as_str().expect("id");
     let events = follow(h.gateway.addr(), id);
     assert!(

@@ -96,6 +96,12 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("(none)")
 }
 
+/// Asserts that the answer `(status, body)` is the error envelope with `code` under `expected`.
+#[track_caller]
+fn assert_error(status: u16, body: &Value, expected: u16, code: &str) {
+    assert_eq!((status, error_code(body)), (expected, code), "{body}");
+}
+
 fn head_status(h: &Harness, hash: &str) -> u16 {
     agent()
         .head(h.url(&format!("/api/v2/assets/by-hash/{hash}")))
@@ -219,21 +225,13 @@ fn bad_uploads_get_the_envelope() {
             .header("Content-Type", "application/json")
             .send("{}"),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // No file part.
     let no_file = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file_path\"\r\n\r\nx.png\r\n--{BOUNDARY}--\r\n"
     );
     let (status, body) = upload(&h, no_file.into_bytes());
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -244,18 +242,10 @@ fn bad_uploads_get_the_envelope() {
     let mut cut = form(&[], b"0123456789", "a.bin");
     cut.truncate(cut.len() - 12);
     let (status, body) = upload(&h, cut);
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // A malformed expected hash.
     let (status, body) = upload(&h, form(&[("expected_hash", "md5:abc")], b"x", "a.bin"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     // Over MAX_UPLOAD_BYTES, sent chunked so that only the streaming limit can catch it.
     let big = form(&[], &vec![7u8; 5000], "big.bin");
     let (status, body) = read(
@@ -267,11 +257,7 @@ fn bad_uploads_get_the_envelope() {
             )
             .send(ureq::SendBody::from_reader(&mut &big[..])),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -280,11 +266,7 @@ fn bad_uploads_get_the_envelope() {
     );
     // Declared over the limit: refused from the Content-Length alone.
     let (status, body) = upload(&h, big);
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -296,6 +278,57 @@ fn bad_uploads_get_the_envelope() {
         head_status(&h, &BlobHash::of(&[7u8; 5000]).to_string()),
         404
     );
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_client_gone_mid_upload_leaves_no_blob_and_no_temporary_file() {
+    use std::io::Write;
+    let h = Harness::with(Options::default());
+    let dir = h.app.blobs.dir().to_path_buf();
+    let whole = form(&[], &vec![9u8; 1 << 20], "gone.bin");
+    let addr = h.gateway.url().trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connects");
+    let head = format!(
+        "POST /api/v2/assets HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        whole.len()
+    );
+    socket.write_all(head.as_bytes()).expect("head sent");
+    // Half the body: more than the parser buffers before it streams the file to disk.
+    socket
+        .write_all(&whole[..whole.len() / 2])
+        .expect("half the body sent");
+    // The upload is under way: its bytes are landing in a temporary file of the blob store.
+    let deadline = std::time::Instant::now() + common::EVENT_DEADLINE;
+    while files_under(&dir).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no upload began");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(socket);
+    while !files_under(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            files_under(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(h.app.assets.is_empty());
 }
 
 #[test]
@@ -325,11 +358,7 @@ fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
         )
         .send(&bad[..]);
     let (status, body) = read(response);
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     let (status, record) = read(
         agent
             .get(h.url(&format!(
@@ -346,11 +375,7 @@ fn uploads_have_their_own_limit_and_a_refused_one_is_read_to_its_end() {
             .header("Content-Type", "application/json")
             .send(&vec![b' '; 4096][..]),
     );
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, "payload_too_large"),
-        "{body}"
-    );
+    assert_error(status, &body, 413, "payload_too_large");
 }
 
 #[test]
@@ -367,23 +392,11 @@ fn from_hash_mints_over_known_bytes_only() {
         )
     };
     let (status, body) = mint(json!({ "hash": hash, "file_path": "x.png" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (404, "blob_not_found"),
-        "{body}"
-    );
+    assert_error(status, &body, 404, "blob_not_found");
     let (status, body) = mint(json!({ "hash": "blake3:nothex" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     let (status, body) = mint(json!({ "file_path": "x.png" }));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
 
     let (status, uploaded) = upload_png(&h, &png, "first.png");
     assert_eq!(status, 201, "{uploaded}");
@@ -661,11 +674,7 @@ fn a_supabase_output_redirects_to_a_fresh_storage_url() {
         r#"{"statusCode":"403","error":"Unauthorized","message":"no"}"#,
     );
     let (status, body) = read(no_redirects.get(asset["url"].as_str().expect("url")).call());
-    assert_eq!(
-        (status, error_code(&body)),
-        (502, "storage_failed"),
-        "{body}"
-    );
+    assert_error(status, &body, 502, "storage_failed");
     // Remote outputs are not copied into the local blob store.
     assert!(!h.app.assets.can_mint(&BlobHash::of(&stored)));
 }
@@ -703,26 +712,6 @@ fn a_watcher_is_told_of_each_output_as_it_is_committed() {
     );
 }
 
-/// A graph whose sampler runs `steps` steps of 64×64 (the txt2img template's).
-fn sampler(steps: u32) -> Value {
-    let template: Value = serde_json::from_str(
-        &std::fs::read_to_string(workflows_dir().join("txt2img.json")).expect("the template"),
-    )
-    .expect("JSON");
-    let mut graph = template["graph"].clone();
-    for node in graph.as_object_mut().expect("nodes").values_mut() {
-        if node["inputs"].get("steps").is_some() {
-            node["inputs"]["steps"] = json!(steps);
-        }
-        for size in ["width", "height"] {
-            if node["inputs"].get(size).is_some() {
-                node["inputs"][size] = json!(64);
-            }
-        }
-    }
-    graph
-}
-
 fn submit(h: &Harness, workflow: Value) -> String {
     let (status, job) = read(
         agent()
@@ -741,7 +730,7 @@ fn deleting_an_asset_keeps_the_bytes_a_waiting_job_needs() {
     let mut options = Options::step_ms(100);
     options.vars.push(("QUEUE_AHEAD", "0".to_string()));
     let h = Harness::with(options);
-    let busy = submit(&h, sampler(10));
+    let busy = submit(&h, common::sampler_graph(10));
     let png = tiny_png(16, 16);
     let (status, asset) = upload_png(&h, &png, "input.png");
     assert_eq!(status, 201, "{asset}");
@@ -847,19 +836,11 @@ fn an_upload_idempotency_key_replays_or_refuses() {
     // The same key for other bytes: refused, and those bytes are not kept.
     let other = tiny_png(10, 10);
     let (status, body, _) = send(key, form(&[("file_path", "a.png")], &other, "a.png"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (422, "idempotency_key_reuse"),
-        "{body}"
-    );
+    assert_error(status, &body, 422, "idempotency_key_reuse");
     assert_eq!(head_status(&h, &BlobHash::of(&other).to_string()), 404);
     // A key longer than 255 characters.
     let (status, body, _) = send(&"k".repeat(256), form(&[], &png, "a.png"));
-    assert_eq!(
-        (status, error_code(&body)),
-        (400, "invalid_request"),
-        "{body}"
-    );
+    assert_error(status, &body, 400, "invalid_request");
     assert_eq!(h.app.assets.len(), 1);
 }
 

@@ -8,7 +8,6 @@
 mod common;
 
 use serde_json::{Value, json};
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
@@ -96,7 +95,7 @@ fn the_official_python_sdk_runs_against_the_gateway() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut child = Command::new("python3")
+    let child = Command::new("python3")
         .arg(&script)
         .env("COMFY_BASE_URL", h.url(""))
         .env("COMFY_API_KEY", "sdk-key")
@@ -106,25 +105,7 @@ fn the_official_python_sdk_runs_against_the_gateway() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs");
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = stdout.read_to_string(&mut out);
-        let _ = stderr.read_to_string(&mut err);
-        let _ = done_tx.send((out, err));
-    });
-    let Ok((out, err)) = done_rx.recv_timeout(DEADLINE) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the SDK script did not finish within {DEADLINE:?}");
-    };
-    let status = child.wait().expect("the script ends");
-    assert!(
-        status.success(),
-        "the SDK script failed ({status}):\n{out}\n{err}"
-    );
+    let (out, err) = common::finish_script(child, "the SDK script", DEADLINE);
     let passed: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("OK ")).collect();
     assert_eq!(passed, CHECKS, "{out}\n{err}");
     // Every job the SDK made is a gateway job; the partner-node check found none stored.

@@ -119,6 +119,28 @@ pub fn get_json_from(url: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).expect("JSON"))
 }
 
+/// The txt2img template's API-format graph with its sampler at `steps` steps of 64×64, so that
+/// a job runs for as long as a test needs.
+pub fn sampler_graph(steps: u32) -> Value {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(harness::workflows_dir().join("txt2img.json"))
+            .expect("the txt2img template"),
+    )
+    .expect("JSON");
+    let mut graph = template["graph"].clone();
+    for node in graph.as_object_mut().expect("nodes").values_mut() {
+        if node["inputs"].get("steps").is_some() {
+            node["inputs"]["steps"] = serde_json::json!(steps);
+        }
+        for size in ["width", "height"] {
+            if node["inputs"].get(size).is_some() {
+                node["inputs"][size] = serde_json::json!(64);
+            }
+        }
+    }
+    graph
+}
+
 /// How long a test waits for any one event before failing: generous, so a busy machine does not
 /// fail a test, and finite, so no test can hang.
 pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -138,6 +160,34 @@ pub fn wait_for<T>(
             Err(e) => panic!("waited {EVENT_DEADLINE:?} for {what}: {e}"),
         }
     }
+}
+
+/// Waits at most `deadline` for `child` (spawned with stdout and stderr piped) to end, reading
+/// both pipes meanwhile, and returns what it printed: `(stdout, stderr)`. Panics naming `what`
+/// when it runs past the deadline (it is then killed) or exits unsuccessfully.
+pub fn finish_script(
+    mut child: std::process::Child,
+    what: &str,
+    deadline: std::time::Duration,
+) -> (String, String) {
+    use std::io::Read;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = stdout.read_to_string(&mut out);
+        let _ = stderr.read_to_string(&mut err);
+        let _ = done_tx.send((out, err));
+    });
+    let Ok((out, err)) = done_rx.recv_timeout(deadline) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not finish within {deadline:?}");
+    };
+    let status = child.wait().expect("the script ends");
+    assert!(status.success(), "{what} failed ({status}):\n{out}\n{err}");
+    (out, err)
 }
 
 /// A loopback port that refuses every connection for as long as this value lives: a socket

@@ -149,8 +149,8 @@ fn responses(route: &Route) -> Value {
         responses.insert(status.to_string(), success(route, *status));
     }
     let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
-    for (status, code) in route.errors {
-        by_status.entry(*status).or_default().push(code);
+    for (status, code) in route.error_codes() {
+        by_status.entry(status).or_default().push(code);
     }
     for (status, codes) in by_status {
         let mut answer = json!({
@@ -317,7 +317,7 @@ mod tests {
             for status in route
                 .answers
                 .iter()
-                .chain(route.errors.iter().map(|(s, _)| s))
+                .chain(route.error_codes().iter().map(|(s, _)| s))
             {
                 assert!(
                     op["responses"].get(status.to_string()).is_some(),

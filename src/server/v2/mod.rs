@@ -92,12 +92,23 @@ pub struct Route {
     pub public: bool,
     /// Success statuses (the OpenAPI document lists them with the route).
     pub answers: &'static [u16],
-    /// Error codes it answers with, and their statuses.
+    /// Error codes it answers with, and their statuses (401 `unauthorized` is implied unless
+    /// `public`: see [`Route::error_codes`]).
     pub errors: &'static [(u16, &'static str)],
     handler: fn(&Arc<App>, Request, &Call<'_>),
 }
 
 impl Route {
+    /// Every error code it can answer with, and its status: 401 `unauthorized` included unless
+    /// it is public.
+    pub fn error_codes(&self) -> Vec<(u16, &'static str)> {
+        let mut codes = self.errors.to_vec();
+        if !self.public {
+            codes.push(UNAUTHORIZED);
+        }
+        codes
+    }
+
     fn matches(&self, path: &str) -> Option<Vec<String>> {
         let want: Vec<&str> = self.path.split('/').filter(|s| !s.is_empty()).collect();
         let got: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -141,7 +152,6 @@ pub const ROUTES: &[Route] = &[
         answers: &[201],
         errors: &[
             (400, "invalid_request"),
-            UNAUTHORIZED,
             (409, "idempotency_conflict"),
             (413, "payload_too_large"),
             (422, "invalid_workflow"),
@@ -152,7 +162,7 @@ pub const ROUTES: &[Route] = &[
             (429, "queue_full"),
             (503, "upstream_unreachable"),
         ],
-        handler: |app, request, call| jobs::submit(app, request, call),
+        handler: jobs::submit,
     },
     Route {
         method: "GET",
@@ -165,9 +175,8 @@ pub const ROUTES: &[Route] = &[
             (400, "invalid_request"),
             (400, "invalid_cursor"),
             (400, "invalid_metadata_filter"),
-            UNAUTHORIZED,
         ],
-        handler: |app, request, call| jobs::list(app, request, call),
+        handler: jobs::list,
     },
     Route {
         method: "GET",
@@ -176,8 +185,8 @@ pub const ROUTES: &[Route] = &[
         summary: "A job: status, progress, outputs so far, error",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: |app, request, call| jobs::get(app, request, call),
+        errors: &[NOT_FOUND],
+        handler: jobs::get,
     },
     Route {
         method: "GET",
@@ -186,8 +195,8 @@ pub const ROUTES: &[Route] = &[
         summary: "The API-format graph the job ran",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: |app, request, call| jobs::workflow(app, request, call),
+        errors: &[NOT_FOUND],
+        handler: jobs::workflow,
     },
     Route {
         method: "POST",
@@ -196,8 +205,8 @@ pub const ROUTES: &[Route] = &[
         summary: "Cancel a job (a finished job is returned as it is)",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: |app, request, call| jobs::cancel(app, request, call),
+        errors: &[NOT_FOUND],
+        handler: jobs::cancel,
     },
     Route {
         method: "GET",
@@ -206,8 +215,8 @@ pub const ROUTES: &[Route] = &[
         summary: "The job's live events (SSE): status, progress, preview, output, log",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
-        handler: |app, request, call| events::stream(app, request, call),
+        errors: &[NOT_FOUND],
+        handler: events::stream,
     },
     // ---- assets (the asset library) ----------------------------------------------------------
     Route {
@@ -219,7 +228,6 @@ pub const ROUTES: &[Route] = &[
         answers: &[200, 201],
         errors: &[
             (400, "invalid_request"),
-            UNAUTHORIZED,
             (409, "hash_mismatch"),
             (409, "asset_conflict"),
             (409, "idempotency_conflict"),
@@ -238,7 +246,6 @@ pub const ROUTES: &[Route] = &[
         answers: &[200, 201],
         errors: &[
             (400, "invalid_request"),
-            UNAUTHORIZED,
             (404, "blob_not_found"),
             (413, "payload_too_large"),
             (415, "unsupported_media_type"),
@@ -252,7 +259,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Whether the gateway has a blob with this hash",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
+        errors: &[NOT_FOUND],
         handler: assets::head_by_hash,
     },
     Route {
@@ -262,7 +269,7 @@ pub const ROUTES: &[Route] = &[
         summary: "An asset's record, with a fresh content URL",
         public: false,
         answers: &[200],
-        errors: &[UNAUTHORIZED, NOT_FOUND],
+        errors: &[NOT_FOUND],
         handler: assets::get,
     },
     Route {
@@ -273,7 +280,6 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200, 206, 302],
         errors: &[
-            UNAUTHORIZED,
             NOT_FOUND,
             (416, "range_not_satisfiable"),
             (502, "storage_failed"),
@@ -288,7 +294,6 @@ pub const ROUTES: &[Route] = &[
         public: false,
         answers: &[200, 206, 302],
         errors: &[
-            UNAUTHORIZED,
             NOT_FOUND,
             (416, "range_not_satisfiable"),
             (502, "storage_failed"),
@@ -302,7 +307,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Delete an asset: its record, and its bytes when no other asset uses them",
         public: false,
         answers: &[204],
-        errors: &[UNAUTHORIZED, NOT_FOUND, (500, "internal")],
+        errors: &[NOT_FOUND, (500, "internal")],
         handler: assets::delete,
     },
 ];
