@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::V2Error;
 use crate::blobs::BlobHash;
 use crate::job::{BlobInput, INPUT_SUBFOLDER, InputTarget};
+use crate::media;
 use crate::workflow::NodeDefsSource;
 
 /// Per-node problems: node id → list of `{field, reason, message}`.
@@ -252,18 +253,10 @@ pub fn extension_for(file_path: Option<&str>, content_type: &str) -> String {
             !ext.is_empty() && ext.len() <= 8 && ext.chars().all(|c| c.is_ascii_alphanumeric())
         });
     from_name.unwrap_or_else(|| {
-        match content_type.split(';').next().unwrap_or("").trim() {
-            "image/png" => "png",
-            "image/jpeg" => "jpg",
-            "image/webp" => "webp",
-            "image/gif" => "gif",
-            "video/mp4" => "mp4",
-            "audio/wav" | "audio/x-wav" => "wav",
-            "audio/mpeg" => "mp3",
-            "audio/flac" => "flac",
-            _ => "bin",
-        }
-        .to_string()
+        media::by_content_type(content_type)
+            .unwrap_or(media::UNKNOWN)
+            .extension
+            .to_string()
     })
 }
 
